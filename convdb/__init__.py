@@ -1,0 +1,43 @@
+"""convdb: agent conversations in PostgreSQL, with handwritten SQL on an asyncpg pool."""
+
+from .agent import build_message_array, message_to_dict, to_chat_message
+from .errors import (
+    ConstraintViolation,
+    ConvDBError,
+    ConversationNotFound,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidInput,
+    PoolTimeout,
+    QueryTimeout,
+    SchemaMismatch,
+)
+from .pool import init_connection
+from .records import Conversation, Message, Role
+from .schema_check import SCHEMA_VERSION
+from .store import ConversationStore
+from .validation import DEFAULT_MAX_CONTENT_BYTES, MAX_HISTORY_LIMIT, estimate_tokens
+
+__all__ = [
+    "DEFAULT_MAX_CONTENT_BYTES",
+    "MAX_HISTORY_LIMIT",
+    "SCHEMA_VERSION",
+    "ConstraintViolation",
+    "ConvDBError",
+    "Conversation",
+    "ConversationNotFound",
+    "ConversationStore",
+    "DatabaseUnavailable",
+    "IdempotencyConflict",
+    "InvalidInput",
+    "Message",
+    "PoolTimeout",
+    "QueryTimeout",
+    "Role",
+    "SchemaMismatch",
+    "build_message_array",
+    "estimate_tokens",
+    "init_connection",
+    "message_to_dict",
+    "to_chat_message",
+]

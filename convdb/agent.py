@@ -1,0 +1,52 @@
+"""Turning stored history into what a chat model accepts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .records import Message
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """Every field of a message, JSON-serialisable (created_at as ISO 8601)."""
+    return {
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "role": message.role,
+        "content": message.content,
+        "tool_name": message.tool_name,
+        "tool_call_id": message.tool_call_id,
+        "tool_calls": message.tool_calls,
+        "metadata": message.metadata,
+        "token_count": message.token_count,
+        "idempotency_key": message.idempotency_key,
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+def to_chat_message(message: Message) -> dict[str, Any]:
+    """One stored message in the OpenAI chat-completions shape."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        out["tool_calls"] = message.tool_calls
+    elif message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def build_message_array(
+    history: Iterable[Message], user_message: str | None, *, system_prompt: str | None = None
+) -> list[dict[str, Any]]:
+    """The chat-completions ``messages`` list: system prompt, history in order, the new user message.
+
+    Assistant ``tool_calls`` and tool ``tool_call_id`` are carried over. ``user_message=None``
+    continues a tool loop without a new user turn.
+    """
+    out: list[dict[str, Any]] = []
+    if system_prompt is not None:
+        out.append({"role": "system", "content": system_prompt})
+    out.extend(to_chat_message(m) for m in history)
+    if user_message is not None:
+        out.append({"role": "user", "content": user_message})
+    return out

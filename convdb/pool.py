@@ -1,0 +1,67 @@
+"""Creating the asyncpg pool convdb runs on, and the per-connection setup it relies on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per new connection: decode jsonb into Python values once, in the driver.
+
+    convdb validates and encodes JSON itself before any I/O (and casts it in SQL from text), so the
+    encoder only passes text through.
+    """
+    await conn.set_type_codec("jsonb", encoder=_identity, decoder=json.loads, schema="pg_catalog",
+                              format="text")
+
+
+async def skip_reset(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset query.
+
+    The default (advisory unlock, CLOSE ALL, UNLISTEN *, RESET ALL) costs a round trip on every
+    release. convdb keeps no session state: it never LISTENs, takes advisory locks, opens cursors
+    outside transactions or SETs session parameters (transaction-scoped settings end with the
+    transaction). asyncpg still rolls back any transaction left open before calling this.
+    """
+
+
+def chain_init(
+    user_init: Callable[[asyncpg.Connection], Awaitable[None]] | None,
+) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    if user_init is None:
+        return init_connection
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await init_connection(conn)
+        await user_init(conn)
+
+    return init
+
+
+async def create_pool(
+    dsn: str | None,
+    *,
+    min_size: int,
+    max_size: int,
+    statement_cache_size: int,
+    **options: Any,
+) -> asyncpg.Pool:
+    """An asyncpg pool set up for convdb: jsonb codec per connection, no per-release reset.
+
+    ``statement_cache_size=0`` is for PgBouncer older than 1.21 in transaction mode; with 1.21+ and
+    ``max_prepared_statements > 0`` keep the cache on.
+    """
+    options["init"] = chain_init(options.get("init"))
+    options.setdefault("reset", skip_reset)
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, statement_cache_size=statement_cache_size, **options
+    )
+    return pool

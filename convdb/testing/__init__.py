@@ -1,0 +1,8 @@
+"""Helpers for running convdb against a real PostgreSQL in tests, demos and benchmarks.
+
+Not imported by ``convdb`` itself; needs the ``embedded`` extra for the bundled server.
+"""
+
+from .embedded import EmbeddedPostgres, apply_schema, find_binary
+
+__all__ = ["EmbeddedPostgres", "apply_schema", "find_binary"]

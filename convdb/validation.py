@@ -1,0 +1,205 @@
+"""Input checks that run before any I/O.
+
+Everything PostgreSQL would refuse, or would store differently from what was given, is refused here
+with an ``InvalidInput`` naming the field (and the message's index in a batch), so a bad call never
+reaches the database and never writes half of anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final, NamedTuple
+
+from .errors import InvalidInput
+from .records import ROLES
+
+MAX_ID_LENGTH: Final = 255
+DEFAULT_MAX_CONTENT_BYTES: Final = 1024 * 1024
+MAX_HISTORY_LIMIT: Final = 10_000
+MAX_JSON_DEPTH: Final = 200
+
+# PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate code point.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+TokenCounter = Callable[[str], int]
+
+MESSAGE_FIELDS: Final = frozenset(
+    {"role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata", "token_count",
+     "idempotency_key"}
+)
+
+
+class MessageRow(NamedTuple):
+    """A validated message, in the column order of the insert statements (after conversation and seq)."""
+
+    role: str
+    content: str | None
+    tool_name: str | None
+    tool_call_id: str | None
+    tool_calls_json: str | None
+    metadata_json: str | None
+    token_count: int
+    idempotency_key: str | None
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap default token estimate: about four characters per token, rounded up."""
+    return (len(text) + 3) // 4
+
+
+def check_text(value: object, field: str, *, index: int | None = None) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"must be a str, got {type(value).__name__}", index=index)
+    bad = _UNSTORABLE.search(value)
+    if bad is not None:
+        what = "a NUL character" if bad.group() == "\x00" else "an unpaired surrogate"
+        raise InvalidInput(field, f"contains {what} at position {bad.start()}", index=index)
+    return value
+
+
+def check_id(value: object, field: str, *, index: int | None = None) -> str:
+    text = check_text(value, field, index=index)
+    if not text:
+        raise InvalidInput(field, "must not be empty", index=index)
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidInput(field, f"is {len(text)} characters long; the limit is {MAX_ID_LENGTH}",
+                           index=index)
+    return text
+
+
+def check_optional_id(value: object, field: str, *, index: int | None = None) -> str | None:
+    return None if value is None else check_id(value, field, index=index)
+
+
+def check_content(value: object, max_bytes: int, *, index: int | None = None) -> str | None:
+    if value is None:
+        return None
+    text = check_text(value, "content", index=index)
+    # Avoid encoding on the common path: 4 bytes per character is UTF-8's worst case.
+    if len(text) * 4 > max_bytes and (len(text) > max_bytes or len(text.encode("utf-8")) > max_bytes):
+        raise InvalidInput(
+            "content", f"is larger than the {max_bytes}-byte limit (max_content_bytes)", index=index
+        )
+    return text
+
+
+def check_limit(value: object, field: str = "limit", *, maximum: int = MAX_HISTORY_LIMIT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(field, f"must be an int, got {type(value).__name__}")
+    if not 1 <= value <= maximum:
+        raise InvalidInput(field, f"must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def _check_json_value(value: object, field: str, index: int | None, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidInput(field, f"is nested deeper than {MAX_JSON_DEPTH} levels", index=index)
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        check_text(value, field, index=index)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput(field, f"holds {value!r}, which JSON cannot represent", index=index)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput(field, f"has a non-str key {key!r}", index=index)
+            check_text(key, field, index=index)
+            _check_json_value(item, field, index, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, field, index, depth + 1)
+    else:
+        raise InvalidInput(field, f"holds a {type(value).__name__}, which is not JSON", index=index)
+
+
+def encode_json(value: object, field: str, *, kind: type, index: int | None = None) -> str | None:
+    """Validate a JSON document of the given top-level kind (dict or list) and encode it once."""
+    if value is None:
+        return None
+    if not isinstance(value, kind):
+        raise InvalidInput(field, f"must be a {kind.__name__} or None, got {type(value).__name__}",
+                           index=index)
+    _check_json_value(value, field, index, 0)
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def check_token_count(value: object, *, index: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("token_count", f"must be an int, got {type(value).__name__}", index=index)
+    if not 0 <= value <= 2**31 - 1:
+        raise InvalidInput("token_count", f"must be between 0 and 2147483647, got {value}", index=index)
+    return value
+
+
+def prepare_message(
+    role: object,
+    content: object,
+    *,
+    tool_name: object = None,
+    tool_call_id: object = None,
+    tool_calls: object = None,
+    metadata: object = None,
+    token_count: object = None,
+    idempotency_key: object = None,
+    max_content_bytes: int,
+    count_tokens: TokenCounter,
+    index: int | None = None,
+) -> MessageRow:
+    if not isinstance(role, str) or role not in ROLES:
+        raise InvalidInput("role", f"must be one of {sorted(ROLES)}, got {role!r}", index=index)
+    text = check_content(content, max_content_bytes, index=index)
+    name = check_optional_id(tool_name, "tool_name", index=index)
+    call_id = check_optional_id(tool_call_id, "tool_call_id", index=index)
+    if role == "tool" and call_id is None:
+        raise InvalidInput("tool_call_id", "is required for a tool message", index=index)
+    calls_json = encode_json(tool_calls, "tool_calls", kind=list, index=index)
+    meta_json = encode_json(metadata, "metadata", kind=dict, index=index)
+    key = check_optional_id(idempotency_key, "idempotency_key", index=index)
+    if token_count is None:
+        tokens = count_tokens(text) if text else 0
+        if calls_json is not None:
+            tokens += count_tokens(calls_json)
+    else:
+        tokens = check_token_count(token_count, index=index)
+    return MessageRow(role, text, name, call_id, calls_json, meta_json, tokens, key)
+
+
+def prepare_batch(
+    messages: object, *, max_content_bytes: int, count_tokens: TokenCounter, max_batch: int
+) -> list[MessageRow]:
+    if isinstance(messages, str | bytes | Mapping) or not hasattr(messages, "__iter__"):
+        raise InvalidInput("messages", "must be a list of message dicts")
+    rows: list[MessageRow] = []
+    keys: set[str] = set()
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidInput("message", f"must be a dict, got {type(message).__name__}", index=index)
+        unknown = set(message) - MESSAGE_FIELDS
+        if unknown:
+            raise InvalidInput(str(sorted(map(str, unknown))[0]), "is not a message field", index=index)
+        if "role" not in message:
+            raise InvalidInput("role", "is required", index=index)
+        fields: dict[str, Any] = dict(message)
+        row = prepare_message(
+            fields.pop("role"),
+            fields.pop("content", None),
+            **fields,
+            max_content_bytes=max_content_bytes,
+            count_tokens=count_tokens,
+            index=index,
+        )
+        if row.idempotency_key is not None:
+            if row.idempotency_key in keys:
+                raise InvalidInput("idempotency_key", "is repeated within the batch", index=index)
+            keys.add(row.idempotency_key)
+        rows.append(row)
+        if len(rows) > max_batch:
+            raise InvalidInput("messages", f"a batch holds at most {max_batch} messages")
+    if not rows:
+        raise InvalidInput("messages", "must hold at least one message")
+    return rows

@@ -1,0 +1,144 @@
+"""A real PostgreSQL for every test, never a mock.
+
+Where the server comes from, in order: ``CONVDB_TEST_DSN`` (a superuser DSN of a server you run);
+else a testcontainers PostgreSQL when a Docker engine answers; else the embedded server from the
+``pgserver`` wheel. A template database is built once by applying ``schema.sql`` with psql, as a
+DBA would, and each test gets its own database cloned from it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from convdb import ConversationStore
+from convdb.testing import EmbeddedPostgres, apply_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "schema.sql"
+TEMPLATE = "convdb_template"
+
+HOW_TO_PROVIDE = (
+    "No PostgreSQL for the tests. Provide one of: CONVDB_TEST_DSN=postgresql://postgres@host:port/postgres "
+    "(a superuser that may create databases); a running Docker engine (testcontainers); or the embedded "
+    "server: pip install -e '.[test]' (installs pgserver)."
+)
+
+# Fast, non-durable settings for throwaway test clusters; logging_collector lets tests read the
+# statement log through SQL (pg_current_logfile), whatever server they run on.
+EMBEDDED_TEST_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "logging_collector": "on",
+    "log_directory": "log",
+    "log_filename": "postgresql.log",
+    "log_line_prefix": "%m [%p] %d ",
+}
+
+
+@dataclass
+class Server:
+    """The test server: an admin DSN and, when embedded, the handle that can stop and start it."""
+
+    admin_dsn: str
+    embedded: EmbeddedPostgres | None
+
+    def dsn(self, database: str) -> str:
+        base, _, _ = self.admin_dsn.rpartition("/")
+        query = ""
+        if "?" in self.admin_dsn.rpartition("/")[2]:
+            query = "?" + self.admin_dsn.rpartition("?")[2]
+        return f"{base}/{database}{query}"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+    except ImportError:
+        return False
+    try:
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    external = os.environ.get("CONVDB_TEST_DSN")
+    if external:
+        yield Server(external, None)
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield Server(container.get_connection_url(), None)
+        return
+    try:
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="convdb-test-")) / "data",
+                                    settings=EMBEDDED_TEST_SETTINGS)
+        embedded.start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.fail(f"{HOW_TO_PROVIDE}\n(embedded server failed: {exc})", pytrace=False)
+    try:
+        yield Server(embedded.dsn(), embedded)
+    finally:
+        embedded.destroy()
+
+
+async def _admin(server: Server, sql: str) -> None:
+    conn = await asyncpg.connect(server.admin_dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: Server) -> str:
+    import asyncio
+
+    asyncio.run(_admin(pg_server, f'DROP DATABASE IF EXISTS "{TEMPLATE}"'))
+    asyncio.run(_admin(pg_server, f'CREATE DATABASE "{TEMPLATE}"'))
+    apply_schema(pg_server.dsn(TEMPLATE), SCHEMA)
+    return TEMPLATE
+
+
+@pytest.fixture
+async def db_name(pg_server: Server, template_db: str) -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    await _admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        yield name
+    finally:
+        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dsn(pg_server: Server, db_name: str) -> str:
+    return pg_server.dsn(db_name)
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[ConversationStore]:
+    async with await ConversationStore.connect(dsn, min_size=1, max_size=10) as s:
+        yield s
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the test database, for checking what was really stored."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
