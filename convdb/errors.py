@@ -52,6 +52,17 @@ class IdempotencyConflict(ConvDBError):
         self.key = key
 
 
+class ConversationExists(ConvDBError):
+    """``import_conversation`` found a conversation of this user under the id (use ``replace=True``)."""
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(
+            f"conversation {conversation_id!r} already exists; pass replace=True to overwrite it "
+            "or conversation_id= to import under another id"
+        )
+        self.conversation_id = conversation_id
+
+
 class SchemaMismatch(ConvDBError):
     """The database schema is not the one this package was built for."""
 

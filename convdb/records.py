@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 
@@ -73,3 +73,25 @@ class Message:
             idempotency_key=row[8],
             created_at=row[9],
         )
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a keyset-paginated listing.
+
+    ``next_cursor`` is opaque; pass it back as ``cursor=`` for the next page. None: no more pages.
+    """
+
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureCounts:
+    """What ``delete_user_data`` deleted."""
+
+    conversations: int
+    messages: int

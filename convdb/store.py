@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, TypeAlias, TypeVar
@@ -17,19 +17,23 @@ from typing import Any, Final, TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from . import schema_check
+from . import management, schema_check
 from .errors import (
     ConvDBError,
     ConversationNotFound,
     DatabaseUnavailable,
     IdempotencyConflict,
+    InvalidInput,
     PoolTimeout,
     QueryTimeout,
     translate,
 )
+from .export import MessageParser, aiter_records, header_record, message_record, parse_header
 from .ids import new_conversation_id
+from .listing import build_listing, encode_cursor
+from .management import UNSET, Unset, check_budget, check_flag
 from .pool import create_pool
-from .records import Conversation, JSONValue, Message
+from .records import Conversation, ErasureCounts, JSONValue, Message, Page
 from .sql import QUERIES
 from .validation import (
     DEFAULT_MAX_CONTENT_BYTES,
@@ -42,7 +46,9 @@ from .validation import (
     estimate_tokens,
     prepare_batch,
     prepare_message,
+    prepare_message_dict,
 )
+from .windows import history_from_records, trim_orphan_tool_results
 
 T = TypeVar("T")
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -55,6 +61,15 @@ _LOCK_WITH_KEYS: Final = QUERIES["lock_conversation_with_keys"]
 _INSERT_MESSAGE_AT: Final = QUERIES["insert_message_at"]
 _GET_MESSAGE_BY_KEY: Final = QUERIES["get_message_by_key"]
 _GET_HISTORY: Final = QUERIES["get_history"]
+_GET_HISTORY_WINDOW: Final = QUERIES["get_history_window"]
+_SAVE_AND_GET_HISTORY: Final = QUERIES["save_and_get_history"]
+_COUNT_MESSAGES: Final = QUERIES["count_messages"]
+_UPDATE_CONVERSATION: Final = QUERIES["update_conversation"]
+_DELETE_CONVERSATION: Final = QUERIES["delete_conversation"]
+_CLEAR_CONVERSATION: Final = QUERIES["clear_conversation"]
+_POP_LAST_MESSAGE: Final = QUERIES["pop_last_message"]
+_EXPORT_HEADER: Final = QUERIES["export_header"]
+_EXPORT_MESSAGES: Final = QUERIES["export_messages"]
 
 _IDEMPOTENCY_INDEX: Final = "messages_idempotency_key"
 # A keyed batch whose key another writer stored between our snapshot and our lock is re-run once
@@ -325,27 +340,377 @@ class ConversationStore:
 
         return await self._run(op, retry=self.retry_keyed_writes and keyed)
 
-    async def get_history(self, conversation_id: str, user_id: str, *, limit: int = 50) -> list[Message]:
-        """The newest ``limit`` messages, oldest first, in one ownership-checked round trip.
+    async def get_history(
+        self, conversation_id: str, user_id: str, *, limit: int = 50, max_tokens: int | None = None
+    ) -> list[Message]:
+        """A model-ready window: the newest ``limit`` messages, oldest first, in one round trip.
 
-        Raises ``ConversationNotFound`` for an unknown or foreign id; returns [] for an empty one.
+        With ``max_tokens``, only the newest messages whose stored token counts sum to at most
+        ``max_tokens`` (``limit`` still applies); the sum is computed in SQL, in the same
+        ownership-checked statement. Leading ``tool`` results whose assistant ``tool_calls``
+        message fell outside the window are trimmed (see ``convdb.windows``), so the window can
+        hold fewer than ``limit`` messages. Raises ``ConversationNotFound`` for an unknown or
+        foreign id; returns [] for an empty one (or when nothing fits the budget).
         """
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
         n = check_limit(limit)
+        budget = check_budget(max_tokens)
 
         async def op(conn: Conn) -> list[Message]:
-            records = await conn.fetch(_GET_HISTORY, cid, uid, n)
-            if not records:
+            if budget is None:
+                records = await conn.fetch(_GET_HISTORY, cid, uid, n)
+            else:
+                records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, management.MAX_SEQ, n, budget)
+            window = history_from_records(cid, records)
+            if window is None:
                 raise ConversationNotFound()
-            if records[0][0] is None:
-                return []
-            return [Message.from_record(cid, r) for r in records]
+            return window
 
         return await self._run(op, retry=self.retry_reads)
 
+    # -- agent turns -------------------------------------------------------------------------
+    async def save_and_get_history(
+        self,
+        conversation_id: str,
+        user_id: str,
+        message: Mapping[str, Any],
+        *,
+        limit: int = 50,
+        max_tokens: int | None = None,
+    ) -> tuple[Message, list[Message]]:
+        """Save ``message`` and return it with the window that ends at it: one statement.
+
+        ``message`` holds ``save_message``'s fields (``role``, ``content``, ``tool_calls``,
+        ``idempotency_key``, ...). The save has save_message's semantics (ownership, seq under the
+        row lock, updated_at); the window is what ``get_history(limit=, max_tokens=)`` returns
+        right after the save, the new message included when it fits. With an idempotency key
+        that is already stored, nothing is written and the stored message is returned with the
+        window that ends at it. One round trip; two when another writer committed to the
+        conversation during the statement (the window is then re-read) or on a keyed replay.
+        """
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+        row = prepare_message_dict(message, max_content_bytes=self.max_content_bytes,
+                                   count_tokens=self.count_tokens)
+        n = check_limit(limit)
+        budget = check_budget(max_tokens)
+
+        async def op(conn: Conn) -> tuple[Message, list[Message]]:
+            try:
+                records = await conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, n, budget)
+            except asyncpg.UniqueViolationError as exc:
+                if row.idempotency_key is None or exc.constraint_name != _IDEMPOTENCY_INDEX:
+                    raise
+                stored = await _stored_under_key(conn, cid, uid, row)
+                return stored, await management.window_until(conn, cid, uid, stored.seq, n, budget)
+            if not records:
+                raise ConversationNotFound()
+            saved = next(Message.from_record(cid, r) for r in records if r["is_new"])
+            if records[0]["stale"]:
+                return saved, await management.window_until(conn, cid, uid, saved.seq, n, budget)
+            window = [Message.from_record(cid, r) for r in records if r["in_window"]]
+            return saved, trim_orphan_tool_results(window)
+
+        return await self._run(op, retry=self.retry_keyed_writes and row.idempotency_key is not None)
+
+    # -- conversation management -------------------------------------------------------------
+    async def list_conversations(
+        self,
+        user_id: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        title_contains: str | None = None,
+        metadata_contains: Mapping[str, JSONValue] | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+    ) -> Page[Conversation]:
+        """This user's conversations, most recently updated first (ties by id), a page at a time.
+
+        Keyset pagination: pass ``next_cursor`` back as ``cursor`` with the same filters; a cursor
+        that was altered or made for other filters raises ``InvalidInput``. ``title_contains`` is
+        a case-insensitive substring match (``%`` and ``_`` match themselves);
+        ``metadata_contains`` keeps conversations whose metadata contains that JSON object
+        (``@>``); ``updated_after``/``updated_before`` are exclusive bounds (timezone-aware).
+        One round trip per page.
+        """
+        query = build_listing(user_id, limit=limit, cursor=cursor, title_contains=title_contains,
+                              metadata_contains=metadata_contains, updated_after=updated_after,
+                              updated_before=updated_before)
+
+        async def op(conn: Conn) -> Page[Conversation]:
+            records = await conn.fetch(query.sql, *query.args)
+            items = [Conversation.from_record(r) for r in records[: query.limit]]
+            last = items[-1] if len(records) > query.limit else None
+            next_cursor = None if last is None else encode_cursor(last.updated_at, last.id, query.context)
+            return Page(items, next_cursor)
+
+        return await self._run(op, retry=self.retry_reads)
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        user_id: str,
+        *,
+        title: str | Unset | None = UNSET,
+        metadata: Mapping[str, JSONValue] | Unset | None = UNSET,
+    ) -> Conversation:
+        """Set the title and/or replace the metadata; returns the updated conversation.
+
+        An argument left out is left alone; ``title=None`` clears the title and ``metadata=None``
+        (or ``{}``) empties the metadata. Touches ``updated_at``. One round trip.
+        """
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+        if isinstance(title, Unset) and isinstance(metadata, Unset):
+            raise InvalidInput("title", "nothing to update: pass title= and/or metadata=")
+        new_title = None if isinstance(title, Unset) or title is None else check_text(title, "title")
+        meta_json = None if isinstance(metadata, Unset) else encode_json(metadata, "metadata", kind=dict)
+
+        async def op(conn: Conn) -> Conversation:
+            row = await conn.fetchrow(_UPDATE_CONVERSATION, cid, uid, not isinstance(title, Unset),
+                                      new_title, not isinstance(metadata, Unset), meta_json)
+            if row is None:
+                raise ConversationNotFound()
+            return Conversation.from_record(row)
+
+        return await self._run(op, retry=self.retry_reads)
+
+    async def delete_conversation(self, conversation_id: str, user_id: str) -> int:
+        """Delete the conversation and its messages in one statement; returns the messages deleted.
+
+        One transaction whatever the size: for a conversation of millions of messages,
+        ``delete_user_data`` shows the chunked way.
+        """
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+
+        async def op(conn: Conn) -> int:
+            row = await conn.fetchrow(_DELETE_CONVERSATION, cid, uid)
+            if row is None:
+                raise ConversationNotFound()
+            deleted: int = row[0]
+            return deleted
+
+        return await self._run(op, retry=False)
+
+    async def clear_conversation(self, conversation_id: str, user_id: str) -> int:
+        """Delete every message, keep the conversation; returns how many were deleted.
+
+        Sequence numbers are never reused: the next message continues after the highest seq the
+        conversation ever had, so a seq seen before the clear never names another message.
+        Touches ``updated_at``. One round trip (four when a writer races it).
+        """
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+
+        async def op(conn: Conn) -> int:
+            records = await management.run_fresh(conn, _CLEAR_CONVERSATION, cid, uid)
+            deleted: int = records[0]["deleted"]
+            return deleted
+
+        return await self._run(op, retry=False)
+
+    async def pop_last_message(self, conversation_id: str, user_id: str) -> Message | None:
+        """Delete and return the newest message, or None when the conversation is empty.
+
+        Safe under concurrency: concurrent pops each return a different message, and a pop only
+        ever removes the newest message as of the moment it holds the conversation's lock. Its
+        seq is not reused. Touches ``updated_at`` when it removes something. One round trip
+        (four when a writer races it).
+        """
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+
+        async def op(conn: Conn) -> Message | None:
+            records = await management.run_fresh(conn, _POP_LAST_MESSAGE, cid, uid)
+            return None if records[0][0] is None else Message.from_record(cid, records[0])
+
+        return await self._run(op, retry=False)
+
+    async def count_messages(self, conversation_id: str, user_id: str) -> int:
+        """How many messages the conversation holds (an index-only count); one round trip."""
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+
+        async def op(conn: Conn) -> int:
+            row = await conn.fetchrow(_COUNT_MESSAGES, cid, uid)
+            if row is None:
+                raise ConversationNotFound()
+            count: int = row[0]
+            return count
+
+        return await self._run(op, retry=self.retry_reads)
+
+    # -- erasure, export, import -------------------------------------------------------------
+    async def delete_user_data(
+        self, user_id: str, *, conversations_per_batch: int = 100, messages_per_batch: int = 5000
+    ) -> ErasureCounts:
+        """Erase every conversation and message of a user (an erasure request); returns the counts.
+
+        Works in short transactions: messages ``messages_per_batch`` at a time, then the emptied
+        conversations ``conversations_per_batch`` at a time, so a user with millions of messages
+        never holds one long transaction or lock. Resumable: if it is interrupted (cancelled,
+        connection lost, process killed), what was deleted stays deleted and calling it again
+        finishes the job, returning what that call deleted. Each step is an idempotent delete, so
+        a lost connection is retried. An unknown user deletes nothing (counts 0).
+        """
+        uid = check_id(user_id, "user_id")
+        per_batch = check_limit(conversations_per_batch, "conversations_per_batch")
+        chunk = check_limit(messages_per_batch, "messages_per_batch", maximum=100_000)
+        conversations = messages = 0
+        after = ""
+        while True:
+
+            async def take(conn: Conn, start: str = after) -> list[str]:
+                return await management.next_conversations(conn, uid, start, per_batch)
+
+            ids = await self._run(take, retry=True)
+            if not ids:
+                if after == "":
+                    return ErasureCounts(conversations, messages)
+                after = ""  # one more pass from the start: ids created meanwhile below the cursor
+                continue
+
+            async def erase(conn: Conn, ids: list[str] = ids) -> tuple[int, int]:
+                return await management.erase_conversations(conn, uid, ids, chunk)
+
+            done = await self._run(erase, retry=True)
+            conversations += done[0]
+            messages += done[1]
+            after = ids[-1]
+
+    def export_conversation(
+        self, conversation_id: str, user_id: str, *, chunk_size: int = 1000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream a conversation as JSON-ready dicts: the conversation record, then each message.
+
+        Messages are read in keyset chunks of ``chunk_size`` (one round trip each, no connection
+        or transaction held between chunks), so a huge conversation is never in memory. The
+        export covers the messages that existed when it started (seq below the next_seq read
+        first). Arguments are checked at the call; ``ConversationNotFound`` comes on the first
+        iteration (or later, if the conversation is deleted during the export). The format is
+        described in ``convdb.export``; ``import_conversation`` restores it exactly.
+        """
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+        size = check_limit(chunk_size, "chunk_size")
+        return self._export(cid, uid, size)
+
+    def export_messages(
+        self, conversation_id: str, user_id: str, *, chunk_size: int = 1000
+    ) -> AsyncIterator[Message]:
+        """Stream every message of a conversation, oldest first, as ``Message``s, in keyset chunks.
+
+        Like ``export_conversation`` (same chunks, same bound, same errors) without the
+        conversation record; for reading a whole long history without holding it all in memory.
+        """
+        cid = check_id(conversation_id, "conversation_id")
+        uid = check_id(user_id, "user_id")
+        size = check_limit(chunk_size, "chunk_size")
+        return self._stream_messages(cid, uid, size)
+
+    async def _export(self, cid: str, uid: str, size: int) -> AsyncIterator[dict[str, Any]]:
+        stream = self._export_rows(cid, uid, size)
+        yield header_record(await anext(stream))
+        async for record in stream:
+            yield message_record(record)
+
+    async def _stream_messages(self, cid: str, uid: str, size: int) -> AsyncIterator[Message]:
+        stream = self._export_rows(cid, uid, size)
+        await anext(stream)
+        async for record in stream:
+            yield Message.from_record(cid, record)
+
+    async def _export_rows(self, cid: str, uid: str, size: int) -> AsyncIterator[asyncpg.Record]:
+        """The conversation row, then its message rows with seq below its next_seq, in chunks."""
+
+        async def header(conn: Conn) -> asyncpg.Record:
+            row = await conn.fetchrow(_EXPORT_HEADER, cid, uid)
+            if row is None:
+                raise ConversationNotFound()
+            return row
+
+        head = await self._run(header, retry=self.retry_reads)
+        yield head
+        after, bound = 0, head["next_seq"]
+        while True:
+
+            async def chunk(conn: Conn, after: int = after) -> list[asyncpg.Record]:
+                records = await conn.fetch(_EXPORT_MESSAGES, cid, uid, after, bound, size)
+                if not records:
+                    raise ConversationNotFound()
+                return [] if records[0][0] is None else records
+
+            records = await self._run(chunk, retry=self.retry_reads)
+            for record in records:
+                yield record
+            if len(records) < size:
+                return
+            after = records[-1][0]
+
+    async def import_conversation(
+        self,
+        user_id: str,
+        records: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
+        *,
+        conversation_id: str | None = None,
+        replace: bool = False,
+        time_limit: float = 300.0,
+    ) -> Conversation:
+        """Restore an export (``export_conversation``'s records) for ``user_id``, exactly.
+
+        Same id (or ``conversation_id=`` to import a copy under another id), title, metadata,
+        created_at, updated_at and next_seq; every message with its seq, role, content, tool
+        fields, metadata, token count, idempotency key and created_at. All or nothing: one
+        transaction, messages sent in pipelined chunks as the records are read (``records`` may
+        be a lazy or async iterable, such as ``convdb.export.read_jsonl``). Records are validated
+        before they are sent; the first bad one raises ``InvalidInput`` and nothing is stored.
+
+        An id that already holds a conversation of this user raises ``ConversationExists``
+        unless ``replace=True``, which overwrites it (its messages are replaced) atomically. An
+        id of another user's conversation raises ``ConversationNotFound`` and is never touched.
+        ``time_limit`` (seconds) bounds the whole import; when it runs out, or the call is
+        cancelled, the connection is closed and nothing is stored.
+        """
+        uid = check_id(user_id, "user_id")
+        override = None if conversation_id is None else check_id(conversation_id, "conversation_id")
+        overwrite = check_flag(replace, "replace")
+        stream = aiter_records(records)
+        header = parse_header(await anext(stream, None))
+        cid = override or header.id
+        parser = MessageParser(header, max_content_bytes=self.max_content_bytes,
+                               count_tokens=self.count_tokens)
+        numbered = _numbered(stream)
+        first = []  # validated before any I/O; the rest is validated chunk by chunk
+        async for index, record in numbered:
+            first.append(parser.parse(record, index))
+            if len(first) >= management.IMPORT_CHUNK:
+                break
+
+        async def work(conn: Conn) -> None:
+            async with conn.transaction():
+                await management.import_in_transaction(conn, cid, uid, header, parser, first, numbered,
+                                                       overwrite, time_limit)
+
+        async def op(conn: Conn) -> None:
+            await _guarded(conn, work(conn), time_limit)
+
+        await self._run(op, retry=False)
+        return Conversation(id=cid, user_id=uid, title=header.title,
+                            metadata=_decode(header.metadata_json) or {},
+                            created_at=header.created_at, updated_at=header.updated_at)
+
 
 # -- internals -------------------------------------------------------------------------------
+async def _numbered(stream: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    index = 0
+    async for record in stream:
+        yield index, record
+        index += 1
+
+
 def _decode(text: str | None) -> Any:
     # A fresh copy of what was stored, not an alias of the caller's (mutable) argument.
     return None if text is None else json.loads(text)

@@ -169,6 +169,28 @@ def prepare_message(
     return MessageRow(role, text, name, call_id, calls_json, meta_json, tokens, key)
 
 
+def prepare_message_dict(
+    message: object, *, max_content_bytes: int, count_tokens: TokenCounter, index: int | None = None
+) -> MessageRow:
+    """Validate one message given as a dict of the ``save_message`` keyword fields plus ``role``."""
+    if not isinstance(message, Mapping):
+        raise InvalidInput("message", f"must be a dict, got {type(message).__name__}", index=index)
+    unknown = set(message) - MESSAGE_FIELDS
+    if unknown:
+        raise InvalidInput(str(sorted(map(str, unknown))[0]), "is not a message field", index=index)
+    if "role" not in message:
+        raise InvalidInput("role", "is required", index=index)
+    fields: dict[str, Any] = dict(message)
+    return prepare_message(
+        fields.pop("role"),
+        fields.pop("content", None),
+        **fields,
+        max_content_bytes=max_content_bytes,
+        count_tokens=count_tokens,
+        index=index,
+    )
+
+
 def prepare_batch(
     messages: object, *, max_content_bytes: int, count_tokens: TokenCounter, max_batch: int
 ) -> list[MessageRow]:
@@ -177,22 +199,8 @@ def prepare_batch(
     rows: list[MessageRow] = []
     keys: set[str] = set()
     for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise InvalidInput("message", f"must be a dict, got {type(message).__name__}", index=index)
-        unknown = set(message) - MESSAGE_FIELDS
-        if unknown:
-            raise InvalidInput(str(sorted(map(str, unknown))[0]), "is not a message field", index=index)
-        if "role" not in message:
-            raise InvalidInput("role", "is required", index=index)
-        fields: dict[str, Any] = dict(message)
-        row = prepare_message(
-            fields.pop("role"),
-            fields.pop("content", None),
-            **fields,
-            max_content_bytes=max_content_bytes,
-            count_tokens=count_tokens,
-            index=index,
-        )
+        row = prepare_message_dict(message, max_content_bytes=max_content_bytes,
+                                   count_tokens=count_tokens, index=index)
         if row.idempotency_key is not None:
             if row.idempotency_key in keys:
                 raise InvalidInput("idempotency_key", "is repeated within the batch", index=index)

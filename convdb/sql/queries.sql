@@ -109,3 +109,264 @@ SELECT to_regclass('convdb_schema_version') IS NOT NULL AS has_version_table,
 
 -- name: schema_version
 SELECT max(version) FROM convdb_schema_version;
+
+-- =============================================================================================
+-- Agent features: model-ready windows, one-round-trip turns, conversation management, erasure,
+-- export and import. The same rules as above: ownership in the same statement, seq from the
+-- conversation row under its lock.
+--
+-- "Fresh view" statements (save_and_get_history, pop_last_message, clear_conversation) read
+-- messages and write in one statement. A statement reads from the snapshot taken when it started,
+-- but it takes the conversation row's lock later, possibly after waiting for another writer that
+-- then committed: what that writer did is invisible to the snapshot. Every writer of a
+-- conversation's messages also updates its conversation row, so comparing the row version
+-- (xmin) the snapshot sees with the one the lock returns (SELECT ... FOR UPDATE returns the
+-- newest version) tells whether the snapshot is stale; the caller then re-reads or re-runs.
+-- =============================================================================================
+
+-- name: get_history_window
+-- The newest $4 messages with seq <= $3, oldest first, whose token counts summed from the newest
+-- backwards stay within $5 (no budget when $5 is NULL). The running sum is a window function
+-- over the same backward walk of messages_pkey, stopped by LIMIT; token counts are never
+-- negative (a CHECK), so the rows within budget are a contiguous newest suffix. No row back:
+-- not this user's conversation; one row with a NULL seq: nothing fits or nothing stored.
+SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
+       m.token_count, m.idempotency_key, m.created_at
+  FROM conversations c
+  LEFT JOIN LATERAL (
+        SELECT w.seq, w.role, w.content, w.tool_name, w.tool_call_id, w.tool_calls, w.metadata,
+               w.token_count, w.idempotency_key, w.created_at
+          FROM (
+                SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
+                       token_count, idempotency_key, created_at,
+                       sum(token_count) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) AS running
+                  FROM messages
+                 WHERE conversation_id = c.id AND seq <= $3
+                 ORDER BY seq DESC
+                 LIMIT $4
+               ) w
+         WHERE $5::bigint IS NULL OR w.running <= $5::bigint
+  ) m ON true
+ WHERE c.id = $1 AND c.user_id = $2
+ ORDER BY m.seq;
+
+-- name: save_and_get_history
+-- A whole agent turn in one statement: save_message's ownership check, seq allocation under the
+-- row lock, updated_at touch and insert, plus the window that ends at the new message. The
+-- inserted row is invisible to the rest of the statement (same snapshot), so the window is the
+-- inserted row UNION ALL the $11 - 1 older rows read from messages_pkey; the token budget $12
+-- (NULL: none) is a running sum over that union, newest first. The new row always comes back
+-- (is_new); in_window says whether it fits the budget. stale: a writer committed to this
+-- conversation after the snapshot, so the older rows may be incomplete and the caller re-reads
+-- them with get_history_window. No row back: not this user's conversation.
+WITH snapshot AS (
+    SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+), reserved AS (
+    UPDATE conversations c
+       SET next_seq = c.next_seq + 1, updated_at = now()
+      FROM locked l
+     WHERE c.id = l.id
+ RETURNING c.id, c.next_seq - 1 AS seq, l.version
+), inserted AS (
+    INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                          metadata, token_count, idempotency_key)
+    SELECT r.id, r.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10
+      FROM reserved r
+    RETURNING seq, role, content, tool_name, tool_call_id, tool_calls, metadata, token_count,
+              idempotency_key, created_at
+), turn AS (
+    SELECT i.seq, i.role, i.content, i.tool_name, i.tool_call_id, i.tool_calls, i.metadata,
+           i.token_count, i.idempotency_key, i.created_at, true AS is_new
+      FROM inserted i
+    UNION ALL
+    SELECT o.seq, o.role, o.content, o.tool_name, o.tool_call_id, o.tool_calls, o.metadata,
+           o.token_count, o.idempotency_key, o.created_at, false
+      FROM reserved r
+     CROSS JOIN LATERAL (
+            SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
+                   token_count, idempotency_key, created_at
+              FROM messages
+             WHERE conversation_id = r.id AND seq < r.seq
+             ORDER BY seq DESC
+             LIMIT $11::integer - 1
+           ) o
+), windowed AS (
+    SELECT t.*, sum(t.token_count) OVER (ORDER BY t.seq DESC ROWS UNBOUNDED PRECEDING) AS running
+      FROM turn t
+)
+SELECT w.seq, w.role, w.content, w.tool_name, w.tool_call_id, w.tool_calls, w.metadata,
+       w.token_count, w.idempotency_key, w.created_at, w.is_new,
+       ($12::bigint IS NULL OR w.running <= $12::bigint) AS in_window,
+       (SELECT s.version FROM snapshot s) IS DISTINCT FROM (SELECT r.version FROM reserved r) AS stale
+  FROM windowed w
+ WHERE w.is_new OR $12::bigint IS NULL OR w.running <= $12::bigint
+ ORDER BY w.seq;
+
+-- name: count_messages
+-- Index-only count over messages_pkey; no row back: not this user's conversation.
+SELECT count(m.seq)
+  FROM conversations c
+  LEFT JOIN messages m ON m.conversation_id = c.id
+ WHERE c.id = $1 AND c.user_id = $2
+ GROUP BY c.id;
+
+-- name: update_conversation
+-- $3/$5 say whether title/metadata were given, so "set to NULL" differs from "leave alone".
+UPDATE conversations
+   SET title = CASE WHEN $3::boolean THEN $4::text ELSE title END,
+       metadata = CASE WHEN $5::boolean THEN COALESCE($6::text::jsonb, '{}'::jsonb) ELSE metadata END,
+       updated_at = now()
+ WHERE id = $1 AND user_id = $2
+RETURNING id, user_id, title, metadata, created_at, updated_at;
+
+-- name: delete_conversation
+-- Messages go with it (ON DELETE CASCADE), in the same transaction; the count is for the caller.
+WITH gone AS (
+    DELETE FROM conversations WHERE id = $1 AND user_id = $2 RETURNING id
+)
+SELECT (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) FROM gone;
+
+-- name: clear_conversation
+-- Deletes every message and keeps the conversation (and its next_seq: seq is never reused).
+-- Only when the snapshot is fresh (see above); otherwise nothing is done and the caller re-runs.
+-- No row back: not this user's conversation.
+WITH snapshot AS (
+    SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+), checked AS (
+    SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
+), cleared AS (
+    DELETE FROM messages m USING checked k
+     WHERE k.fresh AND m.conversation_id = k.id
+    RETURNING m.seq
+), touched AS (
+    UPDATE conversations c SET updated_at = now()
+      FROM checked k
+     WHERE k.fresh AND c.id = k.id
+    RETURNING c.id
+)
+SELECT k.fresh, (SELECT count(*) FROM cleared) AS deleted FROM checked k;
+
+-- name: pop_last_message
+-- Deletes and returns the newest message, touching updated_at, only when the snapshot is fresh
+-- (see above): then the snapshot's newest message is the real newest one. Two concurrent pops
+-- cannot both delete one row (row locks) and the loser is never fresh, so it re-runs and pops
+-- the next one. Rows back: none = not this user's conversation; fresh = false: re-run;
+-- a NULL seq: the conversation is empty.
+WITH snapshot AS (
+    SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+), checked AS (
+    SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
+), popped AS (
+    DELETE FROM messages m USING checked k
+     WHERE k.fresh AND m.conversation_id = k.id
+       AND m.seq = (SELECT max(seq) FROM messages WHERE conversation_id = k.id)
+    RETURNING m.conversation_id, m.seq, m.role, m.content, m.tool_name, m.tool_call_id,
+              m.tool_calls, m.metadata, m.token_count, m.idempotency_key, m.created_at
+), touched AS (
+    UPDATE conversations c SET updated_at = now()
+      FROM popped p
+     WHERE c.id = p.conversation_id
+    RETURNING c.id
+)
+SELECT p.seq, p.role, p.content, p.tool_name, p.tool_call_id, p.tool_calls, p.metadata,
+       p.token_count, p.idempotency_key, p.created_at, k.fresh
+  FROM checked k
+  LEFT JOIN popped p ON true;
+
+-- name: erase_list_conversations
+-- delete_user_data, step 1: the user's next conversations in id order after $2 (keyset over
+-- conversations_user_id).
+SELECT id FROM conversations WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3;
+
+-- name: erase_messages_chunk
+-- delete_user_data, step 2, repeated until it returns 0: at most $3 messages of the listed
+-- conversations of user $1, each chunk its own short transaction.
+WITH doomed AS (
+    SELECT m.conversation_id, m.seq
+      FROM conversations c
+      JOIN messages m ON m.conversation_id = c.id
+     WHERE c.id = ANY($2::text[]) AND c.user_id = $1
+     LIMIT $3
+), gone AS (
+    DELETE FROM messages m USING doomed d
+     WHERE m.conversation_id = d.conversation_id AND m.seq = d.seq
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: erase_conversations
+-- delete_user_data, step 3: the (now empty) listed conversations of user $1. A message written
+-- concurrently since step 2 goes with its conversation (ON DELETE CASCADE).
+WITH gone AS (
+    DELETE FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 RETURNING id
+)
+SELECT count(*) FROM gone;
+
+-- name: export_header
+-- export_conversation, first: the conversation row. next_seq bounds the messages exported, so a
+-- message appended while the export runs is not half-included.
+SELECT id, user_id, title, metadata, created_at, updated_at, next_seq
+  FROM conversations
+ WHERE id = $1 AND user_id = $2;
+
+-- name: export_messages
+-- export_conversation, then: keyset chunks of $5 messages with $3 < seq < $4, ownership checked
+-- each time. No row back: the conversation is gone (deleted during the export); one row with a
+-- NULL seq: no more messages.
+SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
+       m.token_count, m.idempotency_key, m.created_at
+  FROM conversations c
+  LEFT JOIN LATERAL (
+        SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
+               token_count, idempotency_key, created_at
+          FROM messages
+         WHERE conversation_id = c.id AND seq > $3 AND seq < $4
+         ORDER BY seq
+         LIMIT $5
+  ) m ON true
+ WHERE c.id = $1 AND c.user_id = $2
+ ORDER BY m.seq;
+
+-- name: import_conversation_row
+-- import_conversation, first (in its transaction): create the conversation exactly as exported.
+-- With $8 (replace) an existing conversation of the same user is overwritten (its messages are
+-- then deleted by import_clear_messages); another user's id is never touched. No row back: the
+-- id exists (this user's without replace, or another user's).
+INSERT INTO conversations (id, user_id, title, metadata, next_seq, created_at, updated_at)
+VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $6, $7)
+ON CONFLICT (id) DO UPDATE
+   SET title = EXCLUDED.title, metadata = EXCLUDED.metadata, next_seq = EXCLUDED.next_seq,
+       created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
+ WHERE conversations.user_id = EXCLUDED.user_id AND $8::boolean
+RETURNING (xmax = 0) AS created;
+
+-- name: import_owner_check
+-- After import_conversation_row returned nothing: does the id belong to this user?
+SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2);
+
+-- name: import_clear_messages
+DELETE FROM messages m
+ USING conversations c
+ WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id;
+
+-- name: import_message
+-- The executemany body of an import: every column as exported, created_at included.
+INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                      metadata, token_count, idempotency_key, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10, $11);
+
+-- name: import_finish
+-- Last step of an import whose header gave no next_seq: continue after the highest imported seq.
+UPDATE conversations SET next_seq = GREATEST(next_seq, $3)
+ WHERE id = $1 AND user_id = $2;
+
+-- name: lock_conversation
+-- Inside a transaction: hold the conversation row's lock, so the next statement's snapshot is
+-- the newest state (the contended path of the "fresh view" statements).
+SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE;

@@ -1,0 +1,161 @@
+"""The dynamic query of convdb: a user's conversations, filtered, newest first, keyset-paginated.
+
+Built with pypika, every value as a ``$n`` ``Parameter`` (pypika would otherwise inline values as
+literals, and its auto-parametrisation stringifies datetimes). Each combination of the optional
+filters is a distinct statement text, so asyncpg prepares at most 32 of them per connection.
+
+Order: ``updated_at DESC, id DESC``. The cursor is the (updated_at, id) of a page's last row;
+the next page is ``(updated_at, id) < cursor`` (no OFFSET: a page costs the same wherever it is).
+The cursor is opaque: base64url of a small JSON array carrying a check digest over its content
+and the listing it belongs to (user and filters), so a tampered, truncated or foreign cursor is
+refused with ``InvalidInput`` before any I/O. It is not a secret: whatever it says, the query
+still filters on the caller's user_id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from pypika import Order, Parameter, Table, Tuple
+from pypika.dialects import PostgreSQLQuery
+from pypika.functions import Cast
+from pypika.terms import Criterion, Term
+
+from .errors import InvalidInput
+from .records import JSONValue
+from .validation import check_id, check_limit, check_text, encode_json
+
+MAX_PAGE_SIZE: Final = 1000
+_CURSOR_VERSION: Final = 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_COLUMNS: Final = ("id", "user_id", "title", "metadata", "created_at", "updated_at")
+
+
+@dataclass(frozen=True, slots=True)
+class ListingQuery:
+    """A validated listing: the SQL text and its arguments, plus what is needed to make cursors."""
+
+    sql: str
+    args: tuple[Any, ...]
+    limit: int
+    context: str
+
+
+def escape_like(text: str) -> str:
+    r"""``text`` as a LIKE pattern that matches it literally (``\`` is PostgreSQL's LIKE escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _check_time(value: object, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidInput(field, f"must be a datetime or None, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(field, "must be timezone-aware (for example datetime.now(UTC))")
+    return value
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.hexdigest()[:16]
+
+
+def encode_cursor(updated_at: datetime, conversation_id: str, context: str) -> str:
+    micros = (updated_at - _EPOCH) // timedelta(microseconds=1)
+    body = [_CURSOR_VERSION, micros, conversation_id]
+    check = _digest(json.dumps(body), context)
+    raw = json.dumps([*body, check], separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: object, context: str) -> tuple[datetime, str]:
+    """The (updated_at, id) a cursor points after; ``InvalidInput`` for anything not made by us."""
+    if not isinstance(cursor, str):
+        raise InvalidInput("cursor", f"must be a str returned as next_cursor, got {type(cursor).__name__}")
+    if len(cursor) > 2048:
+        raise InvalidInput("cursor", "is not a cursor returned by list_conversations")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput("cursor", "is not a cursor returned by list_conversations") from exc
+    if (
+        not isinstance(value, list) or len(value) != 4 or value[0] != _CURSOR_VERSION
+        or type(value[1]) is not int or not isinstance(value[2], str) or not isinstance(value[3], str)
+    ):
+        raise InvalidInput("cursor", "is not a cursor returned by list_conversations")
+    version, micros, conversation_id, check = value
+    if check != _digest(json.dumps([version, micros, conversation_id]), context):
+        raise InvalidInput(
+            "cursor", "was altered, or belongs to another listing (other user or other filters)"
+        )
+    try:
+        updated_at = _EPOCH + timedelta(microseconds=micros)
+    except OverflowError as exc:
+        raise InvalidInput("cursor", "is not a cursor returned by list_conversations") from exc
+    return updated_at, check_id(conversation_id, "cursor")
+
+
+def build_listing(
+    user_id: object,
+    *,
+    limit: object = 20,
+    cursor: object = None,
+    title_contains: object = None,
+    metadata_contains: Mapping[str, JSONValue] | None = None,
+    updated_after: object = None,
+    updated_before: object = None,
+) -> ListingQuery:
+    """Validate every argument (no I/O) and build the statement; it fetches ``limit + 1`` rows."""
+    uid = check_id(user_id, "user_id")
+    n = check_limit(limit, maximum=MAX_PAGE_SIZE)
+    title = None if title_contains is None else check_text(title_contains, "title_contains")
+    meta_json = encode_json(metadata_contains, "metadata_contains", kind=dict)
+    after = _check_time(updated_after, "updated_after")
+    before = _check_time(updated_before, "updated_before")
+    context = _digest(uid, repr(title), meta_json or "",
+                      repr(after and after.astimezone(UTC).isoformat()),
+                      repr(before and before.astimezone(UTC).isoformat()))
+    position = None if cursor is None else decode_cursor(cursor, context)
+
+    t = Table("conversations")
+    args: list[Any] = []
+
+    def param(value: Any) -> Parameter:
+        args.append(value)
+        return Parameter(f"${len(args)}")
+
+    conditions: list[Criterion] = [t.user_id == param(uid)]
+    if position is not None:
+        conditions.append(Tuple(t.updated_at, t.id) < Tuple(param(position[0]), param(position[1])))
+    if title is not None:
+        # pypika's stubs type the pattern as str; a Parameter renders as $n just the same.
+        conditions.append(t.title.ilike(param("%" + escape_like(title) + "%")))  # type: ignore[arg-type]
+    if meta_json is not None:
+        as_text = Cast(param(meta_json), "text")  # type: ignore[no-untyped-call]
+        conditions.append(t.metadata.contains(Cast(as_text, "jsonb")))  # type: ignore[no-untyped-call]
+    if after is not None:
+        conditions.append(t.updated_at > param(after))
+    if before is not None:
+        conditions.append(t.updated_at < param(before))
+    limit_param: Term = param(n + 1)
+    query = (
+        PostgreSQLQuery.from_(t)
+        .select(*(t.field(c) for c in _COLUMNS))
+        .where(Criterion.all(conditions))
+        .orderby(t.updated_at, order=Order.desc)
+        .orderby(t.id, order=Order.desc)
+        .limit(limit_param)  # type: ignore[arg-type]  # typed int; renders $n
+    )
+    return ListingQuery(query.get_sql(), tuple(args), n, context)
