@@ -1,0 +1,78 @@
+"""Run modes: how long each cell runs, how many repeats, how much data is seeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .measure import Timing
+from .workload import Layout
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    timing: Timing
+    repeats: int
+    scaling_timing: Timing
+    layout: Layout
+
+
+MODES: dict[str, Mode] = {
+    # For the test suite: exercises every path, measures nothing worth quoting.
+    "tiny": Mode(
+        "tiny",
+        Timing(0.05, 0.2),
+        1,
+        Timing(0.0, 0.1),
+        Layout(
+            history_conversations=4,
+            work_conversations=8,
+            scaling_lengths=(100, 1_000),
+            scaling_conversations=1,
+            peer_scaling_max=1_000,
+        ),
+    ),
+    # Under 3 minutes on 2 cores.
+    "quick": Mode(
+        "quick",
+        Timing(0.3, 1.0),
+        1,
+        Timing(0.1, 0.5),
+        Layout(
+            history_conversations=16,
+            work_conversations=64,
+            scaling_lengths=(100, 1_000, 10_000, 100_000),
+            scaling_conversations=2,
+            peer_scaling_max=10_000,
+        ),
+    ),
+    # The default: the figures quoted in the README.
+    "default": Mode(
+        "default",
+        Timing(1.0, 3.0),
+        3,
+        Timing(0.5, 2.0),
+        Layout(
+            history_conversations=32,
+            work_conversations=256,
+            scaling_lengths=(100, 1_000, 10_000, 100_000),
+            scaling_conversations=3,
+            peer_scaling_max=100_000,
+        ),
+    ),
+    # Default plus the table-size sweep: convdb's messages table grown to 10 million rows.
+    "full": Mode(
+        "full",
+        Timing(1.0, 3.0),
+        3,
+        Timing(0.5, 2.0),
+        Layout(
+            history_conversations=32,
+            work_conversations=256,
+            scaling_lengths=(100, 1_000, 10_000, 100_000),
+            scaling_conversations=3,
+            peer_scaling_max=100_000,
+            table_sizes=(1_000_000, 3_000_000, 10_000_000),
+        ),
+    ),
+}

@@ -1,0 +1,170 @@
+"""Turning rows into the JSON document, the ratios and the text tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .peers import PEERS
+from .runner import Row, ScalingPoint
+
+
+def row_json(row: Row) -> dict[str, Any]:
+    cell = row.cell
+    return {
+        "system": row.system,
+        "op": row.op,
+        "concurrency": row.concurrency,
+        "ops_per_s": _round(cell.ops_per_s),
+        "p50_ms": _round(cell.p50_ms, 3),
+        "p99_ms": _round(cell.p99_ms, 3),
+        "error": cell.error,
+        "note": row.note,
+        "calls": cell.calls,
+        "failed_calls": cell.failed_calls,
+        "repeats": [
+            {
+                "ops_per_s": _round(c.ops_per_s),
+                "p50_ms": _round(c.p50_ms, 3),
+                "p99_ms": _round(c.p99_ms, 3),
+                "error": c.error,
+            }
+            for c in row.repeats
+        ],
+    }
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """convdb ÷ pgbench, ÷ asyncpg-raw and ÷ the best peer, by throughput, per (op, concurrency)."""
+    by_key = {(r.system, r.op, r.concurrency): r.cell for r in rows}
+    out = []
+    for op, c in dict.fromkeys((r.op, r.concurrency) for r in rows if r.system == "convdb"):
+        mine = by_key[("convdb", op, c)].ops_per_s
+        peers = [(name, by_key[(name, op, c)].ops_per_s) for name in PEERS if (name, op, c) in by_key]
+        measured = [(name, v) for name, v in peers if v is not None]
+        best = max(measured, key=lambda p: p[1]) if measured else (None, None)
+        entry: dict[str, Any] = {
+            "op": op,
+            "concurrency": c,
+            "convdb_over_pgbench": _ratio(mine, by_key.get(("pgbench", op, c), _none()).ops_per_s),
+            "convdb_over_asyncpg_raw": _ratio(mine, by_key.get(("asyncpg-raw", op, c), _none()).ops_per_s),
+            "best_peer": best[0],
+            "convdb_over_best_peer": _ratio(mine, best[1]),
+        }
+        if op == "turn":
+            entry["turn_over_turn_two_calls"] = _ratio(
+                mine, by_key.get(("convdb", "turn_two_calls", c), _none()).ops_per_s
+            )
+        out.append(entry)
+    return out
+
+
+class _NoCell:
+    ops_per_s = None
+
+
+def _none() -> Any:
+    return _NoCell()
+
+
+def document(meta: dict[str, Any], rows: Sequence[Row], scaling: Sequence[ScalingPoint]) -> dict[str, Any]:
+    return {
+        "meta": meta,
+        "results": [row_json(r) for r in rows],
+        "ratios": ratios(rows),
+        "scaling": [{**asdict(p), "p50_ms": _round(p.p50_ms, 3)} for p in scaling],
+    }
+
+
+def write_json(path: str | Path, doc: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+# -- text ---------------------------------------------------------------------------------------
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        # First column left-aligned (labels), figures right-aligned.
+        return "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        )
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def text(doc: dict[str, Any]) -> str:
+    results = doc["results"]
+    systems = list(dict.fromkeys(r["system"] for r in results))
+    ops = list(dict.fromkeys(r["op"] for r in results))
+    found = {(r["system"], r["op"], r["concurrency"]): r for r in results}
+    parts = []
+    for c in sorted({r["concurrency"] for r in results}):
+        body = []
+        for op in ops:
+            cells = []
+            for s in systems:
+                r = found.get((s, op, c))
+                if r is None:
+                    cells.append("")
+                elif r["ops_per_s"] is None:
+                    cells.append("error" if not (r["error"] or "").startswith("unsupported") else "n/a")
+                else:
+                    cells.append(f"{_fmt(r['ops_per_s'])} ({_fmt(r['p50_ms'], 2)}/{_fmt(r['p99_ms'], 1)})")
+            body.append([op, *cells])
+        parts.append(f"concurrency {c}: ops/s (p50/p99 ms)\n" + _table(["op", *systems], body))
+    ratio_rows = [
+        [
+            r["op"],
+            str(r["concurrency"]),
+            _fmt(r["convdb_over_pgbench"], 2),
+            _fmt(r["convdb_over_asyncpg_raw"], 2),
+            f"{_fmt(r['convdb_over_best_peer'], 1)} ({r['best_peer'] or '-'})",
+        ]
+        for r in doc["ratios"]
+    ]
+    parts.append(
+        "ratios of throughput\n"
+        + _table(["op", "c", "convdb/pgbench", "convdb/asyncpg-raw", "convdb/best peer"], ratio_rows)
+    )
+    scaling = doc["scaling"]
+    if scaling:
+        lengths = sorted({p["messages_in_conversation"] for p in scaling})
+        point = {
+            (p["system"], p["messages_in_conversation"], p["total_messages"]): p["p50_ms"] for p in scaling
+        }
+        body = []
+        for s in dict.fromkeys(p["system"] for p in scaling):
+            for total in sorted({p["total_messages"] for p in scaling if p["system"] == s}):
+                body.append([s, f"{total:,}", *[_fmt(point.get((s, n, total)), 2) for n in lengths]])
+        parts.append(
+            "history_50 p50 ms by conversation length (c=1)\n"
+            + _table(["system", "table msgs", *[f"{n:,}" for n in lengths]], body)
+        )
+    problems = [
+        f"- {r['system']} {r['op']} c={r['concurrency']}: {r['error']}" for r in results if r["error"]
+    ]
+    notes = sorted({f"- {r['system']} {r['op']}: {r['note']}" for r in results if r["note"]})
+    if notes:
+        parts.append("how each system does each op\n" + "\n".join(notes))
+    if problems:
+        parts.append("errors and unsupported ops\n" + "\n".join(problems))
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,1 @@
+"""The systems under test. Peers (other projects' stores) live in ``benchmarks.peers``."""
