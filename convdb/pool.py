@@ -16,8 +16,9 @@ def _identity(text: str) -> str:
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Per new connection: decode jsonb into Python values once, in the driver.
 
-    convdb validates and encodes JSON itself before any I/O (and casts it in SQL from text), so the
-    encoder only passes text through.
+    convdb sends JSON as text parameters cast in SQL (``$n::text::jsonb``), validated and encoded
+    once before any I/O, so its statements never use this encoder; it passes text through for
+    callers who bind jsonb parameters on the same pool.
     """
     await conn.set_type_codec("jsonb", encoder=_identity, decoder=json.loads, schema="pg_catalog",
                               format="text")

@@ -8,6 +8,7 @@ Driver errors become ``ConvDBError``s in exactly one place: ``_Connection.__aexi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -785,20 +786,31 @@ async def _save_batch_in_transaction(
 
 
 async def _guarded(conn: Conn, work: Awaitable[T], budget: float) -> T:
-    """Run a batch so that cancellation or a stall ends it in bounded time, with nothing committed.
+    """Run a batch so that cancellation, a lost connection or a stall ends it in bounded time.
 
-    The batch runs in its own task. If the caller is cancelled, or the batch outlives its budget,
-    the connection is terminated: the server then rolls the transaction back, and the socket close
-    wakes asyncpg from any wait for a drain that would never come. The pool replaces the
-    connection on release, so no slot leaks.
+    The batch runs in its own task, because asyncpg's executemany can otherwise wait forever for a
+    socket drain (when the server stops reading mid-batch) and swallows the cancellation meanwhile.
+    If the caller is cancelled or the budget runs out, the connection is terminated: the server
+    then rolls the transaction back and the socket close wakes the driver. If the server ends the
+    connection, the termination listener stops the task at once. Either way the pool replaces the
+    connection, so no slot leaks.
     """
     task = asyncio.ensure_future(work)
+    lost = False
+
+    def on_terminated(_: object) -> None:
+        nonlocal lost
+        lost = True
+        task.cancel()
+
+    conn.add_termination_listener(on_terminated)
     try:
         return await asyncio.wait_for(asyncio.shield(task), timeout=budget + _CANCEL_GRACE_SECONDS)
     except BaseException as exc:
         stalled = not task.done()
         if stalled or isinstance(exc, TimeoutError):
-            conn.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):  # already detached by a lost connection
+                conn.terminate()
         if stalled:
             task.cancel()
             await asyncio.wait({task}, timeout=_CANCEL_GRACE_SECONDS)
@@ -806,6 +818,15 @@ async def _guarded(conn: Conn, work: Awaitable[T], budget: float) -> T:
             task.exception()  # retrieved here so asyncio does not log it as never retrieved
         if isinstance(exc, TimeoutError):
             raise QueryTimeout(f"batch did not finish within {budget:.1f} s; nothing was stored") from exc
+        current = asyncio.current_task()
+        caller_cancelled = current is not None and current.cancelling() > 0
+        if lost and isinstance(exc, asyncio.CancelledError) and not caller_cancelled:
+            raise DatabaseUnavailable(
+                "connection lost during the batch; it was rolled back unless the loss came during COMMIT"
+            ) from exc
         raise
+    finally:
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.remove_termination_listener(on_terminated)
 
 __all__ = ["ConvDBError", "ConversationStore"]

@@ -10,7 +10,7 @@
 -- (statement snapshot), so the caller re-reads with get_conversation.
 WITH inserted AS (
     INSERT INTO conversations (id, user_id, title, metadata)
-    VALUES ($1, $2, $3, COALESCE($4::jsonb, '{}'::jsonb))
+    VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
     ON CONFLICT (id) DO NOTHING
     RETURNING id, user_id, title, metadata, created_at, updated_at, true AS created
 )
@@ -38,7 +38,7 @@ WITH reserved AS (
 )
 INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
                       metadata, token_count, idempotency_key)
-SELECT reserved.id, reserved.seq, $3, $4, $5, $6, $7::jsonb, COALESCE($8::jsonb, '{}'::jsonb), $9, $10
+SELECT reserved.id, reserved.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10
   FROM reserved
 RETURNING seq, created_at;
 
@@ -65,7 +65,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- The executemany body of a batch: the seq was reserved by reserve_seq_range in this transaction.
 INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
                       metadata, token_count, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, COALESCE($8::jsonb, '{}'::jsonb), $9, $10);
+VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10);
 
 -- name: get_message_by_key
 -- Resolves a retried keyed save to the message stored the first time.
@@ -109,6 +109,12 @@ SELECT to_regclass('convdb_schema_version') IS NOT NULL AS has_version_table,
 
 -- name: schema_version
 SELECT max(version) FROM convdb_schema_version;
+
+-- name: set_rls_user
+-- Only with ConversationStore(row_level_security=True): the first statement of every transaction,
+-- naming the user the policies of schema_rls.sql admit. is_local = true: the setting ends with the
+-- transaction, so a pooled (or PgBouncer-shared) connection never carries it to another user.
+SELECT set_config('convdb.user_id', $1, true)
 
 -- =============================================================================================
 -- Agent features: model-ready windows, one-round-trip turns, conversation management, erasure,
