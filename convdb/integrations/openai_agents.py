@@ -1,0 +1,262 @@
+"""OpenAI Agents SDK sessions stored in convdb (``pip install 'convdb[openai-agents]'``).
+
+``ConvDBSession(store, session_id, user_id)`` implements the SDK's ``Session`` protocol, so
+``Runner.run(agent, input, session=ConvDBSession(...))`` reads and writes its history through convdb.
+
+Each Responses-API item becomes one convdb message, and the item itself is kept, exactly, in the
+message's metadata under ``"openai_item"``; ``get_items`` returns that stored item, so every item
+type round-trips losslessly (as JSON: equal dicts). The columns are filled so that other readers
+(``build_message_array``, SQL, analytics) see a normal chat history:
+
+==========================================  ========== =============================================
+item                                        role       columns
+==========================================  ========== =============================================
+message, role user                          user       content = its text
+message, role system / developer            system     content = its text
+message, role assistant                     assistant  content = its text (refusals included)
+function_call                               assistant  tool_calls = [chat-completions function call],
+                                                       tool_name = name
+custom_tool_call                            assistant  tool_calls = [{"id", "type": "custom", ...}]
+``*_output`` items (function_call_output,  tool       tool_call_id = call_id (``id`` for
+computer_call_output, shell, custom, ...)              local_shell_call_output), content = its text
+other items with a ``call_id`` (computer,   assistant  tool_calls = [{"id": call_id, "type": type}]
+shell, apply_patch, tool_search, program)
+anything else (reasoning, web/file search,  assistant  content NULL; only the item carries the data
+MCP, compaction, item references, ...)
+==========================================  ========== =============================================
+
+Content-less items (the last row) get ``token_count`` from their JSON, so token-budgeted windows
+account for replayed reasoning; the others are counted by the store from content and tool calls.
+
+"Its text" is the text of the item's ``input_text`` / ``output_text`` / ``refusal`` parts joined
+with newlines (a string content is taken as is); non-text parts (images, files, audio) live only in
+the stored item. Messages written by other convdb clients (no ``"openai_item"``) are read back
+as the equivalent items: user/system/assistant messages, one ``function_call`` per assistant tool
+call, ``function_call_output`` for tool messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
+
+try:
+    from agents.items import TResponseInputItem
+    from agents.memory import Session, SessionSettings
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "convdb.integrations.openai_agents needs the OpenAI Agents SDK (openai-agents >= 0.8): "
+        "pip install 'convdb[openai-agents]'"
+    ) from exc
+
+from ..errors import ConversationNotFound
+from ..records import Message
+from ..store import ConversationStore
+from ..validation import check_id
+from ._common import append, read_all, read_window
+
+METADATA_KEY: Final = "openai_item"
+"""The metadata key under which the original Responses-API item is stored."""
+
+_ROLES: Final[Mapping[str, str]] = {
+    "user": "user",
+    "system": "system",
+    "developer": "system",
+    "assistant": "assistant",
+}
+_TEXT_PART_FIELDS: Final[Mapping[str, str]] = {
+    "input_text": "text",
+    "output_text": "text",
+    "text": "text",
+    "refusal": "refusal",
+}
+
+
+class ConvDBSession:
+    """The OpenAI Agents SDK ``Session`` protocol on a convdb conversation.
+
+    ``session_id`` is the convdb conversation id and ``user_id`` its owner; the conversation is
+    created (with ``title``) on the first write. An id that belongs to another user reads as
+    empty and refuses writes with ``ConversationNotFound``, exactly like an unknown one would
+    be indistinguishable elsewhere in convdb. ``session_settings.limit`` is the default window
+    of ``get_items`` (``None``: the whole history), as in the SDK's own sessions.
+
+    Round trips: ``get_items(limit)`` one; ``get_items()`` of the whole history two (one more per
+    further 10,000 items, streamed);
+    ``add_items`` one atomic batch (two more the first time, to create the conversation);
+    ``pop_item`` and ``clear_session`` one each.
+    """
+
+    session_id: str
+    session_settings: SessionSettings | None
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        session_id: str,
+        user_id: str,
+        *,
+        session_settings: SessionSettings | None = None,
+        title: str | None = None,
+    ) -> None:
+        self.store = store
+        self.session_id = check_id(session_id, "session_id")
+        self.user_id = check_id(user_id, "user_id")
+        self.session_settings = session_settings if session_settings is not None else SessionSettings()
+        self.title = title
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        """The newest ``limit`` items in chronological order; every item when ``limit`` is None.
+
+        ``limit=None`` falls back to ``session_settings.limit``; a limit of 0 or less returns [].
+        The whole history comes back exactly as written. A limited read is a convdb window: tool
+        outputs at its start whose call is older than the window are left out (the Responses API
+        rejects an output without its call), so it can hold fewer than ``limit`` items.
+        """
+        effective = limit
+        if effective is None and self.session_settings is not None:
+            effective = self.session_settings.limit
+        if effective is None:
+            messages = await read_all(self.store, self.session_id, self.user_id)
+            return [item for message in messages for item in message_to_items(message)]
+        messages = await read_window(self.store, self.session_id, self.user_id, effective)
+        items = [item for message in messages for item in message_to_items(message)]
+        if len(items) > effective:
+            # Only messages written by other clients stand for several items; cutting between
+            # them can orphan an output again.
+            items = items[-effective:]
+            while items and item_to_message(items[0])["role"] == "tool":
+                del items[0]
+        return items
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        """Append the items in order, all or nothing, in one ``save_messages`` batch."""
+        rows = [item_to_message(item) for item in items]
+        for row in rows:
+            if row.get("content") is None and not row.get("tool_calls"):
+                # Reasoning, search and other content-less items still cost the model tokens when
+                # replayed: count their JSON, so token-budgeted windows see them.
+                row["token_count"] = self.store.count_tokens(
+                    json.dumps(row["metadata"][METADATA_KEY], ensure_ascii=False, default=str)
+                )
+        await append(self.store, self.session_id, self.user_id, rows, title=self.title)
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        """Remove and return the newest item (None when the session is empty).
+
+        Safe under concurrent pops: each stored message is returned by at most one of them.
+        """
+        try:
+            message = await self.store.pop_last_message(self.session_id, self.user_id)
+        except ConversationNotFound:
+            return None
+        if message is None:
+            return None
+        # A message written by another client may stand for several items (an assistant turn
+        # with several tool calls); popping removes the whole message and returns its last item.
+        return message_to_items(message)[-1]
+
+    async def clear_session(self) -> None:
+        """Delete every item of the session; the conversation row itself stays."""
+        with contextlib.suppress(ConversationNotFound):  # never written: nothing to clear
+            await self.store.clear_conversation(self.session_id, self.user_id)
+
+
+# -- mapping ---------------------------------------------------------------------------------
+def item_to_message(item: TResponseInputItem) -> dict[str, Any]:
+    """The ``save_messages`` row for one Responses-API item (see the module docstring's table)."""
+    data: Mapping[str, Any] = cast(Mapping[str, Any], item)
+    row: dict[str, Any] = {"metadata": {METADATA_KEY: dict(data)}}
+    kind = data.get("type", "message")
+    role = data.get("role")
+    call_id = data.get("call_id")
+    if kind == "message" and isinstance(role, str) and role in _ROLES:
+        row["role"] = _ROLES[role]
+        row["content"] = _text(data.get("content"))
+    elif kind == "function_call":
+        row["role"] = "assistant"
+        row["tool_name"] = data.get("name")
+        row["tool_calls"] = [{
+            "id": call_id,
+            "type": "function",
+            "function": {"name": data.get("name"), "arguments": data.get("arguments")},
+        }]
+    elif kind == "custom_tool_call":
+        row["role"] = "assistant"
+        row["tool_name"] = data.get("name")
+        row["tool_calls"] = [{
+            "id": call_id,
+            "type": "custom",
+            "custom": {"name": data.get("name"), "input": data.get("input")},
+        }]
+    elif kind == "local_shell_call_output" and isinstance(data.get("id"), str):
+        # The one output that names its call by "id" rather than "call_id".
+        row["role"] = "tool"
+        row["tool_call_id"] = data["id"]
+        row["content"] = _text(data.get("output"))
+    elif isinstance(call_id, str) and isinstance(kind, str) and kind.endswith("_output"):
+        row["role"] = "tool"
+        row["tool_call_id"] = call_id
+        row["content"] = _text(data.get("output"))
+    elif isinstance(call_id, str):
+        row["role"] = "assistant"
+        row["tool_calls"] = [{"id": call_id, "type": kind}]
+    else:
+        row["role"] = "assistant"
+        row["content"] = None
+    return row
+
+
+def message_to_items(message: Message) -> list[TResponseInputItem]:
+    """The items one stored message stands for: the stored item, else its equivalent items."""
+    stored = message.metadata.get(METADATA_KEY)
+    if isinstance(stored, dict):
+        return [cast(TResponseInputItem, stored)]
+    content = message.content if message.content is not None else ""
+    if message.role == "tool":
+        return [cast(TResponseInputItem, {
+            "type": "function_call_output", "call_id": message.tool_call_id, "output": content,
+        })]
+    items: list[Any] = []
+    if message.role != "assistant" or message.content is not None or not message.tool_calls:
+        items.append({"role": message.role, "content": content})
+    for call in message.tool_calls or []:
+        items.append(_call_item(call))
+    return cast(list[TResponseInputItem], items)
+
+
+def _call_item(call: Any) -> dict[str, Any]:
+    """A chat-completions tool call as a Responses-API ``function_call`` item."""
+    function = call.get("function", {}) if isinstance(call, dict) else {}
+    arguments = function.get("arguments", "")
+    return {
+        "type": "function_call",
+        "call_id": call.get("id") if isinstance(call, dict) else None,
+        "name": function.get("name"),
+        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+    }
+
+
+def _text(content: Any) -> str | None:
+    """The readable text of a message content or a tool output: a string, or its text parts."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict):
+                field = _TEXT_PART_FIELDS.get(str(part.get("type")))
+                value = part.get(field) if field is not None else None
+                if isinstance(value, str):
+                    texts.append(value)
+        return "\n".join(texts) if texts else None
+    return None
+
+
+if TYPE_CHECKING:
+    # A static check that ConvDBSession satisfies the SDK's Session protocol.
+    _protocol_check: type[Session] = ConvDBSession
