@@ -571,7 +571,7 @@ class ConversationStore:
             if not ids:
                 if after == "":
                     return ErasureCounts(conversations, messages)
-                after = ""  # one more pass from the start: ids created meanwhile below the cursor
+                after = ""  # one more look from the start (see below)
                 continue
 
             async def erase(conn: Conn, ids: list[str] = ids) -> tuple[int, int]:
@@ -580,7 +580,9 @@ class ConversationStore:
             done = await self._run(erase, retry=True)
             conversations += done[0]
             messages += done[1]
-            after = ids[-1]
+            # After the last batch, one more look from the start: it finds conversations created
+            # meanwhile below the cursor, and otherwise ends the loop.
+            after = ids[-1] if len(ids) == per_batch else ""
 
     def export_conversation(
         self, conversation_id: str, user_id: str, *, chunk_size: int = 1000
