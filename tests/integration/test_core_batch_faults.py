@@ -25,9 +25,9 @@ BIG_BATCH = [{"role": "user", "content": f"{i:06d}" + "x" * 20_000} for i in ran
 BOUND_SECONDS = 20
 
 
-async def _wait_for_stalled_insert(db: asyncpg.Connection, timeout: float = 30) -> int:
+async def _wait_for_stalled_insert(db: asyncpg.Connection) -> int:
     """The pid of the store's backend once its INSERT is waiting on the lock (really in flight)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         pid = await db.fetchval(
             """SELECT pid FROM pg_stat_activity
@@ -73,8 +73,8 @@ async def lock(conn: asyncpg.Connection) -> None:
 async def assert_client_still_sending(store: ConversationStore) -> None:
     """The stalled batch has not been fully handed to the kernel: the hazardous state."""
     for _ in range(100):
-        pending = [c for c in store.pool._holders if c._con is not None and c._in_use is not None  # noqa: SLF001
-                   and c._con._transport.get_write_buffer_size() > 0]  # noqa: SLF001
+        pending = [c for c in store.pool._holders if c._con is not None and c._in_use is not None
+                   and c._con._transport.get_write_buffer_size() > 0]
         if pending:
             return
         await asyncio.sleep(0.05)

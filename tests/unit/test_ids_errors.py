@@ -10,8 +10,8 @@ import pytest
 
 from convdb.errors import (
     ConstraintViolation,
-    ConversationNotFound,
     ConvDBError,
+    ConversationNotFound,
     DatabaseUnavailable,
     InvalidInput,
     QueryTimeout,
