@@ -52,19 +52,25 @@ async def read_all(store: ConversationStore, conversation_id: str, user_id: str)
 
 
 async def read_window(
-    store: ConversationStore, conversation_id: str, user_id: str, limit: int
+    store: ConversationStore,
+    conversation_id: str,
+    user_id: str,
+    limit: int,
+    max_tokens: int | None = None,
 ) -> list[Message]:
-    """The newest ``limit`` messages as a model-ready window (convdb's ``get_history`` rules).
+    """The newest ``limit`` messages (within ``max_tokens``) as a model-ready ``get_history`` window.
 
     Leading tool results whose call fell outside the window are trimmed, so the window may hold
     fewer than ``limit`` messages (``convdb.windows``). One round trip up to
-    ``MAX_HISTORY_LIMIT``; a larger window is cut from the whole history.
+    ``MAX_HISTORY_LIMIT`` messages; a larger window without a token budget is cut from the whole
+    history, and one with a budget is capped at ``MAX_HISTORY_LIMIT`` messages.
     """
     if limit <= 0:
         return []
-    if limit > MAX_HISTORY_LIMIT:
+    if limit > MAX_HISTORY_LIMIT and max_tokens is None:
         return trim_orphan_tool_results((await read_all(store, conversation_id, user_id))[-limit:])
     try:
-        return await store.get_history(conversation_id, user_id, limit=limit)
+        return await store.get_history(conversation_id, user_id, limit=min(limit, MAX_HISTORY_LIMIT),
+                                       max_tokens=max_tokens)
     except ConversationNotFound:
         return []

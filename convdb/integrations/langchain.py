@@ -55,10 +55,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ..errors import ConversationNotFound
+from ..management import check_budget
 from ..records import ROLES, Message
 from ..store import ConversationStore
-from ..validation import check_id
-from ._common import append, read_all
+from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit
+from ._common import append, read_all, read_window
 
 METADATA_KEY: Final = "langchain_message"
 """The metadata key under which ``message_to_dict(message)`` is stored."""
@@ -70,7 +71,9 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
     """LangChain's ``BaseChatMessageHistory`` on a convdb conversation.
 
     The conversation is created (with ``title``) on the first write; an id owned by another user
-    reads as empty and refuses writes with ``ConversationNotFound``. ``loop`` is the event loop
+    reads as empty and refuses writes with ``ConversationNotFound``. ``limit`` and ``max_tokens``
+    turn ``aget_messages`` into a window of the newest messages (default: the whole history, which
+    is what LangChain's interface means, but costs a full read per turn). ``loop`` is the event loop
     that owns the store's pool, needed only by the sync methods; it defaults to the loop running
     when the history is created or first used asynchronously.
 
@@ -85,12 +88,17 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         conversation_id: str,
         user_id: str,
         *,
+        limit: int | None = None,
+        max_tokens: int | None = None,
         title: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.conversation_id = check_id(conversation_id, "conversation_id")
         self.user_id = check_id(user_id, "user_id")
+        self.limit = None if limit is None else check_limit(limit, maximum=2**31 - 1)
+        self.max_tokens = check_budget(max_tokens)
         self.title = title
         if loop is None:
             try:
@@ -101,9 +109,18 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
 
     # -- async: the real implementation -----------------------------------------------------
     async def aget_messages(self) -> list[BaseMessage]:
-        """Every message of the conversation, oldest first ([] for an unknown one)."""
+        """Every message of the conversation, oldest first ([] for an unknown one).
+
+        With ``limit`` and/or ``max_tokens`` set on the history, only the newest messages within
+        them, as a ``get_history`` window (leading tool results without their call left out).
+        """
         self._remember_loop()
-        stored = await read_all(self.store, self.conversation_id, self.user_id)
+        if self.limit is None and self.max_tokens is None:
+            stored = await read_all(self.store, self.conversation_id, self.user_id)
+        else:
+            stored = await read_window(self.store, self.conversation_id, self.user_id,
+                                       MAX_HISTORY_LIMIT if self.limit is None else self.limit,
+                                       self.max_tokens)
         return [to_langchain(m) for m in stored]
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:

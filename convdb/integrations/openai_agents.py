@@ -52,9 +52,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ..errors import ConversationNotFound
+from ..management import check_budget
 from ..records import Message
 from ..store import ConversationStore
-from ..validation import check_id
+from ..validation import MAX_HISTORY_LIMIT, check_id
 from ._common import append, read_all, read_window
 
 METADATA_KEY: Final = "openai_item"
@@ -78,15 +79,15 @@ class ConvDBSession:
     """The OpenAI Agents SDK ``Session`` protocol on a convdb conversation.
 
     ``session_id`` is the convdb conversation id and ``user_id`` its owner; the conversation is
-    created (with ``title``) on the first write. An id that belongs to another user reads as
-    empty and refuses writes with ``ConversationNotFound``, exactly like an unknown one would
-    be indistinguishable elsewhere in convdb. ``session_settings.limit`` is the default window
-    of ``get_items`` (``None``: the whole history), as in the SDK's own sessions.
+    created (with ``title``) on the first write. An id that belongs to another user behaves as
+    an empty session that refuses writes with ``ConversationNotFound``: as everywhere in convdb,
+    nothing tells it apart from an unknown id. ``session_settings.limit`` is the default window
+    of ``get_items`` (``None``: the whole history), as in the SDK's own sessions; ``max_tokens``
+    (a convdb extension) bounds every read to the newest items that fit that many tokens.
 
-    Round trips: ``get_items(limit)`` one; ``get_items()`` of the whole history two (one more per
-    further 10,000 items, streamed);
-    ``add_items`` one atomic batch (two more the first time, to create the conversation);
-    ``pop_item`` and ``clear_session`` one each.
+    Round trips: ``get_items(limit)`` one; ``get_items()`` two (plus one per further 10,000
+    items, streamed); ``add_items`` one atomic batch (two more the first time, to create the
+    conversation); ``pop_item`` and ``clear_session`` one each.
     """
 
     session_id: str
@@ -99,31 +100,36 @@ class ConvDBSession:
         user_id: str,
         *,
         session_settings: SessionSettings | None = None,
+        max_tokens: int | None = None,
         title: str | None = None,
     ) -> None:
         self.store = store
         self.session_id = check_id(session_id, "session_id")
         self.user_id = check_id(user_id, "user_id")
         self.session_settings = session_settings if session_settings is not None else SessionSettings()
+        self.max_tokens = check_budget(max_tokens)
         self.title = title
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
         """The newest ``limit`` items in chronological order; every item when ``limit`` is None.
 
         ``limit=None`` falls back to ``session_settings.limit``; a limit of 0 or less returns [].
-        The whole history comes back exactly as written. A limited read is a convdb window: tool
-        outputs at its start whose call is older than the window are left out (the Responses API
-        rejects an output without its call), so it can hold fewer than ``limit`` items.
+        The whole history comes back exactly as written. A limited read, or any read when the
+        session has ``max_tokens``, is a convdb window: the newest items whose stored token counts
+        fit the budget, without the tool outputs at its start whose call is older than the window
+        (the Responses API rejects an output without its call), so it can hold fewer than
+        ``limit`` items.
         """
         effective = limit
         if effective is None and self.session_settings is not None:
             effective = self.session_settings.limit
-        if effective is None:
+        if effective is None and self.max_tokens is None:
             messages = await read_all(self.store, self.session_id, self.user_id)
             return [item for message in messages for item in message_to_items(message)]
-        messages = await read_window(self.store, self.session_id, self.user_id, effective)
+        window = MAX_HISTORY_LIMIT if effective is None else effective
+        messages = await read_window(self.store, self.session_id, self.user_id, window, self.max_tokens)
         items = [item for message in messages for item in message_to_items(message)]
-        if len(items) > effective:
+        if effective is not None and len(items) > effective:
             # Only messages written by other clients stand for several items; cutting between
             # them can orphan an output again.
             items = items[-effective:]

@@ -163,6 +163,22 @@ async def test_order_across_batches(store: ConversationStore) -> None:
     assert [m.seq for m in await store.get_history("c1", USER)] == list(range(1, 11))
 
 
+async def test_limit_and_max_tokens_make_a_window(store: ConversationStore) -> None:
+    await history(store).aadd_messages([
+        HumanMessage(content="q1"), AIMessage(content="", tool_calls=[
+            {"name": "f", "args": {}, "id": "c1", "type": "tool_call"}]),
+        ToolMessage(content="r1", tool_call_id="c1"), AIMessage(content="a1"),
+        HumanMessage(content="q2"), AIMessage(content="a2"),
+    ])
+    assert [m.content for m in await history(store, limit=2).aget_messages()] == ["q2", "a2"]
+    # The newest 4 would start with a tool result whose call is older: it is left out.
+    assert [m.content for m in await history(store, limit=4).aget_messages()] == ["a1", "q2", "a2"]
+    assert [m.content for m in await history(store, max_tokens=2).aget_messages()] == ["q2", "a2"]
+    assert len(await history(store).aget_messages()) == 6
+    with pytest.raises(InvalidInput, match="limit"):
+        history(store, limit=0)
+
+
 async def test_add_is_atomic(store: ConversationStore) -> None:
     h = history(store)
     await h.aadd_messages([HumanMessage(content="keep")])

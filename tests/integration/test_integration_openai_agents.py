@@ -332,6 +332,20 @@ async def test_whole_history_is_never_trimmed(store: ConversationStore) -> None:
     assert await s.get_items(limit=3) == items("easy_user")
 
 
+async def test_max_tokens_bounds_every_read(store: ConversationStore) -> None:
+    # Each "mNN" item is one message whose content estimate is 1 token (3 chars / 4, rounded up).
+    writer = session(store)
+    await writer.add_items([{"role": "user", "content": f"m{i:02d}"} for i in range(10)])
+    rows = await store.get_history("s1", USER)
+    assert {m.token_count for m in rows} == {1}
+    budgeted = session(store, max_tokens=3)
+    assert [i["content"] for i in await budgeted.get_items()] == ["m07", "m08", "m09"]  # type: ignore[typeddict-item]
+    assert [i["content"] for i in await budgeted.get_items(limit=2)] == ["m08", "m09"]  # type: ignore[typeddict-item]
+    assert await session(store, max_tokens=0).get_items() == []
+    with pytest.raises(InvalidInput, match="max_tokens"):
+        session(store, max_tokens=-1)
+
+
 async def test_session_settings_limit_is_the_default_window(store: ConversationStore) -> None:
     s = session(store, session_settings=SessionSettings(limit=2))
     await s.add_items(numbered(5))
