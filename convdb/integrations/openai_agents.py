@@ -128,14 +128,18 @@ class ConvDBSession:
             return [item for message in messages for item in message_to_items(message)]
         window = MAX_HISTORY_LIMIT if effective is None else effective
         messages = await read_window(self.store, self.session_id, self.user_id, window, self.max_tokens)
-        items = [item for message in messages for item in message_to_items(message)]
-        if effective is not None and len(items) > effective:
-            # Only messages written by other clients stand for several items; cutting between
-            # them can orphan an output again.
-            items = items[-effective:]
-            while items and item_to_message(items[0])["role"] == "tool":
-                del items[0]
-        return items
+        groups = [message_to_items(message) for message in messages]
+        start, count = 0, sum(map(len, groups))
+        if effective is not None and count > effective:
+            # Only messages written by other clients stand for several items (an assistant turn
+            # with several tool calls). Whole messages are dropped, never part of one, and then
+            # the results that lost their call, so no output is ever left without its call.
+            while count > effective:
+                count -= len(groups[start])
+                start += 1
+            while start < len(messages) and messages[start].role == "tool":
+                start += 1
+        return [item for group in groups[start:] for item in group]
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append the items in order, all or nothing, in one ``save_messages`` batch."""
@@ -226,7 +230,7 @@ def message_to_items(message: Message) -> list[TResponseInputItem]:
             "type": "function_call_output", "call_id": message.tool_call_id, "output": content,
         })]
     items: list[Any] = []
-    if message.role != "assistant" or message.content is not None or not message.tool_calls:
+    if message.role != "assistant" or message.content or not message.tool_calls:
         items.append({"role": message.role, "content": content})
     for call in message.tool_calls or []:
         items.append(_call_item(call))

@@ -274,6 +274,10 @@ async def test_messages_written_by_other_clients_read_as_items(store: Conversati
         {"role": "tool", "content": "r1", "tool_call_id": "c1"},
         {"role": "tool", "content": "r2", "tool_call_id": "c2"},
         {"role": "assistant", "content": "done"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c3", "type": "function", "function": {"name": "h", "arguments": "{}"}}]},
+        {"role": "assistant", "content": "let me check", "tool_calls": [
+            {"id": "c4", "type": "function", "function": {"name": "h", "arguments": "{}"}}]},
     ])
     s = session(store, "plain")
     expected = [
@@ -284,11 +288,17 @@ async def test_messages_written_by_other_clients_read_as_items(store: Conversati
         {"type": "function_call_output", "call_id": "c1", "output": "r1"},
         {"type": "function_call_output", "call_id": "c2", "output": "r2"},
         {"role": "assistant", "content": "done"},
+        {"type": "function_call", "call_id": "c3", "name": "h", "arguments": "{}"},
+        {"role": "assistant", "content": "let me check"},
+        {"type": "function_call", "call_id": "c4", "name": "h", "arguments": "{}"},
     ]
     assert await s.get_items() == expected
-    # limit counts items, even when one stored message stands for several.
-    assert await s.get_items(limit=4) == expected[-4:]
-    assert await s.get_items(limit=5) == expected[-5:]
+    # limit counts items, even when one stored message stands for several; such a message is
+    # kept whole or left out, and results never lose their call.
+    assert await s.get_items(limit=3) == expected[-3:]  # 3 messages are 4 items: the oldest goes
+    assert await s.get_items(limit=4) == expected[-4:]  # the window's leading tool result is trimmed
+    assert await s.get_items(limit=6) == expected[-4:]  # the 2-call message goes, then its results
+    assert await s.get_items(limit=9) == expected[-9:]
 
 
 # -- ordering, limits, pop, clear ----------------------------------------------------------------
