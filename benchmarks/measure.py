@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import statistics
 import time
@@ -30,6 +31,9 @@ class Cell:
     calls: int = 0
     failed_calls: int = 0
     error: str | None = None
+    # This process's CPU time per call (µs), warm-up included: the client-side cost, which on a
+    # shared machine is steadier than wall-clock figures. None for external programs (pgbench).
+    client_cpu_us: float | None = None
 
     @classmethod
     def failed(cls, error: str) -> Cell:
@@ -75,6 +79,8 @@ async def run_workers(fn: OpFn, keys: Sequence[int], concurrency: int, timing: T
     is counted calls over the time from the window's start to the last counted completion.
     """
     loop = asyncio.get_running_loop()
+    cpu_start = time.process_time()
+    calls_total = 0
     window_start = loop.time() + timing.warmup_s
     window_end = window_start + timing.duration_s
     latencies: list[float] = []
@@ -82,7 +88,7 @@ async def run_workers(fn: OpFn, keys: Sequence[int], concurrency: int, timing: T
     last_done = window_start
 
     async def worker(index: int) -> None:
-        nonlocal last_done
+        nonlocal last_done, calls_total
         pick = Picker(list(keys), index, concurrency, random.Random(seed * 1_000 + index))
         counted = 0
         while True:
@@ -92,6 +98,7 @@ async def run_workers(fn: OpFn, keys: Sequence[int], concurrency: int, timing: T
             measured = now >= window_start
             key = pick()
             began = time.perf_counter()
+            calls_total += 1
             try:
                 await fn(key)
             except Exception as exc:
@@ -105,7 +112,9 @@ async def run_workers(fn: OpFn, keys: Sequence[int], concurrency: int, timing: T
                 last_done = max(last_done, loop.time())
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return summarise(latencies, len(latencies), max(last_done - window_start, 1e-9), failures)
+    cell = summarise(latencies, len(latencies), max(last_done - window_start, 1e-9), failures)
+    cpu_us = (time.process_time() - cpu_start) / max(1, calls_total) * 1e6
+    return dataclasses.replace(cell, client_cpu_us=cpu_us) if cell.ops_per_s is not None else cell
 
 
 def median_cell(cells: Sequence[Cell]) -> Cell:
@@ -114,6 +123,7 @@ def median_cell(cells: Sequence[Cell]) -> Cell:
     if not good:
         return cells[0] if cells else Cell.failed("not run")
     errors = [c.error for c in cells if c.error]
+    cpu = [c.client_cpu_us for c in good if c.client_cpu_us is not None]
     return Cell(
         ops_per_s=statistics.median(c.ops_per_s for c in good if c.ops_per_s is not None),
         p50_ms=statistics.median(c.p50_ms for c in good if c.p50_ms is not None),
@@ -121,4 +131,5 @@ def median_cell(cells: Sequence[Cell]) -> Cell:
         calls=sum(c.calls for c in cells),
         failed_calls=sum(c.failed_calls for c in cells),
         error=errors[0] if errors else None,
+        client_cpu_us=statistics.median(cpu) if cpu else None,
     )

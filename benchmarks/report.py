@@ -25,6 +25,7 @@ def row_json(row: Row) -> dict[str, Any]:
         "note": row.note,
         "calls": cell.calls,
         "failed_calls": cell.failed_calls,
+        "client_cpu_us": _round(cell.client_cpu_us),
         "repeats": [
             {
                 "ops_per_s": _round(c.ops_per_s),
@@ -141,6 +142,16 @@ def text(doc: dict[str, Any]) -> str:
         ]
         for r in doc["ratios"]
     ]
+    cpu_rows = []
+    for op in ops:
+        cpu = [found.get((s, op, 1), {}).get("client_cpu_us") for s in systems]
+        if any(v is not None for v in cpu):
+            cpu_rows.append([op, *[_fmt(v) for v in cpu]])
+    if cpu_rows:
+        parts.append(
+            "client CPU µs per call (this process, concurrency 1: steadier than wall time on a busy host)\n"
+            + _table(["op", *systems], cpu_rows)
+        )
     parts.append(
         "ratios of throughput\n"
         + _table(["op", "c", "convdb/pgbench", "convdb/asyncpg-raw", "convdb/best peer"], ratio_rows)
