@@ -83,6 +83,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency_key
 
 -- A user's conversations (listing, erasure). Deliberately without updated_at: every append
 -- touches updated_at, and an index on it would turn those updates from HOT into full updates.
+-- list_conversations (newest updated_at first) reads the user's rows through this index and
+-- sorts them (top-N heapsort); delete_user_data walks it in id order.
+--
+-- Measured (embedded PostgreSQL 16, 2 shared cores, 10,000 conversations, random appends with
+-- save_message's SQL through pgbench -M prepared -c 2, 8 interleaved 5 s runs):
+--   without an updated_at index: 98.5-100 % HOT updates, conversations' indexes 0.8 MB, stable;
+--   with (user_id, updated_at DESC, id DESC): 0 % HOT, indexes grew to 22 MB in 40 s of appends;
+--   appends 1.13x faster without it (median of per-run ratios; the runs spread 0.6x-1.5x on this
+--   shared machine). Listing a page: 0.06-0.1 ms either way for a user with 20 conversations;
+--   3 ms without vs 0.05 ms with the index for a user with 20,000 conversations.
+-- Chosen: no updated_at index; appends are the hot path. For users holding tens of thousands of
+-- conversations who list them often, a DBA can add the index below (list_conversations uses it
+-- as is; appends then stop being HOT):
+--   CREATE INDEX IF NOT EXISTS conversations_user_updated
+--       ON conversations (user_id, updated_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS conversations_user_id
     ON conversations (user_id, id);
 

@@ -4,6 +4,7 @@ from .agent import build_message_array, message_to_dict, to_chat_message
 from .errors import (
     ConstraintViolation,
     ConvDBError,
+    ConversationExists,
     ConversationNotFound,
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -12,8 +13,9 @@ from .errors import (
     QueryTimeout,
     SchemaMismatch,
 )
+from .management import UNSET
 from .pool import init_connection
-from .records import Conversation, Message, Role
+from .records import Conversation, ErasureCounts, Message, Page, Role
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
 from .validation import DEFAULT_MAX_CONTENT_BYTES, MAX_HISTORY_LIMIT, estimate_tokens
@@ -22,15 +24,19 @@ __all__ = [
     "DEFAULT_MAX_CONTENT_BYTES",
     "MAX_HISTORY_LIMIT",
     "SCHEMA_VERSION",
+    "UNSET",
     "ConstraintViolation",
     "ConvDBError",
     "Conversation",
+    "ConversationExists",
     "ConversationNotFound",
     "ConversationStore",
     "DatabaseUnavailable",
+    "ErasureCounts",
     "IdempotencyConflict",
     "InvalidInput",
     "Message",
+    "Page",
     "PoolTimeout",
     "QueryTimeout",
     "Role",

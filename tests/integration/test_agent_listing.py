@@ -144,3 +144,31 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from _plan_nodes(child)
+
+
+async def test_the_optional_updated_at_index_serves_pages_without_a_sort(store: ConversationStore,
+                                                                        db: asyncpg.Connection) -> None:
+    """schema.sql offers (user_id, updated_at DESC, id DESC) for users with very many conversations:
+    the same statements then read a page straight off the index, cursor included."""
+    await db.execute("""INSERT INTO conversations (id, user_id, updated_at)
+                        SELECT 'c' || g, 'u' || (g % 20), now() - g * interval '1 second'
+                          FROM generate_series(1, 40000) g""")
+    await db.execute("CREATE INDEX conversations_user_updated ON conversations (user_id, updated_at DESC, id DESC)")
+    await db.execute("ANALYZE conversations")
+    cursor = (await store.list_conversations("u7", limit=3)).next_cursor
+    for kwargs in ({}, {"cursor": cursor}):
+        query = build_listing("u7", limit=3, **kwargs)  # type: ignore[arg-type]
+        plan = json.loads(await db.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args))
+        nodes = list(_plan_nodes(plan[0]["Plan"]))
+        assert {n["Index Name"] for n in nodes if "Index Name" in n} == {"conversations_user_updated"}
+        assert not [n for n in nodes if n["Node Type"] == "Sort"]
+    assert len(await _all_pages(store, limit=500)) == 0  # alice has none; pages still work
+    pages = []
+    cursor = None
+    while True:
+        page = await store.list_conversations("u7", limit=300, cursor=cursor)
+        pages += [c.id for c in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert len(pages) == len(set(pages)) == 2000
