@@ -35,9 +35,9 @@ MODES: dict[str, Mode] = {
     # Under 3 minutes on 2 cores.
     "quick": Mode(
         "quick",
-        Timing(0.3, 1.0),
+        Timing(0.2, 0.7),
         1,
-        Timing(0.1, 0.5),
+        Timing(0.1, 0.4),
         Layout(
             history_conversations=16,
             work_conversations=64,
@@ -49,7 +49,7 @@ MODES: dict[str, Mode] = {
     # The default: the figures quoted in the README.
     "default": Mode(
         "default",
-        Timing(1.0, 3.0),
+        Timing(1.0, 2.0),
         3,
         Timing(0.5, 2.0),
         Layout(
@@ -63,7 +63,7 @@ MODES: dict[str, Mode] = {
     # Default plus the table-size sweep: convdb's messages table grown to 10 million rows.
     "full": Mode(
         "full",
-        Timing(1.0, 3.0),
+        Timing(1.0, 2.0),
         3,
         Timing(0.5, 2.0),
         Layout(
