@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from .errors import InvalidInput
@@ -94,27 +95,62 @@ def check_limit(value: object, field: str = "limit", *, maximum: int = MAX_HISTO
     return value
 
 
-def _check_json_value(value: object, field: str, index: int | None, depth: int) -> None:
+# Python's repr writes floats of magnitude >= 1e16 with an exponent ("1.5e+300"). jsonb stores
+# numbers as numeric, which prints them back without exponent or decimal point, so they would return
+# as (different) ints. Such documents take a slower encoder that writes those floats positionally
+# with a ".0" (numeric keeps the scale), so they come back as the same float.
+_EXPONENT_FLOAT: Final = 1e16
+# Integers whose decimal text Python refuses to write or read back (sys.get_int_max_str_digits).
+_BIG_INT_BITS: Final = 14_000
+
+
+def _check_json_value(value: object, field: str, index: int | None, depth: int) -> bool:
+    """Raise InvalidInput unless ``value`` is storable JSON; True if it holds a float >= 1e16."""
     if depth > MAX_JSON_DEPTH:
         raise InvalidInput(field, f"is nested deeper than {MAX_JSON_DEPTH} levels", index=index)
-    if value is None or isinstance(value, bool | int):
-        return
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        if value.bit_length() > _BIG_INT_BITS:
+            try:
+                str(value)
+            except ValueError:
+                raise InvalidInput(field, "holds an integer too long to write as decimal text",
+                                   index=index) from None
+        return False
     if isinstance(value, str):
         check_text(value, field, index=index)
-    elif isinstance(value, float):
+        return False
+    positional = False
+    if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidInput(field, f"holds {value!r}, which JSON cannot represent", index=index)
-    elif isinstance(value, dict):
+        return abs(value) >= _EXPONENT_FLOAT
+    if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidInput(field, f"has a non-str key {key!r}", index=index)
             check_text(key, field, index=index)
-            _check_json_value(item, field, index, depth + 1)
+            positional = _check_json_value(item, field, index, depth + 1) or positional
     elif isinstance(value, list):
         for item in value:
-            _check_json_value(item, field, index, depth + 1)
+            positional = _check_json_value(item, field, index, depth + 1) or positional
     else:
         raise InvalidInput(field, f"holds a {type(value).__name__}, which is not JSON", index=index)
+    return positional
+
+
+def _dumps_positional(value: object) -> str:
+    """JSON text like json.dumps, but floats >= 1e16 written as positional decimals ending in ".0"."""
+    if isinstance(value, float):
+        text = repr(value)
+        return format(Decimal(text), "f") + ".0" if "e+" in text else text
+    if isinstance(value, dict):
+        items = (json.dumps(k, ensure_ascii=False) + ":" + _dumps_positional(v) for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dumps_positional(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def encode_json(value: object, field: str, *, kind: type, index: int | None = None) -> str | None:
@@ -124,7 +160,8 @@ def encode_json(value: object, field: str, *, kind: type, index: int | None = No
     if not isinstance(value, kind):
         raise InvalidInput(field, f"must be a {kind.__name__} or None, got {type(value).__name__}",
                            index=index)
-    _check_json_value(value, field, index, 0)
+    if _check_json_value(value, field, index, 0):
+        return _dumps_positional(value)
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
