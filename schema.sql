@@ -109,3 +109,13 @@ ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, applied_at = n
 WHERE convdb_schema_version.version < EXCLUDED.version;
 
 COMMIT;
+
+-- ---------------------------------------------------------------------------------------------
+-- 5. OPTIONAL, NOT APPLIED BY THIS FILE: least-privilege role and row-level security
+-- ---------------------------------------------------------------------------------------------
+-- A DBA who wants a DML-only application role (convdb_app) and row-level security policies keyed
+-- on the transaction-local setting convdb.user_id applies schema_rls.sql after this file:
+--     psql -v ON_ERROR_STOP=1 -d <database> -f schema_rls.sql
+-- and the application connects as a member of convdb_app with
+--     ConversationStore.connect(dsn, row_level_security=True)
+-- It lives in its own file so that applying schema.sql never changes privileges by surprise.

@@ -119,6 +119,11 @@ def translate(exc: BaseException) -> BaseException:
         return DatabaseUnavailable(f"lost or could not open a connection to PostgreSQL: {exc}")
     if isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection" in str(exc).lower():
         return DatabaseUnavailable(f"connection unusable: {exc}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError) and "another operation" in str(exc):
+        # A pooled connection whose server went away while it sat idle (a restart's shutdown
+        # message arrives as an error outside any query) is left in a state asyncpg refuses to use.
+        # Nothing was sent; the pool replaces the connection on release.
+        return DatabaseUnavailable(f"connection unusable after the server closed it: {exc}")
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.UndefinedColumnError):
         return SchemaMismatch(
             f"{exc}; apply schema.sql with: psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql"

@@ -62,6 +62,7 @@ _LOCK_WITH_KEYS: Final = QUERIES["lock_conversation_with_keys"]
 _INSERT_MESSAGE_AT: Final = QUERIES["insert_message_at"]
 _GET_MESSAGE_BY_KEY: Final = QUERIES["get_message_by_key"]
 _GET_HISTORY: Final = QUERIES["get_history"]
+_SET_RLS_USER: Final = QUERIES["set_rls_user"]
 _GET_HISTORY_WINDOW: Final = QUERIES["get_history_window"]
 _SAVE_AND_GET_HISTORY: Final = QUERIES["save_and_get_history"]
 _COUNT_MESSAGES: Final = QUERIES["count_messages"]
@@ -108,6 +109,11 @@ class _Connection:
         try:
             if conn is not None:
                 await self._pool.release(conn)
+        except asyncpg.exceptions.InternalClientError:
+            # asyncpg race: the server closed the connection between the op's end and this release
+            # (a restart, a killed backend), and the pool already took the holder back. Nothing is
+            # left to release, and the op's outcome (it completed, or its own error) stands.
+            pass
         except Exception as release_error:
             if exc is None:
                 raise translate(release_error) from release_error
@@ -132,6 +138,10 @@ class ConversationStore:
     - ``retry_reads``: retry a read once when its connection was lost (safe: reads change nothing).
     - ``retry_keyed_writes``: retry a write once when its connection was lost, if every message
       carries an idempotency key (the key makes the retry exactly-once).
+    - ``row_level_security``: for databases with ``schema_rls.sql`` applied. Every operation runs
+      in a transaction that first sets ``convdb.user_id`` transaction-locally (``set_config(...,
+      true)``), which the policies key on: three more round trips per single-statement operation
+      (BEGIN, the setting, COMMIT), one more per batch. Off by default, and then it costs nothing.
     """
 
     def __init__(
@@ -146,6 +156,7 @@ class ConversationStore:
         max_batch_size: int = 10_000,
         retry_reads: bool = True,
         retry_keyed_writes: bool = True,
+        row_level_security: bool = False,
         _owns_pool: bool = False,
     ) -> None:
         self._pool = pool
@@ -158,6 +169,7 @@ class ConversationStore:
         self.max_batch_size = max_batch_size
         self.retry_reads = retry_reads
         self.retry_keyed_writes = retry_keyed_writes
+        self.row_level_security = row_level_security
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -177,6 +189,7 @@ class ConversationStore:
         max_batch_size: int = 10_000,
         retry_reads: bool = True,
         retry_keyed_writes: bool = True,
+        row_level_security: bool = False,
         **pool_options: Any,
     ) -> ConversationStore:
         """Create a pool (owned by the store) and check the schema unless ``verify_schema=False``."""
@@ -188,7 +201,8 @@ class ConversationStore:
         store = cls(pool, max_content_bytes=max_content_bytes, count_tokens=count_tokens,
                     acquire_timeout=acquire_timeout, batch_timeout=batch_timeout,
                     batch_timeout_per_mib=batch_timeout_per_mib, max_batch_size=max_batch_size,
-                    retry_reads=retry_reads, retry_keyed_writes=retry_keyed_writes, _owns_pool=True)
+                    retry_reads=retry_reads, retry_keyed_writes=retry_keyed_writes,
+                    row_level_security=row_level_security, _owns_pool=True)
         if verify_schema:
             try:
                 await store.verify_schema()
@@ -215,8 +229,17 @@ class ConversationStore:
     def _connection(self) -> _Connection:
         return _Connection(self._pool, self.acquire_timeout)
 
-    async def _run(self, op: Callable[[Conn], Awaitable[T]], *, retry: bool) -> T:
-        """Run ``op`` on a pooled connection, once more on a fresh one if the first was lost."""
+    async def _run(
+        self, op: Callable[[Conn], Awaitable[T]], *, retry: bool, user_id: str | None = None
+    ) -> T:
+        """Run ``op`` on a pooled connection, once more on a fresh one if the first was lost.
+
+        ``user_id``: the validated user the op acts for. With ``row_level_security`` the op runs in
+        a transaction where ``convdb.user_id`` is set to it (a method that leaves it out sees
+        nothing under the policies: RLS fails closed).
+        """
+        if user_id is not None and self.row_level_security:
+            op = _as_user(op, user_id)
         try:
             async with self._connection() as conn:
                 return await op(conn)
@@ -263,7 +286,7 @@ class ConversationStore:
                     raise ConversationNotFound()
             return Conversation.from_record(row)
 
-        return await self._run(op, retry=self.retry_reads)
+        return await self._run(op, retry=self.retry_reads, user_id=uid)
 
     async def get_conversation(self, conversation_id: str, user_id: str) -> Conversation:
         cid = check_id(conversation_id, "conversation_id")
@@ -275,7 +298,7 @@ class ConversationStore:
                 raise ConversationNotFound()
             return Conversation.from_record(row)
 
-        return await self._run(op, retry=self.retry_reads)
+        return await self._run(op, retry=self.retry_reads, user_id=uid)
 
     # -- messages ----------------------------------------------------------------------------
     async def save_message(
@@ -316,7 +339,8 @@ class ConversationStore:
                 raise ConversationNotFound()
             return _message(cid, stored[0], stored[1], row)
 
-        return await self._run(op, retry=self.retry_keyed_writes and row.idempotency_key is not None)
+        return await self._run(op, retry=self.retry_keyed_writes and row.idempotency_key is not None,
+                               user_id=uid)
 
     async def save_messages(
         self, conversation_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
@@ -335,11 +359,13 @@ class ConversationStore:
                       for r in rows)
         budget = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
         keyed = all(r.idempotency_key is not None for r in rows)
+        # The batch sets the RLS user inside its own transaction (see _save_batch), not via _run.
+        rls_user = uid if self.row_level_security else None
 
         async def op(conn: Conn) -> list[Message]:
-            return await _guarded(conn, _save_batch(conn, cid, uid, rows, budget), budget)
+            return await _guarded(conn, _save_batch(conn, cid, uid, rows, budget, set_user=rls_user), budget)
 
-        return await self._run(op, retry=self.retry_keyed_writes and keyed)
+        return await self._run(op, retry=self.retry_keyed_writes and keyed)  # RLS: see rls_user
 
     async def get_history(
         self, conversation_id: str, user_id: str, *, limit: int = 50, max_tokens: int | None = None
@@ -368,7 +394,7 @@ class ConversationStore:
                 raise ConversationNotFound()
             return window
 
-        return await self._run(op, retry=self.retry_reads)
+        return await self._run(op, retry=self.retry_reads, user_id=uid)
 
     # -- agent turns -------------------------------------------------------------------------
     async def save_and_get_history(
@@ -413,7 +439,8 @@ class ConversationStore:
             window = [Message.from_record(cid, r) for r in records if r["in_window"]]
             return saved, trim_orphan_tool_results(window)
 
-        return await self._run(op, retry=self.retry_keyed_writes and row.idempotency_key is not None)
+        return await self._run(op, retry=self.retry_keyed_writes and row.idempotency_key is not None,
+                               user_id=uid)
 
     # -- conversation management -------------------------------------------------------------
     async def list_conversations(
@@ -439,6 +466,7 @@ class ConversationStore:
         query = build_listing(user_id, limit=limit, cursor=cursor, title_contains=title_contains,
                               metadata_contains=metadata_contains, updated_after=updated_after,
                               updated_before=updated_before)
+        uid = check_id(user_id, "user_id")  # validated by build_listing; named for row-level security
 
         async def op(conn: Conn) -> Page[Conversation]:
             records = await conn.fetch(query.sql, *query.args)
@@ -447,7 +475,7 @@ class ConversationStore:
             next_cursor = None if last is None else encode_cursor(last.updated_at, last.id, query.context)
             return Page(items, next_cursor)
 
-        return await self._run(op, retry=self.retry_reads)
+        return await self._run(op, retry=self.retry_reads, user_id=uid)
 
     async def update_conversation(
         self,
@@ -476,7 +504,7 @@ class ConversationStore:
                 raise ConversationNotFound()
             return Conversation.from_record(row)
 
-        return await self._run(op, retry=self.retry_reads)
+        return await self._run(op, retry=self.retry_reads, user_id=uid)
 
     async def delete_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete the conversation and its messages in one statement; returns the messages deleted.
@@ -494,7 +522,7 @@ class ConversationStore:
             deleted: int = row[0]
             return deleted
 
-        return await self._run(op, retry=False)
+        return await self._run(op, retry=False, user_id=uid)
 
     async def clear_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete every message, keep the conversation; returns how many were deleted.
@@ -511,7 +539,7 @@ class ConversationStore:
             deleted: int = records[0]["deleted"]
             return deleted
 
-        return await self._run(op, retry=False)
+        return await self._run(op, retry=False, user_id=uid)
 
     async def pop_last_message(self, conversation_id: str, user_id: str) -> Message | None:
         """Delete and return the newest message, or None when the conversation is empty.
@@ -528,7 +556,7 @@ class ConversationStore:
             records = await management.run_fresh(conn, _POP_LAST_MESSAGE, cid, uid)
             return None if records[0][0] is None else Message.from_record(cid, records[0])
 
-        return await self._run(op, retry=False)
+        return await self._run(op, retry=False, user_id=uid)
 
     async def count_messages(self, conversation_id: str, user_id: str) -> int:
         """How many messages the conversation holds (an index-only count); one round trip."""
@@ -542,7 +570,7 @@ class ConversationStore:
             count: int = row[0]
             return count
 
-        return await self._run(op, retry=self.retry_reads)
+        return await self._run(op, retry=self.retry_reads, user_id=uid)
 
     # -- erasure, export, import -------------------------------------------------------------
     async def delete_user_data(
@@ -567,7 +595,7 @@ class ConversationStore:
             async def take(conn: Conn, start: str = after) -> list[str]:
                 return await management.next_conversations(conn, uid, start, per_batch)
 
-            ids = await self._run(take, retry=True)
+            ids = await self._run(take, retry=True, user_id=uid)
             if not ids:
                 if after == "":
                     return ErasureCounts(conversations, messages)
@@ -577,7 +605,7 @@ class ConversationStore:
             async def erase(conn: Conn, ids: list[str] = ids) -> tuple[int, int]:
                 return await management.erase_conversations(conn, uid, ids, chunk)
 
-            done = await self._run(erase, retry=True)
+            done = await self._run(erase, retry=True, user_id=uid)
             conversations += done[0]
             messages += done[1]
             # After the last batch, one more look from the start: it finds conversations created
@@ -635,7 +663,7 @@ class ConversationStore:
                 raise ConversationNotFound()
             return row
 
-        head = await self._run(header, retry=self.retry_reads)
+        head = await self._run(header, retry=self.retry_reads, user_id=uid)
         yield head
         after, bound = 0, head["next_seq"]
         while True:
@@ -646,7 +674,7 @@ class ConversationStore:
                     raise ConversationNotFound()
                 return [] if records[0][0] is None else records
 
-            records = await self._run(chunk, retry=self.retry_reads)
+            records = await self._run(chunk, retry=self.retry_reads, user_id=uid)
             for record in records:
                 yield record
             if len(records) < size:
@@ -700,7 +728,7 @@ class ConversationStore:
         async def op(conn: Conn) -> None:
             await _guarded(conn, work(conn), time_limit)
 
-        await self._run(op, retry=False)
+        await self._run(op, retry=False, user_id=uid)
         return Conversation(id=cid, user_id=uid, title=header.title,
                             metadata=_decode(header.metadata_json) or {},
                             created_at=header.created_at, updated_at=header.updated_at)
@@ -741,11 +769,15 @@ async def _stored_under_key(conn: Conn, cid: str, uid: str, row: MessageRow) -> 
     return _check_same(Message.from_record(cid, found), row)
 
 
-async def _save_batch(conn: Conn, cid: str, uid: str, rows: list[MessageRow], budget: float) -> list[Message]:
+async def _save_batch(
+    conn: Conn, cid: str, uid: str, rows: list[MessageRow], budget: float, *, set_user: str | None = None
+) -> list[Message]:
     keys = [r.idempotency_key for r in rows if r.idempotency_key is not None]
     for attempt in range(_KEYED_BATCH_ATTEMPTS):
         try:
             async with conn.transaction():
+                if set_user is not None:
+                    await conn.execute(_SET_RLS_USER, set_user)
                 return await _save_batch_in_transaction(conn, cid, uid, rows, keys, budget)
         except asyncpg.UniqueViolationError as exc:
             # Another writer stored one of our keys after this transaction's first snapshot.
@@ -785,6 +817,30 @@ async def _save_batch_in_transaction(
             result.append(_message(cid, next_seq, created_at, r))
             next_seq += 1
     return result
+
+
+def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:
+    """``op`` in a transaction that first sets ``convdb.user_id`` (transaction-local) for RLS.
+
+    Transactions ``op`` opens itself become savepoints. If the connection was closed under the op
+    (a terminated batch, a lost server) the server has rolled back already: nothing more is sent,
+    so the op's own error, or the caller's cancellation, is what propagates.
+    """
+
+    async def run(conn: Conn) -> T:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute(_SET_RLS_USER, user_id)
+            result = await op(conn)
+        except BaseException:
+            if not conn.is_closed():
+                await transaction.rollback()
+            raise
+        await transaction.commit()
+        return result
+
+    return run
 
 
 async def _guarded(conn: Conn, work: Awaitable[T], budget: float) -> T:
