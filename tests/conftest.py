@@ -20,8 +20,15 @@ import pytest
 
 from convdb import ConversationStore
 from convdb.testing import EmbeddedPostgres, apply_schema
+from convdb.testing.pgbouncer import PgBouncer
 
 ROOT = Path(__file__).resolve().parent.parent
+# CONVDB_TEST_PGBOUNCER=1: the ``store`` fixture connects through a PgBouncer (transaction mode) in
+# front of the test server, with statement_cache_size=0 (PgBouncer < 1.21 cannot carry named
+# prepared statements across transactions). .ci/run runs the integration tests a second time so.
+VIA_PGBOUNCER = os.environ.get("CONVDB_TEST_PGBOUNCER", "") not in ("", "0")
+# The login role the row-level-security tests use; listed in PgBouncer's auth file.
+RLS_TEST_ROLE = "convdb_test_app"
 SCHEMA = ROOT / "schema.sql"
 TEMPLATE = "convdb_template"
 
@@ -128,8 +135,76 @@ def dsn(pg_server: Server, db_name: str) -> str:
     return pg_server.dsn(db_name)
 
 
+@pytest.fixture(scope="session")
+def controlled_server() -> Iterator[Server]:
+    """A server the fault tests may restart and whose backends they may kill: always our own
+    embedded cluster (whatever ``pg_server`` is), so no other test's server is disturbed."""
+    try:
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="convdb-faults-")) / "data",
+                                    settings=EMBEDDED_TEST_SETTINGS)
+        embedded.start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.fail(f"the fault tests need the embedded server (pip install -e '.[test]'): {exc}",
+                    pytrace=False)
+    try:
+        server = Server(embedded.dsn(), embedded)
+        import asyncio
+
+        asyncio.run(_admin(server, f'CREATE DATABASE "{TEMPLATE}"'))
+        apply_schema(server.dsn(TEMPLATE), SCHEMA)
+        yield server
+    finally:
+        embedded.destroy()
+
+
 @pytest.fixture
-async def store(dsn: str) -> AsyncIterator[ConversationStore]:
+async def controlled_dsn(controlled_server: Server) -> AsyncIterator[str]:
+    """A fresh database from schema.sql on ``controlled_server``."""
+    name = f"f_{uuid.uuid4().hex[:16]}"
+    await _admin(controlled_server, f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    try:
+        yield controlled_server.dsn(name)
+    finally:
+        await _admin(controlled_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server: Server) -> Iterator[PgBouncer]:
+    """A PgBouncer 1.18+ in transaction mode in front of the test server (every database)."""
+    from urllib.parse import urlsplit
+
+    from convdb.testing.pgbouncer import PgBouncer
+
+    address = urlsplit(pg_server.admin_dsn)
+    users = {"postgres", address.username or "postgres", RLS_TEST_ROLE}
+    bouncer = PgBouncer(Path(tempfile.mkdtemp(prefix="convdb-pgbouncer-")), users=sorted(users),
+                        server_host=address.hostname or "127.0.0.1", server_port=address.port or 5432)
+    try:
+        bouncer.start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.fail(f"PgBouncer is required for these tests: {exc}", pytrace=False)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+def bouncer_dsn(bouncer: PgBouncer, direct_dsn: str) -> str:
+    """The DSN of the same database and user, through PgBouncer."""
+    from urllib.parse import urlsplit
+
+    address = urlsplit(direct_dsn)
+    return bouncer.dsn(address.path.lstrip("/"), address.username or "postgres")
+
+
+@pytest.fixture
+async def store(request: pytest.FixtureRequest, dsn: str) -> AsyncIterator[ConversationStore]:
+    if VIA_PGBOUNCER:
+        bouncer = request.getfixturevalue("pgbouncer")
+        async with await ConversationStore.connect(bouncer_dsn(bouncer, dsn), min_size=1, max_size=10,
+                                                   statement_cache_size=0) as s:
+            yield s
+        return
     async with await ConversationStore.connect(dsn, min_size=1, max_size=10) as s:
         yield s
 
