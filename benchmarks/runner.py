@@ -40,6 +40,9 @@ class ScalingPoint:
     total_messages: int
     p50_ms: float | None
     error: str | None = None
+    # "counted": rows in convdb's messages table at the time; "seeded": what the peer was seeded with
+    # (peers keep their own tables, grown a little further by their own appends).
+    total_messages_source: str = "counted"
 
 
 def ops_of(name: str) -> tuple[str, ...]:
@@ -141,9 +144,11 @@ async def run_scaling(ctx: Context, systems: list[System], mode: Mode, quiet: bo
         for s in systems
         if display_name(s) in CONVDB_FAMILY or n <= layout.peer_scaling_max
     ]
+    counted = await _count_messages(ctx.db.dsn)
     with Progress(len(jobs), "scaling", "cell", enabled=not quiet) as bar:
         for system, length in jobs:
             name = display_name(system)
+            family = name in CONVDB_FAMILY
             samples = []
             error = None
             for _ in range(mode.repeats):
@@ -154,9 +159,10 @@ async def run_scaling(ctx: Context, systems: list[System], mode: Mode, quiet: bo
                 ScalingPoint(
                     name,
                     length,
-                    seeded_total(ctx, name),
+                    counted if family else seeded_total(ctx, name),
                     statistics.median(samples) if samples else None,
                     None if samples else error,
+                    "counted" if family else "seeded",
                 )
             )
             bar.update(1, f"{name} {length}")
@@ -183,10 +189,9 @@ async def run_table_sizes(ctx: Context, systems: list[System], mode: Mode, quiet
                 await seeding.seed_conversations(ctx.db.dsn, keys, HISTORY_LENGTH, bar.update)
         total = await _count_messages(ctx.db.dsn)
         for system in family:
-            for length, keys in (
-                (HISTORY_LENGTH, layout.history_keys()),
-                (longest, layout.scaling_keys(longest)),
-            ):
+            # A dict: when the longest sweep length is the history length, it is measured once.
+            sweeps = {HISTORY_LENGTH: layout.history_keys(), longest: layout.scaling_keys(longest)}
+            for length, keys in sweeps.items():
                 samples = [
                     p
                     for p, _ in [
