@@ -141,7 +141,7 @@ async def import_in_transaction(
         await conn.execute(_IMPORT_CLEAR, cid, uid)
 
     def args(seq: int, record: MessageRow, created_at: datetime) -> tuple[Any, ...]:
-        return (cid, seq, *record, created_at)
+        return (cid, seq, *record, created_at, uid)
 
     chunk = [args(*item) for item in first]
     async for index, record in rest:

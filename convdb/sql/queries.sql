@@ -362,10 +362,14 @@ DELETE FROM messages m
  WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id;
 
 -- name: import_message
--- The executemany body of an import: every column as exported, created_at included.
+-- The executemany body of an import: every column as exported, created_at included. Ownership
+-- was settled by import_conversation_row in this transaction (which holds the row); the check
+-- is repeated here so that no statement writes a message without it.
 INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
                       metadata, token_count, idempotency_key, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10, $11);
+SELECT c.id, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10, $11
+  FROM conversations c
+ WHERE c.id = $1 AND c.user_id = $12;
 
 -- name: import_finish
 -- Last step of an import whose header gave no next_seq: continue after the highest imported seq.
