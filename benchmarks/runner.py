@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import zlib
@@ -89,6 +90,11 @@ async def prepare(ctx: Context, names: list[str], quiet: bool) -> list[System]:
                 )
                 print(f"{name}: {system.error}", file=sys.stderr)  # type: ignore[attr-defined]
             systems.append(system)
+    # Every peer's library lives in this one process; without this, a full garbage collection
+    # scans all of them (measured ~180 ms pauses) and lands on whichever system allocates most.
+    # Freezing what exists after set-up keeps each system's pauses to its own garbage.
+    gc.collect()
+    gc.freeze()
     return systems
 
 
