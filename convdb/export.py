@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
+from .agent import message_to_dict
 from .errors import InvalidInput
-from .records import Conversation
+from .records import Conversation, Message
 from .validation import (
     MessageRow,
     TokenCounter,
+    check_aware_datetime,
     check_id,
     check_text,
     check_token_count,
@@ -52,36 +54,23 @@ _MAX_SEQ: Final = 2**63 - 1
 
 
 def header_record(row: asyncpg.Record) -> dict[str, Any]:
+    """The first record of an export, from an export_header row."""
+    conversation = Conversation.from_record(row)
     return {
         "type": "conversation",
         "format": FORMAT,
-        "id": row["id"],
-        "title": row["title"],
-        "metadata": _json(row["metadata"]),
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
+        "id": conversation.id,
+        "title": conversation.title,
+        "metadata": conversation.metadata,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
         "next_seq": row["next_seq"],
     }
 
 
-def message_record(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "seq": row[0],
-        "role": row[1],
-        "content": row[2],
-        "tool_name": row[3],
-        "tool_call_id": row[4],
-        "tool_calls": _json(row[5]),
-        "metadata": _json(row[6]),
-        "token_count": row[7],
-        "idempotency_key": row[8],
-        "created_at": row[9].isoformat(),
-    }
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
+def message_record(message: Message) -> dict[str, Any]:
+    """A message record of an export: every field of the message (``message_to_dict``)."""
+    return {"type": "message", **message_to_dict(message)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +84,13 @@ class ImportHeader:
 
 
 def _check_time(value: object, field: str, index: int | None = None) -> datetime:
+    """An ISO 8601 text (as exported) or a datetime, with a UTC offset either way."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError as exc:
             raise InvalidInput(field, f"is not an ISO 8601 time: {value!r}", index=index) from exc
-    if not isinstance(value, datetime):
-        raise InvalidInput(field, f"must be an ISO 8601 str or a datetime, got {type(value).__name__}",
-                           index=index)
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(field, "must carry a UTC offset", index=index)
-    return value
+    return check_aware_datetime(value, field, index=index)
 
 
 def _check_seq(value: object, field: str, index: int | None = None) -> int:

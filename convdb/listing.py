@@ -30,7 +30,7 @@ from pypika.terms import Criterion, Term
 
 from .errors import InvalidInput
 from .records import JSONValue
-from .validation import check_id, check_limit, check_text, encode_json
+from .validation import check_aware_datetime, check_id, check_limit, check_text, encode_json
 
 MAX_PAGE_SIZE: Final = 1000
 _CURSOR_VERSION: Final = 1
@@ -51,16 +51,6 @@ class ListingQuery:
 def escape_like(text: str) -> str:
     r"""``text`` as a LIKE pattern that matches it literally (``\`` is PostgreSQL's LIKE escape)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _check_time(value: object, field: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise InvalidInput(field, f"must be a datetime or None, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(field, "must be timezone-aware (for example datetime.now(UTC))")
-    return value
 
 
 def _digest(*parts: str) -> str:
@@ -122,8 +112,8 @@ def build_listing(
     n = check_limit(limit, maximum=MAX_PAGE_SIZE)
     title = None if title_contains is None else check_text(title_contains, "title_contains")
     meta_json = encode_json(metadata_contains, "metadata_contains", kind=dict)
-    after = _check_time(updated_after, "updated_after")
-    before = _check_time(updated_before, "updated_before")
+    after = None if updated_after is None else check_aware_datetime(updated_after, "updated_after")
+    before = None if updated_before is None else check_aware_datetime(updated_before, "updated_before")
     context = _digest(uid, repr(title), meta_json or "",
                       repr(after and after.astimezone(UTC).isoformat()),
                       repr(before and before.astimezone(UTC).isoformat()))

@@ -646,7 +646,7 @@ class ConversationStore:
         stream = self._export_rows(cid, uid, size)
         yield header_record(await anext(stream))
         async for record in stream:
-            yield message_record(record)
+            yield message_record(Message.from_record(cid, record))
 
     async def _stream_messages(self, cid: str, uid: str, size: int) -> AsyncIterator[Message]:
         stream = self._export_rows(cid, uid, size)

@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
@@ -163,6 +164,15 @@ def encode_json(value: object, field: str, *, kind: type, index: int | None = No
     if _check_json_value(value, field, index, 0):
         return _dumps_positional(value)
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def check_aware_datetime(value: object, field: str, *, index: int | None = None) -> datetime:
+    """A datetime that names its instant: timezone-aware (a naive one would be read as UTC)."""
+    if not isinstance(value, datetime):
+        raise InvalidInput(field, f"must be a datetime, got {type(value).__name__}", index=index)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(field, "must be timezone-aware (for example datetime.now(UTC))", index=index)
+    return value
 
 
 def check_token_count(value: object, *, index: int | None = None) -> int:
