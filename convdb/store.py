@@ -330,7 +330,7 @@ class ConversationStore:
 
         async def op(conn: Conn) -> Message:
             try:
-                stored = await conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row)
+                stored = await _keyed(conn, row, conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row))
             except asyncpg.UniqueViolationError as exc:
                 if row.idempotency_key is None or exc.constraint_name != _IDEMPOTENCY_INDEX:
                     raise
@@ -425,7 +425,8 @@ class ConversationStore:
 
         async def op(conn: Conn) -> tuple[Message, list[Message]]:
             try:
-                records = await conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, n, budget)
+                records = await _keyed(
+                    conn, row, conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, n, budget))
             except asyncpg.UniqueViolationError as exc:
                 if row.idempotency_key is None or exc.constraint_name != _IDEMPOTENCY_INDEX:
                     raise
@@ -817,6 +818,18 @@ async def _save_batch_in_transaction(
             result.append(_message(cid, next_seq, created_at, r))
             next_seq += 1
     return result
+
+
+async def _keyed(conn: Conn, row: MessageRow, statement: Awaitable[T]) -> T:
+    """Run a keyed save so that a replayed key can still be looked up afterwards.
+
+    Outside a transaction (the default) the duplicate-key error ends only its own statement. Inside
+    one (row_level_security) it would abort the transaction, so the save runs in a savepoint.
+    """
+    if row.idempotency_key is None or not conn.is_in_transaction():
+        return await statement
+    async with conn.transaction():
+        return await statement
 
 
 def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:

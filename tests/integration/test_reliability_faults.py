@@ -123,7 +123,7 @@ async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(cont
                 i += 1
 
         async def restart_midway() -> None:
-            while len(acknowledged) < 150:
+            while len(acknowledged) < 150:  # noqa: ASYNC110 - polls a plain dict filled by the writers
                 await asyncio.sleep(0.005)
             await asyncio.to_thread(embedded.restart, "fast")
             restarted.set()
