@@ -23,12 +23,15 @@ import asyncpg
 from .records import Message
 
 
-def trim_orphan_tool_results(window: Sequence[Message]) -> list[Message]:
-    """The window without its leading ``tool`` messages (their assistant call is outside it)."""
+def trim_orphan_tool_results(window: list[Message]) -> list[Message]:
+    """The window without its leading ``tool`` messages (their assistant call is outside it).
+
+    Returns ``window`` itself when nothing is trimmed (the common case: no copy).
+    """
     start = 0
     while start < len(window) and window[start].role == "tool":
         start += 1
-    return list(window[start:])
+    return window[start:] if start else window
 
 
 def history_from_records(conversation_id: str, records: Sequence[asyncpg.Record]) -> list[Message] | None:
