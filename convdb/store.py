@@ -703,8 +703,9 @@ class ConversationStore:
         An id that already holds a conversation of this user raises ``ConversationExists``
         unless ``replace=True``, which overwrites it (its messages are replaced) atomically. An
         id of another user's conversation raises ``ConversationNotFound`` and is never touched.
-        ``time_limit`` (seconds) bounds the whole import; when it runs out, or the call is
-        cancelled, the connection is closed and nothing is stored.
+        ``time_limit`` (seconds) bounds each pipelined chunk, and the whole import with a few
+        seconds' grace; when it runs out (``QueryTimeout``), or the call is cancelled, the
+        connection is closed and nothing is stored.
         """
         uid = check_id(user_id, "user_id")
         override = None if conversation_id is None else check_id(conversation_id, "conversation_id")

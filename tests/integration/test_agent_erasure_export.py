@@ -260,3 +260,56 @@ async def test_jsonl_file_round_trip(store: ConversationStore, tmp_path: Path) -
     (tmp_path / "bad.jsonl").write_text('{"type": "conversation"}\nnot json\n', encoding="utf-8")
     with pytest.raises(InvalidInput):
         await import_from_file(store, U, tmp_path / "bad.jsonl")
+
+
+def _import_records(n: int) -> list[dict[str, Any]]:
+    header = {"type": "conversation", "id": "slow", "title": None, "metadata": {},
+              "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-01T00:00:00+00:00"}
+    return [header, *({"type": "message", "seq": i, "role": "user", "content": "x",
+                       "created_at": "2025-01-01T00:00:00+00:00"} for i in range(1, n + 1))]
+
+
+async def test_cancelled_import_stores_nothing_and_leaks_no_connection(dsn: str,
+                                                                       db: asyncpg.Connection) -> None:
+    async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as store:
+        sent_first_chunk = asyncio.Event()
+
+        async def records() -> Any:
+            for i, record in enumerate(_import_records(3000)):
+                if i == 2002:  # two chunks are in the transaction by now; then the source stalls
+                    sent_first_chunk.set()
+                    await asyncio.Event().wait()
+                yield record
+
+        task = asyncio.create_task(store.import_conversation(U, records()))
+        await asyncio.wait_for(sent_first_chunk.wait(), 10)
+        for _ in range(200):  # the transaction really holds rows
+            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND state = 'idle in transaction'"):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await db.fetchval("SELECT count(*) FROM conversations") == 0
+        assert await db.fetchval("SELECT count(*) FROM messages") == 0
+        # the pool still serves its full size
+        await asyncio.gather(*(store.count_messages("nope", U) for _ in range(2)), return_exceptions=True)
+        async with store.pool.acquire() as a, store.pool.acquire() as b:
+            assert await a.fetchval("SELECT 1") == await b.fetchval("SELECT 1") == 1
+
+
+async def test_import_past_its_time_limit_stores_nothing(store: ConversationStore,
+                                                         db: asyncpg.Connection) -> None:
+    from convdb import QueryTimeout
+
+    async def records() -> Any:
+        for i, record in enumerate(_import_records(1500)):
+            if i == 1200:
+                await asyncio.sleep(30)
+            yield record
+
+    with pytest.raises(QueryTimeout):
+        await store.import_conversation(U, records(), time_limit=1.0)
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
