@@ -68,7 +68,10 @@ def check_flag(value: object, field: str) -> bool:
 async def window_until(
     conn: Conn, cid: str, uid: str, seq: int, limit: int, budget: int | None
 ) -> list[Message]:
-    """The trimmed window of at most ``limit`` messages ending at ``seq``, within ``budget`` tokens."""
+    """The trimmed window of at most ``limit`` messages ending at ``seq``, within ``budget`` tokens.
+
+    One round trip (get_history_window); ``seq=MAX_SEQ`` is "up to the newest".
+    """
     window = history_from_records(cid, await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, seq, limit, budget))
     if window is None:
         raise ConversationNotFound()

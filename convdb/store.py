@@ -385,11 +385,9 @@ class ConversationStore:
         budget = check_budget(max_tokens)
 
         async def op(conn: Conn) -> list[Message]:
-            if budget is None:
-                records = await conn.fetch(_GET_HISTORY, cid, uid, n)
-            else:
-                records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, management.MAX_SEQ, n, budget)
-            window = history_from_records(cid, records)
+            if budget is not None:
+                return await management.window_until(conn, cid, uid, management.MAX_SEQ, n, budget)
+            window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, n))
             if window is None:
                 raise ConversationNotFound()
             return window
