@@ -126,8 +126,10 @@ SELECT set_config('convdb.user_id', $1, true)
 -- but it takes the conversation row's lock later, possibly after waiting for another writer that
 -- then committed: what that writer did is invisible to the snapshot. Every writer of a
 -- conversation's messages also updates its conversation row, so comparing the row version
--- (xmin) the snapshot sees with the one the lock returns (SELECT ... FOR UPDATE returns the
--- newest version) tells whether the snapshot is stale; the caller then re-reads or re-runs.
+-- (xmin) the snapshot sees with the one the lock returns (SELECT ... FOR NO KEY UPDATE returns
+-- the newest version) tells whether the snapshot is stale; the caller then re-reads or re-runs.
+-- FOR NO KEY UPDATE is the lock the UPDATE that follows takes anyway: it does not wait for the
+-- KEY SHARE locks that foreign-key checks of concurrent message inserts hold.
 -- =============================================================================================
 
 -- name: get_history_window
@@ -168,7 +170,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 WITH snapshot AS (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
 ), reserved AS (
     UPDATE conversations c
        SET next_seq = c.next_seq + 1, updated_at = now()
@@ -241,7 +243,7 @@ SELECT (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) 
 WITH snapshot AS (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), cleared AS (
@@ -265,7 +267,7 @@ SELECT k.fresh, (SELECT count(*) FROM cleared) AS deleted FROM checked k;
 WITH snapshot AS (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), popped AS (
@@ -379,4 +381,4 @@ UPDATE conversations SET next_seq = GREATEST(next_seq, $3)
 -- name: lock_conversation
 -- Inside a transaction: hold the conversation row's lock, so the next statement's snapshot is
 -- the newest state (the contended path of the "fresh view" statements).
-SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE;
+SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE;
