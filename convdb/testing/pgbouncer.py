@@ -87,14 +87,17 @@ class PgBouncer:
 
     def start(self, timeout: float = 30.0) -> None:
         ini = self._write_config()
-        self._process = subprocess.Popen(
-            [find_pgbouncer(), str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            user=self._run_as,
-        )
+        # Not a pipe: PgBouncer in the foreground also logs to stderr, and a pipe nobody reads fills
+        # up and blocks it.
+        with (self.work_dir / "stderr.log").open("wb") as stderr:
+            self._process = subprocess.Popen(
+                [find_pgbouncer(), "--quiet", str(ini)], stdout=subprocess.DEVNULL, stderr=stderr,
+                user=self._run_as,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                err = (self.work_dir / "stderr.log").read_text(errors="replace")
                 raise RuntimeError(f"pgbouncer exited at start:\n{err}\n{self.log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
@@ -118,8 +121,6 @@ class PgBouncer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-        if process.stderr is not None:
-            process.stderr.close()
 
     def dsn(self, database: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
