@@ -78,7 +78,11 @@ class PgBouncer:
         lines += [f"{key} = {value}" for key, value in options.items()]
         ini.write_text("\n".join(lines) + "\n")
         if self._run_as is not None:
-            entry = pwd.getpwnam(self._run_as)
+            try:
+                entry = pwd.getpwnam(self._run_as)
+            except KeyError:
+                subprocess.run(["useradd", "-s", "/bin/bash", self._run_as], check=True, capture_output=True)
+                entry = pwd.getpwnam(self._run_as)
             for path in (self.work_dir, userlist, ini):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             for parent in self.work_dir.parents:
