@@ -33,7 +33,10 @@ EXPECTED_COLUMNS: Final[dict[str, str]] = {
     "messages.idempotency_key": "text",
     "messages.created_at": _TS,
 }
-EXPECTED_INDEXES: Final = ("messages_pkey", "messages_idempotency_key", "conversations_pkey")
+# conversations_user_id serves list_conversations and delete_user_data (without it both would read
+# every user's conversations).
+EXPECTED_INDEXES: Final = ("messages_pkey", "messages_idempotency_key", "conversations_pkey",
+                           "conversations_user_id")
 
 _FIX: Final = "apply schema.sql with: psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql"
 

@@ -172,3 +172,12 @@ async def test_the_optional_updated_at_index_serves_pages_without_a_sort(store: 
             break
         cursor = page.next_cursor
     assert len(pages) == len(set(pages)) == 2000
+
+
+async def test_verify_schema_requires_the_listing_index(store: ConversationStore, db: asyncpg.Connection) -> None:
+    from convdb import SchemaMismatch
+
+    await store.verify_schema()
+    await db.execute("DROP INDEX conversations_user_id")
+    with pytest.raises(SchemaMismatch, match="conversations_user_id"):
+        await store.verify_schema()
