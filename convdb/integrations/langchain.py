@@ -75,7 +75,7 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
     turn ``aget_messages`` into a window of the newest messages (default: the whole history, which
     is what LangChain's interface means, but costs a full read per turn). ``loop`` is the event loop
     that owns the store's pool, needed only by the sync methods; it defaults to the loop running
-    when the history is created or first used asynchronously.
+    when the history is created, and follows the loop of each async call.
 
     Round trips: ``aget_messages`` two (one more per further 10,000 messages, streamed),
     ``aadd_messages`` one atomic batch (two more the first time, to create the conversation),
@@ -148,8 +148,8 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         self._sync("clear", self.aclear)
 
     def _remember_loop(self) -> None:
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.get_running_loop()
+        # The loop of the latest async call is the one whose pool the store is using.
+        self._loop = asyncio.get_running_loop()
 
     def _sync(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         loop = self._loop
