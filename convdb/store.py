@@ -528,7 +528,8 @@ class ConversationStore:
 
         Sequence numbers are never reused: the next message continues after the highest seq the
         conversation ever had, so a seq seen before the clear never names another message.
-        Touches ``updated_at``. One round trip (four when a writer races it).
+        Touches ``updated_at``. One round trip (five when a writer races it: the first attempt
+        changes nothing, then BEGIN, lock, the statement, COMMIT).
         """
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
@@ -546,7 +547,7 @@ class ConversationStore:
         Safe under concurrency: concurrent pops each return a different message, and a pop only
         ever removes the newest message as of the moment it holds the conversation's lock. Its
         seq is not reused. Touches ``updated_at`` when it removes something. One round trip
-        (four when a writer races it).
+        (five when a writer races it, as for ``clear_conversation``).
         """
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
