@@ -18,7 +18,7 @@ from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessa
 
 import convdb.integrations._common as common
 from convdb import ConversationNotFound, ConversationStore, InvalidInput, build_message_array
-from convdb.integrations.openai_agents import ConvDBSession
+from convdb.integrations.openai_agents import ConvDBSession, item_to_message
 
 USER = "alice"
 
@@ -305,6 +305,35 @@ async def test_messages_written_by_other_clients_read_as_items(store: Conversati
 def numbered(n: int, start: int = 0) -> list[TResponseInputItem]:
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"}
             for i in range(start, start + n)]
+
+
+async def test_behaves_like_the_sdks_own_sqlite_session(store: ConversationStore) -> None:
+    """Drop-in parity with the SDK's reference implementation on the same operations.
+
+    The one intended difference: a limited read that would start with a tool output whose call is
+    outside the window leaves that output out (convdb's window rule); those limits are skipped.
+    """
+    from agents import SQLiteSession
+
+    ours, reference = session(store, "parity"), SQLiteSession("parity")
+    names = list(ITEMS)
+    for chunk in (names[:5], names[5:6], names[6:]):
+        await ours.add_items(items(*chunk))
+        await reference.add_items(items(*chunk))
+    assert await ours.get_items() == await reference.get_items()
+    everything = await reference.get_items()
+    for k in range(1, len(everything) + 3):
+        if k <= len(everything) and item_to_message(everything[-k])["role"] == "tool":
+            continue
+        assert await ours.get_items(limit=k) == await reference.get_items(limit=k), k
+    for _ in range(3):
+        assert await ours.pop_item() == await reference.pop_item()
+    assert await ours.get_items() == await reference.get_items()
+    await ours.clear_session()
+    await reference.clear_session()
+    assert await ours.get_items() == await reference.get_items() == []
+    assert await ours.pop_item() is await reference.pop_item() is None
+    reference.close()
 
 
 async def test_order_across_batches_and_limit(store: ConversationStore) -> None:
