@@ -14,7 +14,13 @@ import pytest
 from agents import Agent, Model, ModelResponse, RunConfig, Runner, Usage, function_tool
 from agents.items import TResponseInputItem, TResponseStreamEvent
 from agents.memory import Session, SessionSettings
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseOutputText,
+)
 
 import convdb.integrations._common as common
 from convdb import ConversationNotFound, ConversationStore, InvalidInput, build_message_array
@@ -507,9 +513,16 @@ class ScriptedModel(Model):
         output = self.responses.pop(0)
         return ModelResponse(output=output, usage=Usage(), response_id=None)
 
-    async def stream_response(self, *args: Any, **kw: Any) -> AsyncIterator[TResponseStreamEvent]:
-        raise NotImplementedError("the scripted model does not stream")
-        yield  # pragma: no cover
+    async def stream_response(
+        self, system_instructions: str | None, input: str | list[TResponseInputItem], *args: Any, **kw: Any
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        """The whole canned response as one ``response.completed`` event (enough for the runner)."""
+        response = await self.get_response(system_instructions, input)
+        yield ResponseCompletedEvent(
+            type="response.completed", sequence_number=0,
+            response=Response(id="resp_fake", created_at=0, model="scripted", object="response",
+                              output=response.output, tools=[], tool_choice="auto", parallel_tool_calls=False),
+        )
 
 
 def text_reply(text: str, msg_id: str) -> ResponseOutputMessage:
@@ -578,6 +591,34 @@ async def test_runner_reads_and_writes_history_through_convdb(store: Conversatio
     assert final[:4] == turn1
     assert [m.role for m in await store.get_history("run", USER)][4:] == ["user", "assistant"]
     assert model.responses == []
+
+
+async def test_streamed_run_reads_and_writes_history_through_convdb(store: ConversationStore) -> None:
+    model = ScriptedModel([
+        [ResponseFunctionToolCall(type="function_call", id="fc_s", call_id="call_s", name="get_weather",
+                                  arguments='{"city": "Oslo"}', status="completed")],
+        [text_reply("Sunny in Oslo.", "msg_s1")],
+        [text_reply("Oslo.", "msg_s2")],
+    ])
+    agent = Agent(name="weather", model=model, tools=[get_weather])
+    config = RunConfig(tracing_disabled=True)
+
+    first = Runner.run_streamed(agent, "Weather in Oslo?", session=session(store, "streamed"), run_config=config)
+    async for _ in first.stream_events():
+        pass
+    turn1 = await session(store, "streamed").get_items()
+    assert strip(turn1[0]) == {"role": "user", "content": "Weather in Oslo?"}
+    assert turn1[-1]["content"][0]["text"] == "Sunny in Oslo."  # type: ignore[index, typeddict-item]
+    # (Which tool items a streamed run persists is the SDK's choice: 0.24 stores the call and its
+    # output, 0.8 did not.)
+
+    second = Runner.run_streamed(agent, "Which city?", session=session(store, "streamed"), run_config=config)
+    async for _ in second.stream_events():
+        pass
+    assert second.final_output == "Oslo."
+    sent = model.inputs[-1]
+    assert [strip(i) for i in sent] == [strip(i) for i in turn1] + [{"role": "user", "content": "Which city?"}]
+    assert (await session(store, "streamed").get_items())[: len(turn1)] == turn1
 
 
 async def test_runner_respects_session_settings_limit(store: ConversationStore) -> None:
