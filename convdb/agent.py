@@ -41,12 +41,15 @@ def build_message_array(
     """The chat-completions ``messages`` list: system prompt, history in order, the new user message.
 
     Assistant ``tool_calls`` and tool ``tool_call_id`` are carried over. ``user_message=None``
-    continues a tool loop without a new user turn.
+    continues a tool loop without a new user turn. Assistant rows with neither content nor tool
+    calls (e.g. reasoning items an adapter stored for its own replay) are left out: the
+    chat-completions API rejects them.
     """
     out: list[dict[str, Any]] = []
     if system_prompt is not None:
         out.append({"role": "system", "content": system_prompt})
-    out.extend(to_chat_message(m) for m in history)
+    out.extend(to_chat_message(m) for m in history
+               if not (m.role == "assistant" and m.content is None and not m.tool_calls))
     if user_message is not None:
         out.append({"role": "user", "content": user_message})
     return out

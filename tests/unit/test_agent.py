@@ -57,3 +57,10 @@ def test_message_to_dict_is_json_serialisable_with_iso_times() -> None:
     assert d["seq"] == 7 and d["tool_calls"] == [CALL] and d["metadata"] == {"k": [1, "é"]}
     assert set(d) >= {"conversation_id", "seq", "role", "content", "tool_name", "tool_call_id", "tool_calls",
                       "metadata", "created_at"}
+
+
+def test_empty_assistant_rows_are_left_out() -> None:
+    history = [msg(1, "user", "q"), msg(2, "assistant", None, metadata={"openai_item": {"type": "reasoning"}}),
+               msg(3, "assistant", None, tool_calls=[]), msg(4, "assistant", "")]
+    assert build_message_array(history, None) == [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]
