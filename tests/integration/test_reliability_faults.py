@@ -416,3 +416,42 @@ async def test_statement_timeout_raises_query_timeout_and_connection_is_reused(c
     finally:
         await locker.close()
         await store.close()
+
+
+# -- the retry options -----------------------------------------------------------------------------
+@pytest.mark.parametrize("retry", [True, False], ids=["retry", "no-retry"])
+async def test_retry_options_after_a_restart(controlled_server: Any, controlled_dsn: str, retry: bool) -> None:
+    """After a restart every pooled connection is dead. With the retry options a read and a keyed
+    write succeed on the first call (one retry on a fresh connection); an unkeyed write is never
+    retried and raises DatabaseUnavailable; without the options every first call raises."""
+    store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=1,
+                                            retry_reads=retry, retry_keyed_writes=retry)
+    try:
+        conv = await store.get_or_create_conversation("retry", "alice")
+        await store.save_message(conv.id, "alice", "user", "before")
+
+        async def first_call_after_restart(call: Callable[[], Awaitable[Any]]) -> Any:
+            # The pool's one connection is open and idle (a failed call leaves none behind).
+            await until_acknowledged(lambda: store.get_conversation(conv.id, "alice"), Counter())
+            # Restarted while this process's event loop is blocked, so the pool cannot notice the
+            # closed connection before the call takes it: the call meets the dead connection.
+            controlled_server.embedded.restart("fast")  # deliberately blocking
+            try:
+                return await call()
+            except DatabaseUnavailable as exc:
+                return exc
+
+        read = await first_call_after_restart(lambda: store.get_history(conv.id, "alice"))
+        keyed = await first_call_after_restart(
+            lambda: store.save_message(conv.id, "alice", "user", "keyed", idempotency_key="k"))
+        unkeyed = await first_call_after_restart(lambda: store.save_message(conv.id, "alice", "user", "plain"))
+        assert isinstance(unkeyed, DatabaseUnavailable)
+        if retry:
+            assert [m.content for m in read] == ["before"]
+            assert keyed.seq == 2
+        else:
+            assert isinstance(read, DatabaseUnavailable) and isinstance(keyed, DatabaseUnavailable)
+        contents = [m.content for m in await store.get_history(conv.id, "alice")]
+        assert contents == (["before", "keyed"] if retry else ["before"])
+    finally:
+        await store.close()
