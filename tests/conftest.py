@@ -9,6 +9,7 @@ DBA would, and each test gets its own database cloned from it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -187,6 +188,7 @@ def pgbouncer(pg_server: Server) -> Iterator[PgBouncer]:
         yield bouncer
     finally:
         bouncer.stop()
+        shutil.rmtree(bouncer.work_dir, ignore_errors=True)
 
 
 def bouncer_dsn(bouncer: PgBouncer, direct_dsn: str) -> str:
