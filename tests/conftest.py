@@ -156,6 +156,7 @@ def controlled_server() -> Iterator[Server]:
         yield server
     finally:
         embedded.destroy()
+        shutil.rmtree(embedded.data_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture
