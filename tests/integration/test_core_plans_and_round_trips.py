@@ -85,22 +85,30 @@ class StatementLog:
         self.file = file
         self.offset = await self.admin.fetchval("SELECT size FROM pg_stat_file($1)", file)
 
-    async def steps(self, pid: int, marker: str) -> list[str]:
-        """Protocol steps logged by backend ``pid`` since start(), up to the marker query."""
+    async def steps(self, pid: int, begin: str, end: str) -> list[str]:
+        """Protocol steps logged by backend ``pid`` between the two marker queries.
+
+        The logging collector writes asynchronously, so lines of earlier calls can land after the
+        offset taken in start(): only what lies between the markers counts.
+        """
         for _ in range(200):
             size = await self.admin.fetchval("SELECT size FROM pg_stat_file($1)", self.file)
             text = await self.admin.fetchval("SELECT pg_read_file($1, $2, $3)", self.file, self.offset,
                                              size - self.offset)
-            if marker in text:
+            if end in text:
                 break
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("marker never reached the server log")
+        lines = text.splitlines()
+        first = next(i for i, line in enumerate(lines) if begin in line and "execute" in line)
         steps = []
-        for line in text.splitlines():
+        for line in lines[first + 1:]:
+            if end in line:
+                break
             m = re.search(rf"\[{pid}\] {re.escape(self.database)} LOG:  duration: [0-9.]+ ms  (\w+)"
                           r"(?: [^:]*)?: (.*)", line)
-            if m and marker not in line:
+            if m:
                 steps.append(f"{m.group(1)} {' '.join(m.group(2).split())}")
         return steps
 
@@ -137,10 +145,13 @@ async def _measure(store: ConversationStore, db: asyncpg.Connection, db_name: st
                    op: Any) -> list[str]:
     log = StatementLog(db, db_name)
     await log.start()
+    # The markers are literals, not parameters, so each is its own (unprepared) statement; their
+    # parse and bind lines fall outside the window that is counted.
+    begin, end = f"begin_{uuid.uuid4().hex}", f"end_{uuid.uuid4().hex}"
+    await store.pool.fetchval(f"SELECT '{begin}'")
     await op()
-    marker = f"marker_{uuid.uuid4().hex}"
-    await store.pool.fetchval(f"SELECT '{marker}'")
-    return await log.steps(pid, marker)
+    await store.pool.fetchval(f"SELECT '{end}'")
+    return await log.steps(pid, begin, end)
 
 
 async def test_round_trips_per_operation(
