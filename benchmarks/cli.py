@@ -99,6 +99,7 @@ async def run(args: argparse.Namespace, admin: str) -> dict[str, Any]:
     db = await server.create_database(admin)
     try:
         ctx = Context(db, mode.layout)
+        commit = run_meta.git_commit()  # the code this run loads, before anyone changes the tree
         started = run_meta.now()
         load_before = run_meta.load_average()
         systems = await runner.prepare(ctx, names, args.no_progress)
@@ -115,7 +116,7 @@ async def run(args: argparse.Namespace, admin: str) -> dict[str, Any]:
     finally:
         await server.drop_database(db)
     meta = {
-        "commit": run_meta.git_commit(),
+        "commit": commit,
         "cores": os.cpu_count(),
         "postgres": info["postgres"],
         "versions": dict(sorted(versions.items())),

@@ -50,8 +50,17 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 APP = "convdb-loadcheck"
 RETRYABLE = (DatabaseUnavailable, PoolTimeout, QueryTimeout)
-FILLER = ["", " 'quoted'", ' "double"', " ✓", " 😀", " \\backslash", " ; DROP TABLE messages; --", " ünï",
-          "\n"]
+FILLER = [
+    "",
+    " 'quoted'",
+    ' "double"',
+    " ✓",
+    " 😀",
+    " \\backslash",
+    " ; DROP TABLE messages; --",
+    " ünï",
+    "\n",
+]
 
 
 @dataclass
@@ -109,16 +118,19 @@ class Progress:
         width = 30
         filled = int(width * min(done, self.total) / self.total)
         rate = done / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{self.total:,} ops "
-                         f"{rate:,.0f} ops/s  {extra}   ")
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{self.total:,} ops "
+            f"{rate:,.0f} ops/s  {extra}   "
+        )
         if final:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
 
 class Load:
-    def __init__(self, store: ConversationStore, dsn: str, server: EmbeddedPostgres | None,
-                 config: LoadConfig) -> None:
+    def __init__(
+        self, store: ConversationStore, dsn: str, server: EmbeddedPostgres | None, config: LoadConfig
+    ) -> None:
         self.store, self.dsn, self.server, self.config = store, dsn, server, config
         self.rng = random.Random(config.seed)
         self.report = Report(asdict(config))
@@ -174,27 +186,35 @@ class Load:
         uid = self.owner[cid]
         kind = rng.choices(
             ["save_keyed", "save", "batch_keyed", "batch", "turn_keyed", "history", "read", "foreign"],
-            weights=[30, 8, 10, 5, 5, 27, 8, 7])[0]
+            weights=[30, 8, 10, 5, 5, 27, 8, 7],
+        )[0]
         self.kinds[kind] += 1
         if kind == "save_keyed":
             marker, text = self.content(cid, op, 0)
             self.acked[marker] = Sent(cid, text)
             message = await self.until_acknowledged(
-                lambda: self.store.save_message(cid, uid, "user", text, idempotency_key=marker))
+                lambda: self.store.save_message(cid, uid, "user", text, idempotency_key=marker)
+            )
             self.acked[marker].seq = message.seq
         elif kind == "turn_keyed":
             marker, text = self.content(cid, op, 0)
             self.acked[marker] = Sent(cid, text)
-            saved, window = await self.until_acknowledged(lambda: self.store.save_and_get_history(
-                cid, uid, {"role": "assistant", "content": text, "idempotency_key": marker}, limit=5))
+            saved, window = await self.until_acknowledged(
+                lambda: self.store.save_and_get_history(
+                    cid, uid, {"role": "assistant", "content": text, "idempotency_key": marker}, limit=5
+                )
+            )
             self.acked[marker].seq = saved.seq
             self.check_read(cid, uid, window)
         elif kind == "batch_keyed":
             parts = [self.content(cid, op, j) for j in range(rng.randint(2, 8))]
             for marker, text in parts:
                 self.acked[marker] = Sent(cid, text)
-            stored = await self.until_acknowledged(lambda: self.store.save_messages(
-                cid, uid, [{"role": "assistant", "content": t, "idempotency_key": m} for m, t in parts]))
+            stored = await self.until_acknowledged(
+                lambda: self.store.save_messages(
+                    cid, uid, [{"role": "assistant", "content": t, "idempotency_key": m} for m, t in parts]
+                )
+            )
             for (marker, _), message in zip(parts, stored, strict=True):
                 self.acked[marker].seq = message.seq
         elif kind in ("save", "batch"):
@@ -203,11 +223,17 @@ class Load:
                 self.unknown[marker] = Sent(cid, text)
             try:
                 if kind == "save":
-                    stored = [await self.maybe_cancelled(
-                        lambda: self.store.save_message(cid, uid, "user", parts[0][1]))]
+                    stored = [
+                        await self.maybe_cancelled(
+                            lambda: self.store.save_message(cid, uid, "user", parts[0][1])
+                        )
+                    ]
                 else:
-                    stored = await self.maybe_cancelled(lambda: self.store.save_messages(
-                        cid, uid, [{"role": "user", "content": t} for _, t in parts]))
+                    stored = await self.maybe_cancelled(
+                        lambda: self.store.save_messages(
+                            cid, uid, [{"role": "user", "content": t} for _, t in parts]
+                        )
+                    )
             except (_Cancelled, *RETRYABLE) as exc:
                 self.errors[f"{type(exc).__name__} (unkeyed, outcome unknown)"] += 1
                 self.unknown_batches.append([m for m, _ in parts])
@@ -266,7 +292,9 @@ class Load:
                     killed = await admin.fetchval(
                         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
                         "(SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
-                        " ORDER BY state = 'active' DESC, random() LIMIT 1) victim", APP)
+                        " ORDER BY state = 'active' DESC, random() LIMIT 1) victim",
+                        APP,
+                    )
                     self.report.kills += int(killed or 0)
                 finally:
                     await admin.close()
@@ -300,8 +328,10 @@ class Load:
             self.progress.show(self.done, self.status())
 
     def status(self) -> str:
-        return (f"kills {self.report.kills} cancels {self.report.cancellations} "
-                f"restarts {self.report.restarts} retried {sum(self.errors.values())}")
+        return (
+            f"kills {self.report.kills} cancels {self.report.cancellations} "
+            f"restarts {self.report.restarts} retried {sum(self.errors.values())}"
+        )
 
     async def run(self) -> Report:
         await self.setup()
@@ -326,8 +356,10 @@ class Load:
         problems = self.report.problems
         conn = await asyncpg.connect(self.dsn)
         try:
-            rows = await conn.fetch("SELECT m.conversation_id, m.seq, m.content, c.user_id FROM messages m "
-                                    "JOIN conversations c ON c.id = m.conversation_id ORDER BY 1, 2")
+            rows = await conn.fetch(
+                "SELECT m.conversation_id, m.seq, m.content, c.user_id FROM messages m "
+                "JOIN conversations c ON c.id = m.conversation_id ORDER BY 1, 2"
+            )
         finally:
             await conn.close()
         self.report.stored_rows = len(rows)
@@ -346,7 +378,10 @@ class Load:
             if len(copies) != 1:
                 problems.append(f"acknowledged {marker} stored {len(copies)} times")
             elif (copies[0]["conversation_id"], copies[0]["seq"], copies[0]["content"]) != (
-                    sent.cid, sent.seq, sent.content):
+                sent.cid,
+                sent.seq,
+                sent.content,
+            ):
                 problems.append(f"acknowledged {marker} stored differently: {dict(copies[0])}")
         for marker in self.unknown:
             if len(found.get(marker, [])) > 1:
@@ -367,8 +402,13 @@ class _Cancelled(Exception):
 
 
 async def run(config: LoadConfig, dsn: str, server: EmbeddedPostgres | None) -> Report:
-    store = await ConversationStore.connect(dsn, min_size=4, max_size=config.pool_size, acquire_timeout=60,
-                                            server_settings={"application_name": APP})
+    store = await ConversationStore.connect(
+        dsn,
+        min_size=4,
+        max_size=config.pool_size,
+        acquire_timeout=60,
+        server_settings={"application_name": APP},
+    )
     try:
         return await Load(store, dsn, server, config).run()
     finally:
@@ -388,37 +428,59 @@ def summary(report: Report) -> str:
         f"isolation: {report.foreign_refused:,} foreign reads refused, "
         f"{report.reads_checked:,} reads checked",
         "CHECK PASSED: every acknowledged message exactly once with its content, seq gap-free, no "
-        "partial batch, nothing foreign read" if report.ok else
-        f"CHECK FAILED: {len(report.problems)} problems, first: {report.problems[:10]}",
+        "partial batch, nothing foreign read"
+        if report.ok
+        else f"CHECK FAILED: {len(report.problems)} problems, first: {report.problems[:10]}",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.loadcheck",
-                                     description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.loadcheck", description=(__doc__ or "").split("\n")[0]
+    )
     defaults = LoadConfig()
-    for name in ("ops", "concurrency", "users", "conversations", "pool_size", "kill_every", "restarts",
-                 "seed"):
+    for name in (
+        "ops",
+        "concurrency",
+        "users",
+        "conversations",
+        "pool_size",
+        "kill_every",
+        "restarts",
+        "seed",
+    ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     parser.add_argument("--cancel-rate", type=float, default=defaults.cancel_rate)
-    parser.add_argument("--dsn", help="a database with schema.sql applied (no restarts then); default: an "
-                                      "embedded server in a temporary folder")
+    parser.add_argument(
+        "--dsn",
+        help="a database with schema.sql applied (no restarts then); default: an "
+        "embedded server in a temporary folder",
+    )
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    config = LoadConfig(ops=args.ops, concurrency=args.concurrency, users=args.users,
-                        conversations=args.conversations, pool_size=args.pool_size,
-                        kill_every=args.kill_every,
-                        cancel_rate=args.cancel_rate, restarts=args.restarts, seed=args.seed,
-                        progress=not args.no_progress)
+    config = LoadConfig(
+        ops=args.ops,
+        concurrency=args.concurrency,
+        users=args.users,
+        conversations=args.conversations,
+        pool_size=args.pool_size,
+        kill_every=args.kill_every,
+        cancel_rate=args.cancel_rate,
+        restarts=args.restarts,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     server = None
     if args.dsn:
         dsn = args.dsn
         config.restarts = 0
     else:
-        server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="convdb-loadcheck-")) / "data",
-                                  settings={"fsync": "off", "synchronous_commit": "off"})
+        server = EmbeddedPostgres(
+            Path(tempfile.mkdtemp(prefix="convdb-loadcheck-")) / "data",
+            settings={"fsync": "off", "synchronous_commit": "off"},
+        )
         server.start()
         dsn = server.dsn()
         apply_schema(dsn, ROOT / "schema.sql")

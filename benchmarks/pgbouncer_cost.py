@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_ROLE = "convdb_bench_app"
 
 
-async def measure(store: ConversationStore, op: str, clients: int, seconds: float,
-                  conversations: int) -> float:
+async def measure(
+    store: ConversationStore, op: str, clients: int, seconds: float, conversations: int
+) -> float:
     done = 0
     stop = time.monotonic() + seconds
 
@@ -44,8 +45,12 @@ async def measure(store: ConversationStore, op: str, clients: int, seconds: floa
         while time.monotonic() < stop:
             cid = f"bench-{(i * 7 + n) % conversations}"
             if op == "save_message":
-                await store.save_message(cid, "bench-user", "user", "a message of ordinary length, "
-                                         "say a sentence or two of chat text")
+                await store.save_message(
+                    cid,
+                    "bench-user",
+                    "user",
+                    "a message of ordinary length, say a sentence or two of chat text",
+                )
             else:
                 await store.get_history(cid, "bench-user", limit=20)
             n += 1
@@ -68,10 +73,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         admin = await asyncpg.connect(dsn)
         await admin.execute(f"CREATE ROLE {APP_ROLE} LOGIN IN ROLE convdb_app")
         await admin.close()
-        tx = PgBouncer(work / "tx", server_host="127.0.0.1", server_port=server.port,
-                       users=["postgres", APP_ROLE])
-        session = PgBouncer(work / "session", server_host="127.0.0.1", server_port=server.port,
-                            pool_mode="session", users=["postgres"])
+        tx = PgBouncer(
+            work / "tx", server_host="127.0.0.1", server_port=server.port, users=["postgres", APP_ROLE]
+        )
+        session = PgBouncer(
+            work / "session",
+            server_host="127.0.0.1",
+            server_port=server.port,
+            pool_mode="session",
+            users=["postgres"],
+        )
         for bouncer in (tx, session):
             bouncer.start()
             bouncers.append(bouncer)
@@ -84,8 +95,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         }
         stores: dict[str, ConversationStore] = {}
         for name, (target, options) in configs.items():
-            stores[name] = await ConversationStore.connect(target, min_size=args.clients,
-                                                           max_size=args.clients, **options)
+            stores[name] = await ConversationStore.connect(
+                target, min_size=args.clients, max_size=args.clients, **options
+            )
         seed = stores["direct, cache on"]
         for i in range(args.conversations):
             await seed.get_or_create_conversation(f"bench-{i}", "bench-user")
@@ -97,13 +109,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             for op in args.ops:
                 for name in configs:
-                    results[op][name].append(await measure(stores[name], op, args.clients, args.seconds,
-                                                           args.conversations))
+                    results[op][name].append(
+                        await measure(stores[name], op, args.clients, args.seconds, args.conversations)
+                    )
         for store in stores.values():
             await store.close()
         medians = {op: {n: statistics.median(v) for n, v in by.items()} for op, by in results.items()}
-        return {"pgbouncer": pgbouncer_version(), "clients": args.clients, "seconds": args.seconds,
-                "repeats": args.repeats, "ops_per_second": results, "median": medians}
+        return {
+            "pgbouncer": pgbouncer_version(),
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            "ops_per_second": results,
+            "median": medians,
+        }
     finally:
         for bouncer in bouncers:
             bouncer.stop()
@@ -111,9 +130,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"{report['pgbouncer']}, {report['clients']} clients, "
-             f"{report['repeats']} x {report['seconds']} s "
-             "per cell, medians (ops/s) and ratio to 'direct, cache on':"]
+    lines = [
+        f"{report['pgbouncer']}, {report['clients']} clients, "
+        f"{report['repeats']} x {report['seconds']} s "
+        "per cell, medians (ops/s) and ratio to 'direct, cache on':"
+    ]
     for op, by in report["median"].items():
         base = by["direct, cache on"]
         lines.append(f"  {op}:")

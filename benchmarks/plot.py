@@ -35,7 +35,7 @@ def draw(doc: dict[str, Any], path: str | Path) -> None:
 
     ax = axes[0][-1]
     scaling = [p for p in doc["scaling"] if p["p50_ms"] is not None]
-    smallest_total = {}
+    smallest_total: dict[str, int] = {}
     for p in scaling:  # the plain sweep: the smallest table each system was measured at
         smallest_total[p["system"]] = min(
             smallest_total.get(p["system"], p["total_messages"]), p["total_messages"]

@@ -88,7 +88,7 @@ async def prepare(ctx: Context, names: list[str], quiet: bool) -> list[System]:
                     name,
                     f"failed to {'import' if isinstance(exc, ImportError) else 'set up'}: {describe(exc)}",
                 )
-                print(f"{name}: {system.error}", file=sys.stderr)  # type: ignore[attr-defined]
+                print(f"{name}: {system.error}", file=sys.stderr)
             systems.append(system)
     # Every peer's library lives in this one process; without this, a full garbage collection
     # scans all of them (measured ~180 ms pauses) and lands on whichever system allocates most.

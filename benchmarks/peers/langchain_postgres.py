@@ -61,9 +61,6 @@ class LangchainPostgresSystem(System):
     def operation(self, op: str) -> Operation:
         from langchain_postgres import PostgresChatMessageHistory
 
-        def run(key: int) -> Any:
-            return self._pool.connection()
-
         if op in ("append", *BATCH_SIZES):
             count = BATCH_SIZES.get(op, 1)
             batch = _messages(
@@ -71,7 +68,7 @@ class LangchainPostgresSystem(System):
             )
 
             async def append(key: int) -> None:
-                async with run(key) as conn:
+                async with self._pool.connection() as conn:
                     await PostgresChatMessageHistory(
                         TABLE, uuid_of(key), async_connection=conn
                     ).aadd_messages(batch)
@@ -79,12 +76,12 @@ class LangchainPostgresSystem(System):
             return Operation(append)
         if op == "history_50":
 
-            async def history(key: int) -> None:
-                async with run(key) as conn:
+            async def history(key: int) -> list[Any]:
+                async with self._pool.connection() as conn:
                     messages = await PostgresChatMessageHistory(
                         TABLE, uuid_of(key), async_connection=conn
                     ).aget_messages()
-                messages[-HISTORY_LIMIT:]
+                return messages[-HISTORY_LIMIT:]
 
             return Operation(history, "no limit in the API: reads the whole conversation, keeps the last 50")
         if op == "get_or_create":
@@ -92,11 +89,11 @@ class LangchainPostgresSystem(System):
         if op == "turn":
             message = _messages([{"role": "user", "content": USER_TEXT}])
 
-            async def turn(key: int) -> None:
-                async with run(key) as conn:
+            async def turn(key: int) -> list[Any]:
+                async with self._pool.connection() as conn:
                     history = PostgresChatMessageHistory(TABLE, uuid_of(key), async_connection=conn)
                     await history.aadd_messages(message)
-                    (await history.aget_messages())[-HISTORY_LIMIT:]
+                    return (await history.aget_messages())[-HISTORY_LIMIT:]
 
             return Operation(turn, "aadd_messages + aget_messages (whole conversation), keeps the last 50")
         raise Unsupported(f"unknown operation {op}")

@@ -85,8 +85,9 @@ class LlamaIndexSystem(System):
             return Operation(append, note)
         if op == "history_50":
 
-            async def history(key: int) -> None:
-                (await self._store.aget_messages(conversation_id(key)))[-HISTORY_LIMIT:]
+            async def history(key: int) -> list[Any]:
+                messages: list[Any] = await self._store.aget_messages(conversation_id(key))
+                return messages[-HISTORY_LIMIT:]
 
             return Operation(
                 history, "no limit in the API: reads the whole conversation (one array), keeps 50"
@@ -96,9 +97,10 @@ class LlamaIndexSystem(System):
         if op == "turn":
             message = _messages([{"role": "user", "content": USER_TEXT}])[0]
 
-            async def turn(key: int) -> None:
+            async def turn(key: int) -> list[Any]:
                 await self._store.async_add_message(conversation_id(key), message)
-                (await self._store.aget_messages(conversation_id(key)))[-HISTORY_LIMIT:]
+                messages: list[Any] = await self._store.aget_messages(conversation_id(key))
+                return messages[-HISTORY_LIMIT:]
 
             return Operation(
                 turn, "async_add_message + aget_messages (whole conversation), keeps the last 50"

@@ -65,6 +65,7 @@ class AsyncpgRawSystem(System):
                 cid, uid = conversation_id(key), user_of(key)
                 async with self.pool.acquire() as conn, conn.transaction():
                     head = await conn.fetchrow(reserve, cid, uid, len(rows))
+                    assert head is not None, "seeded conversations exist"
                     first = head[0]
                     await conn.executemany(insert, [(cid, first + i, *r) for i, r in enumerate(rows)])
 

@@ -65,7 +65,7 @@ class ConvdbSystem(System):
             message: dict[str, Any] = {"role": "user", "content": USER_TEXT}
 
             async def turn(key: int) -> None:
-                await self.store.save_and_get_history(  # type: ignore[attr-defined]
+                await self.store.save_and_get_history(
                     conversation_id(key), user_of(key), message, limit=HISTORY_LIMIT
                 )
 
