@@ -730,7 +730,7 @@ class ConversationStore:
 
         await self._run(op, retry=False, user_id=uid)
         return Conversation(id=cid, user_id=uid, title=header.title,
-                            metadata=_decode(header.metadata_json) or {},
+                            metadata=json.loads(header.metadata_json or "{}"),
                             created_at=header.created_at, updated_at=header.updated_at)
 
 
@@ -742,18 +742,12 @@ async def _numbered(stream: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]
         index += 1
 
 
-def _decode(text: str | None) -> Any:
-    # A fresh copy of what was stored, not an alias of the caller's (mutable) argument.
-    return None if text is None else json.loads(text)
-
-
 def _message(cid: str, seq: int, created_at: datetime, row: MessageRow) -> Message:
-    return Message(
-        conversation_id=cid, seq=seq, role=row.role,  # type: ignore[arg-type]  # validated
-        content=row.content, tool_name=row.tool_name, tool_call_id=row.tool_call_id,
-        tool_calls=_decode(row.tool_calls_json), metadata=_decode(row.metadata_json) or {},
-        created_at=created_at, token_count=row.token_count, idempotency_key=row.idempotency_key,
-    )
+    # The stored message, built the way rows are (the column order of queries.sql); the JSON is
+    # decoded from what was sent, so the result is a fresh copy, never the caller's own objects.
+    return Message.from_record(cid, (  # type: ignore[arg-type]  # a tuple in the row's shape
+        seq, row.role, row.content, row.tool_name, row.tool_call_id, row.tool_calls_json,
+        row.metadata_json or "{}", row.token_count, row.idempotency_key, created_at))
 
 
 def _check_same(stored: Message, row: MessageRow) -> Message:
