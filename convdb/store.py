@@ -91,7 +91,13 @@ class _Connection:
 
     async def __aenter__(self) -> Conn:
         try:
-            self._conn = await self._pool.acquire(timeout=self._timeout)
+            if self._timeout is None:
+                self._conn = await self._pool.acquire()
+            else:
+                # asyncio.timeout, not acquire(timeout=): asyncpg implements the latter with
+                # wait_for, which costs a Task on every call of every method.
+                async with asyncio.timeout(self._timeout):
+                    self._conn = await self._pool.acquire()
         except TimeoutError as exc:
             raise PoolTimeout(
                 f"no pooled connection became free within {self._timeout} s (acquire_timeout); "
