@@ -31,7 +31,9 @@ def draw(doc: dict[str, Any], path: str | Path) -> None:
         ax.set_ylabel("operations per second (log)")
         ax.set_title(f"throughput, concurrency {c}")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0][0].legend(fontsize="small")
+    # One legend for the figure, below the panels, so it hides no bar.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(systems), fontsize="small", frameon=False)
 
     ax = axes[0][-1]
     scaling = [p for p in doc["scaling"] if p["p50_ms"] is not None]
@@ -59,7 +61,6 @@ def draw(doc: dict[str, Any], path: str | Path) -> None:
     ax.set_ylabel("history_50 p50 latency, ms (log)")
     ax.set_title("last 50 messages vs conversation length (c=1)")
     ax.grid(which="both", alpha=0.3)
-    ax.legend(fontsize="small")
 
     meta = doc["meta"]
     fig.suptitle(
@@ -67,6 +68,6 @@ def draw(doc: dict[str, Any], path: str | Path) -> None:
         f"{meta.get('machine', {}).get('cpu', '')}, PostgreSQL {meta.get('postgres')}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
