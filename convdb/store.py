@@ -751,9 +751,10 @@ async def _numbered(stream: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]
 def _message(cid: str, seq: int, created_at: datetime, row: MessageRow) -> Message:
     # The stored message, built the way rows are (the column order of queries.sql); the JSON is
     # decoded from what was sent, so the result is a fresh copy, never the caller's own objects.
+    metadata = {} if row.metadata_json is None else json.loads(row.metadata_json)
     return Message.from_record(cid, (  # type: ignore[arg-type]  # a tuple in the row's shape
         seq, row.role, row.content, row.tool_name, row.tool_call_id, row.tool_calls_json,
-        row.metadata_json or "{}", row.token_count, row.idempotency_key, created_at))
+        metadata, row.token_count, row.idempotency_key, created_at))
 
 
 def _check_same(stored: Message, row: MessageRow) -> Message:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from .errors import InvalidInput
 from .records import ROLES
@@ -222,19 +222,17 @@ def prepare_message_dict(
     """Validate one message given as a dict of the ``save_message`` keyword fields plus ``role``."""
     if not isinstance(message, Mapping):
         raise InvalidInput("message", f"must be a dict, got {type(message).__name__}", index=index)
-    unknown = set(message) - MESSAGE_FIELDS
-    if unknown:
-        raise InvalidInput(str(sorted(map(str, unknown))[0]), "is not a message field", index=index)
+    if not message.keys() <= MESSAGE_FIELDS:
+        unknown = sorted(map(str, set(message) - MESSAGE_FIELDS))
+        raise InvalidInput(unknown[0], "is not a message field", index=index)
     if "role" not in message:
         raise InvalidInput("role", "is required", index=index)
-    fields: dict[str, Any] = dict(message)
+    get = message.get
     return prepare_message(
-        fields.pop("role"),
-        fields.pop("content", None),
-        **fields,
-        max_content_bytes=max_content_bytes,
-        count_tokens=count_tokens,
-        index=index,
+        message["role"], get("content"), tool_name=get("tool_name"), tool_call_id=get("tool_call_id"),
+        tool_calls=get("tool_calls"), metadata=get("metadata"), token_count=get("token_count"),
+        idempotency_key=get("idempotency_key"), max_content_bytes=max_content_bytes,
+        count_tokens=count_tokens, index=index,
     )
 
 
