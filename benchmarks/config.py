@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .measure import Timing
 from .workload import Layout
@@ -60,19 +60,9 @@ MODES: dict[str, Mode] = {
             peer_scaling_max=100_000,
         ),
     ),
-    # Default plus the table-size sweep: convdb's messages table grown to 10 million rows.
-    "full": Mode(
-        "full",
-        Timing(1.0, 2.0),
-        3,
-        Timing(0.5, 2.0),
-        Layout(
-            history_conversations=32,
-            work_conversations=256,
-            scaling_lengths=(100, 1_000, 10_000, 100_000),
-            scaling_conversations=3,
-            peer_scaling_max=100_000,
-            table_sizes=(1_000_000, 3_000_000, 10_000_000),
-        ),
-    ),
 }
+# Default plus the table-size sweep: convdb's messages table grown to 10 million rows.
+MODES["full"] = replace(
+    MODES["default"], name="full",
+    layout=replace(MODES["default"].layout, table_sizes=(1_000_000, 3_000_000, 10_000_000)),
+)
