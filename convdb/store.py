@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -519,14 +520,8 @@ class ConversationStore:
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
 
-        async def op(conn: Conn) -> int:
-            row = await conn.fetchrow(_DELETE_CONVERSATION, cid, uid)
-            if row is None:
-                raise ConversationNotFound()
-            deleted: int = row[0]
-            return deleted
-
-        return await self._run(op, retry=False, user_id=uid)
+        return await self._run(functools.partial(_owned_count, sql=_DELETE_CONVERSATION, cid=cid, uid=uid),
+                               retry=False, user_id=uid)
 
     async def clear_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete every message, keep the conversation; returns how many were deleted.
@@ -568,14 +563,8 @@ class ConversationStore:
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
 
-        async def op(conn: Conn) -> int:
-            row = await conn.fetchrow(_COUNT_MESSAGES, cid, uid)
-            if row is None:
-                raise ConversationNotFound()
-            count: int = row[0]
-            return count
-
-        return await self._run(op, retry=self.retry_reads, user_id=uid)
+        return await self._run(functools.partial(_owned_count, sql=_COUNT_MESSAGES, cid=cid, uid=uid),
+                               retry=self.retry_reads, user_id=uid)
 
     # -- erasure, export, import -------------------------------------------------------------
     async def delete_user_data(
@@ -746,6 +735,15 @@ async def _numbered(stream: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]
     async for record in stream:
         yield index, record
         index += 1
+
+
+async def _owned_count(conn: Conn, *, sql: str, cid: str, uid: str) -> int:
+    """The count a statement returns for this user's conversation; no row: not theirs."""
+    row = await conn.fetchrow(sql, cid, uid)
+    if row is None:
+        raise ConversationNotFound()
+    count: int = row[0]
+    return count
 
 
 def _message(cid: str, seq: int, created_at: datetime, row: MessageRow) -> Message:
