@@ -8,13 +8,15 @@ DBA would, and each test gets its own database cloned from it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -220,3 +222,39 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+RaceRowLock = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+def race_row_lock(dsn: str) -> RaceRowLock:
+    """Run ``call`` while another transaction, having run ``statements``, holds a row lock it needs.
+
+    The other transaction commits only once ``call`` is seen waiting for that lock, so the race
+    (a writer committing between the call's snapshot and its lock) happens every time. Returns
+    what ``call`` returns.
+    """
+
+    async def race(call: Awaitable[Any], *statements: tuple[Any, ...]) -> Any:
+        other = await asyncpg.connect(dsn)
+        try:
+            tx = other.transaction()
+            await tx.start()
+            for sql, *args in statements:
+                await other.execute(sql, *args)
+            task = asyncio.ensure_future(call)
+            for _ in range(500):
+                if await other.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                task.cancel()
+                raise AssertionError("the statement never waited for the row lock")
+            await tx.commit()
+            return await task
+        finally:
+            await other.close()
+
+    return race

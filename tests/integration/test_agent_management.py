@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -68,23 +70,14 @@ async def test_clear_keeps_the_conversation_and_never_reuses_seq(store: Conversa
     assert await store.clear_conversation(cid, U) == 0
 
 
-async def test_clear_waits_for_a_concurrent_writer_and_clears_its_message(store: ConversationStore,
-                                                                         dsn: str) -> None:
+async def test_clear_waits_for_a_concurrent_writer_and_clears_its_message(
+        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
     cid = await _conv(store, 2)
-    other = await asyncpg.connect(dsn)
-    try:
-        tx = other.transaction()
-        await tx.start()
-        await other.execute("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() "
-                            "WHERE id = $1", cid)
-        await other.execute("INSERT INTO messages (conversation_id, seq, role, content) "
-                            "VALUES ($1, 3, 'user', 'racing')", cid)
-        task = asyncio.create_task(store.clear_conversation(cid, U))
-        await _wait_for_lock_wait(other)
-        await tx.commit()
-        assert await task == 3  # the racing message committed before clear held the lock
-    finally:
-        await other.close()
+    cleared = await race_row_lock(
+        store.clear_conversation(cid, U),
+        ("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() WHERE id = $1", cid),
+        ("INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 3, 'user', 'racing')", cid))
+    assert cleared == 3  # the racing message committed before clear held the lock
     assert await store.count_messages(cid, U) == 0
 
 
@@ -134,23 +127,14 @@ async def test_pops_racing_appends_always_pop_the_newest(store: ConversationStor
     assert not {m.seq for m in remaining} & {m.seq for m in popped}
 
 
-async def test_pop_waiting_behind_an_append_pops_that_append(store: ConversationStore, dsn: str) -> None:
+async def test_pop_waiting_behind_an_append_pops_that_append(
+        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
     """The pop's snapshot predates the append; it must not pop the older message."""
     cid = await _conv(store, 2)
-    other = await asyncpg.connect(dsn)
-    try:
-        tx = other.transaction()
-        await tx.start()
-        await other.execute("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() "
-                            "WHERE id = $1", cid)
-        await other.execute("INSERT INTO messages (conversation_id, seq, role, content) "
-                            "VALUES ($1, 3, 'assistant', 'newest')", cid)
-        task = asyncio.create_task(store.pop_last_message(cid, U))
-        await _wait_for_lock_wait(other)
-        await tx.commit()
-        popped = await task
-    finally:
-        await other.close()
+    popped = await race_row_lock(
+        store.pop_last_message(cid, U),
+        ("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() WHERE id = $1", cid),
+        ("INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 3, 'assistant', 'newest')", cid))
     assert popped is not None
     assert (popped.seq, popped.content) == (3, "newest")
     assert [m.seq for m in await store.get_history(cid, U)] == [1, 2]
@@ -162,12 +146,3 @@ async def test_count_messages(store: ConversationStore) -> None:
     assert await store.count_messages(cid, U) == 0
     await store.save_messages(cid, U, [{"role": "user", "content": "x"}] * 7)
     assert await store.count_messages(cid, U) == 7
-
-
-async def _wait_for_lock_wait(conn: asyncpg.Connection) -> None:
-    for _ in range(500):
-        if await conn.fetchval("SELECT count(*) FROM pg_stat_activity "
-                               "WHERE wait_event_type = 'Lock' AND datname = current_database()"):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the statement never waited for the row lock")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -256,56 +256,28 @@ async def test_concurrent_turns_see_every_committed_message(store: ConversationS
         assert _seqs(window) == list(range(max(1, saved.seq - 49), saved.seq + 1))
 
 
-async def test_turn_after_a_concurrent_commit_rereads_the_window(store: ConversationStore, dsn: str) -> None:
+async def test_turn_after_a_concurrent_commit_rereads_the_window(
+        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
     """Deterministic version of the race: another transaction holds the row lock and commits a
     message while our statement waits for the lock; its snapshot cannot see that message."""
     cid = await _conv(store)
     await store.save_message(cid, U, "user", "one")
-    other = await asyncpg.connect(dsn)
-    try:
-        tx = other.transaction()
-        await tx.start()
-        await other.execute("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() "
-                            "WHERE id = $1", cid)
-        await other.execute("INSERT INTO messages (conversation_id, seq, role, content) "
-                            "VALUES ($1, 2, 'assistant', 'two')", cid)
-        task = asyncio.create_task(store.save_and_get_history(cid, U, {"role": "user", "content": "three"}))
-        await _wait_for_lock_wait(other)
-        await tx.commit()
-        saved, window = await task
-    finally:
-        await other.close()
+    saved, window = await race_row_lock(
+        store.save_and_get_history(cid, U, {"role": "user", "content": "three"}),
+        ("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() WHERE id = $1", cid),
+        ("INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 2, 'assistant', 'two')", cid))
     assert saved.seq == 3
     assert [m.content for m in window] == ["one", "two", "three"]
 
 
 async def test_pop_racing_a_turn_does_not_leave_the_popped_message_in_its_window(
-        store: ConversationStore, dsn: str) -> None:
+        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
     cid = await _conv(store)
     await store.save_messages(cid, U, [{"role": "user", "content": "one"},
                                        {"role": "assistant", "content": "two"}])
-    other = await asyncpg.connect(dsn)
-    try:
-        tx = other.transaction()
-        await tx.start()
-        await other.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", cid)
-        await other.execute("DELETE FROM messages WHERE conversation_id = $1 AND seq = 2", cid)
-        task = asyncio.create_task(store.save_and_get_history(cid, U, {"role": "user", "content": "three"}))
-        await _wait_for_lock_wait(other)
-        await tx.commit()
-        saved, window = await task
-    finally:
-        await other.close()
+    saved, window = await race_row_lock(
+        store.save_and_get_history(cid, U, {"role": "user", "content": "three"}),
+        ("UPDATE conversations SET updated_at = now() WHERE id = $1", cid),
+        ("DELETE FROM messages WHERE conversation_id = $1 AND seq = 2", cid))
     assert [m.content for m in window] == ["one", "three"]
     assert saved.seq == 3
-
-
-async def _wait_for_lock_wait(conn: asyncpg.Connection) -> None:
-    for _ in range(500):
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()")
-        if waiting:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the statement never waited for the row lock")
