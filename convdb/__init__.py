@@ -13,12 +13,11 @@ from .errors import (
     QueryTimeout,
     SchemaMismatch,
 )
-from .management import UNSET
 from .pool import init_connection
 from .records import Conversation, ErasureCounts, Message, Page, Role
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
-from .validation import DEFAULT_MAX_CONTENT_BYTES, MAX_HISTORY_LIMIT, estimate_tokens
+from .validation import DEFAULT_MAX_CONTENT_BYTES, MAX_HISTORY_LIMIT, UNSET, estimate_tokens
 
 __all__ = [
     "DEFAULT_MAX_CONTENT_BYTES",

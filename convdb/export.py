@@ -1,183 +1,43 @@
-"""The export format of a conversation, its validation on import, and JSON Lines files.
+"""JSON Lines files of conversation exports: the file helpers above ``ConversationStore``.
 
-An export is a stream of JSON objects (one per line in a file):
-
-- first ``{"type": "conversation", "format": "convdb.conversation/1", "id", "title", "metadata",
-  "created_at", "updated_at", "next_seq"}``;
-- then one ``{"type": "message", "seq", "role", "content", "tool_name", "tool_call_id",
-  "tool_calls", "metadata", "token_count", "idempotency_key", "created_at"}`` per message, in seq
-  order.
-
-Times are ISO 8601 with offset and microseconds, so a restore is exact. ``user_id`` is not
-exported: the owner of an imported conversation is the ``user_id`` given to
-``import_conversation``.
+The format itself (records, their validation on import) is ``convdb.export_format``; its public
+names are re-exported here, so ``from convdb.export import FORMAT, parse_header`` keeps working.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any
 
-import asyncpg
-
-from .agent import message_to_dict
 from .errors import InvalidInput
-from .records import Conversation, Message
-from .validation import (
-    MessageRow,
-    TokenCounter,
-    check_aware_datetime,
-    check_id,
-    check_text,
-    check_token_count,
-    encode_json,
-    prepare_message,
+from .export_format import (
+    FORMAT,
+    ImportHeader,
+    MessageParser,
+    aiter_records,
+    header_record,
+    message_record,
+    parse_header,
 )
+from .records import Conversation
+from .store import ConversationStore
 
-if TYPE_CHECKING:
-    from .store import ConversationStore
-
-FORMAT: Final = "convdb.conversation/1"
-_HEADER_FIELDS: Final = frozenset(
-    {"type", "format", "id", "user_id", "title", "metadata", "created_at", "updated_at", "next_seq"}
-)
-_MESSAGE_FIELDS: Final = frozenset(
-    {"type", "seq", "role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata",
-     "token_count", "idempotency_key", "created_at", "conversation_id"}
-)
-_MAX_SEQ: Final = 2**63 - 1
-
-
-def header_record(row: asyncpg.Record) -> dict[str, Any]:
-    """The first record of an export, from an export_header row."""
-    conversation = Conversation.from_record(row)
-    return {
-        "type": "conversation",
-        "format": FORMAT,
-        "id": conversation.id,
-        "title": conversation.title,
-        "metadata": conversation.metadata,
-        "created_at": conversation.created_at.isoformat(),
-        "updated_at": conversation.updated_at.isoformat(),
-        "next_seq": row["next_seq"],
-    }
-
-
-def message_record(message: Message) -> dict[str, Any]:
-    """A message record of an export: every field of the message (``message_to_dict``)."""
-    return {"type": "message", **message_to_dict(message)}
-
-
-@dataclass(frozen=True, slots=True)
-class ImportHeader:
-    id: str
-    title: str | None
-    metadata_json: str | None
-    created_at: datetime
-    updated_at: datetime
-    next_seq: int | None
-
-
-def _check_time(value: object, field: str, index: int | None = None) -> datetime:
-    """An ISO 8601 text (as exported) or a datetime, with a UTC offset either way."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise InvalidInput(field, f"is not an ISO 8601 time: {value!r}", index=index) from exc
-    return check_aware_datetime(value, field, index=index)
-
-
-def _check_seq(value: object, field: str, index: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SEQ:
-        raise InvalidInput(field, f"must be an int between 1 and {_MAX_SEQ}, got {value!r}", index=index)
-    return value
-
-
-def parse_header(record: object) -> ImportHeader:
-    """Validate the first record of an export (no I/O)."""
-    if not isinstance(record, Mapping):
-        raise InvalidInput("records", "must start with the conversation record of an export")
-    if record.get("type") != "conversation":
-        raise InvalidInput("type", "the first record must have type 'conversation'")
-    if record.get("format", FORMAT) != FORMAT:
-        raise InvalidInput("format", f"is {record.get('format')!r}; this convdb reads {FORMAT!r}")
-    unknown = set(record) - _HEADER_FIELDS
-    if unknown:
-        raise InvalidInput(sorted(map(str, unknown))[0], "is not a field of the conversation record")
-    title = record.get("title")
-    if title is not None:
-        check_text(title, "title")
-    next_seq = record.get("next_seq")
-    return ImportHeader(
-        id=check_id(record.get("id"), "id"),
-        title=title,
-        metadata_json=encode_json(record.get("metadata"), "metadata", kind=dict),
-        created_at=_check_time(record.get("created_at"), "created_at"),
-        updated_at=_check_time(record.get("updated_at"), "updated_at"),
-        next_seq=None if next_seq is None else _check_seq(next_seq, "next_seq"),
-    )
-
-
-class MessageParser:
-    """Validates the message records of one import in order (seq increasing, keys unique)."""
-
-    def __init__(self, header: ImportHeader, *, max_content_bytes: int, count_tokens: TokenCounter):
-        self.header = header
-        self.max_content_bytes = max_content_bytes
-        self.count_tokens = count_tokens
-        self.last_seq = 0
-        self.keys: set[str] = set()
-
-    def parse(self, record: object, index: int) -> tuple[int, MessageRow, datetime]:
-        if not isinstance(record, Mapping):
-            raise InvalidInput("message", f"must be a dict, got {type(record).__name__}", index=index)
-        if record.get("type") != "message":
-            raise InvalidInput("type", "must be 'message' after the first record", index=index)
-        unknown = set(record) - _MESSAGE_FIELDS
-        if unknown:
-            raise InvalidInput(sorted(map(str, unknown))[0], "is not a message field", index=index)
-        seq = _check_seq(record.get("seq"), "seq", index)
-        if seq <= self.last_seq:
-            raise InvalidInput("seq", f"must increase: {seq} after {self.last_seq}", index=index)
-        if self.header.next_seq is not None and seq >= self.header.next_seq:
-            raise InvalidInput("seq", f"{seq} is not below the conversation's next_seq "
-                               f"{self.header.next_seq}", index=index)
-        token_count = record.get("token_count")
-        if token_count is not None:
-            check_token_count(token_count, index=index)
-        row = prepare_message(
-            record.get("role"), record.get("content"), tool_name=record.get("tool_name"),
-            tool_call_id=record.get("tool_call_id"), tool_calls=record.get("tool_calls"),
-            metadata=record.get("metadata"), token_count=token_count,
-            idempotency_key=record.get("idempotency_key"), max_content_bytes=self.max_content_bytes,
-            count_tokens=self.count_tokens, index=index,
-        )
-        if row.idempotency_key is not None:
-            if row.idempotency_key in self.keys:
-                raise InvalidInput("idempotency_key", "is repeated within the import", index=index)
-            self.keys.add(row.idempotency_key)
-        created_at = _check_time(record.get("created_at"), "created_at", index)
-        self.last_seq = seq
-        return seq, row, created_at
-
-
-async def aiter_records(records: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    if isinstance(records, str | bytes | Mapping):
-        raise InvalidInput("records", "must be an iterable of export records (dicts)")
-    if isinstance(records, AsyncIterable):
-        async for record in records:
-            yield record
-    elif isinstance(records, Iterable):
-        for record in records:
-            yield record
-    else:
-        raise InvalidInput("records", f"must be an iterable of export records, got {type(records).__name__}")
+__all__ = [
+    "FORMAT",
+    "ImportHeader",
+    "MessageParser",
+    "aiter_records",
+    "export_to_file",
+    "header_record",
+    "import_from_file",
+    "message_record",
+    "parse_header",
+    "read_jsonl",
+    "write_jsonl",
+]
 
 
 # -- JSON Lines files ------------------------------------------------------------------------

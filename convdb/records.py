@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import asyncpg
 
@@ -59,9 +59,17 @@ class Message:
 
     @classmethod
     def from_record(cls, conversation_id: str, row: asyncpg.Record) -> Message:
-        """Build from a row of the message column list used throughout queries.sql."""
+        """Build from a row that starts with ``MESSAGE_COLUMNS`` (read by position: see below)."""
         return _message_from_row(conversation_id, row)
 
+
+MESSAGE_COLUMNS: Final = (
+    "seq", "role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata", "token_count",
+    "idempotency_key", "created_at",
+)
+"""The leading result columns of every message-returning statement in queries.sql, in the order
+``Message.from_record`` reads them by position (tests/integration/test_core_column_order.py pins
+both the statements and this order)."""
 
 # Building a Message is the per-row cost of every history read. A frozen dataclass's __init__
 # parses keywords and goes through object.__setattr__ for each field; setting the slots through

@@ -1,132 +1,62 @@
 """ConversationStore: the facade agent servers call, one method per use case.
 
-Each method validates its input before any I/O, then runs the statements named in
-``sql/queries.sql`` on one pooled connection. Ownership is checked by those statements, in SQL.
-Driver errors become ``ConvDBError``s in exactly one place: ``_Connection.__aexit__``.
+Each method validates its input before any I/O (``convdb.validation``), names the retry policy of
+what it does, and hands one data-access operation (``convdb.ops``) to the runner
+(``convdb.runner``), which acquires a connection, applies row-level security, retries and
+translates driver errors. Ownership is checked by the statements themselves, in SQL.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
-from . import management, schema_check
-from .errors import (
-    ConvDBError,
-    ConversationNotFound,
-    DatabaseUnavailable,
-    IdempotencyConflict,
-    InvalidInput,
-    PoolTimeout,
-    QueryTimeout,
-    translate,
-)
-from .export import MessageParser, aiter_records, header_record, message_record, parse_header
+from . import schema_check
+from .errors import InvalidInput, translate
+from .export_format import MessageParser, aiter_records, header_record, message_record, numbered, parse_header
 from .ids import new_conversation_id
-from .listing import build_listing, encode_cursor
-from .management import UNSET, Unset, check_budget, check_flag
+from .listing import build_listing
+from .ops import conversations as conversation_ops
+from .ops import erasure as erasure_ops
+from .ops import messages as message_ops
+from .ops import transfer as transfer_ops
 from .pool import create_pool
 from .records import Conversation, ErasureCounts, JSONValue, Message, Page
-from .sql import QUERIES
+from .runner import Policy, Runner
 from .validation import (
     DEFAULT_MAX_CONTENT_BYTES,
-    MessageRow,
+    UNSET,
     TokenCounter,
+    Unset,
+    check_conversation_key,
+    check_flag,
     check_id,
     check_limit,
     check_text,
+    check_token_budget,
     encode_json,
     estimate_tokens,
     prepare_batch,
     prepare_message,
     prepare_message_dict,
 )
-from .windows import history_from_records, trim_orphan_tool_results
-
-T = TypeVar("T")
-Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
-
-_GET_OR_CREATE: Final = QUERIES["get_or_create_conversation"]
-_GET_CONVERSATION: Final = QUERIES["get_conversation"]
-_SAVE_MESSAGE: Final = QUERIES["save_message"]
-_RESERVE_SEQ_RANGE: Final = QUERIES["reserve_seq_range"]
-_LOCK_WITH_KEYS: Final = QUERIES["lock_conversation_with_keys"]
-_INSERT_MESSAGE_AT: Final = QUERIES["insert_message_at"]
-_GET_MESSAGE_BY_KEY: Final = QUERIES["get_message_by_key"]
-_GET_HISTORY: Final = QUERIES["get_history"]
-_SET_RLS_USER: Final = QUERIES["set_rls_user"]
-_SAVE_AND_GET_HISTORY: Final = QUERIES["save_and_get_history"]
-_COUNT_MESSAGES: Final = QUERIES["count_messages"]
-_UPDATE_CONVERSATION: Final = QUERIES["update_conversation"]
-_DELETE_CONVERSATION: Final = QUERIES["delete_conversation"]
-_CLEAR_CONVERSATION: Final = QUERIES["clear_conversation"]
-_POP_LAST_MESSAGE: Final = QUERIES["pop_last_message"]
-_EXPORT_HEADER: Final = QUERIES["export_header"]
-_EXPORT_MESSAGES: Final = QUERIES["export_messages"]
-
-_IDEMPOTENCY_INDEX: Final = "messages_idempotency_key"
-# A keyed batch whose key another writer stored between our snapshot and our lock is re-run once
-# with a fresh snapshot; more than that would mean keys are being reused in a loop.
-_KEYED_BATCH_ATTEMPTS: Final = 3
-_CANCEL_GRACE_SECONDS: Final = 5.0
 
 
-class _Connection:
-    """One pooled connection for one operation; the single seam where driver errors are translated."""
+def _runner_option(name: str) -> Any:
+    """A store attribute that is the runner's option of the same name (read and set through)."""
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    def get(store: ConversationStore) -> Any:
+        return getattr(store._runner, name)
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: Conn | None = None
+    def set_(store: ConversationStore, value: Any) -> None:
+        setattr(store._runner, name, value)
 
-    async def __aenter__(self) -> Conn:
-        try:
-            if self._timeout is None:
-                self._conn = await self._pool.acquire()
-            else:
-                # asyncio.timeout, not acquire(timeout=): asyncpg implements the latter with
-                # wait_for, which costs a Task on every call of every method.
-                async with asyncio.timeout(self._timeout):
-                    self._conn = await self._pool.acquire()
-        except TimeoutError as exc:
-            raise PoolTimeout(
-                f"no pooled connection became free within {self._timeout} s (acquire_timeout); "
-                "raise max_size or lower the load"
-            ) from exc
-        except Exception as exc:
-            raise translate(exc) from exc
-        return self._conn
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        conn, self._conn = self._conn, None
-        try:
-            if conn is not None:
-                await self._pool.release(conn)
-        except asyncpg.exceptions.InternalClientError:
-            # asyncpg race: the server closed the connection between the op's end and this release
-            # (a restart, a killed backend), and the pool already took the holder back. Nothing is
-            # left to release, and the op's outcome (it completed, or its own error) stands.
-            pass
-        except Exception as release_error:
-            if exc is None:
-                raise translate(release_error) from release_error
-        if exc is not None:
-            translated = translate(exc)
-            if translated is not exc:
-                raise translated from exc
+    return property(get, set_, doc=f"The runner's ``{name}`` (see ``ConversationStore``).")
 
 
 class ConversationStore:
@@ -148,7 +78,16 @@ class ConversationStore:
       in a transaction that first sets ``convdb.user_id`` transaction-locally (``set_config(...,
       true)``), which the policies key on: three more round trips per single-statement operation
       (BEGIN, the setting, COMMIT), one more per batch. Off by default, and then it costs nothing.
+
+    Every error a method raises is a ``ConvDBError``. Input is checked before any I/O: a bad
+    argument raises ``InvalidInput`` and nothing is sent. An unknown conversation id and another
+    user's id raise the same ``ConversationNotFound``.
     """
+
+    acquire_timeout = _runner_option("acquire_timeout")
+    retry_reads = _runner_option("retry_reads")
+    retry_keyed_writes = _runner_option("retry_keyed_writes")
+    row_level_security = _runner_option("row_level_security")
 
     def __init__(
         self,
@@ -167,15 +106,13 @@ class ConversationStore:
     ) -> None:
         self._pool = pool
         self._owns_pool = _owns_pool
+        self._runner = Runner(pool, acquire_timeout=acquire_timeout, retry_reads=retry_reads,
+                              retry_keyed_writes=retry_keyed_writes, row_level_security=row_level_security)
         self.max_content_bytes = max_content_bytes
         self.count_tokens = count_tokens
-        self.acquire_timeout = acquire_timeout
         self.batch_timeout = batch_timeout
         self.batch_timeout_per_mib = batch_timeout_per_mib
         self.max_batch_size = max_batch_size
-        self.retry_reads = retry_reads
-        self.retry_keyed_writes = retry_keyed_writes
-        self.row_level_security = row_level_security
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -198,7 +135,11 @@ class ConversationStore:
         row_level_security: bool = False,
         **pool_options: Any,
     ) -> ConversationStore:
-        """Create a pool (owned by the store) and check the schema unless ``verify_schema=False``."""
+        """Create a pool (owned by the store) and check the schema unless ``verify_schema=False``.
+
+        Raises ``DatabaseUnavailable`` when the server cannot be reached and ``SchemaMismatch``
+        when the schema differs (the pool is then closed again).
+        """
         try:
             pool = await create_pool(dsn, min_size=min_size, max_size=max_size,
                                      statement_cache_size=statement_cache_size, **pool_options)
@@ -232,32 +173,9 @@ class ConversationStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _connection(self) -> _Connection:
-        return _Connection(self._pool, self.acquire_timeout)
-
-    async def _run(
-        self, op: Callable[[Conn], Awaitable[T]], *, retry: bool, user_id: str | None = None
-    ) -> T:
-        """Run ``op`` on a pooled connection, once more on a fresh one if the first was lost.
-
-        ``user_id``: the validated user the op acts for. With ``row_level_security`` the op runs in
-        a transaction where ``convdb.user_id`` is set to it (a method that leaves it out sees
-        nothing under the policies: RLS fails closed).
-        """
-        if user_id is not None and self.row_level_security:
-            op = _as_user(op, user_id)
-        try:
-            async with self._connection() as conn:
-                return await op(conn)
-        except DatabaseUnavailable:
-            if not retry:
-                raise
-        async with self._connection() as conn:
-            return await op(conn)
-
     async def verify_schema(self) -> None:
         """Raise ``SchemaMismatch`` naming what differs between the database and this package."""
-        await self._run(schema_check.verify, retry=self.retry_reads)
+        await self._runner.run(schema_check.verify, Policy.READ)
 
     # -- conversations -----------------------------------------------------------------------
     async def get_or_create_conversation(
@@ -271,7 +189,8 @@ class ConversationStore:
         """Load this user's conversation, or create it (with a new time-ordered id when None).
 
         An id that belongs to another user raises ``ConversationNotFound``; ``title`` and
-        ``metadata`` apply only when the conversation is created.
+        ``metadata`` apply only when the conversation is created. Racing creators of one id get
+        one row. One round trip (two when a concurrent creator committed first).
         """
         if conversation_id is None:
             cid = new_conversation_id()
@@ -281,30 +200,15 @@ class ConversationStore:
         if title is not None:
             check_text(title, "title")
         meta_json = encode_json(metadata, "metadata", kind=dict)
-
-        async def op(conn: Conn) -> Conversation:
-            row = await conn.fetchrow(_GET_OR_CREATE, cid, uid, title, meta_json)
-            if row is None:
-                # Either another user owns the id, or a concurrent creator committed after our
-                # statement's snapshot: a fresh read tells which.
-                row = await conn.fetchrow(_GET_CONVERSATION, cid, uid)
-                if row is None:
-                    raise ConversationNotFound()
-            return Conversation.from_record(row)
-
-        return await self._run(op, retry=self.retry_reads, user_id=uid)
+        op = functools.partial(conversation_ops.get_or_create, cid=cid, uid=uid, title=title,
+                               metadata_json=meta_json)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     async def get_conversation(self, conversation_id: str, user_id: str) -> Conversation:
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
-
-        async def op(conn: Conn) -> Conversation:
-            row = await conn.fetchrow(_GET_CONVERSATION, cid, uid)
-            if row is None:
-                raise ConversationNotFound()
-            return Conversation.from_record(row)
-
-        return await self._run(op, retry=self.retry_reads, user_id=uid)
+        """This user's conversation; ``ConversationNotFound`` for an unknown or foreign id. One round trip."""
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(conversation_ops.get, cid=cid, uid=uid)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- messages ----------------------------------------------------------------------------
     async def save_message(
@@ -323,30 +227,20 @@ class ConversationStore:
     ) -> Message:
         """Append one message in one statement (one round trip) and return it as stored.
 
-        With ``idempotency_key``, a retry of a save that was stored returns the stored message and
-        writes nothing; a different role or content under the same key raises IdempotencyConflict.
+        The message gets the conversation's next seq (gap-free, in commit order) and touches its
+        ``updated_at``. With ``idempotency_key``, a retry of a save that was stored returns the
+        stored message and writes nothing; a different role or content under the same key raises
+        IdempotencyConflict.
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
+        cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message(
             role, content, tool_name=tool_name, tool_call_id=tool_call_id, tool_calls=tool_calls,
             metadata=metadata, token_count=token_count, idempotency_key=idempotency_key,
             max_content_bytes=self.max_content_bytes, count_tokens=self.count_tokens,
         )
-
-        async def op(conn: Conn) -> Message:
-            try:
-                stored = await _keyed(conn, row, conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row))
-            except asyncpg.UniqueViolationError as exc:
-                if row.idempotency_key is None or exc.constraint_name != _IDEMPOTENCY_INDEX:
-                    raise
-                return await _stored_under_key(conn, cid, uid, row)
-            if stored is None:
-                raise ConversationNotFound()
-            return _message(cid, stored[0], stored[1], row)
-
-        return await self._run(op, retry=self.retry_keyed_writes and row.idempotency_key is not None,
-                               user_id=uid)
+        policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
+        op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
+        return await self._runner.run(op, policy, user_id=uid)
 
     async def save_messages(
         self, conversation_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
@@ -355,23 +249,21 @@ class ConversationStore:
 
         One transaction: a statement that checks ownership, locks the conversation row, reserves
         the sequence range and touches updated_at, then ``executemany`` of the inserts. On any
-        error or cancellation nothing of the batch is stored.
+        error or cancellation nothing of the batch is stored. The call is bounded by
+        ``batch_timeout`` + ``batch_timeout_per_mib`` per MiB of payload (``QueryTimeout``).
+        Messages with idempotency keys already stored come back as stored, not written again.
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
+        cid, uid = check_conversation_key(conversation_id, user_id)
         rows = prepare_batch(messages, max_content_bytes=self.max_content_bytes,
                              count_tokens=self.count_tokens, max_batch=self.max_batch_size)
         payload = sum(len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "")
                       for r in rows)
-        budget = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
+        seconds = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
         keyed = all(r.idempotency_key is not None for r in rows)
-        # The batch sets the RLS user inside its own transaction (see _save_batch), not via _run.
-        rls_user = uid if self.row_level_security else None
 
-        async def op(conn: Conn) -> list[Message]:
-            return await _guarded(conn, _save_batch(conn, cid, uid, rows, budget, set_user=rls_user), budget)
-
-        return await self._run(op, retry=self.retry_keyed_writes and keyed)  # RLS: see rls_user
+        op = functools.partial(message_ops.save_batch, cid=cid, uid=uid, rows=rows, time_budget=seconds)
+        return await self._runner.run_transactions(
+            op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds)
 
     async def get_history(
         self, conversation_id: str, user_id: str, *, limit: int = 50, max_tokens: int | None = None
@@ -385,20 +277,11 @@ class ConversationStore:
         hold fewer than ``limit`` messages. Raises ``ConversationNotFound`` for an unknown or
         foreign id; returns [] for an empty one (or when nothing fits the budget).
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
+        cid, uid = check_conversation_key(conversation_id, user_id)
         n = check_limit(limit)
-        budget = check_budget(max_tokens)
-
-        async def op(conn: Conn) -> list[Message]:
-            if budget is not None:
-                return await management.window_until(conn, cid, uid, management.MAX_SEQ, n, budget)
-            window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, n))
-            if window is None:
-                raise ConversationNotFound()
-            return window
-
-        return await self._run(op, retry=self.retry_reads, user_id=uid)
+        token_budget = check_token_budget(max_tokens)
+        op = functools.partial(message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- agent turns -------------------------------------------------------------------------
     async def save_and_get_history(
@@ -420,32 +303,15 @@ class ConversationStore:
         window that ends at it. One round trip; two when another writer committed to the
         conversation during the statement (the window is then re-read) or on a keyed replay.
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
+        cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message_dict(message, max_content_bytes=self.max_content_bytes,
                                    count_tokens=self.count_tokens)
         n = check_limit(limit)
-        budget = check_budget(max_tokens)
-
-        async def op(conn: Conn) -> tuple[Message, list[Message]]:
-            try:
-                records = await _keyed(
-                    conn, row, conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, n, budget))
-            except asyncpg.UniqueViolationError as exc:
-                if row.idempotency_key is None or exc.constraint_name != _IDEMPOTENCY_INDEX:
-                    raise
-                stored = await _stored_under_key(conn, cid, uid, row)
-                return stored, await management.window_until(conn, cid, uid, stored.seq, n, budget)
-            if not records:
-                raise ConversationNotFound()
-            saved = next(Message.from_record(cid, r) for r in records if r["is_new"])
-            if records[0]["stale"]:
-                return saved, await management.window_until(conn, cid, uid, saved.seq, n, budget)
-            window = [Message.from_record(cid, r) for r in records if r["in_window"]]
-            return saved, trim_orphan_tool_results(window)
-
-        return await self._run(op, retry=self.retry_keyed_writes and row.idempotency_key is not None,
-                               user_id=uid)
+        token_budget = check_token_budget(max_tokens)
+        policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
+        op = functools.partial(message_ops.save_and_get_history, cid=cid, uid=uid, row=row, limit=n,
+                               token_budget=token_budget)
+        return await self._runner.run(op, policy, user_id=uid)
 
     # -- conversation management -------------------------------------------------------------
     async def list_conversations(
@@ -472,15 +338,8 @@ class ConversationStore:
                               metadata_contains=metadata_contains, updated_after=updated_after,
                               updated_before=updated_before)
         uid = check_id(user_id, "user_id")  # validated by build_listing; named for row-level security
-
-        async def op(conn: Conn) -> Page[Conversation]:
-            records = await conn.fetch(query.sql, *query.args)
-            items = [Conversation.from_record(r) for r in records[: query.limit]]
-            last = items[-1] if len(records) > query.limit else None
-            next_cursor = None if last is None else encode_cursor(last.updated_at, last.id, query.context)
-            return Page(items, next_cursor)
-
-        return await self._run(op, retry=self.retry_reads, user_id=uid)
+        op = functools.partial(conversation_ops.list_page, query=query)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     async def update_conversation(
         self,
@@ -495,21 +354,16 @@ class ConversationStore:
         An argument left out is left alone; ``title=None`` clears the title and ``metadata=None``
         (or ``{}``) empties the metadata. Touches ``updated_at``. One round trip.
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
+        cid, uid = check_conversation_key(conversation_id, user_id)
         if isinstance(title, Unset) and isinstance(metadata, Unset):
             raise InvalidInput("title", "nothing to update: pass title= and/or metadata=")
         new_title = None if isinstance(title, Unset) or title is None else check_text(title, "title")
         meta_json = None if isinstance(metadata, Unset) else encode_json(metadata, "metadata", kind=dict)
-
-        async def op(conn: Conn) -> Conversation:
-            row = await conn.fetchrow(_UPDATE_CONVERSATION, cid, uid, not isinstance(title, Unset),
-                                      new_title, not isinstance(metadata, Unset), meta_json)
-            if row is None:
-                raise ConversationNotFound()
-            return Conversation.from_record(row)
-
-        return await self._run(op, retry=self.retry_reads, user_id=uid)
+        op = functools.partial(conversation_ops.update, cid=cid, uid=uid,
+                               set_title=not isinstance(title, Unset), title=new_title,
+                               set_metadata=not isinstance(metadata, Unset), metadata_json=meta_json)
+        # Absolute values: a second run sets the same ones (READ's retry rule).
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     async def delete_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete the conversation and its messages in one statement; returns the messages deleted.
@@ -517,11 +371,9 @@ class ConversationStore:
         One transaction whatever the size: for a conversation of millions of messages,
         ``delete_user_data`` shows the chunked way.
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
-
-        return await self._run(functools.partial(_owned_count, sql=_DELETE_CONVERSATION, cid=cid, uid=uid),
-                               retry=False, user_id=uid)
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(conversation_ops.delete, cid=cid, uid=uid)
+        return await self._runner.run(op, Policy.WRITE, user_id=uid)
 
     async def clear_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete every message, keep the conversation; returns how many were deleted.
@@ -531,15 +383,9 @@ class ConversationStore:
         Touches ``updated_at``. One round trip (five when a writer races it: the first attempt
         changes nothing, then BEGIN, lock, the statement, COMMIT).
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
-
-        async def op(conn: Conn) -> int:
-            records = await management.run_fresh(conn, _CLEAR_CONVERSATION, cid, uid)
-            deleted: int = records[0]["deleted"]
-            return deleted
-
-        return await self._run(op, retry=False, user_id=uid)
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(conversation_ops.clear, cid=cid, uid=uid)
+        return await self._runner.run(op, Policy.WRITE, user_id=uid)
 
     async def pop_last_message(self, conversation_id: str, user_id: str) -> Message | None:
         """Delete and return the newest message, or None when the conversation is empty.
@@ -549,22 +395,15 @@ class ConversationStore:
         seq is not reused. Touches ``updated_at`` when it removes something. One round trip
         (five when a writer races it, as for ``clear_conversation``).
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
-
-        async def op(conn: Conn) -> Message | None:
-            records = await management.run_fresh(conn, _POP_LAST_MESSAGE, cid, uid)
-            return None if records[0][0] is None else Message.from_record(cid, records[0])
-
-        return await self._run(op, retry=False, user_id=uid)
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(message_ops.pop_last, cid=cid, uid=uid)
+        return await self._runner.run(op, Policy.WRITE, user_id=uid)
 
     async def count_messages(self, conversation_id: str, user_id: str) -> int:
         """How many messages the conversation holds (an index-only count); one round trip."""
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
-
-        return await self._run(functools.partial(_owned_count, sql=_COUNT_MESSAGES, cid=cid, uid=uid),
-                               retry=self.retry_reads, user_id=uid)
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(message_ops.count, cid=cid, uid=uid)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- erasure, export, import -------------------------------------------------------------
     async def delete_user_data(
@@ -582,26 +421,20 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         per_batch = check_limit(conversations_per_batch, "conversations_per_batch")
         chunk = check_limit(messages_per_batch, "messages_per_batch", maximum=100_000)
-        conversations = messages = 0
+        deleted_conversations = deleted_messages = 0
         after = ""
         while True:
-
-            async def take(conn: Conn, start: str = after) -> list[str]:
-                return await management.next_conversations(conn, uid, start, per_batch)
-
-            ids = await self._run(take, retry=True, user_id=uid)
+            take = functools.partial(erasure_ops.next_conversations, uid=uid, after=after, count=per_batch)
+            ids = await self._runner.run(take, Policy.ERASE, user_id=uid)
             if not ids:
                 if after == "":
-                    return ErasureCounts(conversations, messages)
+                    return ErasureCounts(deleted_conversations, deleted_messages)
                 after = ""  # one more look from the start (see below)
                 continue
-
-            async def erase(conn: Conn, ids: list[str] = ids) -> tuple[int, int]:
-                return await management.erase_conversations(conn, uid, ids, chunk)
-
-            done = await self._run(erase, retry=True, user_id=uid)
-            conversations += done[0]
-            messages += done[1]
+            erase = functools.partial(erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk)
+            done = await self._runner.run(erase, Policy.ERASE, user_id=uid)
+            deleted_conversations += done[0]
+            deleted_messages += done[1]
             # After the last batch, one more look from the start: it finds conversations created
             # meanwhile below the cursor, and otherwise ends the loop.
             after = ids[-1] if len(ids) == per_batch else ""
@@ -616,10 +449,9 @@ class ConversationStore:
         export covers the messages that existed when it started (seq below the next_seq read
         first). Arguments are checked at the call; ``ConversationNotFound`` comes on the first
         iteration (or later, if the conversation is deleted during the export). The format is
-        described in ``convdb.export``; ``import_conversation`` restores it exactly.
+        described in ``convdb.export_format``; ``import_conversation`` restores it exactly.
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
+        cid, uid = check_conversation_key(conversation_id, user_id)
         size = check_limit(chunk_size, "chunk_size")
         return self._export(cid, uid, size)
 
@@ -631,8 +463,7 @@ class ConversationStore:
         Like ``export_conversation`` (same chunks, same bound, same errors) without the
         conversation record; for reading a whole long history without holding it all in memory.
         """
-        cid = check_id(conversation_id, "conversation_id")
-        uid = check_id(user_id, "user_id")
+        cid, uid = check_conversation_key(conversation_id, user_id)
         size = check_limit(chunk_size, "chunk_size")
         return self._stream_messages(cid, uid, size)
 
@@ -650,25 +481,14 @@ class ConversationStore:
 
     async def _export_rows(self, cid: str, uid: str, size: int) -> AsyncIterator[asyncpg.Record]:
         """The conversation row, then its message rows with seq below its next_seq, in chunks."""
-
-        async def header(conn: Conn) -> asyncpg.Record:
-            row = await conn.fetchrow(_EXPORT_HEADER, cid, uid)
-            if row is None:
-                raise ConversationNotFound()
-            return row
-
-        head = await self._run(header, retry=self.retry_reads, user_id=uid)
+        header = functools.partial(transfer_ops.export_header, cid=cid, uid=uid)
+        head = await self._runner.run(header, Policy.READ, user_id=uid)
         yield head
         after, bound = 0, head["next_seq"]
         while True:
-
-            async def chunk(conn: Conn, after: int = after) -> list[asyncpg.Record]:
-                records = await conn.fetch(_EXPORT_MESSAGES, cid, uid, after, bound, size)
-                if not records:
-                    raise ConversationNotFound()
-                return [] if records[0][0] is None else records
-
-            records = await self._run(chunk, retry=self.retry_reads, user_id=uid)
+            chunk = functools.partial(transfer_ops.export_chunk, cid=cid, uid=uid, after=after, bound=bound,
+                                      size=size)
+            records = await self._runner.run(chunk, Policy.READ, user_id=uid)
             for record in records:
                 yield record
             if len(records) < size:
@@ -708,194 +528,19 @@ class ConversationStore:
         cid = override or header.id
         parser = MessageParser(header, max_content_bytes=self.max_content_bytes,
                                count_tokens=self.count_tokens)
-        numbered = _numbered(stream)
+        rest = numbered(stream)
         first = []  # validated before any I/O; the rest is validated chunk by chunk
-        async for index, record in numbered:
+        async for index, record in rest:
             first.append(parser.parse(record, index))
-            if len(first) >= management.IMPORT_CHUNK:
+            if len(first) >= transfer_ops.IMPORT_CHUNK:
                 break
-
-        async def work(conn: Conn) -> None:
-            async with conn.transaction():
-                await management.import_in_transaction(conn, cid, uid, header, parser, first, numbered,
-                                                       overwrite, time_limit)
-
-        async def op(conn: Conn) -> None:
-            await _guarded(conn, work(conn), time_limit)
-
-        await self._run(op, retry=False, user_id=uid)
+        op = functools.partial(transfer_ops.import_conversation, cid=cid, uid=uid, header=header,
+                               parser=parser, first=first, rest=rest, replace=overwrite,
+                               chunk_seconds=time_limit)
+        await self._runner.run_transactions(op, Policy.WRITE, user_id=uid, guard_seconds=time_limit)
         return Conversation(id=cid, user_id=uid, title=header.title,
                             metadata=json.loads(header.metadata_json or "{}"),
                             created_at=header.created_at, updated_at=header.updated_at)
 
 
-# -- internals -------------------------------------------------------------------------------
-async def _numbered(stream: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
-    index = 0
-    async for record in stream:
-        yield index, record
-        index += 1
-
-
-async def _owned_count(conn: Conn, *, sql: str, cid: str, uid: str) -> int:
-    """The count a statement returns for this user's conversation; no row: not theirs."""
-    row = await conn.fetchrow(sql, cid, uid)
-    if row is None:
-        raise ConversationNotFound()
-    count: int = row[0]
-    return count
-
-
-def _message(cid: str, seq: int, created_at: datetime, row: MessageRow) -> Message:
-    # The stored message, built the way rows are (the column order of queries.sql); the JSON is
-    # decoded from what was sent, so the result is a fresh copy, never the caller's own objects.
-    metadata = {} if row.metadata_json is None else json.loads(row.metadata_json)
-    return Message.from_record(cid, (  # type: ignore[arg-type]  # a tuple in the row's shape
-        seq, row.role, row.content, row.tool_name, row.tool_call_id, row.tool_calls_json,
-        metadata, row.token_count, row.idempotency_key, created_at))
-
-
-def _check_same(stored: Message, row: MessageRow) -> Message:
-    if stored.role != row.role or stored.content != row.content:
-        raise IdempotencyConflict(row.idempotency_key or "")
-    return stored
-
-
-async def _stored_under_key(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
-    found = await conn.fetchrow(_GET_MESSAGE_BY_KEY, cid, uid, row.idempotency_key)
-    if found is None:
-        raise ConversationNotFound()
-    return _check_same(Message.from_record(cid, found), row)
-
-
-async def _save_batch(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], budget: float, *, set_user: str | None = None
-) -> list[Message]:
-    keys = [r.idempotency_key for r in rows if r.idempotency_key is not None]
-    for attempt in range(_KEYED_BATCH_ATTEMPTS):
-        try:
-            async with conn.transaction():
-                if set_user is not None:
-                    await conn.execute(_SET_RLS_USER, set_user)
-                return await _save_batch_in_transaction(conn, cid, uid, rows, keys, budget)
-        except asyncpg.UniqueViolationError as exc:
-            # Another writer stored one of our keys after this transaction's first snapshot.
-            if not keys or exc.constraint_name != _IDEMPOTENCY_INDEX or attempt + 1 == _KEYED_BATCH_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
-
-
-async def _save_batch_in_transaction(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], keys: list[str], budget: float
-) -> list[Message]:
-    stored: dict[str, Message] = {}
-    if keys:
-        found = await conn.fetch(_LOCK_WITH_KEYS, cid, uid, keys)
-        if not found:
-            raise ConversationNotFound()
-        stored = {r[8]: Message.from_record(cid, r) for r in found if r[0] is not None}
-    new_rows = [r for r in rows if r.idempotency_key not in stored] if stored else rows
-    first_seq = 0
-    created_at: datetime | None = None
-    if new_rows:
-        head = await conn.fetchrow(_RESERVE_SEQ_RANGE, cid, uid, len(new_rows))
-        if head is None:
-            raise ConversationNotFound()
-        first_seq, created_at = head[0], head[1]
-        args = [(cid, first_seq + i, *r) for i, r in enumerate(new_rows)]
-        # Always bounded: without a timeout asyncpg can wait forever for a socket drain when the
-        # server stops reading mid-batch (asyncpg #873, #1265).
-        await conn.executemany(_INSERT_MESSAGE_AT, args, timeout=budget)
-    result: list[Message] = []
-    next_seq = first_seq
-    for r in rows:
-        if r.idempotency_key is not None and r.idempotency_key in stored:
-            result.append(_check_same(stored[r.idempotency_key], r))
-        else:
-            assert created_at is not None
-            result.append(_message(cid, next_seq, created_at, r))
-            next_seq += 1
-    return result
-
-
-async def _keyed(conn: Conn, row: MessageRow, statement: Awaitable[T]) -> T:
-    """Run a keyed save so that a replayed key can still be looked up afterwards.
-
-    Outside a transaction (the default) the duplicate-key error ends only its own statement. Inside
-    one (row_level_security) it would abort the transaction, so the save runs in a savepoint.
-    """
-    if row.idempotency_key is None or not conn.is_in_transaction():
-        return await statement
-    async with conn.transaction():
-        return await statement
-
-
-def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:
-    """``op`` in a transaction that first sets ``convdb.user_id`` (transaction-local) for RLS.
-
-    Transactions ``op`` opens itself become savepoints. If the connection was closed under the op
-    (a terminated batch, a lost server) the server has rolled back already: nothing more is sent,
-    so the op's own error, or the caller's cancellation, is what propagates.
-    """
-
-    async def run(conn: Conn) -> T:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            await conn.execute(_SET_RLS_USER, user_id)
-            result = await op(conn)
-        except BaseException:
-            if not conn.is_closed():
-                await transaction.rollback()
-            raise
-        await transaction.commit()
-        return result
-
-    return run
-
-
-async def _guarded(conn: Conn, work: Awaitable[T], budget: float) -> T:
-    """Run a batch so that cancellation, a lost connection or a stall ends it in bounded time.
-
-    The batch runs in its own task, because asyncpg's executemany can otherwise wait forever for a
-    socket drain (when the server stops reading mid-batch) and swallows the cancellation meanwhile.
-    If the caller is cancelled or the budget runs out, the connection is terminated: the server
-    then rolls the transaction back and the socket close wakes the driver. If the server ends the
-    connection, the termination listener stops the task at once. Either way the pool replaces the
-    connection, so no slot leaks.
-    """
-    task = asyncio.ensure_future(work)
-    lost = False
-
-    def on_terminated(_: object) -> None:
-        nonlocal lost
-        lost = True
-        task.cancel()
-
-    conn.add_termination_listener(on_terminated)
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), timeout=budget + _CANCEL_GRACE_SECONDS)
-    except BaseException as exc:
-        stalled = not task.done()
-        if stalled or isinstance(exc, TimeoutError):
-            with contextlib.suppress(asyncpg.InterfaceError):  # already detached by a lost connection
-                conn.terminate()
-        if stalled:
-            task.cancel()
-            await asyncio.wait({task}, timeout=_CANCEL_GRACE_SECONDS)
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved here so asyncio does not log it as never retrieved
-        if isinstance(exc, TimeoutError):
-            raise QueryTimeout(f"batch did not finish within {budget:.1f} s; nothing was stored") from exc
-        current = asyncio.current_task()
-        caller_cancelled = current is not None and current.cancelling() > 0
-        if lost and isinstance(exc, asyncio.CancelledError) and not caller_cancelled:
-            raise DatabaseUnavailable(
-                "connection lost during the batch; it was rolled back unless the loss came during COMMIT"
-            ) from exc
-        raise
-    finally:
-        with contextlib.suppress(asyncpg.InterfaceError):
-            conn.remove_termination_listener(on_terminated)
-
-__all__ = ["ConvDBError", "ConversationStore"]
+__all__ = ["ConversationStore"]

@@ -7,6 +7,7 @@ reaches the database and never writes half of anything.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import re
@@ -22,6 +23,8 @@ MAX_ID_LENGTH: Final = 255
 DEFAULT_MAX_CONTENT_BYTES: Final = 1024 * 1024
 MAX_HISTORY_LIMIT: Final = 10_000
 MAX_JSON_DEPTH: Final = 200
+# The largest bigint: the range of seq, and "up to the newest" for get_history_window.
+MAX_SEQ: Final = 2**63 - 1
 
 # PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate code point.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -72,6 +75,11 @@ def check_id(value: object, field: str, *, index: int | None = None) -> str:
     return text
 
 
+def check_conversation_key(conversation_id: object, user_id: object) -> tuple[str, str]:
+    """The validated ``(conversation_id, user_id)`` pair every per-conversation method takes."""
+    return check_id(conversation_id, "conversation_id"), check_id(user_id, "user_id")
+
+
 def check_optional_id(value: object, field: str, *, index: int | None = None) -> str | None:
     return None if value is None else check_id(value, field, index=index)
 
@@ -94,6 +102,35 @@ def check_limit(value: object, field: str = "limit", *, maximum: int = MAX_HISTO
     if not 1 <= value <= maximum:
         raise InvalidInput(field, f"must be between 1 and {maximum}, got {value}")
     return value
+
+
+def check_token_budget(value: object) -> int | None:
+    """``max_tokens``: a token budget (an int from 0, or None for no budget)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("max_tokens", f"must be an int or None, got {type(value).__name__}")
+    if not 0 <= value <= MAX_SEQ:
+        raise InvalidInput("max_tokens", f"must be between 0 and {MAX_SEQ}, got {value}")
+    return value
+
+
+def check_flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(field, f"must be a bool, got {type(value).__name__}")
+    return value
+
+
+class Unset(enum.Enum):
+    """The type of ``UNSET``: "argument not given", as opposed to None ("set to null")."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = Unset.UNSET
 
 
 # Python's repr writes floats of magnitude >= 1e16 with an exponent ("1.5e+300"). jsonb stores

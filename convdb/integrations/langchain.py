@@ -55,10 +55,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ..errors import ConversationNotFound
-from ..management import check_budget
 from ..records import ROLES, Message
 from ..store import ConversationStore
-from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit
+from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit, check_token_budget
 from ._common import append, read_all, read_window
 
 METADATA_KEY: Final = "langchain_message"
@@ -98,7 +97,7 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         self.conversation_id = check_id(conversation_id, "conversation_id")
         self.user_id = check_id(user_id, "user_id")
         self.limit = None if limit is None else check_limit(limit, maximum=2**31 - 1)
-        self.max_tokens = check_budget(max_tokens)
+        self.max_tokens = check_token_budget(max_tokens)
         self.title = title
         if loop is None:
             try:

@@ -52,10 +52,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ..errors import ConversationNotFound
-from ..management import check_budget
 from ..records import Message
 from ..store import ConversationStore
-from ..validation import MAX_HISTORY_LIMIT, check_id
+from ..validation import MAX_HISTORY_LIMIT, check_id, check_token_budget
 from ._common import append, read_all, read_window
 
 METADATA_KEY: Final = "openai_item"
@@ -107,7 +106,7 @@ class ConvDBSession:
         self.session_id = check_id(session_id, "session_id")
         self.user_id = check_id(user_id, "user_id")
         self.session_settings = session_settings if session_settings is not None else SessionSettings()
-        self.max_tokens = check_budget(max_tokens)
+        self.max_tokens = check_token_budget(max_tokens)
         self.title = title
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:

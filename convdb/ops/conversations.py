@@ -1,0 +1,110 @@
+"""Conversation rows: load-or-create, read, list, update, delete, clear."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+
+from ..errors import ConversationNotFound
+from ..listing import ListingQuery, encode_cursor
+from ..records import Conversation, Page
+from ..sql import QUERIES
+from . import Begin, Conn, begin
+
+_GET_OR_CREATE: Final = QUERIES["get_or_create_conversation"]
+_GET_CONVERSATION: Final = QUERIES["get_conversation"]
+_UPDATE_CONVERSATION: Final = QUERIES["update_conversation"]
+_DELETE_CONVERSATION: Final = QUERIES["delete_conversation"]
+_CLEAR_CONVERSATION: Final = QUERIES["clear_conversation"]
+_LOCK_CONVERSATION: Final = QUERIES["lock_conversation"]
+
+
+async def get_or_create(
+    conn: Conn, cid: str, uid: str, title: str | None, metadata_json: str | None
+) -> Conversation:
+    row = await conn.fetchrow(_GET_OR_CREATE, cid, uid, title, metadata_json)
+    if row is None:
+        # Either another user owns the id, or a concurrent creator committed after our
+        # statement's snapshot: a fresh read tells which.
+        row = await conn.fetchrow(_GET_CONVERSATION, cid, uid)
+        if row is None:
+            raise ConversationNotFound()
+    return Conversation.from_record(row)
+
+
+async def get(conn: Conn, cid: str, uid: str) -> Conversation:
+    row = await conn.fetchrow(_GET_CONVERSATION, cid, uid)
+    if row is None:
+        raise ConversationNotFound()
+    return Conversation.from_record(row)
+
+
+async def list_page(conn: Conn, query: ListingQuery) -> Page[Conversation]:
+    """One page of a listing built by ``convdb.listing.build_listing`` (it fetches limit + 1 rows)."""
+    records = await conn.fetch(query.sql, *query.args)
+    items = [Conversation.from_record(r) for r in records[: query.limit]]
+    last = items[-1] if len(records) > query.limit else None
+    next_cursor = None if last is None else encode_cursor(last.updated_at, last.id, query.context)
+    return Page(items, next_cursor)
+
+
+async def update(
+    conn: Conn,
+    cid: str,
+    uid: str,
+    *,
+    set_title: bool,
+    title: str | None,
+    set_metadata: bool,
+    metadata_json: str | None,
+) -> Conversation:
+    row = await conn.fetchrow(_UPDATE_CONVERSATION, cid, uid, set_title, title, set_metadata, metadata_json)
+    if row is None:
+        raise ConversationNotFound()
+    return Conversation.from_record(row)
+
+
+async def owned_count(conn: Conn, sql: str, cid: str, uid: str) -> int:
+    """The count a statement returns for this user's conversation; no row: not theirs."""
+    row = await conn.fetchrow(sql, cid, uid)
+    if row is None:
+        raise ConversationNotFound()
+    count: int = row[0]
+    return count
+
+
+async def delete(conn: Conn, cid: str, uid: str) -> int:
+    """Delete the conversation (its messages by cascade); returns the messages deleted."""
+    return await owned_count(conn, _DELETE_CONVERSATION, cid, uid)
+
+
+async def run_fresh(
+    conn: Conn, statement: str, cid: str, uid: str, *, begin: Begin = begin
+) -> list[asyncpg.Record]:
+    """Run a "fresh view" statement (queries.sql explains them): one round trip when nothing races.
+
+    When another writer committed between the statement's snapshot and its lock, the statement
+    changes nothing and says so (``fresh`` false); it then runs again inside a transaction that
+    holds the conversation row's lock first, so its snapshot is the newest state.
+    """
+    records = await conn.fetch(statement, cid, uid)
+    if not records:
+        raise ConversationNotFound()
+    if records[0]["fresh"]:
+        return records
+    async with begin(conn):
+        if await conn.fetchrow(_LOCK_CONVERSATION, cid, uid) is None:
+            raise ConversationNotFound()
+        records = await conn.fetch(statement, cid, uid)
+    if not records:
+        raise ConversationNotFound()
+    assert records[0]["fresh"], "the conversation row is locked: nothing can change it meanwhile"
+    return records
+
+
+async def clear(conn: Conn, cid: str, uid: str) -> int:
+    """Delete every message, keep the conversation; returns how many were deleted."""
+    records = await run_fresh(conn, _CLEAR_CONVERSATION, cid, uid)
+    deleted: int = records[0]["deleted"]
+    return deleted

@@ -1,0 +1,226 @@
+"""Messages: append (one, a batch, a turn), history windows, pop, count.
+
+Positional row access (``r[0]``, ``head[1]``) follows the column order of the statements in
+``queries.sql``; tests/integration/test_core_column_order.py pins it for every message-returning
+statement (it is the order ``Message.from_record`` reads, measured to matter on history reads).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Final, TypeVar
+
+import asyncpg
+
+from ..errors import ConversationNotFound, IdempotencyConflict
+from ..records import Message
+from ..sql import QUERIES
+from ..validation import MAX_SEQ, MessageRow
+from ..windows import history_from_records, trim_orphan_tool_results
+from . import Begin, Conn, begin
+from .conversations import owned_count, run_fresh
+
+T = TypeVar("T")
+
+_SAVE_MESSAGE: Final = QUERIES["save_message"]
+_RESERVE_SEQ_RANGE: Final = QUERIES["reserve_seq_range"]
+_LOCK_WITH_KEYS: Final = QUERIES["lock_conversation_with_keys"]
+_INSERT_MESSAGE_AT: Final = QUERIES["insert_message_at"]
+_GET_MESSAGE_BY_KEY: Final = QUERIES["get_message_by_key"]
+_GET_HISTORY: Final = QUERIES["get_history"]
+_GET_HISTORY_WINDOW: Final = QUERIES["get_history_window"]
+_SAVE_AND_GET_HISTORY: Final = QUERIES["save_and_get_history"]
+_COUNT_MESSAGES: Final = QUERIES["count_messages"]
+_POP_LAST_MESSAGE: Final = QUERIES["pop_last_message"]
+
+IDEMPOTENCY_INDEX: Final = "messages_idempotency_key"
+# The index's name as PostgreSQL reports it, or as Citus does: suffixed with the shard id
+# ("messages_idempotency_key_102041"), and not always in constraint_name.
+_IDEMPOTENCY_NAME: Final = re.compile(rf"\b{IDEMPOTENCY_INDEX}(?:_\d+)?\b")
+_IDEMPOTENCY_DETAIL: Final = "Key (conversation_id, idempotency_key)="
+# A keyed batch whose key another writer stored between our snapshot and our lock is re-run once
+# with a fresh snapshot; more than that would mean keys are being reused in a loop.
+_KEYED_BATCH_ATTEMPTS: Final = 3
+
+
+def is_replayed_key(exc: asyncpg.UniqueViolationError) -> bool:
+    """Whether this unique violation is the idempotency-key index refusing a key already stored.
+
+    ``constraint_name`` when the server sends it; otherwise the index name in the server's message
+    or the key columns in its detail (Citus relays a shard's error without constraint_name, its
+    index name suffixed with the shard id). The detail's values are never searched: they hold
+    caller text. Any other unique violation is a real constraint error.
+    """
+    name = exc.constraint_name
+    if name is not None:
+        return _IDEMPOTENCY_NAME.fullmatch(name) is not None
+    if _IDEMPOTENCY_NAME.search(exc.message or "") is not None:
+        return True
+    return (exc.detail or "").startswith(_IDEMPOTENCY_DETAIL)
+
+
+def _stored(cid: str, seq: int, created_at: datetime, row: MessageRow) -> Message:
+    # The stored message, built the way rows are (the column order of queries.sql); the JSON is
+    # decoded from what was sent, so the result is a fresh copy, never the caller's own objects.
+    metadata = {} if row.metadata_json is None else json.loads(row.metadata_json)
+    return Message.from_record(
+        cid,
+        (  # type: ignore[arg-type]  # a tuple in the row's shape
+            seq,
+            row.role,
+            row.content,
+            row.tool_name,
+            row.tool_call_id,
+            row.tool_calls_json,
+            metadata,
+            row.token_count,
+            row.idempotency_key,
+            created_at,
+        ),
+    )
+
+
+def _check_same(stored: Message, row: MessageRow) -> Message:
+    if stored.role != row.role or stored.content != row.content:
+        raise IdempotencyConflict(row.idempotency_key or "")
+    return stored
+
+
+async def _stored_under_key(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
+    found = await conn.fetchrow(_GET_MESSAGE_BY_KEY, cid, uid, row.idempotency_key)
+    if found is None:
+        raise ConversationNotFound()
+    return _check_same(Message.from_record(cid, found), row)
+
+
+async def _keyed(conn: Conn, row: MessageRow, statement: Awaitable[T]) -> T:
+    """Run a keyed save so that a replayed key can still be looked up afterwards.
+
+    Outside a transaction (the default) the duplicate-key error ends only its own statement. Inside
+    one (row_level_security) it would abort the transaction, so the save runs in a savepoint.
+    """
+    if row.idempotency_key is None or not conn.is_in_transaction():
+        return await statement
+    async with conn.transaction():
+        return await statement
+
+
+async def save(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
+    """Append one message (one statement); a replayed idempotency key returns the stored one."""
+    try:
+        stored = await _keyed(conn, row, conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row))
+    except asyncpg.UniqueViolationError as exc:
+        if row.idempotency_key is None or not is_replayed_key(exc):
+            raise
+        return await _stored_under_key(conn, cid, uid, row)
+    if stored is None:
+        raise ConversationNotFound()
+    return _stored(cid, stored[0], stored[1], row)
+
+
+async def save_batch(
+    conn: Conn, cid: str, uid: str, rows: list[MessageRow], *, time_budget: float, begin: Begin = begin
+) -> list[Message]:
+    """Append a batch in one transaction (opened with ``begin``); ``time_budget`` bounds its inserts."""
+    keys = [r.idempotency_key for r in rows if r.idempotency_key is not None]
+    for attempt in range(_KEYED_BATCH_ATTEMPTS):
+        try:
+            async with begin(conn):
+                return await _save_batch_in_transaction(conn, cid, uid, rows, keys, time_budget)
+        except asyncpg.UniqueViolationError as exc:
+            # Another writer stored one of our keys after this transaction's first snapshot.
+            if not keys or not is_replayed_key(exc) or attempt + 1 == _KEYED_BATCH_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _save_batch_in_transaction(
+    conn: Conn, cid: str, uid: str, rows: list[MessageRow], keys: list[str], time_budget: float
+) -> list[Message]:
+    stored: dict[str, Message] = {}
+    if keys:
+        found = await conn.fetch(_LOCK_WITH_KEYS, cid, uid, keys)
+        if not found:
+            raise ConversationNotFound()
+        stored = {r[8]: Message.from_record(cid, r) for r in found if r[0] is not None}
+    new_rows = [r for r in rows if r.idempotency_key not in stored] if stored else rows
+    first_seq = 0
+    created_at: datetime | None = None
+    if new_rows:
+        head = await conn.fetchrow(_RESERVE_SEQ_RANGE, cid, uid, len(new_rows))
+        if head is None:
+            raise ConversationNotFound()
+        first_seq, created_at = head[0], head[1]
+        args = [(cid, first_seq + i, *r) for i, r in enumerate(new_rows)]
+        # Always bounded: without a timeout asyncpg can wait forever for a socket drain when the
+        # server stops reading mid-batch (asyncpg #873, #1265).
+        await conn.executemany(_INSERT_MESSAGE_AT, args, timeout=time_budget)
+    result: list[Message] = []
+    next_seq = first_seq
+    for r in rows:
+        if r.idempotency_key is not None and r.idempotency_key in stored:
+            result.append(_check_same(stored[r.idempotency_key], r))
+        else:
+            assert created_at is not None
+            result.append(_stored(cid, next_seq, created_at, r))
+            next_seq += 1
+    return result
+
+
+async def window_until(
+    conn: Conn, cid: str, uid: str, seq: int, limit: int, token_budget: int | None
+) -> list[Message]:
+    """The trimmed window of at most ``limit`` messages ending at ``seq``, within ``token_budget``.
+
+    One round trip (get_history_window); ``seq=MAX_SEQ`` is "up to the newest".
+    """
+    records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, seq, limit, token_budget)
+    window = history_from_records(cid, records)
+    if window is None:
+        raise ConversationNotFound()
+    return window
+
+
+async def history(conn: Conn, cid: str, uid: str, limit: int, token_budget: int | None) -> list[Message]:
+    """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed."""
+    if token_budget is not None:
+        return await window_until(conn, cid, uid, MAX_SEQ, limit, token_budget)
+    window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit))
+    if window is None:
+        raise ConversationNotFound()
+    return window
+
+
+async def save_and_get_history(
+    conn: Conn, cid: str, uid: str, row: MessageRow, limit: int, token_budget: int | None
+) -> tuple[Message, list[Message]]:
+    """Save one message and return it with the window that ends at it (one statement)."""
+    try:
+        records = await _keyed(
+            conn, row, conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, limit, token_budget)
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if row.idempotency_key is None or not is_replayed_key(exc):
+            raise
+        stored = await _stored_under_key(conn, cid, uid, row)
+        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget)
+    if not records:
+        raise ConversationNotFound()
+    saved = next(Message.from_record(cid, r) for r in records if r["is_new"])
+    if records[0]["stale"]:
+        return saved, await window_until(conn, cid, uid, saved.seq, limit, token_budget)
+    window = [Message.from_record(cid, r) for r in records if r["in_window"]]
+    return saved, trim_orphan_tool_results(window)
+
+
+async def pop_last(conn: Conn, cid: str, uid: str) -> Message | None:
+    """Delete and return the newest message; None when the conversation is empty."""
+    records = await run_fresh(conn, _POP_LAST_MESSAGE, cid, uid)
+    return None if records[0][0] is None else Message.from_record(cid, records[0])
+
+
+async def count(conn: Conn, cid: str, uid: str) -> int:
+    return await owned_count(conn, _COUNT_MESSAGES, cid, uid)
