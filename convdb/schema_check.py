@@ -155,8 +155,9 @@ def _structure_problems(catalog: dict[str, Any]) -> list[str]:
         if got["default"] != want.default:
             problems.append(f"column {name} has default {got['default'] or '(none)'}, "
                             f"expected {want.default or '(none)'}")
-    for kind, expected in (("constraint", EXPECTED_CONSTRAINTS), ("index", EXPECTED_INDEXES)):
-        found: dict[str, str] = catalog.get(kind + "s") or {}
+    for kind, key, expected in (("constraint", "constraints", EXPECTED_CONSTRAINTS),
+                                ("index", "indexes", EXPECTED_INDEXES)):
+        found: dict[str, str] = catalog.get(key) or {}
         for name, definition in expected.items():
             table, _, short = name.partition(".")
             if name not in found:
