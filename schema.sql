@@ -1,20 +1,51 @@
--- convdb schema, version 1.
+-- convdb schema, version 2: the fresh install.
 --
 -- Applied by a DBA, never by the package:   psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql
+-- (or, from an installed package:  python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f -)
+-- Equal in effect to applying every migration in convdb/sql/migrations/ in order (a test compares
+-- the catalogs). For a database that already has an older convdb schema, apply the migrations
+-- instead (python -m convdb migrations --from <version>); this file refuses to run there.
 -- Idempotent: running it again on a database that already has this version changes nothing.
--- The package checks at connect() that the version and the columns it relies on are present
--- (ConversationStore.verify_schema) and refuses to start otherwise.
+-- The package checks at connect() that the version and the columns, indexes and constraints it
+-- relies on are present (ConversationStore.verify_schema) and refuses to start otherwise.
 
 BEGIN;
 
 -- ---------------------------------------------------------------------------------------------
+-- 0. Guard: an empty database, or one already at version 2 (a re-run changes nothing)
+-- ---------------------------------------------------------------------------------------------
+-- CREATE TABLE IF NOT EXISTS would silently skip a table that exists in an older shape and the
+-- stamp would then claim a version the tables do not have; an older database takes migrations.
+DO $$
+DECLARE
+    found integer;
+BEGIN
+    IF to_regclass('convdb_schema_version') IS NOT NULL THEN
+        SELECT max(version) INTO found FROM convdb_schema_version;
+    END IF;
+    IF found IS NOT NULL AND found <> 2 THEN
+        RAISE EXCEPTION 'convdb schema.sql installs schema version 2, but this database is at version %', found
+            USING HINT = CASE WHEN found < 2
+                              THEN 'upgrade it with: python -m convdb migrations --from ' || found
+                                   || ' | psql -v ON_ERROR_STOP=1 -d <database> -f -'
+                              ELSE 'the database is newer than this file; nothing to install' END;
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
 -- 1. Schema version
 -- ---------------------------------------------------------------------------------------------
--- One row. The package compares it with the version it was built for.
+-- One row: the schema version and the compatibility floor, the oldest package schema version that
+-- can still run against this database. A package built for schema P runs on a database at version
+-- V with floor F when V >= P (every migration it needs is applied) and F <= P (the database still
+-- supports it). Additive migrations keep F; breaking ones raise it. compatible_from comes last, where
+-- migration 0002 adds it, so that both paths give the same table.
 CREATE TABLE IF NOT EXISTS convdb_schema_version (
-    singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
-    version    integer     NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
+    singleton       boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    version         integer     NOT NULL,
+    applied_at      timestamptz NOT NULL DEFAULT now(),
+    compatible_from integer     NOT NULL DEFAULT 1
 );
 
 -- ---------------------------------------------------------------------------------------------
@@ -104,9 +135,10 @@ CREATE INDEX IF NOT EXISTS conversations_user_id
 -- ---------------------------------------------------------------------------------------------
 -- 4. Version stamp (last, so a failed run leaves no version behind)
 -- ---------------------------------------------------------------------------------------------
-INSERT INTO convdb_schema_version (singleton, version) VALUES (true, 1)
-ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
-WHERE convdb_schema_version.version < EXCLUDED.version;
+-- The guard admits only version 2 or none, so DO NOTHING is exactly the re-run. Floor 1: nothing
+-- since version 1 was breaking (see CHANGELOG.md).
+INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 2, now(), 1)
+ON CONFLICT (singleton) DO NOTHING;
 
 COMMIT;
 

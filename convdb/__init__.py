@@ -1,5 +1,6 @@
 """convdb: agent conversations in PostgreSQL, with handwritten SQL on an asyncpg pool."""
 
+from ._version import __version__
 from .agent import build_message_array, message_to_dict, to_chat_message
 from .errors import (
     ConstraintViolation,
@@ -40,6 +41,7 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "__version__",
     "build_message_array",
     "estimate_tokens",
     "init_connection",

@@ -1,77 +1,227 @@
-"""What the package expects of the database schema, and the check that compares the two."""
+"""What the package expects of the database schema, and the check that compares the two.
+
+The window rule: a package built for schema ``SCHEMA_VERSION`` (P) runs on a database at version V
+with compatibility floor F when V >= P (every migration it needs is applied) and F <= P (the
+database still supports it). Inside the window the columns, constraints and indexes the SQL relies
+on must be present exactly as expected (extra ones, added by later additive migrations, are fine).
+
+The expectations below are compared, in a test, with the catalog of a database built from
+schema.sql, in both directions: what schema.sql creates and the package does not expect fails too.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from dataclasses import dataclass
+from typing import Any, Final
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from . import migrations as _migrations
 from .errors import SchemaMismatch
 from .sql import QUERIES
 
-SCHEMA_VERSION: Final = 1
+#: The schema version this package is built for: the last migration it ships.
+SCHEMA_VERSION: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    #: As ``format_type`` prints it.
+    type: str
+    not_null: bool
+    #: As ``pg_get_expr`` prints it; ``None`` when the column has no default.
+    default: str | None = None
+
 
 _TS: Final = "timestamp with time zone"
-EXPECTED_COLUMNS: Final[dict[str, str]] = {
-    "conversations.id": "text",
-    "conversations.user_id": "text",
-    "conversations.title": "text",
-    "conversations.metadata": "jsonb",
-    "conversations.next_seq": "bigint",
-    "conversations.created_at": _TS,
-    "conversations.updated_at": _TS,
-    "messages.conversation_id": "text",
-    "messages.seq": "bigint",
-    "messages.role": "text",
-    "messages.content": "text",
-    "messages.tool_name": "text",
-    "messages.tool_call_id": "text",
-    "messages.tool_calls": "jsonb",
-    "messages.metadata": "jsonb",
-    "messages.token_count": "integer",
-    "messages.idempotency_key": "text",
-    "messages.created_at": _TS,
+EXPECTED_COLUMNS: Final[dict[str, Column]] = {
+    "convdb_schema_version.singleton": Column("boolean", True, "true"),
+    "convdb_schema_version.version": Column("integer", True),
+    "convdb_schema_version.applied_at": Column(_TS, True, "now()"),
+    "convdb_schema_version.compatible_from": Column("integer", True, "1"),
+    "conversations.id": Column("text", True),
+    "conversations.user_id": Column("text", True),
+    "conversations.title": Column("text", False),
+    "conversations.metadata": Column("jsonb", True, "'{}'::jsonb"),
+    # Inserts leave next_seq, created_at and updated_at to their defaults.
+    "conversations.next_seq": Column("bigint", True, "1"),
+    "conversations.created_at": Column(_TS, True, "now()"),
+    "conversations.updated_at": Column(_TS, True, "now()"),
+    "messages.conversation_id": Column("text", True),
+    "messages.seq": Column("bigint", True),
+    "messages.role": Column("text", True),
+    "messages.content": Column("text", False),
+    "messages.tool_name": Column("text", False),
+    "messages.tool_call_id": Column("text", False),
+    "messages.tool_calls": Column("jsonb", False),
+    "messages.metadata": Column("jsonb", True, "'{}'::jsonb"),
+    "messages.token_count": Column("integer", True, "0"),
+    "messages.idempotency_key": Column("text", False),
+    "messages.created_at": Column(_TS, True, "now()"),
 }
-# conversations_user_id serves list_conversations and delete_user_data (without it both would read
-# every user's conversations).
-EXPECTED_INDEXES: Final = ("messages_pkey", "messages_idempotency_key", "conversations_pkey",
-                           "conversations_user_id")
 
-_FIX: Final = "apply schema.sql with: psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql"
+# As pg_get_constraintdef prints them. The primary keys make seq unique per conversation and the
+# conversation id unique; the cascade is what delete_conversation and delete_user_data rely on;
+# the CHECKs mirror convdb.validation, so that a client writing directly cannot store what convdb
+# refuses; the singleton CHECK keeps the version table at one row.
+EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
+    "convdb_schema_version.convdb_schema_version_pkey": "PRIMARY KEY (singleton)",
+    "convdb_schema_version.convdb_schema_version_singleton_check": "CHECK (singleton)",
+    "conversations.conversations_pkey": "PRIMARY KEY (id)",
+    "conversations.conversations_id_length": "CHECK (((length(id) >= 1) AND (length(id) <= 255)))",
+    "conversations.conversations_user_id_length":
+        "CHECK (((length(user_id) >= 1) AND (length(user_id) <= 255)))",
+    "conversations.conversations_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
+    "conversations.conversations_next_seq_positive": "CHECK ((next_seq >= 1))",
+    "messages.messages_pkey": "PRIMARY KEY (conversation_id, seq)",
+    "messages.messages_conversation_fkey":
+        "FOREIGN KEY (conversation_id) REFERENCES conversations(id) ON DELETE CASCADE",
+    "messages.messages_seq_positive": "CHECK ((seq >= 1))",
+    "messages.messages_role_known":
+        "CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text, 'tool'::text])))",
+    "messages.messages_tool_has_call_id": "CHECK (((role <> 'tool'::text) OR (tool_call_id IS NOT NULL)))",
+    "messages.messages_tool_name_length":
+        "CHECK (((tool_name IS NULL) OR ((length(tool_name) >= 1) AND (length(tool_name) <= 255))))",
+    "messages.messages_tool_call_id_length":
+        "CHECK (((tool_call_id IS NULL) OR ((length(tool_call_id) >= 1) AND (length(tool_call_id) <= 255))))",
+    "messages.messages_idempotency_key_length":
+        "CHECK (((idempotency_key IS NULL) OR ((length(idempotency_key) >= 1) "
+        "AND (length(idempotency_key) <= 255))))",
+    "messages.messages_tool_calls_array":
+        "CHECK (((tool_calls IS NULL) OR (jsonb_typeof(tool_calls) = 'array'::text)))",
+    "messages.messages_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
+    "messages.messages_token_count_nonnegative": "CHECK ((token_count >= 0))",
+}
+
+# As pg_get_indexdef prints them, without "CREATE INDEX name ON table"; " (INVALID)" is appended to
+# an index a failed CREATE INDEX CONCURRENTLY left behind. messages_idempotency_key must be unique
+# and partial exactly so: ON CONFLICT infers it from the columns and the predicate, and without
+# uniqueness a retried save stores a second row. conversations_user_id serves list_conversations
+# and delete_user_data (without it both read every user's conversations).
+EXPECTED_INDEXES: Final[dict[str, str]] = {
+    "convdb_schema_version.convdb_schema_version_pkey": "UNIQUE USING btree (singleton)",
+    "conversations.conversations_pkey": "UNIQUE USING btree (id)",
+    "conversations.conversations_user_id": "USING btree (user_id, id)",
+    "messages.messages_pkey": "UNIQUE USING btree (conversation_id, seq)",
+    "messages.messages_idempotency_key":
+        "UNIQUE USING btree (conversation_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)",
+}
+
+FRESH_INSTALL: Final = (
+    "apply the fresh-install schema: python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f - "
+    "(the same SQL as schema.sql in the convdb sources)"
+)
 
 
-def compare(version: int | None, columns: list[str], indexes: list[str]) -> list[str]:
-    """Every difference between the database and the expectations, as readable sentences."""
+@dataclass(frozen=True, slots=True)
+class SchemaReport:
+    """What ``check`` found: the recorded version and floor, and every problem in words."""
+
+    #: The schema version this package needs (``SCHEMA_VERSION``).
+    package_version: int
+    #: The database's schema version; ``None`` when none is recorded.
+    version: int | None
+    #: The database's compatibility floor (1 on a version-1 database, which predates the column).
+    compatible_from: int | None
+    #: The migration files the database lacks for this package, in the order to apply them.
+    missing_migrations: tuple[str, ...]
+    #: Every difference that stops this package from running here, as sentences.
+    problems: tuple[str, ...]
+
+    @property
+    def compatible(self) -> bool:
+        return not self.problems
+
+    def message(self) -> str:
+        """The ``SchemaMismatch`` text: the problems and how to fix them."""
+        return "convdb schema mismatch: " + "; ".join(self.problems) + "."
+
+
+def _structure_problems(catalog: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    found: dict[str, str] = {}
-    for entry in columns:
-        name, _, data_type = entry.partition(":")
-        found[name] = data_type
-    for name, data_type in EXPECTED_COLUMNS.items():
-        if name not in found:
+    columns: dict[str, dict[str, Any]] = catalog.get("columns") or {}
+    for name, want in EXPECTED_COLUMNS.items():
+        got = columns.get(name)
+        if got is None:
             problems.append(f"column {name} is missing")
-        elif found[name] != data_type:
-            problems.append(f"column {name} is {found[name]}, expected {data_type}")
-    for index in EXPECTED_INDEXES:
-        if index not in indexes:
-            problems.append(f"index {index} is missing")
-    if version is None:
-        problems.append("no schema version is recorded (table convdb_schema_version)")
-    elif version < SCHEMA_VERSION:
-        problems.append(f"schema version {version} is older than the {SCHEMA_VERSION} this package needs")
-    elif version > SCHEMA_VERSION:
-        problems.append(
-            f"schema version {version} is newer than the {SCHEMA_VERSION} this package supports; "
-            "upgrade convdb"
-        )
+            continue
+        if got["type"] != want.type:
+            problems.append(f"column {name} is {got['type']}, expected {want.type}")
+        if bool(got["not_null"]) != want.not_null:
+            problems.append(f"column {name} is {'NOT NULL' if got['not_null'] else 'nullable'}, "
+                            f"expected {'NOT NULL' if want.not_null else 'nullable'}")
+        if got["default"] != want.default:
+            problems.append(f"column {name} has default {got['default'] or '(none)'}, "
+                            f"expected {want.default or '(none)'}")
+    for kind, key, expected in (("constraint", "constraints", EXPECTED_CONSTRAINTS),
+                                ("index", "indexes", EXPECTED_INDEXES)):
+        found: dict[str, str] = catalog.get(key) or {}
+        for name, definition in expected.items():
+            table, _, short = name.partition(".")
+            if name not in found:
+                problems.append(f"{kind} {short} on {table} is missing (expected {definition})")
+            elif found[name] != definition:
+                problems.append(f"{kind} {short} on {table} is {found[name]}, expected {definition}")
     return problems
 
 
+def assess(catalog: dict[str, Any], version_row: dict[str, Any] | None, *,
+           package_version: int | None = None,
+           migrations: tuple[_migrations.Migration, ...] | None = None) -> SchemaReport:
+    """Compare what the database holds with what a package built for ``package_version`` needs.
+
+    ``package_version`` and ``migrations`` default to this package's (looked up at call time, so
+    that tests can stand in for a later package).
+    """
+    wanted = SCHEMA_VERSION if package_version is None else package_version
+    known = _migrations.MIGRATIONS if migrations is None else migrations
+    version = None if version_row is None else version_row.get("version")
+    floor = None if version_row is None else version_row.get("compatible_from", 1)
+    problems: list[str] = []
+    missing: tuple[str, ...] = ()
+    if version is None:
+        problems.extend(_structure_problems(catalog))
+        problems.append("no schema version is recorded (table convdb_schema_version); "
+                        + FRESH_INSTALL)
+    elif version < wanted:
+        missing = tuple(m.filename for m in known if version < m.version <= wanted)
+        problems.append(
+            f"the database is at schema version {version} and this package needs version {wanted}: "
+            f"apply, in order, {', '.join(missing) or '(no migration known for that range)'} with: "
+            f"python -m convdb migrations --from {version} | psql -v ON_ERROR_STOP=1 -d <database> -f -")
+    elif floor is not None and floor > wanted:
+        problems.append(
+            f"the database is at schema version {version} and supports packages built for schema "
+            f"{floor} or later; this package is built for schema {wanted}: it is too old, upgrade convdb")
+    else:
+        drift = _structure_problems(catalog)
+        if drift:
+            drift[-1] += (f" (the database records schema version {version} but differs from it; compare "
+                          "with python -m convdb schema and repair it, or rebuild it)")
+        problems.extend(drift)
+    return SchemaReport(wanted, version, floor, missing, tuple(problems))
+
+
+async def inspect(conn: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+                  ) -> SchemaReport:
+    """Read the catalog (and the version row when its table exists) and assess them.
+
+    Two statements: the version row cannot be read in the catalog statement, which must also run on
+    a database without the version table (a statement naming a missing table fails to parse, and
+    query_to_xml, the one built-in that runs a query from text, needs libxml, which the embedded
+    server lacks).
+    """
+    catalog: dict[str, Any] = json.loads(await conn.fetchval(QUERIES["schema_catalog"]))
+    version_row: dict[str, Any] | None = None
+    if "convdb_schema_version.version" in (catalog.get("columns") or {}):
+        text = await conn.fetchval(QUERIES["schema_version_row"])
+        version_row = None if text is None else json.loads(text)
+    return assess(catalog, version_row)
+
+
 async def verify(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
-    report = await conn.fetchrow(QUERIES["schema_report"])
-    assert report is not None
-    version = await conn.fetchval(QUERIES["schema_version"]) if report["has_version_table"] else None
-    problems = compare(version, list(report["columns"] or []), list(report["indexes"] or []))
-    if problems:
-        raise SchemaMismatch("convdb schema mismatch: " + "; ".join(problems) + f". To fix, {_FIX}.")
+    report = await inspect(conn)
+    if not report.compatible:
+        raise SchemaMismatch(report.message())

@@ -93,22 +93,45 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
  WHERE c.id = $1 AND c.user_id = $2
  ORDER BY m.seq;
 
--- name: schema_report
--- What verify_schema compares with the package's expectations: whether the version table exists,
--- every column of convdb's tables and their indexes, in the current search_path. Works on an
--- empty database, so it can say what is missing.
-SELECT to_regclass('convdb_schema_version') IS NOT NULL AS has_version_table,
-       (SELECT array_agg(c.table_name || '.' || c.column_name || ':' || c.data_type)
-          FROM information_schema.columns c
-         WHERE c.table_schema = current_schema()
-           AND c.table_name IN ('conversations', 'messages')) AS columns,
-       (SELECT array_agg(i.indexname::text)
-          FROM pg_indexes i
-         WHERE i.schemaname = current_schema()
-           AND i.tablename IN ('conversations', 'messages')) AS indexes
+-- name: schema_catalog
+-- What verify_schema compares with the package's expectations (convdb.schema_check): every column
+-- (type, NOT NULL, default), constraint (as PostgreSQL prints its definition) and index (unique,
+-- method, columns, predicate, valid) of convdb's three tables in the current schema, as one JSON
+-- text. Reads only the system catalogs, so it works on an empty database and can say what is
+-- missing. Index definitions lose their "CREATE INDEX name ON schema.table" prefix, so that the
+-- schema name does not matter.
+WITH tables AS (
+    SELECT c.oid, c.relname
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = current_schema()
+       AND c.relname IN ('conversations', 'messages', 'convdb_schema_version')
+       AND c.relkind IN ('r', 'p')
+)
+SELECT jsonb_build_object(
+    'columns', (SELECT coalesce(jsonb_object_agg(t.relname || '.' || a.attname, jsonb_build_object(
+                    'type', format_type(a.atttypid, a.atttypmod),
+                    'not_null', a.attnotnull,
+                    'default', pg_get_expr(d.adbin, d.adrelid))), '{}')
+                  FROM tables t
+                  JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+                  LEFT JOIN pg_attrdef d ON d.adrelid = t.oid AND d.adnum = a.attnum),
+    'constraints', (SELECT coalesce(jsonb_object_agg(t.relname || '.' || k.conname,
+                                                     pg_get_constraintdef(k.oid)), '{}')
+                      FROM tables t
+                      JOIN pg_constraint k ON k.conrelid = t.oid),
+    'indexes', (SELECT coalesce(jsonb_object_agg(t.relname || '.' || ic.relname,
+                    regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE )?INDEX \S+ ON \S+ ', '\1')
+                    || CASE WHEN i.indisvalid THEN '' ELSE ' (INVALID)' END), '{}')
+                  FROM tables t
+                  JOIN pg_index i ON i.indrelid = t.oid
+                  JOIN pg_class ic ON ic.oid = i.indexrelid)
+)::text AS catalog
 
--- name: schema_version
-SELECT max(version) FROM convdb_schema_version;
+-- name: schema_version_row
+-- Only when schema_catalog found the version table. to_jsonb: the columns differ between versions
+-- (compatible_from arrives with version 2), and the check must read every version's table.
+SELECT to_jsonb(v)::text FROM convdb_schema_version v
 
 -- name: set_rls_user
 -- Only with ConversationStore(row_level_security=True): the first statement of every transaction,

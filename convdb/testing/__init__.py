@@ -3,6 +3,7 @@
 Not imported by ``convdb`` itself; needs the ``embedded`` extra for the bundled server.
 """
 
-from .embedded import EmbeddedPostgres, apply_schema, find_binary
+from .catalog import catalog_snapshot
+from .embedded import EmbeddedPostgres, apply_schema, apply_sql, find_binary
 
-__all__ = ["EmbeddedPostgres", "apply_schema", "find_binary"]
+__all__ = ["EmbeddedPostgres", "apply_schema", "apply_sql", "catalog_snapshot", "find_binary"]

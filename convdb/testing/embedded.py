@@ -170,3 +170,13 @@ def apply_schema(dsn: str, schema_file: str | Path) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"psql -f {schema_file} failed:\n{result.stderr}")
+
+
+def apply_sql(dsn: str, sql: str) -> None:
+    """Apply SQL text the way a DBA pipes it: ``... | psql -v ON_ERROR_STOP=1 -f -``."""
+    result = subprocess.run(
+        [find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "-"],
+        input=sql, check=False, capture_output=True, text=True, timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"psql -f - failed:\n{result.stderr}")

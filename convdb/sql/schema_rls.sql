@@ -1,0 +1,85 @@
+-- convdb, OPTIONAL hardening: a least-privilege application role and row-level security.
+--
+-- Not applied by schema.sql. A DBA who wants it applies it AFTER schema.sql, as the owner of
+-- convdb's tables (a superuser or the role that ran schema.sql):
+--
+--     psql -v ON_ERROR_STOP=1 -d <database> -f schema_rls.sql
+--     psql -d <database> -c "CREATE ROLE my_agent_server LOGIN PASSWORD '...' IN ROLE convdb_app"
+--
+-- and the application then connects as that login role with
+--
+--     ConversationStore.connect(dsn, row_level_security=True)
+--
+-- What it gives:
+--   * convdb_app (NOLOGIN; grant it to the login role your servers use): SELECT, INSERT, UPDATE,
+--     DELETE on convdb's two tables and SELECT on the version table. No DDL: it owns nothing, gets
+--     no TRUNCATE, no REFERENCES, no TRIGGER, no CREATE on the schema (PostgreSQL 15+ revokes
+--     CREATE on schema public from PUBLIC by default; on 14 and older run
+--     REVOKE CREATE ON SCHEMA public FROM PUBLIC yourself).
+--   * Row-level security on conversations and messages for members of convdb_app: a row is visible
+--     and writable only while the transaction-local setting convdb.user_id equals its owner. With
+--     row_level_security=True convdb begins every operation with
+--     SELECT set_config('convdb.user_id', <user_id>, true): transaction-local, so it ends at COMMIT
+--     and never leaks to the next user of a pooled or PgBouncer-shared connection. Without the
+--     setting (or after the transaction) nothing is visible: RLS fails closed.
+--
+-- convdb already checks ownership in every statement (WHERE id = $1 AND user_id = $2); this is a
+-- second, independent wall for deployments where other code also connects with the app role.
+-- Cost: each single-statement operation becomes BEGIN, set_config, statement, COMMIT (see the
+-- README's Guarantees section for the measured figure). Table owners and superusers bypass RLS,
+-- so migrations and DBA work are unaffected.
+--
+-- Idempotent: running it again changes nothing.
+
+BEGIN;
+
+-- ---------------------------------------------------------------------------------------------
+-- R1. The application role (cluster-wide; created once, granted per database below)
+-- ---------------------------------------------------------------------------------------------
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'convdb_app') THEN
+        CREATE ROLE convdb_app NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- R2. Grants: DML on convdb's tables, nothing else
+-- ---------------------------------------------------------------------------------------------
+DO $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO convdb_app', current_schema());
+END
+$$;
+REVOKE ALL ON conversations, messages, convdb_schema_version FROM convdb_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON conversations, messages TO convdb_app;
+GRANT SELECT ON convdb_schema_version TO convdb_app;
+
+-- ---------------------------------------------------------------------------------------------
+-- R3. Row-level security keyed on the transaction-local setting convdb.user_id
+-- ---------------------------------------------------------------------------------------------
+-- current_setting(..., true) is NULL when never set and '' after a transaction that set it ended;
+-- neither equals a user_id (1 to 255 characters), so an unset user sees and writes nothing.
+ALTER TABLE conversations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE messages ENABLE ROW LEVEL SECURITY;
+
+DROP POLICY IF EXISTS convdb_conversations_owner ON conversations;
+CREATE POLICY convdb_conversations_owner ON conversations
+    FOR ALL TO convdb_app
+    USING (user_id = current_setting('convdb.user_id', true))
+    WITH CHECK (user_id = current_setting('convdb.user_id', true));
+
+-- A message belongs to whoever owns its conversation. The subquery is itself filtered by the
+-- conversations policy, and is one primary-key probe per message row.
+DROP POLICY IF EXISTS convdb_messages_owner ON messages;
+CREATE POLICY convdb_messages_owner ON messages
+    FOR ALL TO convdb_app
+    USING (EXISTS (SELECT FROM conversations c
+                    WHERE c.id = messages.conversation_id
+                      AND c.user_id = current_setting('convdb.user_id', true)))
+    WITH CHECK (EXISTS (SELECT FROM conversations c
+                         WHERE c.id = messages.conversation_id
+                           AND c.user_id = current_setting('convdb.user_id', true)));
+
+COMMIT;
