@@ -159,3 +159,48 @@ async def test_the_snapshot_sees_what_the_equivalence_relies_on(new_db: NewDatab
             assert await catalog_snapshot(dsn) == base, undo
     finally:
         await conn.close()
+
+
+async def test_two_runs_of_a_migration_at_once_serialise(new_db: NewDatabase) -> None:
+    """Two DBAs apply 0002 at the same moment: the second waits for the first's lock, then finds the
+    work done and re-runs as a no-op (no deadlock, no error)."""
+    import asyncio
+
+    import asyncpg
+
+    from convdb.testing import find_binary
+
+    dsn = await new_db()
+    apply_schema(dsn, fresh_install_file(1))
+    first = await asyncpg.connect(dsn)
+    monitor = await asyncpg.connect(dsn)
+    try:
+        tx = first.transaction()
+        await tx.start()
+        body = "\n".join(line for line in MIGRATIONS[1].sql.splitlines() if line not in ("BEGIN;", "COMMIT;"))
+        await first.execute(body)  # holds its locks until COMMIT
+        second = await asyncio.create_subprocess_exec(
+            find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "-",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert second.stdin is not None
+        second.stdin.write(MIGRATIONS[1].sql.encode())
+        await second.stdin.drain()
+        second.stdin.close()
+        for _ in range(1000):
+            # A fresh transaction each time: pg_stat_activity is a snapshot per transaction.
+            if await monitor.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND datname = current_database()"):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            second.kill()
+            raise AssertionError("the second run never waited for the first one's lock")
+        await tx.commit()
+    finally:
+        await first.close()
+        await monitor.close()
+    _, err = await asyncio.wait_for(second.communicate(), 120)
+    assert second.returncode == 0, err.decode()
+    fresh = await new_db()
+    apply_schema(fresh, SCHEMA)
+    assert await catalog_snapshot(dsn) == await catalog_snapshot(fresh)
