@@ -79,7 +79,7 @@ def arguments_for(name: str, cid: str, uid: str, records: list[dict[str, Any]]) 
                 args.append(known[param.name])
         elif param.default is inspect.Parameter.empty and param.kind not in (
                 inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-            pytest.fail(f"reliability_support.arguments_for: no value for {name}({param.name}=...); "
+            pytest.fail(f"tests/support/surface.py arguments_for: no value for {name}({param.name}=...); "
                         "add one so the isolation matrix covers the new method")
     if name == "update_conversation":
         kwargs["title"] = "probe"

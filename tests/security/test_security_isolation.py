@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from convdb import ConversationNotFound, ConversationStore
-from tests.integration.reliability_support import (
+from tests.support.surface import (
     CREATING,
     USER_WIDE,
     call,

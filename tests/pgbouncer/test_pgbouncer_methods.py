@@ -26,8 +26,9 @@ import pytest
 from convdb import ConvDBError, ConversationStore
 from convdb.testing import find_binary
 from convdb.testing.pgbouncer import PgBouncer, pgbouncer_version
-from tests.conftest import Server, bouncer_dsn
-from tests.integration.reliability_support import enable_rls, exercise_every_method, public_methods
+from tests.support.fix_pgbouncer import bouncer_dsn
+from tests.support.fix_server import Server
+from tests.support.surface import enable_rls, exercise_every_method, public_methods
 
 
 def _version() -> tuple[int, int]:

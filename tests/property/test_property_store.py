@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 )
 
 from convdb import ConversationNotFound, ConversationStore, IdempotencyConflict, InvalidInput
-from tests.conftest import TEMPLATE, Server
+from tests.support.fix_server import TEMPLATE, Server
 
 T = TypeVar("T")
 

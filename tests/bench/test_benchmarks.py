@@ -17,7 +17,7 @@ import pytest
 from benchmarks.registry import ALL_NAMES
 from benchmarks.systems.pgbench_system import script_for
 from benchmarks.workload import EXTRA_OPS, OPS
-from tests.conftest import ROOT, Server
+from tests.support.fix_server import ROOT, Server
 
 NUMBER = (int, float)
 
