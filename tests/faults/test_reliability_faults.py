@@ -27,6 +27,12 @@ from convdb import (
 
 T = TypeVar("T")
 HANG = 60.0  # seconds after which a call that should have ended counts as hung
+# The cancellation storm's goal and bounds (it runs until the goal is met; the bounds turn a storm
+# that cannot reach it into a failure that says so, not into a hang).
+STORM_CANCELLATIONS = 1000
+STORM_MIN_BATCHES = 10
+STORM_MAX_CALLS = 50_000
+STORM_SECONDS = 300.0
 
 
 async def until_acknowledged(call: Callable[[], Awaitable[T]], errors: Counter[str]) -> T:
@@ -298,23 +304,48 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(contro
                 return kind, lambda: store.get_or_create_conversation(f"new-{rng.random()}", uid)
             return kind, lambda: store.get_history(cid, "intruder")
 
+        # The storm runs until it has what it needs to prove its claims, however fast the machine
+        # is: enough cancellations, and unkeyed batches both cancelled after they started and
+        # completed (a fixed mix of cancellation delays, tuned to a quiet machine, once completed
+        # no unkeyed batch with the load average at 4). Some calls are never cancelled, so
+        # completions come at any speed. Bounded by a count and a time, never by a tuned sleep.
+        deadline = asyncio.get_running_loop().time() + STORM_SECONDS
+        started = 0
+        cancelled_late: Counter[str] = Counter()  # cancelled after a delay > 0 (likely in flight)
+
+        def storm_needs_more() -> bool:
+            return (sum(cancelled.values()) < STORM_CANCELLATIONS or completed["batch"] < STORM_MIN_BATCHES
+                    or cancelled_late["batch"] < STORM_MIN_BATCHES)
+
         async def worker() -> None:
-            while sum(cancelled.values()) < 1000:
+            nonlocal started
+            while storm_needs_more() and started < STORM_MAX_CALLS \
+                    and asyncio.get_running_loop().time() < deadline:
+                started += 1
                 kind, call = make_op()
                 task = asyncio.ensure_future(call())
-                done, _ = await asyncio.wait({task}, timeout=rng.choice((0.0, 0.002, 0.006, 0.02, 0.08)) * rng.random())
-                if not done:
-                    task.cancel()
+                delay = rng.choice((None, 0.0, 0.002, 0.006, 0.02, 0.08))
+                if delay is not None:  # None: never cancelled, runs to completion
+                    delay *= rng.random()
+                    done, _ = await asyncio.wait({task}, timeout=delay)
+                    if not done:
+                        task.cancel()
                 try:
                     await task
                     completed[kind] += 1
                 except asyncio.CancelledError:
                     cancelled[kind] += 1
+                    if delay:
+                        cancelled_late[kind] += 1
                 except ConversationNotFound:
                     completed[kind] += 1
                     assert kind == "foreign"
 
-        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(24))), 600)
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(24))), HANG + STORM_SECONDS)
+        assert not storm_needs_more(), (
+            f"the storm stopped at its bound ({started} calls) before it had {STORM_CANCELLATIONS} "
+            f"cancellations ({sum(cancelled.values())}) and {STORM_MIN_BATCHES} unkeyed batches both "
+            f"completed ({completed['batch']}) and cancelled after a delay ({cancelled_late['batch']})")
         assert sum(cancelled.values()) >= 1000
         assert sum(completed.values()) > 0
 
@@ -349,8 +380,8 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(contro
     assert batches, "no unkeyed batch completed: the storm proved nothing about atomicity"
     keys = Counter(row["idempotency_key"] for row in rows if row["idempotency_key"] is not None)
     assert set(keys) == set(keyed_attempts) and max(keys.values()) == 1
-    print(f"\ncancellation storm: {sum(cancelled.values())} cancellations {dict(cancelled)}, "
-          f"{sum(completed.values())} completed; {len(batches)} unkeyed batches stored whole, "
+    print(f"\ncancellation storm: {started} calls, {sum(cancelled.values())} cancellations {dict(cancelled)}, "
+          f"{sum(completed.values())} completed ({completed['batch']} unkeyed batches); {len(batches)} unkeyed batches stored whole, "
           f"{len(keys)} keyed messages exactly once")
 
 
