@@ -1,6 +1,6 @@
-"""CI's short run of the load-with-faults consistency check (benchmarks/loadcheck.py).
+"""CI's short run of the load-with-faults consistency check (tools/loadcheck.py).
 
-The full run: ``python -m benchmarks.loadcheck`` (100,000 operations, 64 tasks). This one keeps the
+The full run: ``python -m tools.loadcheck`` (100,000 operations, 64 tasks). This one keeps the
 shape (64 tasks, many users, kills, cancellations, a restart) at a few thousand operations.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.loadcheck import LoadConfig, run, summary
+from tools.loadcheck import LoadConfig, run, summary
 
 
 async def test_short_load_with_faults_passes_the_consistency_check(controlled_server: Any,

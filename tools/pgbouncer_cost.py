@@ -1,4 +1,4 @@
-"""What the statement-cache-off fallback costs behind PgBouncer: ``python -m benchmarks.pgbouncer_cost``.
+"""What the statement-cache-off fallback costs behind PgBouncer: ``python -m tools.pgbouncer_cost``.
 
 Same embedded server, same data, same client count; each configuration runs ``save_message`` and
 ``get_history`` for a fixed time, interleaved with the others, repeated, medians reported:
@@ -143,7 +143,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pgbouncer_cost")
+    parser = argparse.ArgumentParser(prog="python -m tools.pgbouncer_cost")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)

@@ -1,4 +1,4 @@
-"""Load with faults, then a consistency check: ``python -m benchmarks.loadcheck``.
+"""Load with faults, then a consistency check: ``python -m tools.loadcheck``.
 
 A bounded mixed workload (default 100,000 operations from 64 concurrent tasks over many users and
 conversations) runs against a PostgreSQL this script controls (an embedded server in a temporary
@@ -437,7 +437,7 @@ def summary(report: Report) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.loadcheck", description=(__doc__ or "").split("\n")[0]
+        prog="python -m tools.loadcheck", description=(__doc__ or "").split("\n")[0]
     )
     defaults = LoadConfig()
     for name in (
