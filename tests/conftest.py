@@ -7,6 +7,9 @@ folder here, so CI selects by marker, not by path:
 - ``db``: needs a database (every folder but ``unit/``);
 - ``faults``: breaks a server of its own (``faults/``, or a ``test_reliability_*`` file anywhere);
 - ``property``: hypothesis, on a database of its own (``property/``, or ``test_property_*``).
+
+``@pytest.mark.guarantee(N)`` ties a test to guarantee N of docs/guarantees.md;
+``--guarantee N`` runs only those tests.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ FOLDER_MARKERS = {"faults": "faults", "property": "property"}
 FILE_PREFIX_MARKERS = {"test_reliability_": "faults", "test_property_": "property"}
 # Fixtures that reach a server: a test in a no-database folder must not use one.
 SERVER_FIXTURES = frozenset({"pg_server", "controlled_server", "pgbouncer"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--guarantee", action="append", type=int, default=[], metavar="N",
+                     help="run only the tests marked guarantee(N) (docs/guarantees.md); repeatable")
+
+
+def guarantees_of(item: pytest.Item) -> set[int]:
+    return {int(n) for mark in item.iter_markers("guarantee") for n in mark.args}
 
 
 def markers_for(path: Path) -> set[str]:
@@ -53,3 +65,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                     f"folder ({', '.join(sorted(NO_DATABASE))}/): move it")
         for name in sorted(names):
             item.add_marker(name)
+    wanted = set(config.getoption("--guarantee"))
+    if wanted:
+        kept = [item for item in items if guarantees_of(item) & wanted]
+        dropped = [item for item in items if not guarantees_of(item) & wanted]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept

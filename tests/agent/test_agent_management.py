@@ -56,6 +56,7 @@ async def test_delete_removes_conversation_and_messages(store: ConversationStore
 
 
 # -- clear ----------------------------------------------------------------------------------------
+@pytest.mark.guarantee(5)
 async def test_clear_keeps_the_conversation_and_never_reuses_seq(store: ConversationStore) -> None:
     cid = await _conv(store, 4)
     before = await store.get_conversation(cid, U)

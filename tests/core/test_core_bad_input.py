@@ -39,6 +39,7 @@ BAD_CALLS: dict[str, tuple[Call, str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
+@pytest.mark.guarantee(7)
 async def test_bad_input_is_refused_and_nothing_written(
     store: ConversationStore, db: asyncpg.Connection, case: str
 ) -> None:

@@ -103,6 +103,7 @@ async def small_store(dsn: str) -> AsyncIterator[ConversationStore]:
 
 
 @pytest.mark.parametrize("fault", ["cancel the task", "kill the backend"])
+@pytest.mark.guarantee(4)
 async def test_fault_while_batch_insert_in_flight(
     small_store: ConversationStore, db: asyncpg.Connection, locker: asyncpg.Connection, fault: str
 ) -> None:
@@ -126,6 +127,7 @@ async def test_fault_while_batch_insert_in_flight(
     await _assert_nothing_stored_and_pool_whole(small_store, db, conv.id, 2)
 
 
+@pytest.mark.guarantee(4)
 async def test_stalled_batch_times_out_with_nothing_stored(
     dsn: str, db: asyncpg.Connection, locker: asyncpg.Connection
 ) -> None:
@@ -141,6 +143,7 @@ async def test_stalled_batch_times_out_with_nothing_stored(
 
 
 @pytest.mark.parametrize("bad_index", [0, 57, 399])
+@pytest.mark.guarantee(4)
 async def test_bad_message_anywhere_stores_nothing(
     store: ConversationStore, db: asyncpg.Connection, bad_index: int
 ) -> None:
@@ -153,6 +156,7 @@ async def test_bad_message_anywhere_stores_nothing(
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
 
 
+@pytest.mark.guarantee(4)
 async def test_database_refusal_mid_batch_rolls_back(store: ConversationStore, db: asyncpg.Connection) -> None:
     # A constraint only the database knows (added here by the test, as a stricter DBA might) fails
     # row 300 of the executemany: rows 0..299 must disappear with it.
@@ -169,6 +173,7 @@ async def test_database_refusal_mid_batch_rolls_back(store: ConversationStore, d
     assert [m.seq for m in await store.save_messages(conv.id, "alice", BIG_BATCH[:2])] == [1, 2]
 
 
+@pytest.mark.guarantee(6)
 async def test_many_cancellations_leak_no_connection(dsn: str, db: asyncpg.Connection) -> None:
     async with await ConversationStore.connect(dsn, min_size=4, max_size=4) as store:
         conv = await store.get_or_create_conversation(None, "alice")

@@ -10,6 +10,7 @@ import pytest
 from convdb import ConversationNotFound, ConversationStore
 
 
+@pytest.mark.guarantee(5)
 async def test_concurrent_writers_get_gap_free_unique_seqs(dsn: str, db: asyncpg.Connection) -> None:
     async with await ConversationStore.connect(dsn, min_size=8, max_size=8) as store:
         conv = await store.get_or_create_conversation(None, "alice")
@@ -85,6 +86,7 @@ async def test_history_reads_during_writes_see_prefixes(dsn: str) -> None:
 
 
 @pytest.mark.parametrize("keyed", [False, True])
+@pytest.mark.guarantee(2)
 async def test_concurrent_same_key_saves_store_once(dsn: str, db: asyncpg.Connection, keyed: bool) -> None:
     async with await ConversationStore.connect(dsn, min_size=8, max_size=8) as store:
         conv = await store.get_or_create_conversation(None, "alice")

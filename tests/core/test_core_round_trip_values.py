@@ -40,6 +40,7 @@ JSONS: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("text", TEXTS, ids=range(len(TEXTS)))
+@pytest.mark.guarantee(7)
 async def test_text_round_trips(store: ConversationStore, text: str) -> None:
     conv = await store.get_or_create_conversation(None, "alice", title=text[:1000])
     call_id = "c" + text[:100]
@@ -55,6 +56,7 @@ async def test_text_round_trips(store: ConversationStore, text: str) -> None:
 
 
 @pytest.mark.parametrize("value", JSONS, ids=range(len(JSONS)))
+@pytest.mark.guarantee(7)
 async def test_json_round_trips(store: ConversationStore, value: dict[str, Any]) -> None:
     conv = await store.get_or_create_conversation(None, "alice", metadata=value)
     assert conv.metadata == value

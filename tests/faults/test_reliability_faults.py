@@ -90,6 +90,7 @@ async def client_backends(dsn: str) -> list[asyncpg.Record]:
 
 
 # -- server restart ------------------------------------------------------------------------------
+@pytest.mark.guarantee(2, 6)
 async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(controlled_server: Any,
                                                                           controlled_dsn: str) -> None:
     embedded = controlled_server.embedded
@@ -186,6 +187,7 @@ async def _wait_for_blocked_insert(admin: asyncpg.Connection, app: str, exclude:
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["unkeyed", "keyed-retried"])
+@pytest.mark.guarantee(2, 4)
 async def test_backend_killed_mid_batch_stores_all_or_nothing(controlled_dsn: str, keyed: bool) -> None:
     app = f"victim-{keyed}"
     store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=2,
@@ -230,6 +232,7 @@ async def test_backend_killed_mid_batch_stores_all_or_nothing(controlled_dsn: st
         await store.close()
 
 
+@pytest.mark.guarantee(2)
 async def test_backend_killed_mid_keyed_save_message_is_retried_exactly_once(controlled_dsn: str) -> None:
     app = "victim-single"
     store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=2,
@@ -261,6 +264,7 @@ async def test_backend_killed_mid_keyed_save_message_is_retried_exactly_once(con
 
 
 # -- cancellation storm --------------------------------------------------------------------------
+@pytest.mark.guarantee(2, 4, 6)
 async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(controlled_dsn: str) -> None:
     max_size = 6
     store = await ConversationStore.connect(controlled_dsn, min_size=2, max_size=max_size)
@@ -386,6 +390,7 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(contro
 
 
 # -- pool exhausted ------------------------------------------------------------------------------
+@pytest.mark.guarantee(6)
 async def test_exhausted_pool_raises_pool_timeout_without_hanging(controlled_dsn: str) -> None:
     store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=2, acquire_timeout=0.5)
     locker = await asyncpg.connect(controlled_dsn)
@@ -417,6 +422,7 @@ async def test_exhausted_pool_raises_pool_timeout_without_hanging(controlled_dsn
 
 
 # -- statement timeout ---------------------------------------------------------------------------
+@pytest.mark.guarantee(6)
 async def test_statement_timeout_raises_query_timeout_and_connection_is_reused(controlled_dsn: str) -> None:
     admin = await asyncpg.connect(controlled_dsn)
     await admin.execute("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = 300', "
@@ -451,6 +457,7 @@ async def test_statement_timeout_raises_query_timeout_and_connection_is_reused(c
 
 # -- the retry options -----------------------------------------------------------------------------
 @pytest.mark.parametrize("retry", [True, False], ids=["retry", "no-retry"])
+@pytest.mark.guarantee(2, 6)
 async def test_retry_options_after_a_restart(controlled_server: Any, controlled_dsn: str, retry: bool) -> None:
     """After a restart every pooled connection is dead. With the retry options a read and a keyed
     write succeed on the first call (one retry on a fresh connection); an unkeyed write is never

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tools.loadcheck import LoadConfig, run, summary
 
 
+@pytest.mark.guarantee(2, 3, 4, 8)
 async def test_short_load_with_faults_passes_the_consistency_check(controlled_server: Any,
                                                                    controlled_dsn: str) -> None:
     config = LoadConfig(ops=4_000, concurrency=64, users=25, conversations=150, pool_size=12,

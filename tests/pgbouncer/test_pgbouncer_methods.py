@@ -37,6 +37,7 @@ def _version() -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
+@pytest.mark.guarantee(10)
 def test_pgbouncer_runs_in_transaction_mode(pgbouncer: PgBouncer) -> None:
     result = subprocess.run([find_binary("psql"), "-X", "-At", "-d", pgbouncer.dsn("pgbouncer"), "-c",
                              "SHOW CONFIG"], capture_output=True, text=True, check=True, timeout=60)
@@ -46,6 +47,7 @@ def test_pgbouncer_runs_in_transaction_mode(pgbouncer: PgBouncer) -> None:
 
 
 @pytest.mark.parametrize("rls", [False, True], ids=["plain", "row_level_security"])
+@pytest.mark.guarantee(10)
 async def test_every_public_method_through_pgbouncer(pgbouncer: PgBouncer, dsn: str, rls: bool) -> None:
     target = await enable_rls(dsn) if rls else dsn
     async with await ConversationStore.connect(bouncer_dsn(pgbouncer, target), min_size=2, max_size=6,
@@ -58,6 +60,7 @@ async def test_every_public_method_through_pgbouncer(pgbouncer: PgBouncer, dsn: 
     assert called == set(public_methods())
 
 
+@pytest.mark.guarantee(10)
 async def test_concurrent_load_through_pgbouncer(pgbouncer: PgBouncer, dsn: str) -> None:
     """More clients than server connections: transactions interleave on shared server connections."""
     import asyncio
@@ -78,6 +81,7 @@ async def test_concurrent_load_through_pgbouncer(pgbouncer: PgBouncer, dsn: str)
             assert [m.seq for m in history] == list(range(1, 4 * 10 * 3 + 1))
 
 
+@pytest.mark.guarantee(10)
 async def test_statement_cache_on_fails_through_pgbouncer_118_transaction_mode(pg_server: Server,
                                                                                dsn: str, tmp_path: Path) -> None:
     """The reason for statement_cache_size=0 on PgBouncer < 1.21, demonstrated deterministically: with

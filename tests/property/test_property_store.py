@@ -125,6 +125,7 @@ def fresh(prefix: str) -> str:
 @settings(PROFILE)
 @given(title=texts, metadata=json_objects, content=texts, tool_calls=json_lists, message_meta=json_objects,
        user=ids, key=ids, tool_name=ids, batch=st.lists(st.tuples(texts, json_objects), min_size=1, max_size=4))
+@pytest.mark.guarantee(7)
 def test_text_and_json_round_trip_exactly(env: Env, title: str, metadata: dict[str, Any], content: str,
                                           tool_calls: list[Any], message_meta: dict[str, Any], user: str,
                                           key: str, tool_name: str, batch: list[tuple[str, dict[str, Any]]]) -> None:
@@ -269,6 +270,7 @@ async def snapshot(dsn: str) -> list[Any]:
 
 @settings(PROFILE, max_examples=PROFILE.max_examples * 2)
 @given(call=invalid_calls())
+@pytest.mark.guarantee(7)
 def test_every_invalid_input_raises_invalid_input_and_writes_nothing(
         env: Env, call: tuple[str, list[Any], dict[str, Any]]) -> None:
     count("invalid input")
@@ -516,6 +518,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert status == "not found"
 
 
+@pytest.mark.guarantee(1, 2, 5, 7)
 def test_random_operation_sequences_match_the_model(env: Env) -> None:
     StoreMachine.env = env
     run_state_machine_as_test(StoreMachine, settings=settings(PROFILE, max_examples=MACHINE_EXAMPLES))

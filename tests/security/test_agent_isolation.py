@@ -39,6 +39,7 @@ CONVERSATION_METHODS: dict[str, Call] = {
 
 
 @pytest.mark.parametrize("name", sorted(CONVERSATION_METHODS))
+@pytest.mark.guarantee(1)
 async def test_foreign_and_unknown_ids_are_indistinguishable(store: ConversationStore,
                                                              db: asyncpg.Connection, name: str) -> None:
     call = CONVERSATION_METHODS[name]
@@ -56,6 +57,7 @@ async def test_foreign_and_unknown_ids_are_indistinguishable(store: Conversation
     assert await db.fetch("SELECT * FROM conversations") == conv_before
 
 
+@pytest.mark.guarantee(1)
 async def test_listing_and_erasure_are_per_user(store: ConversationStore) -> None:
     mine = (await store.get_or_create_conversation(None, U)).id
     await store.save_message(mine, U, "user", "x")
@@ -120,6 +122,7 @@ BAD_CALLS: list[tuple[str, Call]] = [
 
 
 @pytest.mark.parametrize(("field", "call"), BAD_CALLS, ids=[f"{i}-{f}" for i, (f, _) in enumerate(BAD_CALLS)])
+@pytest.mark.guarantee(7)
 async def test_bad_input_is_refused_before_any_io(offline_store: ConversationStore, field: str,
                                                   call: Call) -> None:
     with pytest.raises(InvalidInput) as err:

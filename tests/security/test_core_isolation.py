@@ -32,6 +32,7 @@ async def owned(store: ConversationStore) -> str:
 
 
 @pytest.mark.parametrize("method", sorted(CORE_CALLS))
+@pytest.mark.guarantee(1)
 async def test_foreign_and_unknown_ids_raise_the_same_error(
     store: ConversationStore, db: asyncpg.Connection, owned: str, method: str
 ) -> None:

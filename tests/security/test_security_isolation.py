@@ -44,6 +44,7 @@ def test_introspection_finds_the_public_surface() -> None:
 
 
 @pytest.mark.parametrize("mode", ["plain", "row_level_security"])
+@pytest.mark.guarantee(1, 9)
 async def test_every_method_treats_foreign_and_unknown_ids_identically(dsn: str, db: asyncpg.Connection,
                                                                        mode: str) -> None:
     rls = mode == "row_level_security"
@@ -127,6 +128,7 @@ INJECTION_CORPUS = [
 ]
 
 
+@pytest.mark.guarantee(1)
 async def test_injection_corpus_is_stored_verbatim(store: ConversationStore, db: asyncpg.Connection) -> None:
     stored = 0
     for i, text in enumerate(INJECTION_CORPUS):
@@ -160,6 +162,7 @@ async def test_injection_corpus_is_stored_verbatim(store: ConversationStore, db:
 
 
 # -- the least-privilege role with row-level security --------------------------------------------
+@pytest.mark.guarantee(9)
 async def test_package_works_under_the_app_role_with_rls(dsn: str) -> None:
     app_dsn = await enable_rls(dsn)
     async with await ConversationStore.connect(app_dsn, min_size=1, max_size=4,
@@ -172,6 +175,7 @@ async def test_package_works_under_the_app_role_with_rls(dsn: str) -> None:
     assert called == set(public_methods())
 
 
+@pytest.mark.guarantee(9)
 async def test_rls_off_in_the_store_sees_nothing_under_the_policies(dsn: str) -> None:
     """Forgetting row_level_security=True fails closed: every id looks unknown."""
     app_dsn = await enable_rls(dsn)
@@ -192,6 +196,7 @@ async def _expect_denied(conn: asyncpg.Connection, sql: str, *args: Any) -> None
         await attempt()
 
 
+@pytest.mark.guarantee(9)
 async def test_raw_sql_under_the_app_role_cannot_cross_users(dsn: str, db: asyncpg.Connection) -> None:
     app_dsn = await enable_rls(dsn)
     async with await ConversationStore.connect(dsn) as owner:
