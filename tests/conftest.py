@@ -34,8 +34,14 @@ SERVER_FIXTURES = frozenset({"pg_server", "controlled_server", "pgbouncer"})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--guarantee", action="append", type=int, default=[], metavar="N",
-                     help="run only the tests marked guarantee(N) (docs/guarantees.md); repeatable")
+    parser.addoption(
+        "--guarantee",
+        action="append",
+        type=int,
+        default=[],
+        metavar="N",
+        help="run only the tests marked guarantee(N) (docs/guarantees.md); repeatable",
+    )
 
 
 def guarantees_of(item: pytest.Item) -> set[int]:
@@ -61,8 +67,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         names = markers_for(item.path)
         if "db" not in names and SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
-            raise pytest.UsageError(f"{item.nodeid} uses a database fixture but lives in a no-database "
-                                    f"folder ({', '.join(sorted(NO_DATABASE))}/): move it")
+            raise pytest.UsageError(
+                f"{item.nodeid} uses a database fixture but lives in a no-database "
+                f"folder ({', '.join(sorted(NO_DATABASE))}/): move it"
+            )
         for name in sorted(names):
             item.add_marker(name)
     wanted = set(config.getoption("--guarantee"))

@@ -7,9 +7,9 @@ statements per connection; the next use of a name can land on a server connectio
 it (``prepared statement "__asyncpg_stmt_1__" does not exist``). With the cache off asyncpg uses
 the unnamed statement, parsed and executed within one message sequence, which PgBouncer keeps on
 one server connection. PgBouncer >= 1.21 with ``max_prepared_statements > 0`` tracks named
-statements itself; then keep the cache on (see the README's Guarantees section).
+statements itself; then keep the cache on (docs/pgbouncer.md).
 
-.ci/run also runs the integration suite a second time with CONVDB_TEST_PGBOUNCER=1, which sends the
+.ci/run also runs the database tests a second time with CONVDB_TEST_PGBOUNCER=1 (make test-pgbouncer), which sends the
 ``store`` fixture of every test through PgBouncer.
 """
 

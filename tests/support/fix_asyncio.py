@@ -28,8 +28,11 @@ class AsyncioErrors(logging.Handler):
         self.records.append(record)
 
     def unretrieved(self) -> list[str]:
-        return [r.getMessage() + (f": {r.exc_info[1]!r}" if r.exc_info else "")
-                for r in self.records if any(text in r.getMessage() for text in UNRETRIEVED)]
+        return [
+            r.getMessage() + (f": {r.exc_info[1]!r}" if r.exc_info else "")
+            for r in self.records
+            if any(text in r.getMessage() for text in UNRETRIEVED)
+        ]
 
 
 @pytest.fixture

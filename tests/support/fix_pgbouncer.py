@@ -30,8 +30,12 @@ def pgbouncer(pg_server: Server) -> Iterator[PgBouncer]:
     """A PgBouncer 1.18+ in transaction mode in front of the test server (every database)."""
     address = urlsplit(pg_server.admin_dsn)
     users = {"postgres", address.username or "postgres", RLS_TEST_ROLE}
-    bouncer = PgBouncer(Path(tempfile.mkdtemp(prefix="convdb-pgbouncer-")), users=sorted(users),
-                        server_host=address.hostname or "127.0.0.1", server_port=address.port or 5432)
+    bouncer = PgBouncer(
+        Path(tempfile.mkdtemp(prefix="convdb-pgbouncer-")),
+        users=sorted(users),
+        server_host=address.hostname or "127.0.0.1",
+        server_port=address.port or 5432,
+    )
     try:
         bouncer.start()
     except (FileNotFoundError, RuntimeError) as exc:

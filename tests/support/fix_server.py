@@ -81,8 +81,9 @@ def _docker_answers() -> bool:
 def embedded_server(prefix: str, *, how_to_provide: str = HOW_TO_PROVIDE) -> Iterator[Server]:
     """A throwaway embedded cluster in a temp dir; fails the test, saying how to fix it, if it cannot start."""
     try:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix=prefix)) / "data",
-                                    settings=EMBEDDED_TEST_SETTINGS)
+        embedded = EmbeddedPostgres(
+            Path(tempfile.mkdtemp(prefix=prefix)) / "data", settings=EMBEDDED_TEST_SETTINGS
+        )
         embedded.start()
     except (FileNotFoundError, RuntimeError) as exc:
         pytest.fail(f"{how_to_provide}\n(embedded server failed: {exc})", pytrace=False)
@@ -160,8 +161,11 @@ def dsn(pg_server: Server, db_name: str) -> str:
 def controlled_server() -> Iterator[Server]:
     """A server the fault tests may restart and whose backends they may kill: always our own
     embedded cluster (whatever ``pg_server`` is), so no other test's server is disturbed."""
-    with embedded_server("convdb-faults-", how_to_provide="The fault tests need the embedded server: "
-                         "pip install -e '.[test]' (installs pgserver).") as server:
+    with embedded_server(
+        "convdb-faults-",
+        how_to_provide="The fault tests need the embedded server: "
+        "pip install -e '.[test]' (installs pgserver).",
+    ) as server:
         build_template(server)
         yield server
 

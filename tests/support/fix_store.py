@@ -17,8 +17,9 @@ from tests.support.fix_pgbouncer import VIA_PGBOUNCER, bouncer_dsn
 async def store(request: pytest.FixtureRequest, dsn: str) -> AsyncIterator[ConversationStore]:
     if VIA_PGBOUNCER:
         bouncer = request.getfixturevalue("pgbouncer")
-        async with await ConversationStore.connect(bouncer_dsn(bouncer, dsn), min_size=1, max_size=10,
-                                                   statement_cache_size=0) as s:
+        async with await ConversationStore.connect(
+            bouncer_dsn(bouncer, dsn), min_size=1, max_size=10, statement_cache_size=0
+        ) as s:
             yield s
         return
     async with await ConversationStore.connect(dsn, min_size=1, max_size=10) as s:
@@ -56,8 +57,10 @@ def race_row_lock(dsn: str) -> RaceRowLock:
                 await other.execute(sql, *args)
             task = asyncio.ensure_future(call)
             for _ in range(500):
-                if await other.fetchval("SELECT count(*) FROM pg_stat_activity "
-                                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"):
+                if await other.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ):
                     break
                 await asyncio.sleep(0.01)
             else:

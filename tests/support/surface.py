@@ -54,7 +54,9 @@ async def export_records(store: ConversationStore, cid: str, uid: str) -> list[d
     return [record async for record in store.export_conversation(cid, uid)]
 
 
-def arguments_for(name: str, cid: str, uid: str, records: list[dict[str, Any]]) -> tuple[list[Any], dict[str, Any]]:
+def arguments_for(
+    name: str, cid: str, uid: str, records: list[dict[str, Any]]
+) -> tuple[list[Any], dict[str, Any]]:
     """Positional and keyword arguments for one call of ``name`` on conversation ``cid`` as ``uid``.
 
     Built from the parameter names, so a new method is called without editing this file; a new
@@ -72,22 +74,27 @@ def arguments_for(name: str, cid: str, uid: str, records: list[dict[str, Any]]) 
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for param in list(inspect.signature(getattr(ConversationStore, name)).parameters.values())[1:]:
-        if param.name in known and (param.default is inspect.Parameter.empty or param.name == "conversation_id"):
+        if param.name in known and (
+            param.default is inspect.Parameter.empty or param.name == "conversation_id"
+        ):
             if param.kind is inspect.Parameter.KEYWORD_ONLY:
                 kwargs[param.name] = known[param.name]
             else:
                 args.append(known[param.name])
         elif param.default is inspect.Parameter.empty and param.kind not in (
-                inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-            pytest.fail(f"tests/support/surface.py arguments_for: no value for {name}({param.name}=...); "
-                        "add one so the isolation matrix covers the new method")
+            inspect.Parameter.VAR_KEYWORD,
+            inspect.Parameter.VAR_POSITIONAL,
+        ):
+            pytest.fail(
+                f"tests/support/surface.py arguments_for: no value for {name}({param.name}=...); "
+                "add one so the isolation matrix covers the new method"
+            )
     if name == "update_conversation":
         kwargs["title"] = "probe"
     return args, kwargs
 
 
-async def call(store: ConversationStore, name: str, cid: str, uid: str,
-               records: list[dict[str, Any]]) -> Any:
+async def call(store: ConversationStore, name: str, cid: str, uid: str, records: list[dict[str, Any]]) -> Any:
     args, kwargs = arguments_for(name, cid, uid, records)
     return await outcome(getattr(store, name)(*args, **kwargs))
 
@@ -112,10 +119,15 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     m1 = await store.save_message(cid, uid, "user", "hello", idempotency_key="k1")
     assert (await store.save_message(cid, uid, "user", "hello", idempotency_key="k1")).seq == m1.seq == 1
     called.add("save_message")
-    batch = await store.save_messages(cid, uid, [
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "name": "f"}]},
-        {"role": "tool", "content": "42", "tool_call_id": "c1", "tool_name": "f"},
-        {"role": "assistant", "content": "done", "idempotency_key": "k2"}])
+    batch = await store.save_messages(
+        cid,
+        uid,
+        [
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "name": "f"}]},
+            {"role": "tool", "content": "42", "tool_call_id": "c1", "tool_name": "f"},
+            {"role": "assistant", "content": "done", "idempotency_key": "k2"},
+        ],
+    )
     assert [m.seq for m in batch] == [2, 3, 4]
     called.add("save_messages")
     saved, window = await store.save_and_get_history(cid, uid, {"role": "user", "content": "more"}, limit=3)

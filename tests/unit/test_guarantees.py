@@ -25,9 +25,15 @@ def documented() -> list[int]:
 
 def _guarantee_calls(node: ast.AST) -> list[ast.Call]:
     """``pytest.mark.guarantee(...)`` calls anywhere under ``node``."""
-    return [call for call in ast.walk(node) if isinstance(call, ast.Call)
-            and isinstance(call.func, ast.Attribute) and call.func.attr == "guarantee"
-            and isinstance(call.func.value, ast.Attribute) and call.func.value.attr == "mark"]
+    return [
+        call
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "guarantee"
+        and isinstance(call.func.value, ast.Attribute)
+        and call.func.value.attr == "mark"
+    ]
 
 
 def marked_tests() -> dict[int, list[str]]:
@@ -47,7 +53,8 @@ def marked_tests() -> dict[int, list[str]]:
                 assert call.args and not call.keywords, f"{where}::{name}: guarantee() takes numbers only"
                 for arg in call.args:
                     assert isinstance(arg, ast.Constant) and type(arg.value) is int, (
-                        f"{where}::{name}: guarantee() takes literal numbers, got {ast.unparse(arg)}")
+                        f"{where}::{name}: guarantee() takes literal numbers, got {ast.unparse(arg)}"
+                    )
                     found[arg.value].append(f"{where}::{name}")
     return found
 
@@ -62,8 +69,10 @@ def test_every_guarantee_has_a_test_and_every_marker_a_guarantee() -> None:
     numbers = set(documented())
     marked = marked_tests()
     untested = sorted(numbers - set(marked))
-    assert not untested, (f"guarantees {untested} of docs/guarantees.md have no test: mark the tests that "
-                          "prove them with @pytest.mark.guarantee(N)")
+    assert not untested, (
+        f"guarantees {untested} of docs/guarantees.md have no test: mark the tests that "
+        "prove them with @pytest.mark.guarantee(N)"
+    )
     stale = {n: tests for n, tests in marked.items() if n not in numbers}
     assert not stale, f"markers name guarantees that docs/guarantees.md does not have: {stale}"
 
@@ -77,8 +86,10 @@ def test_files_the_page_names_exist() -> None:
 
 
 def test_the_scan_sees_markers_in_both_places() -> None:
-    source = ("import pytest\npytestmark = pytest.mark.guarantee(3)\n\n"
-              "@pytest.mark.guarantee(1, 2)\nasync def test_x() -> None: ...\n")
+    source = (
+        "import pytest\npytestmark = pytest.mark.guarantee(3)\n\n"
+        "@pytest.mark.guarantee(1, 2)\nasync def test_x() -> None: ...\n"
+    )
     tree = ast.parse(source)
     calls = [c for node in tree.body for c in _guarantee_calls(node)]
     assert sorted(a.value for c in calls for a in c.args if isinstance(a, ast.Constant)) == [1, 2, 3]
