@@ -437,7 +437,7 @@ async def test_clear_keeps_conversation(store: ConversationStore) -> None:
 async def test_add_items_is_one_atomic_batch(store: ConversationStore) -> None:
     s = session(store)
     await s.add_items(numbered(2))
-    bad = [*numbered(3, 2), {"role": "user", "content": "nul \x00 here"}, *numbered(2, 5)]
+    bad: list[TResponseInputItem] = [*numbered(3, 2), {"role": "user", "content": "nul \x00 here"}, *numbered(2, 5)]
     with pytest.raises(InvalidInput, match=r"messages\[3\]"):
         await s.add_items(bad)
     assert await s.get_items() == numbered(2)
@@ -459,7 +459,7 @@ async def test_first_write_creates_the_conversation(store: ConversationStore) ->
     a, b = session(store, "race"), session(store, "race")
     await asyncio.gather(a.add_items(numbered(3)), b.add_items(numbered(3, 3)))
     got = await a.get_items()
-    assert sorted(i["content"] for i in got) == [f"m{i}" for i in range(6)]  # type: ignore[typeddict-item]
+    assert sorted(i["content"] for i in got) == [f"m{i}" for i in range(6)]  # type: ignore[typeddict-item,type-var]
 
 
 async def test_other_users_session_is_invisible_and_read_only(store: ConversationStore) -> None:

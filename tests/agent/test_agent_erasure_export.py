@@ -172,7 +172,7 @@ async def test_import_into_another_id_and_user_and_replace(store: ConversationSt
 
 
 async def test_import_is_all_or_nothing(store: ConversationStore, db: asyncpg.Connection) -> None:
-    header = {"type": "conversation", "id": "imp", "title": None, "metadata": {},
+    header: dict[str, Any] = {"type": "conversation", "id": "imp", "title": None, "metadata": {},
               "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-02T00:00:00+00:00"}
 
     def msg(seq: int, **extra: Any) -> dict[str, Any]:
@@ -263,7 +263,7 @@ async def test_jsonl_file_round_trip(store: ConversationStore, tmp_path: Path) -
 
 
 def _import_records(n: int) -> list[dict[str, Any]]:
-    header = {"type": "conversation", "id": "slow", "title": None, "metadata": {},
+    header: dict[str, Any] = {"type": "conversation", "id": "slow", "title": None, "metadata": {},
               "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-01T00:00:00+00:00"}
     return [header, *({"type": "message", "seq": i, "role": "user", "content": "x",
                        "created_at": "2025-01-01T00:00:00+00:00"} for i in range(1, n + 1))]

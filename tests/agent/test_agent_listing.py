@@ -54,7 +54,7 @@ async def test_newest_first_with_id_tie_break(store: ConversationStore, db: asyn
 
 async def test_keyset_pages_cover_everything_once(store: ConversationStore, db: asyncpg.Connection) -> None:
     # many equal timestamps, so the id tie-break carries the pagination
-    rows = [(f"c{i:03d}", U, None, {}, T0 + timedelta(minutes=i // 7)) for i in range(95)]
+    rows: list[tuple[str, str, str | None, dict[str, Any], datetime]] = [(f"c{i:03d}", U, None, {}, T0 + timedelta(minutes=i // 7)) for i in range(95)]
     await _seed(db, rows)
     expected = [r[0] for r in sorted(rows, key=lambda r: (r[4], r[0]), reverse=True)]
     for size in (1, 7, 10, 94, 95, 96):
@@ -133,7 +133,7 @@ async def test_listing_is_served_by_the_user_index(store: ConversationStore, db:
     cursor = (await store.list_conversations("u7", limit=3)).next_cursor
     for kwargs in ({}, {"cursor": cursor}, {"title_contains": "x", "metadata_contains": {"a": 1}},
                    {"updated_after": T0}):
-        query = build_listing("u7", limit=3, **kwargs)  # type: ignore[arg-type]
+        query = build_listing("u7", limit=3, **kwargs)
         plan = json.loads(await db.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args))
         nodes = list(_plan_nodes(plan[0]["Plan"]))
         assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes

@@ -52,6 +52,7 @@ async def test_bad_input_is_refused_and_nothing_written(
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1
     after = await db.fetchrow("SELECT next_seq, updated_at FROM conversations WHERE id = 'c1'")
+    assert after is not None and before is not None
     assert tuple(after) == tuple(before)
 
 

@@ -73,7 +73,9 @@ async def lock(conn: asyncpg.Connection) -> None:
 async def assert_client_still_sending(store: ConversationStore) -> None:
     """The stalled batch has not been fully handed to the kernel: the hazardous state."""
     for _ in range(100):
-        pending = [c for c in store.pool._holders if c._con is not None and c._in_use is not None
+        # asyncpg's private pool internals: the only place the unsent bytes are visible.
+        holders: list[Any] = store.pool._holders  # type: ignore[attr-defined]
+        pending = [c for c in holders if c._con is not None and c._in_use is not None
                    and c._con._transport.get_write_buffer_size() > 0]
         if pending:
             return

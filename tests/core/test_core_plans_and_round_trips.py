@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -166,7 +166,7 @@ async def test_round_trips_per_operation(
     def new_keys() -> list[dict[str, Any]]:
         n = next(fresh)
         return [{"role": "user", "content": str(i), "idempotency_key": f"n{n}-{i}"} for i in range(5)]
-    operations = {
+    operations: dict[str, Callable[[], Awaitable[Any]]] = {
         "get_or_create_conversation (existing)": lambda: store.get_or_create_conversation("rt", "alice"),
         "get_or_create_conversation (new)": lambda: store.get_or_create_conversation(None, "alice"),
         "get_conversation": lambda: store.get_conversation("rt", "alice"),

@@ -69,7 +69,7 @@ async def test_json_round_trips(store: ConversationStore, value: dict[str, Any])
 
 async def test_batch_round_trips_every_field(store: ConversationStore) -> None:
     conv = await store.get_or_create_conversation(None, "alice")
-    batch = [
+    batch: list[dict[str, Any]] = [
         {"role": "system", "content": TEXTS[4], "metadata": JSONS[5]},
         {"role": "user", "content": TEXTS[5], "token_count": 3},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "args": JSONS[3]}]},

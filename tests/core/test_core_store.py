@@ -170,7 +170,7 @@ async def test_owned_pool_closes(dsn: str) -> None:
     store = await ConversationStore.connect(dsn, min_size=1, max_size=2)
     async with store:
         pass
-    assert store.pool._closed
+    assert store.pool._closed  # type: ignore[attr-defined]  # asyncpg keeps no public "closed" flag
 
 
 async def test_created_at_is_server_time(store: ConversationStore, db: asyncpg.Connection) -> None:

@@ -7,6 +7,7 @@ Nothing here asserts on speed; the bounds (``asyncio.wait_for``) only turn a han
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from convdb import (
     PoolTimeout,
     QueryTimeout,
 )
+from tests.support.fix_server import Server
 
 T = TypeVar("T")
 HANG = 60.0  # seconds after which a call that should have ended counts as hung
@@ -91,9 +93,10 @@ async def client_backends(dsn: str) -> list[asyncpg.Record]:
 
 # -- server restart ------------------------------------------------------------------------------
 @pytest.mark.guarantee(2, 6)
-async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(controlled_server: Any,
+async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(controlled_server: Server,
                                                                           controlled_dsn: str) -> None:
     embedded = controlled_server.embedded
+    assert embedded is not None
     max_size = 8
     store = await ConversationStore.connect(controlled_dsn, min_size=max_size, max_size=max_size)
     errors: Counter[str] = Counter()
@@ -116,14 +119,14 @@ async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(cont
                     batch = [{"role": "assistant", "content": f"w{w} op{i} part{j} — ✓",
                               "idempotency_key": f"w{w}-{i}-{j}"} for j in range(3)]
                     stored = await until_acknowledged(
-                        lambda cid=cid, uid=uid, batch=batch: store.save_messages(cid, uid, batch), errors)
+                        functools.partial(store.save_messages, cid, uid, batch), errors)
                     for message, sent in zip(stored, batch, strict=True):
                         acknowledged[sent["idempotency_key"]] = (cid, message.seq, sent["content"])
                 else:
                     key, content = f"w{w}-{i}", f"w{w} op{i} 'quoted' ✓"
                     message = await until_acknowledged(
-                        lambda cid=cid, uid=uid, key=key, content=content: store.save_message(
-                            cid, uid, "user", content, idempotency_key=key), errors)
+                        functools.partial(store.save_message, cid, uid, "user", content, idempotency_key=key),
+                        errors)
                     acknowledged[key] = (cid, message.seq, content)
                 if restarted.is_set():
                     after_restart[w] += 1
@@ -293,7 +296,8 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(contro
             if kind in ("batch", "batch_keyed"):
                 batch_no += 1
                 size = rng.randint(2, 40)
-                batch = [{"role": "assistant", "content": f"b{batch_no}.{j} " + "y" * rng.randint(0, 3000),
+                batch: list[dict[str, Any]] = [
+                         {"role": "assistant", "content": f"b{batch_no}.{j} " + "y" * rng.randint(0, 3000),
                           "metadata": {"batch": batch_no, "size": size}} for j in range(size)]
                 if kind == "batch_keyed":
                     for j, message in enumerate(batch):
@@ -458,7 +462,7 @@ async def test_statement_timeout_raises_query_timeout_and_connection_is_reused(c
 # -- the retry options -----------------------------------------------------------------------------
 @pytest.mark.parametrize("retry", [True, False], ids=["retry", "no-retry"])
 @pytest.mark.guarantee(2, 6)
-async def test_retry_options_after_a_restart(controlled_server: Any, controlled_dsn: str, retry: bool) -> None:
+async def test_retry_options_after_a_restart(controlled_server: Server, controlled_dsn: str, retry: bool) -> None:
     """After a restart every pooled connection is dead. With the retry options a read and a keyed
     write succeed on the first call (one retry on a fresh connection); an unkeyed write is never
     retried and raises DatabaseUnavailable; without the options every first call raises."""
@@ -473,6 +477,7 @@ async def test_retry_options_after_a_restart(controlled_server: Any, controlled_
             await until_acknowledged(lambda: store.get_conversation(conv.id, "alice"), Counter())
             # Restarted while this process's event loop is blocked, so the pool cannot notice the
             # closed connection before the call takes it: the call meets the dead connection.
+            assert controlled_server.embedded is not None
             controlled_server.embedded.restart("fast")  # deliberately blocking
             try:
                 return await call()

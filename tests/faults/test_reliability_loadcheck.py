@@ -6,15 +6,14 @@ shape (64 tasks, many users, kills, cancellations, a restart) at a few thousand 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
+from tests.support.fix_server import Server
 from tools.loadcheck import LoadConfig, run, summary
 
 
 @pytest.mark.guarantee(2, 3, 4, 8)
-async def test_short_load_with_faults_passes_the_consistency_check(controlled_server: Any,
+async def test_short_load_with_faults_passes_the_consistency_check(controlled_server: Server,
                                                                    controlled_dsn: str) -> None:
     config = LoadConfig(ops=4_000, concurrency=64, users=25, conversations=150, pool_size=12,
                         kill_every=250, cancel_rate=0.05, restarts=1, progress=False)

@@ -91,7 +91,7 @@ def count(name: str) -> None:
 
 
 # -- strategies ----------------------------------------------------------------------------------
-STORABLE = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+STORABLE = st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")
 texts = st.text(STORABLE, max_size=300)
 ids = st.text(STORABLE, min_size=1, max_size=40)
 json_scalars = (st.none() | st.booleans() | st.integers()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -12,12 +11,13 @@ import pytest
 from convdb import SCHEMA_VERSION, ConversationStore, SchemaMismatch
 from convdb.sql import QUERIES
 from convdb.testing import apply_schema
+from tests.support.fix_server import Server
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schema.sql"
 
 
 @pytest.fixture
-async def empty_db(pg_server: Any) -> str:
+async def empty_db(pg_server: Server) -> str:
     """A database created without the template: what a DBA starts from."""
     conn = await asyncpg.connect(pg_server.admin_dsn)
     try:

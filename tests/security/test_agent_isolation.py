@@ -15,7 +15,8 @@ from convdb.pool import init_connection
 
 U, OTHER = "alice", "mallory"
 
-Call = Callable[[ConversationStore, str, str], Awaitable[Any]]
+# The store is typed Any here: these calls are wrong on purpose, and the type checker would refuse them.
+Call = Callable[[Any, str, str], Awaitable[Any]]
 
 
 async def _drain(iterator: AsyncIterator[Any]) -> list[Any]:
@@ -67,7 +68,7 @@ async def test_listing_and_erasure_are_per_user(store: ConversationStore) -> Non
 
 
 @pytest.fixture
-async def offline_store(dsn: str) -> AsyncIterator[ConversationStore]:
+async def offline_store(dsn: str) -> ConversationStore:
     """A store whose pool is closed: any I/O would fail with a non-InvalidInput error."""
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=1, init=init_connection)
     await pool.close()

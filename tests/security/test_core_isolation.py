@@ -49,6 +49,7 @@ async def test_foreign_and_unknown_ids_raise_the_same_error(
     assert await db.fetchval("SELECT count(*) FROM messages") == 1
     assert await db.fetchval("SELECT count(*) FROM conversations WHERE user_id = 'mallory'") == 0
     row = await db.fetchrow("SELECT user_id, title, next_seq FROM conversations WHERE id = $1", owned)
+    assert row is not None
     assert tuple(row) == ("alice", "alice's", 2)
 
 

@@ -3,6 +3,7 @@ optional least-privilege role with row-level security (schema_rls.sql)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import asyncpg
@@ -61,12 +62,12 @@ async def test_every_method_treats_foreign_and_unknown_ids_identically(dsn: str,
         for name in public_methods():
             if name in USER_WIDE:
                 continue
-            foreign = await not_found(lambda n=name: call(store, n, "victim-conv", "attacker", records))
-            nobody = await not_found(lambda n=name: call(store, n, "victim-conv", "no-such-user", records))
+            foreign = await not_found(functools.partial(call, store, name, "victim-conv", "attacker", records))
+            nobody = await not_found(functools.partial(call, store, name, "victim-conv", "no-such-user", records))
             messages[f"{name} foreign"] = str(foreign)
             messages[f"{name} unknown user"] = str(nobody)
             if name not in CREATING:
-                unknown = await not_found(lambda n=name: call(store, n, "no-such-conv", "attacker", records))
+                unknown = await not_found(functools.partial(call, store, name, "no-such-conv", "attacker", records))
                 messages[f"{name} unknown"] = str(unknown)
                 assert unknown.args == foreign.args
             checked.add(name)
