@@ -1,7 +1,7 @@
 """Messages: append (one, a batch, a turn), history windows, pop, count.
 
 Positional row access (``r[0]``, ``head[1]``) follows the column order of the statements in
-``queries.sql``; tests/integration/test_core_column_order.py pins it for every message-returning
+``queries.sql``; tests/core/test_core_column_order.py pins it for every message-returning
 statement (it is the order ``Message.from_record`` reads, measured to matter on history reads).
 """
 
