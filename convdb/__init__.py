@@ -12,6 +12,7 @@ from .errors import (
     PoolTimeout,
     QueryTimeout,
     SchemaMismatch,
+    UnsupportedIsolation,
 )
 from .pool import init_connection
 from .records import Conversation, ErasureCounts, Message, Page, Role
@@ -40,6 +41,7 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "UnsupportedIsolation",
     "build_message_array",
     "estimate_tokens",
     "init_connection",
