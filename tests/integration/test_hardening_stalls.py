@@ -21,6 +21,9 @@ from convdb import ConversationStore
 from convdb.runner import RELEASE_GRACE_SECONDS
 from tests.integration.reliability_support import enable_rls
 
+# Against a server of its own, not through PgBouncer: the PgBouncer pass of .ci/run skips it.
+pytestmark = pytest.mark.slow
+
 CALLER_TIMEOUT = 1.0
 # Beyond the caller's timeout plus the grace: room for a busy event loop, far below "forever".
 SLACK = 15.0
