@@ -67,6 +67,16 @@ class SchemaMismatch(ConvDBError):
     """The database schema is not the one this package was built for."""
 
 
+class UnsupportedIsolation(SchemaMismatch):
+    """The database's default transaction isolation is not READ COMMITTED.
+
+    convdb opens every transaction of its own at READ COMMITTED, but its single-statement calls
+    run in the server's default isolation, and under REPEATABLE READ or SERIALIZABLE concurrent
+    writes to one conversation fail. ``verify_schema`` (run by ``connect``) raises this, naming
+    the setting to change.
+    """
+
+
 class DatabaseUnavailable(ConvDBError):
     """The connection to PostgreSQL failed or was lost.
 
@@ -124,6 +134,10 @@ def translate(exc: BaseException) -> BaseException:
         # message arrives as an error outside any query) is left in a state asyncpg refuses to use.
         # Nothing was sent; the pool replaces the connection on release.
         return DatabaseUnavailable(f"connection unusable after the server closed it: {exc}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Any other protocol state asyncpg did not expect (e.g. a connection closed under a
+        # running statement): the connection is unusable, and the call's outcome unknown.
+        return DatabaseUnavailable(f"connection in an unexpected protocol state: {exc}")
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.UndefinedColumnError):
         return SchemaMismatch(
             f"{exc}; apply schema.sql with: psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql"

@@ -19,8 +19,8 @@ from typing import Any, Final, Protocol, TypeVar
 
 import asyncpg
 
-from .errors import DatabaseUnavailable, PoolTimeout, QueryTimeout, translate
-from .ops import Begin, Conn, begin
+from .errors import ConvDBError, DatabaseUnavailable, PoolTimeout, QueryTimeout, translate
+from .ops import Begin, Conn, autocommit, begin
 from .sql import QUERIES
 
 T = TypeVar("T")
@@ -28,6 +28,16 @@ T_co = TypeVar("T_co", covariant=True)
 
 _SET_RLS_USER: Final = QUERIES["set_rls_user"]
 _CANCEL_GRACE_SECONDS: Final = 5.0
+RELEASE_GRACE_SECONDS: Final = 2.0
+"""How long the release of a connection whose operation failed or was cancelled may take.
+
+A cancelled statement leaves its connection waiting for the server to acknowledge the cancel (and
+an open transaction to be rolled back). Against a stalled server (a stopped backend, a black-holed
+network) that never happens, and asyncpg's release would wait with no limit, holding the caller
+past its own timeout. After this grace the connection is terminated and its pool slot reopens
+with a new one. A healthy server acknowledges in milliseconds (the cancellation storm of
+test_reliability_faults.py releases thousands this way), so the grace only ever runs out on a
+stall."""
 
 
 class Policy(enum.Enum):
@@ -89,7 +99,9 @@ class _Connection:
         conn, self._conn = self._conn, None
         try:
             if conn is not None:
-                await self._pool.release(conn)
+                # Bounded only after a failure or cancellation: a completed operation leaves nothing
+                # to wait for (no transaction, no cancel in flight), so its release sends nothing.
+                await self._pool.release(conn, timeout=None if exc is None else RELEASE_GRACE_SECONDS)
         except asyncpg.exceptions.InternalClientError:
             # asyncpg race: the server closed the connection between the op's end and this release
             # (a restart, a killed backend), and the pool already took the holder back. Nothing is
@@ -110,7 +122,17 @@ class Runner:
     The attributes are the store's options of the same names (``ConversationStore`` forwards them).
     """
 
-    __slots__ = ("acquire_timeout", "pool", "retry_keyed_writes", "retry_reads", "row_level_security")
+    __slots__ = (
+        "_closing",
+        "_drained",
+        "_in_flight",
+        "_loop",
+        "acquire_timeout",
+        "pool",
+        "retry_keyed_writes",
+        "retry_reads",
+        "row_level_security",
+    )
 
     def __init__(
         self,
@@ -126,6 +148,36 @@ class Runner:
         self.retry_reads = retry_reads
         self.retry_keyed_writes = retry_keyed_writes
         self.row_level_security = row_level_security
+        # The event loop the pool was created in (asyncpg keeps it as Pool._loop). A pool, its
+        # queue and its connections belong to that loop; a call from another loop must not touch
+        # them. Issue 15 (a store usable from several loops) would replace this one loop by one
+        # pool per loop, looked up here, in _check_loop, the only place that needs to know.
+        self._loop: asyncio.AbstractEventLoop | None = getattr(pool, "_loop", None)
+        self._closing = False
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
+
+    def _check_loop(self) -> None:
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise ConvDBError(
+                "this ConversationStore belongs to another event loop (the one its pool was created "
+                "in); create a store per event loop, or call it from its own loop "
+                "(asyncio.run_coroutine_threadsafe)"
+            )
+
+    async def drain(self) -> None:
+        """Refuse new operations, then wait until every operation in flight has ended.
+
+        Operations in flight run to their end on the open pool (each is bounded by its own
+        timeouts); a new one raises ``ConvDBError``. Closing the pool under them instead would have
+        asyncpg cancel their statements mid-protocol and raise its internal errors.
+        """
+        self._check_loop()
+        self._closing = True
+        if self._in_flight:
+            if self._drained is None:  # one event for every close() that waits
+                self._drained = asyncio.Event()
+            await self._drained.wait()
 
     def _retries(self, policy: Policy) -> bool:
         if policy is Policy.READ:
@@ -137,14 +189,23 @@ class Runner:
     async def _attempts(self, op: Callable[[Conn], Awaitable[T]], policy: Policy) -> T:
         """``op`` on a pooled connection, once more on a fresh one if the first was lost and the
         policy allows it."""
+        self._check_loop()
+        if self._closing:
+            raise ConvDBError("the store is closed (close() was called)")
+        self._in_flight += 1
         try:
+            try:
+                async with _Connection(self.pool, self.acquire_timeout) as conn:
+                    return await op(conn)
+            except DatabaseUnavailable:
+                if not self._retries(policy):
+                    raise
             async with _Connection(self.pool, self.acquire_timeout) as conn:
                 return await op(conn)
-        except DatabaseUnavailable:
-            if not self._retries(policy):
-                raise
-        async with _Connection(self.pool, self.acquire_timeout) as conn:
-            return await op(conn)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
 
     async def run(
         self, op: Callable[[Conn], Awaitable[T]], policy: Policy, *, user_id: str | None = None
@@ -166,15 +227,21 @@ class Runner:
         *,
         user_id: str,
         guard_seconds: float | None = None,
+        single_statements: bool = False,
     ) -> T:
         """Run ``op``, which opens its own transactions with the ``Begin`` it is given.
 
         With ``row_level_security`` each of those transactions first sets ``convdb.user_id`` (one
-        round trip more per transaction, none per statement). With ``guard_seconds`` the op runs
+        round trip more per transaction, none per statement). ``single_statements``: the op's
+        transactions are one statement each, so without row-level security they are sent bare
+        (``ops.autocommit``: no BEGIN/COMMIT round trips). With ``guard_seconds`` the op runs
         guarded (``guarded``): cancellation, a lost connection, or running past that bound plus a
         grace ends it and the connection, rolling back what it had not committed.
         """
-        begin_as = _user_begin(user_id) if self.row_level_security else begin
+        if self.row_level_security:
+            begin_as = _user_begin(user_id)
+        else:
+            begin_as = autocommit if single_statements else begin
 
         async def bound(conn: Conn) -> T:
             if guard_seconds is None:
@@ -187,23 +254,16 @@ class Runner:
 def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:
     """``op`` in a transaction that first sets ``convdb.user_id`` (transaction-local) for RLS.
 
-    Transactions ``op`` opens itself become savepoints. If the connection was closed under the op
-    (a terminated batch, a lost server) the server has rolled back already: nothing more is sent,
-    so the op's own error, or the caller's cancellation, is what propagates.
+    Transactions ``op`` opens itself become savepoints. The transaction is ``ops.begin``'s: on a
+    cancellation or a connection closed under the op (a terminated batch, a lost server) nothing
+    more is sent, so the op's own error, or the caller's cancellation, is what propagates, and
+    the release rolls back within its grace.
     """
 
     async def run(conn: Conn) -> T:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
+        async with begin(conn):
             await conn.execute(_SET_RLS_USER, user_id)
-            result = await op(conn)
-        except BaseException:
-            if not conn.is_closed():
-                await transaction.rollback()
-            raise
-        await transaction.commit()
-        return result
+            return await op(conn)
 
     return run
 
@@ -214,7 +274,7 @@ def _user_begin(user_id: str) -> Begin:
     @contextlib.asynccontextmanager
     async def begin_as(conn: Conn) -> AsyncIterator[None]:
         nested = conn.is_in_transaction()
-        async with conn.transaction():
+        async with begin(conn):
             if not nested:
                 await conn.execute(_SET_RLS_USER, user_id)
             yield

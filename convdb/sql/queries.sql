@@ -405,3 +405,8 @@ UPDATE conversations SET next_seq = GREATEST(next_seq, $3)
 -- Inside a transaction: hold the conversation row's lock, so the next statement's snapshot is
 -- the newest state (the contended path of the "fresh view" statements).
 SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE;
+
+-- name: default_isolation
+-- verify_schema: the isolation convdb's single statements (no BEGIN of their own) run at. They
+-- need 'read committed' (see convdb.ops.ISOLATION); every transaction convdb opens names it.
+SELECT current_setting('default_transaction_isolation')

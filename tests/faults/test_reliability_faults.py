@@ -268,7 +268,9 @@ async def test_backend_killed_mid_keyed_save_message_is_retried_exactly_once(con
 
 # -- cancellation storm --------------------------------------------------------------------------
 @pytest.mark.guarantee(2, 4, 6)
-async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(controlled_dsn: str) -> None:
+async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(
+    controlled_dsn: str, asyncio_errors_fail: None
+) -> None:
     max_size = 6
     store = await ConversationStore.connect(controlled_dsn, min_size=2, max_size=max_size)
     rng = random.Random(5)
