@@ -20,6 +20,8 @@ import contextlib
 import gc
 from typing import Any
 
+import pytest
+
 from convdb import ConversationStore
 from tests.support.surface import enable_rls
 
