@@ -23,6 +23,7 @@ import pytest
 
 from convdb import ConversationStore
 from convdb.testing import EmbeddedPostgres, apply_schema
+from convdb.testing.citus import CitusCluster
 from convdb.testing.pgbouncer import PgBouncer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,17 @@ VIA_PGBOUNCER = os.environ.get("CONVDB_TEST_PGBOUNCER", "") not in ("", "0")
 RLS_TEST_ROLE = "convdb_test_app"
 SCHEMA = ROOT / "schema.sql"
 TEMPLATE = "convdb_template"
+
+# --- Citus mode (issue 16) ---------------------------------------------------------------------
+# CONVDB_TEST_CITUS=1 (a local 3-node cluster from the Citus installation found on the machine)
+# or CONVDB_TEST_CITUS_DSN=<coordinator superuser DSN>: the pg_server / template_db / db_name
+# fixtures give a Citus coordinator, a template built on every node from schema.sql +
+# schema_citus.sql, and per-test databases cloned on every node (convdb.testing.citus).
+# .ci/run runs the integration tests a second time so.
+CITUS_DSN = os.environ.get("CONVDB_TEST_CITUS_DSN", "")
+VIA_CITUS = bool(CITUS_DSN) or os.environ.get("CONVDB_TEST_CITUS", "") not in ("", "0")
+SCHEMA_CITUS = ROOT / "schema_citus.sql"
+# --- end Citus mode ----------------------------------------------------------------------------
 
 HOW_TO_PROVIDE = (
     "No PostgreSQL for the tests. Provide one of: CONVDB_TEST_DSN=postgresql://postgres@host:port/postgres "
@@ -60,6 +72,7 @@ class Server:
 
     admin_dsn: str
     embedded: EmbeddedPostgres | None
+    citus: CitusCluster | None = None  # Citus mode: the cluster whose coordinator admin_dsn is
 
     def dsn(self, database: str) -> str:
         base, _, _ = self.admin_dsn.rpartition("/")
@@ -83,6 +96,9 @@ def _docker_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
+    if VIA_CITUS:  # --- Citus mode ---
+        yield from _citus_server()
+        return
     external = os.environ.get("CONVDB_TEST_DSN")
     if external:
         yield Server(external, None)
@@ -105,6 +121,29 @@ def pg_server() -> Iterator[Server]:
         embedded.destroy()
 
 
+def _citus_server() -> Iterator[Server]:
+    """Citus mode's pg_server: the cluster at CONVDB_TEST_CITUS_DSN, else a local one."""
+    from convdb.testing.citus import HOW_TO_PROVIDE as HOW_TO_PROVIDE_CITUS
+    from convdb.testing.citus import CitusUnavailable, LocalCitusCluster
+
+    if CITUS_DSN:
+        try:
+            cluster = asyncio.run(CitusCluster.from_dsn(CITUS_DSN))
+        except (OSError, asyncpg.PostgresError, CitusUnavailable) as exc:
+            pytest.fail(f"{HOW_TO_PROVIDE_CITUS}\n(CONVDB_TEST_CITUS_DSN: {exc})", pytrace=False)
+        yield Server(cluster.dsn("postgres"), None, citus=cluster)
+        return
+    try:
+        local = LocalCitusCluster(Path(tempfile.mkdtemp(prefix="convdb-citus-")))
+        local.start()
+    except CitusUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield Server(local.dsn("postgres"), None, citus=local)
+    finally:
+        local.destroy()
+
+
 async def _admin(server: Server, sql: str) -> None:
     conn = await asyncpg.connect(server.admin_dsn)
     try:
@@ -115,8 +154,9 @@ async def _admin(server: Server, sql: str) -> None:
 
 @pytest.fixture(scope="session")
 def template_db(pg_server: Server) -> str:
-    import asyncio
-
+    if pg_server.citus is not None:  # --- Citus mode: the template on every node, frozen ---
+        asyncio.run(pg_server.citus.build_template(TEMPLATE, [SCHEMA, SCHEMA_CITUS]))
+        return TEMPLATE
     asyncio.run(_admin(pg_server, f'DROP DATABASE IF EXISTS "{TEMPLATE}"'))
     asyncio.run(_admin(pg_server, f'CREATE DATABASE "{TEMPLATE}"'))
     apply_schema(pg_server.dsn(TEMPLATE), SCHEMA)
@@ -126,6 +166,13 @@ def template_db(pg_server: Server) -> str:
 @pytest.fixture
 async def db_name(pg_server: Server, template_db: str) -> AsyncIterator[str]:
     name = f"t_{uuid.uuid4().hex[:16]}"
+    if pg_server.citus is not None:  # --- Citus mode: cloned on every node, dropped coordinator-first ---
+        await pg_server.citus.clone_database(name, template_db)
+        try:
+            yield name
+        finally:
+            await pg_server.citus.drop_database(name)
+        return
     await _admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     try:
         yield name
@@ -244,8 +291,10 @@ def race_row_lock(dsn: str) -> RaceRowLock:
             for sql, *args in statements:
                 await other.execute(sql, *args)
             task = asyncio.ensure_future(call)
+            # Citus mode: the lock wait happens on a worker; citus_stat_activity sees every node.
+            activity = "citus_stat_activity" if VIA_CITUS else "pg_stat_activity"
             for _ in range(500):
-                if await other.fetchval("SELECT count(*) FROM pg_stat_activity "
+                if await other.fetchval(f"SELECT count(*) FROM {activity} "
                                         "WHERE wait_event_type = 'Lock' AND datname = current_database()"):
                     break
                 await asyncio.sleep(0.01)
