@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -74,6 +75,10 @@ _EXPORT_HEADER: Final = QUERIES["export_header"]
 _EXPORT_MESSAGES: Final = QUERIES["export_messages"]
 
 _IDEMPOTENCY_INDEX: Final = "messages_idempotency_key"
+# Citus relays a worker's unique violation without constraint_name, and names the shard's index
+# in the message: 'duplicate key value violates unique constraint "messages_idempotency_key_102042"'.
+# The quoted identifier survives translated server messages (lc_messages).
+_IDEMPOTENCY_INDEX_IN_MESSAGE: Final = re.compile(r'"messages_idempotency_key(?:_[0-9]+)?"')
 # A keyed batch whose key another writer stored between our snapshot and our lock is re-run once
 # with a fresh snapshot; more than that would mean keys are being reused in a loop.
 _KEYED_BATCH_ATTEMPTS: Final = 3
@@ -338,7 +343,7 @@ class ConversationStore:
             try:
                 stored = await _keyed(conn, row, conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row))
             except asyncpg.UniqueViolationError as exc:
-                if row.idempotency_key is None or exc.constraint_name != _IDEMPOTENCY_INDEX:
+                if row.idempotency_key is None or not _is_replayed_key(exc):
                     raise
                 return await _stored_under_key(conn, cid, uid, row)
             if stored is None:
@@ -432,7 +437,7 @@ class ConversationStore:
                 records = await _keyed(
                     conn, row, conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, n, budget))
             except asyncpg.UniqueViolationError as exc:
-                if row.idempotency_key is None or exc.constraint_name != _IDEMPOTENCY_INDEX:
+                if row.idempotency_key is None or not _is_replayed_key(exc):
                     raise
                 stored = await _stored_under_key(conn, cid, uid, row)
                 return stored, await management.window_until(conn, cid, uid, stored.seq, n, budget)
@@ -730,6 +735,17 @@ class ConversationStore:
 
 
 # -- internals -------------------------------------------------------------------------------
+def _is_replayed_key(exc: asyncpg.UniqueViolationError) -> bool:
+    """Whether a unique violation is the idempotency index refusing an already stored key.
+
+    By constraint_name on one node; on Citus (no constraint_name) by the index named in the
+    message, shard suffix and all. Any other unique violation (the primary key) is not a replay.
+    """
+    if exc.constraint_name is not None:
+        return bool(exc.constraint_name == _IDEMPOTENCY_INDEX)
+    return _IDEMPOTENCY_INDEX_IN_MESSAGE.search(str(exc)) is not None
+
+
 async def _numbered(stream: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
     index = 0
     async for record in stream:
@@ -780,7 +796,7 @@ async def _save_batch(
                 return await _save_batch_in_transaction(conn, cid, uid, rows, keys, budget)
         except asyncpg.UniqueViolationError as exc:
             # Another writer stored one of our keys after this transaction's first snapshot.
-            if not keys or exc.constraint_name != _IDEMPOTENCY_INDEX or attempt + 1 == _KEYED_BATCH_ATTEMPTS:
+            if not keys or not _is_replayed_key(exc) or attempt + 1 == _KEYED_BATCH_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 
