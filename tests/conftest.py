@@ -23,7 +23,7 @@ import pytest
 
 from convdb import ConversationStore
 from convdb.testing import EmbeddedPostgres, apply_schema
-from convdb.testing.citus import CitusCluster
+from convdb.testing.citus import CitusCluster, ClonePool
 from convdb.testing.pgbouncer import PgBouncer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +64,19 @@ EMBEDDED_TEST_SETTINGS = {
     "log_filename": "postgresql.log",
     "log_line_prefix": "%m [%p] %d ",
 }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--- Citus mode: engine-specific tests ---
+    A test marked ``engine_specific(engine, reason)`` checks something only one engine has (an
+    EXPLAIN shape, a server log line, a catalog); on the other engine it is skipped with its
+    reason, and a twin marked for that engine checks the same property its way."""
+    engine = "citus" if VIA_CITUS else "postgresql"
+    for item in items:
+        marker = item.get_closest_marker("engine_specific")
+        if marker is not None and marker.args[0] != engine:
+            item.add_marker(pytest.mark.skip(
+                reason=f"{marker.args[0]} only ({marker.args[1]}); this run is on {engine}"))
 
 
 @dataclass
@@ -164,20 +177,32 @@ def template_db(pg_server: Server) -> str:
 
 
 @pytest.fixture
-async def db_name(pg_server: Server, template_db: str) -> AsyncIterator[str]:
+async def db_name(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> AsyncIterator[str]:
     name = f"t_{uuid.uuid4().hex[:16]}"
-    if pg_server.citus is not None:  # --- Citus mode: cloned on every node, dropped coordinator-first ---
-        await pg_server.citus.clone_database(name, template_db)
+    if pg_server.citus is not None:  # --- Citus mode: cloned on every node ahead of use, dropped behind ---
+        clones = request.getfixturevalue("citus_clones")
+        name = await asyncio.to_thread(clones.take)
         try:
             yield name
         finally:
-            await pg_server.citus.drop_database(name)
+            clones.give_back(name)
         return
     await _admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     try:
         yield name
     finally:
         await _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def citus_clones(pg_server: Server, template_db: str) -> Iterator[ClonePool]:
+    """--- Citus mode: per-test databases cloned from the template on every node, one ahead ---"""
+    assert pg_server.citus is not None
+    clones = ClonePool(pg_server.citus, template_db)
+    try:
+        yield clones
+    finally:
+        clones.close()
 
 
 @pytest.fixture
