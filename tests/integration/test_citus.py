@@ -16,11 +16,12 @@ import asyncpg
 import pytest
 
 from convdb import ConversationStore
+from convdb.listing import build_listing
 from convdb.sql import QUERIES
 from convdb.testing import apply_schema
 from tests.conftest import SCHEMA_CITUS, Server
 
-pytestmark = pytest.mark.engine_specific("citus", "EXPLAIN shapes and catalogs of a Citus cluster")
+citus_only = pytest.mark.engine_specific("citus", "EXPLAIN shapes and catalogs of a Citus cluster")
 
 _NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -137,6 +138,7 @@ async def _shard_node(db: asyncpg.Connection, conversation_id: str) -> str:
     return f"host={row[0]} port={row[1]} "
 
 
+@citus_only
 @pytest.mark.parametrize("name", sorted(ROUTER))
 async def test_conversation_statement_is_one_router_task(db: asyncpg.Connection, name: str) -> None:
     jobs = _jobs(await _citus_plan(db, QUERIES[name], ROUTER[name]))
@@ -145,6 +147,7 @@ async def test_conversation_statement_is_one_router_task(db: asyncpg.Connection,
     assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, "c1")), nodes
 
 
+@citus_only
 @pytest.mark.parametrize("name", sorted(ONE_SHARD_STEPS))
 async def test_insert_statement_runs_each_step_on_the_one_shard(db: asyncpg.Connection, name: str) -> None:
     args, most_steps = ONE_SHARD_STEPS[name]
@@ -155,21 +158,28 @@ async def test_insert_statement_runs_each_step_on_the_one_shard(db: asyncpg.Conn
     assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, "c1")), nodes
 
 
+@citus_only
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [("get_history", ("big", "alice", 50)), ("get_history_window", ("big", "alice", 2**63 - 1, 50, 100))],
+)
 async def test_history_walks_the_shards_primary_key_backwards(
-    store: ConversationStore, db: asyncpg.Connection
+    store: ConversationStore, db: asyncpg.Connection, name: str, args: tuple[Any, ...]
 ) -> None:
-    """Twin of the single-node EXPLAIN test: on the one shard, get_history is a backward scan of
-    messages_pkey that stops after ``limit`` rows."""
+    """Twin of the single-node EXPLAIN tests (test_core_plans_and_round_trips.py,
+    test_agent_windows.py): one task, and on its shard get_history / get_history_window is a
+    backward scan of messages_pkey that stops after ``limit`` rows (the window's running sum a
+    WindowAgg over it)."""
     conv = await store.get_or_create_conversation("big", "alice")
     for _ in range(3):
-        await store.save_messages(
-            conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)]
-        )
+        await store.save_messages(conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)])
     await db.execute("ANALYZE conversations; ANALYZE messages")
-    text = QUERIES["get_history"].replace("$1", "'big'").replace("$2", "'alice'").replace("$3", "50")
+    types = [t.name for t in (await db.prepare(QUERIES[name])).get_parameters()]
+    text = QUERIES[name]
+    for i in range(len(args), 0, -1):
+        text = re.sub(rf"\${i}(?![0-9])", lambda _m, i=i: _literal(args[i - 1], types[i - 1]), text)
     raw = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + text)
-    plan = json.loads(raw) if isinstance(raw, str) else raw
-    jobs = _jobs(plan)
+    jobs = _jobs(json.loads(raw) if isinstance(raw, str) else raw)
     assert [job["Task Count"] for job in jobs] == [1]
     remote = json.dumps(jobs[0]["Tasks"][0]["Remote Plan"])
     scans = re.findall(r'\{[^{}]*"Relation Name": "messages_[0-9]+"[^{}]*\}', remote)
@@ -179,8 +189,11 @@ async def test_history_walks_the_shards_primary_key_backwards(
     assert re.fullmatch(r"messages_pkey_[0-9]+", scan["Index Name"]), scan
     assert scan["Scan Direction"] == "Backward"
     assert scan["Actual Rows"] <= 50
+    if name == "get_history_window":
+        assert '"Node Type": "WindowAgg"' in remote
 
 
+@citus_only
 async def test_user_wide_listing_and_erasure_are_correct_across_shards(
     store: ConversationStore, db: asyncpg.Connection
 ) -> None:
@@ -232,6 +245,7 @@ async def _distribution(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
+@citus_only
 async def test_schema_citus_distributes_colocated_and_is_idempotent(
     pg_server: Server, db: asyncpg.Connection, db_name: str
 ) -> None:
@@ -258,6 +272,7 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
     )
 
 
+@citus_only
 async def test_idempotent_replay_is_recognised_without_constraint_name(store: ConversationStore) -> None:
     """Citus relays the worker's unique violation without constraint_name; a replayed key must
     still return the stored message (one stored), and a batch replay likewise."""
@@ -269,3 +284,29 @@ async def test_idempotent_replay_is_recognised_without_constraint_name(store: Co
     stored = await store.save_messages(conv.id, "alice", batch)
     assert await store.save_messages(conv.id, "alice", batch) == stored
     assert await store.count_messages(conv.id, "alice") == 4
+
+
+@citus_only
+async def test_listing_reads_each_shard_through_the_user_index(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """Twin of the single-node listing plan test: the listing fans out (user_id is not the
+    distribution column), and on every shard it reads only the user's rows through
+    conversations_user_id, never a sequential scan."""
+    await db.execute("""INSERT INTO conversations (id, user_id, updated_at)
+                        SELECT 'c' || g, 'u' || (g % 2000), now() - g * interval '1 second'
+                          FROM generate_series(1, 40000) g""")
+    await db.execute("ANALYZE conversations")
+    await db.execute("SET citus.explain_all_tasks = on")
+    cursor = (await store.list_conversations("u7", limit=3)).next_cursor
+    for kwargs in ({}, {"cursor": cursor}, {"title_contains": "x", "metadata_contains": {"a": 1}}):
+        query = build_listing("u7", limit=3, **kwargs)  # type: ignore[arg-type]
+        raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args)
+        jobs = _jobs(json.loads(raw) if isinstance(raw, str) else raw)
+        assert [job["Task Count"] for job in jobs] == [32]
+        remote = json.dumps([task["Remote Plan"] for task in jobs[0]["Tasks"]])
+        assert '"Seq Scan"' not in remote
+        indexes = set(re.findall(r'"Index Name": "([^"]+)"', remote))
+        assert len(indexes) == 32 and all(re.fullmatch(r"conversations_user_id_[0-9]+", i) for i in indexes)
+    page = await store.list_conversations("u7", limit=30)
+    assert [c.id for c in page.items] == [f"c{g}" for g in range(7, 40001, 2000)][:20]
