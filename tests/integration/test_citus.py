@@ -169,7 +169,7 @@ async def test_history_walks_the_shards_primary_key_backwards(
     """Twin of the single-node EXPLAIN tests (test_core_plans_and_round_trips.py,
     test_agent_windows.py): one task, and on its shard get_history / get_history_window is a
     backward scan of messages_pkey that stops after ``limit`` rows (the window's running sum a
-    WindowAgg over it)."""
+    WindowAgg over it), reading few buffers on the shard."""
     conv = await store.get_or_create_conversation("big", "alice")
     for _ in range(3):
         await store.save_messages(conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)])
@@ -178,10 +178,16 @@ async def test_history_walks_the_shards_primary_key_backwards(
     text = QUERIES[name]
     for i in range(len(args), 0, -1):
         text = re.sub(rf"\${i}(?![0-9])", lambda _m, i=i: _literal(args[i - 1], types[i - 1]), text)
-    raw = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + text)
+    raw = await db.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + text)
     jobs = _jobs(json.loads(raw) if isinstance(raw, str) else raw)
     assert [job["Task Count"] for job in jobs] == [1]
     remote = json.dumps(jobs[0]["Tasks"][0]["Remote Plan"])
+    shard_plan = jobs[0]["Tasks"][0]["Remote Plan"]
+    while isinstance(shard_plan, list):
+        shard_plan = shard_plan[0]
+    top = shard_plan["Plan"]
+    touched = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+    assert touched < 50, f"{touched} buffers on the shard for 50 rows: not reading only the newest rows"
     scans = re.findall(r'\{[^{}]*"Relation Name": "messages_[0-9]+"[^{}]*\}', remote)
     assert len(scans) == 1, remote
     scan = json.loads(scans[0])
