@@ -194,7 +194,8 @@ async def test_history_walks_the_shards_primary_key_backwards(
     assert scan["Node Type"] in {"Index Scan", "Index Only Scan"}
     assert re.fullmatch(r"messages_pkey_[0-9]+", scan["Index Name"]), scan
     assert scan["Scan Direction"] == "Backward"
-    assert scan["Actual Rows"] <= 50
+    # The window's LIMIT sits above its WindowAgg, which reads one row ahead.
+    assert scan["Actual Rows"] <= (51 if name == "get_history_window" else 50)
     if name == "get_history_window":
         assert '"Node Type": "WindowAgg"' in remote
 
