@@ -123,9 +123,13 @@ async def test_tampered_or_foreign_cursor_is_refused(store: ConversationStore,
         await store.list_conversations(U, cursor=123)  # type: ignore[arg-type]
 
 
+@pytest.mark.engine_specific("postgresql", "a single-node EXPLAIN shape")
 async def test_listing_is_served_by_the_user_index(store: ConversationStore, db: asyncpg.Connection) -> None:
     """The plan reads only this user's rows, through conversations_user_id (see schema.sql for why
-    there is no updated_at index); the order is a top-N sort over those rows."""
+    there is no updated_at index); the order is a top-N sort over those rows.
+
+    Engine-specific: its Citus twin is test_citus.py's
+    test_listing_reads_each_shard_through_the_user_index."""
     await db.execute("""INSERT INTO conversations (id, user_id, updated_at)
                         SELECT 'c' || g, 'u' || (g % 2000), now() - g * interval '1 second'
                           FROM generate_series(1, 40000) g""")
@@ -146,10 +150,15 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _plan_nodes(child)
 
 
+@pytest.mark.engine_specific("postgresql", "a single-node EXPLAIN shape")
 async def test_the_optional_updated_at_index_serves_pages_without_a_sort(store: ConversationStore,
                                                                         db: asyncpg.Connection) -> None:
     """schema.sql offers (user_id, updated_at DESC, id DESC) for users with very many conversations:
-    the same statements then read a page straight off the index, cursor included."""
+    the same statements then read a page straight off the index, cursor included.
+
+    Engine-specific: on Citus each shard reads its top rows off the index and the coordinator
+    merges and sorts the 32 partial pages, so "no Sort node" does not hold there; the per-shard
+    index use is what test_citus.py's listing twin checks."""
     await db.execute("""INSERT INTO conversations (id, user_id, updated_at)
                         SELECT 'c' || g, 'u' || (g % 20), now() - g * interval '1 second'
                           FROM generate_series(1, 40000) g""")

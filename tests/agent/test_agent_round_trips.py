@@ -61,6 +61,7 @@ async def _count(log: StatementLog, op: Callable[[], Awaitable[Any]]) -> list[st
     return await log.since_mark()
 
 
+@pytest.mark.engine_specific("postgresql", "counts the server log of one node")
 async def test_one_round_trip_per_call(logged: tuple[ConversationStore, StatementLog]) -> None:
     store, log = logged
     cid = (await store.get_or_create_conversation(None, U)).id
@@ -86,6 +87,7 @@ async def test_one_round_trip_per_call(logged: tuple[ConversationStore, Statemen
     assert len(await log.since_mark()) == 1
 
 
+@pytest.mark.engine_specific("postgresql", "counts the server log of one node")
 async def test_round_trips_of_streaming_and_batched_operations(
         logged: tuple[ConversationStore, StatementLog]) -> None:
     store, log = logged

@@ -70,8 +70,11 @@ async def test_budget_tells_not_found_from_empty(store: ConversationStore) -> No
         await store.get_history(cid, "mallory", max_tokens=10)
 
 
+@pytest.mark.engine_specific("postgresql", "a single-node EXPLAIN shape")
 async def test_budget_is_one_statement_that_walks_the_primary_key(store: ConversationStore,
                                                                    db: asyncpg.Connection) -> None:
+    """Engine-specific: its Citus twin is test_citus.py's
+    test_history_walks_the_shards_primary_key_backwards[get_history_window]."""
     from convdb.sql import QUERIES
 
     cid = await _conv(store)

@@ -120,7 +120,7 @@ async def test_fault_while_batch_insert_in_flight(
         task.cancel()
         expected: type[BaseException] = asyncio.CancelledError
     else:
-        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        assert await db.fetchval("SELECT pg_terminate_backend($1::integer)", pid)  # Citus adds a bigint overload
         expected = DatabaseUnavailable
     with pytest.raises(expected):
         await asyncio.wait_for(task, BOUND_SECONDS)

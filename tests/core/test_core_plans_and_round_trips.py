@@ -36,11 +36,15 @@ async def seeded(store: ConversationStore, db: asyncpg.Connection) -> str:
     return big.id
 
 
+@pytest.mark.engine_specific("postgresql", "a single-node EXPLAIN shape")
 @pytest.mark.parametrize("plan_mode", ["force_custom_plan", "force_generic_plan"])
 @pytest.mark.parametrize("limit", [1, 50, 500])
 async def test_history_walks_the_primary_key_backwards(
     db: asyncpg.Connection, seeded: str, plan_mode: str, limit: int
 ) -> None:
+    """Engine-specific: its Citus twin is test_citus.py's
+    test_history_walks_the_shards_primary_key_backwards (custom plans only: Citus's default
+    plan_cache_mode=auto keeps custom plans for these statements)."""
     await db.execute(f"SET plan_cache_mode = {plan_mode}")
     raw = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["get_history"], seeded, "alice", limit)
     plan = (raw if isinstance(raw, list) else __import__("json").loads(raw))[0]["Plan"]
@@ -57,7 +61,10 @@ async def test_history_walks_the_primary_key_backwards(
     assert not any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "messages" for n in nodes)
 
 
+@pytest.mark.engine_specific("postgresql", "buffers of a single-node plan")
 async def test_history_plan_for_newest_messages_reads_few_buffers(db: asyncpg.Connection, seeded: str) -> None:
+    """Engine-specific: on Citus the coordinator's plan reads no buffers at all (it would pass
+    vacuously); the twin checks the shard's buffers (test_citus.py)."""
     raw = await db.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["get_history"], seeded, "alice", 50)
     plan = (raw if isinstance(raw, list) else __import__("json").loads(raw))[0]["Plan"]
     touched = plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)

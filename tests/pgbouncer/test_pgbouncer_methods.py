@@ -46,7 +46,12 @@ def test_pgbouncer_runs_in_transaction_mode(pgbouncer: PgBouncer) -> None:
     print(f"\n{pgbouncer_version()}, pool_mode={config['pool_mode']}")
 
 
-@pytest.mark.parametrize("rls", [False, True], ids=["plain", "row_level_security"])
+@pytest.mark.parametrize("rls", [
+    False,
+    # Engine-specific: schema_rls.sql does not apply on Citus (its messages policy has a subquery,
+    # which Citus refuses: "unexpected non-SELECT command in SubLink"; see README, On a Citus cluster).
+    pytest.param(True, marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
+], ids=["plain", "row_level_security"])
 @pytest.mark.guarantee(10)
 async def test_every_public_method_through_pgbouncer(pgbouncer: PgBouncer, dsn: str, rls: bool) -> None:
     target = await enable_rls(dsn) if rls else dsn

@@ -74,7 +74,10 @@ def env(pg_server: Server, template_db: str) -> Iterator[Env]:
         finally:
             await conn.close()
 
-    runner.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
+    if pg_server.citus is not None:  # --- Citus mode: the database cloned on every node ---
+        runner.run(pg_server.citus.clone_database(name, TEMPLATE))
+    else:
+        runner.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
     dsn = pg_server.dsn(name)
     store = runner.run(ConversationStore.connect(dsn, min_size=1, max_size=4,
                                                  max_content_bytes=MAX_CONTENT_BYTES))
@@ -82,7 +85,10 @@ def env(pg_server: Server, template_db: str) -> Iterator[Env]:
         yield Env(runner, store, dsn)
     finally:
         runner.run(store.close())
-        runner.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if pg_server.citus is not None:  # --- Citus mode: dropped on every node, coordinator first ---
+            runner.run(pg_server.citus.drop_database(name))
+        else:
+            runner.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         runner.close()
 
 

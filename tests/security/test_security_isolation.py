@@ -44,7 +44,12 @@ def test_introspection_finds_the_public_surface() -> None:
             f"{name} takes no conversation_id: add it to USER_WIDE and check what it exposes")
 
 
-@pytest.mark.parametrize("mode", ["plain", "row_level_security"])
+@pytest.mark.parametrize("mode", [
+    "plain",
+    # Engine-specific: schema_rls.sql does not apply on Citus (the messages policy's subquery is
+    # refused: "unexpected non-SELECT command in SubLink"); no Citus twin yet (stage 2).
+    pytest.param("row_level_security", marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
+])
 @pytest.mark.guarantee(1, 9)
 async def test_every_method_treats_foreign_and_unknown_ids_identically(dsn: str, db: asyncpg.Connection,
                                                                        mode: str) -> None:
@@ -163,6 +168,7 @@ async def test_injection_corpus_is_stored_verbatim(store: ConversationStore, db:
 
 
 # -- the least-privilege role with row-level security --------------------------------------------
+@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses its messages policy")
 @pytest.mark.guarantee(9)
 async def test_package_works_under_the_app_role_with_rls(dsn: str) -> None:
     app_dsn = await enable_rls(dsn)
@@ -176,6 +182,7 @@ async def test_package_works_under_the_app_role_with_rls(dsn: str) -> None:
     assert called == set(public_methods())
 
 
+@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses its messages policy")
 @pytest.mark.guarantee(9)
 async def test_rls_off_in_the_store_sees_nothing_under_the_policies(dsn: str) -> None:
     """Forgetting row_level_security=True fails closed: every id looks unknown."""
@@ -197,6 +204,7 @@ async def _expect_denied(conn: asyncpg.Connection, sql: str, *args: Any) -> None
         await attempt()
 
 
+@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses its messages policy")
 @pytest.mark.guarantee(9)
 async def test_raw_sql_under_the_app_role_cannot_cross_users(dsn: str, db: asyncpg.Connection) -> None:
     app_dsn = await enable_rls(dsn)

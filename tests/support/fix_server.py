@@ -2,7 +2,11 @@
 
 Where the server comes from, in order (:func:`start_server`, the one place that decides):
 ``CONVDB_TEST_DSN`` (a superuser DSN of a server you run); else a testcontainers PostgreSQL when a
-Docker engine answers; else the embedded server from the ``pgserver`` wheel. A template database is
+Docker engine answers; else the embedded server from the ``pgserver`` wheel. In Citus mode
+(``CONVDB_TEST_CITUS=1``, or ``CONVDB_TEST_CITUS_DSN=<coordinator superuser DSN>``) the server is a
+Citus cluster instead: the one at the DSN, else a local 3-node cluster started from the Citus
+installation found on the machine (``convdb.testing.citus``); the template is built on every node
+from schema.sql + schema_citus.sql and frozen, and each test's database is cloned on every node. A template database is
 built once by applying ``schema.sql`` with psql, as a DBA would, and each test gets its own
 database cloned from it.
 
@@ -26,10 +30,14 @@ import asyncpg
 import pytest
 
 from convdb.testing import EmbeddedPostgres, apply_schema
+from convdb.testing.citus import CitusCluster, ClonePool
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "schema.sql"
 TEMPLATE = "convdb_template"
+SCHEMA_CITUS = ROOT / "schema_citus.sql"
+CITUS_DSN = os.environ.get("CONVDB_TEST_CITUS_DSN", "")
+VIA_CITUS = bool(CITUS_DSN) or os.environ.get("CONVDB_TEST_CITUS", "") not in ("", "0")
 
 HOW_TO_PROVIDE = (
     "No PostgreSQL for the tests. Provide one of: CONVDB_TEST_DSN=postgresql://postgres@host:port/postgres "
@@ -56,6 +64,7 @@ class Server:
 
     admin_dsn: str
     embedded: EmbeddedPostgres | None
+    citus: CitusCluster | None = None  # Citus mode: the cluster whose coordinator admin_dsn is
 
     def dsn(self, database: str) -> str:
         base, _, _ = self.admin_dsn.rpartition("/")
@@ -98,8 +107,12 @@ def embedded_server(prefix: str, *, how_to_provide: str = HOW_TO_PROVIDE) -> Ite
 def start_server() -> Iterator[Server]:
     """The server every database test runs on, chosen from the environment (see the module docstring).
 
-    New server kinds (a Citus cluster, ...) are added here and nowhere else.
+    New server kinds are added here and nowhere else.
     """
+    if VIA_CITUS:
+        with citus_server() as server:
+            yield server
+        return
     external = os.environ.get("CONVDB_TEST_DSN")
     if external:
         yield Server(external, None)
@@ -114,6 +127,30 @@ def start_server() -> Iterator[Server]:
         yield server
 
 
+@contextmanager
+def citus_server() -> Iterator[Server]:
+    """Citus mode's server: the cluster at CONVDB_TEST_CITUS_DSN, else a local 3-node one."""
+    from convdb.testing.citus import HOW_TO_PROVIDE as HOW_TO_PROVIDE_CITUS
+    from convdb.testing.citus import CitusUnavailable, LocalCitusCluster
+
+    if CITUS_DSN:
+        try:
+            cluster = asyncio.run(CitusCluster.from_dsn(CITUS_DSN))
+        except (OSError, asyncpg.PostgresError, CitusUnavailable) as exc:
+            pytest.fail(f"{HOW_TO_PROVIDE_CITUS}\n(CONVDB_TEST_CITUS_DSN: {exc})", pytrace=False)
+        yield Server(cluster.dsn("postgres"), None, citus=cluster)
+        return
+    try:
+        local = LocalCitusCluster(Path(tempfile.mkdtemp(prefix="convdb-citus-")))
+        local.start()
+    except CitusUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield Server(local.dsn("postgres"), None, citus=local)
+    finally:
+        local.destroy()
+
+
 async def admin(server: Server, sql: str) -> None:
     """Run one statement as the server's superuser (CREATE/DROP DATABASE, roles)."""
     conn = await asyncpg.connect(server.admin_dsn)
@@ -124,7 +161,12 @@ async def admin(server: Server, sql: str) -> None:
 
 
 def build_template(server: Server) -> str:
-    """(Re)create the template database from schema.sql, applied with psql; returns its name."""
+    """(Re)create the template database from schema.sql, applied with psql; returns its name.
+
+    On a Citus cluster: on every node, from schema.sql + schema_citus.sql, then frozen."""
+    if server.citus is not None:
+        asyncio.run(server.citus.build_template(TEMPLATE, [SCHEMA, SCHEMA_CITUS]))
+        return TEMPLATE
     asyncio.run(admin(server, f'DROP DATABASE IF EXISTS "{TEMPLATE}"'))
     asyncio.run(admin(server, f'CREATE DATABASE "{TEMPLATE}"'))
     apply_schema(server.dsn(TEMPLATE), SCHEMA)
@@ -143,13 +185,32 @@ def template_db(pg_server: Server) -> str:
 
 
 @pytest.fixture
-async def db_name(pg_server: Server, template_db: str) -> AsyncIterator[str]:
+async def db_name(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> AsyncIterator[str]:
+    if pg_server.citus is not None:  # cloned on every node ahead of use, dropped behind
+        clones: ClonePool = request.getfixturevalue("citus_clones")
+        cloned = await asyncio.to_thread(clones.take)
+        try:
+            yield cloned
+        finally:
+            clones.give_back(cloned)
+        return
     name = f"t_{uuid.uuid4().hex[:16]}"
     await admin(pg_server, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     try:
         yield name
     finally:
         await admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def citus_clones(pg_server: Server, template_db: str) -> Iterator[ClonePool]:
+    """Citus mode: per-test databases cloned from the template on every node, one made ahead."""
+    assert pg_server.citus is not None
+    clones = ClonePool(pg_server.citus, template_db)
+    try:
+        yield clones
+    finally:
+        clones.close()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 from convdb import ConversationStore
 from tests.support.fix_pgbouncer import VIA_PGBOUNCER, bouncer_dsn
+from tests.support.fix_server import VIA_CITUS
 
 
 @pytest.fixture
@@ -56,9 +57,11 @@ def race_row_lock(dsn: str) -> RaceRowLock:
             for sql, *args in statements:
                 await other.execute(sql, *args)
             task = asyncio.ensure_future(call)
+            # Citus mode: the lock wait happens on a worker; citus_stat_activity sees every node.
+            activity = "citus_stat_activity" if VIA_CITUS else "pg_stat_activity"
             for _ in range(500):
                 if await other.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity "
+                    f"SELECT count(*) FROM {activity} "
                     "WHERE wait_event_type = 'Lock' AND datname = current_database()"
                 ):
                     break
