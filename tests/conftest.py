@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fix_server import VIA_CITUS
-
 pytest_plugins = (
     "tests.support.fix_server",
     "tests.support.fix_pgbouncer",
@@ -28,7 +26,6 @@ pytest_plugins = (
 )
 
 TESTS = Path(__file__).resolve().parent
-ENGINE = "citus" if VIA_CITUS else "postgresql"
 NO_DATABASE = frozenset({"unit"})
 FOLDER_MARKERS = {"faults": "faults", "property": "property"}
 FILE_PREFIX_MARKERS = {"test_reliability_": "faults", "test_property_": "property"}
@@ -76,14 +73,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
         for name in sorted(names):
             item.add_marker(name)
-        # A test marked engine_specific(engine, reason) checks something only one engine has (an
-        # EXPLAIN shape, a server log line, a catalog); on the other engine it is skipped with its
-        # reason, and a twin marked for that engine checks the same property its way.
-        marker = item.get_closest_marker("engine_specific")
-        if marker is not None and marker.args[0] != ENGINE:
-            item.add_marker(
-                pytest.mark.skip(reason=f"{marker.args[0]} only ({marker.args[1]}); this run is on {ENGINE}")
-            )
     wanted = set(config.getoption("--guarantee"))
     if wanted:
         kept = [item for item in items if guarantees_of(item) & wanted]

@@ -173,6 +173,20 @@ def build_template(server: Server) -> str:
     return TEMPLATE
 
 
+ENGINE = "citus" if VIA_CITUS else "postgresql"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``engine_specific(engine, reason)`` checks something only one engine has (an
+    EXPLAIN shape, a server log line, a catalog); on the other engine it is skipped with its reason,
+    and a twin marked for that engine checks the same property its way."""
+    for item in items:
+        marker = item.get_closest_marker("engine_specific")
+        if marker is not None and marker.args[0] != ENGINE:
+            reason = f"{marker.args[0]} only ({marker.args[1]}); this run is on {ENGINE}"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     with start_server() as server:
