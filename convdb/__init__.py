@@ -12,6 +12,7 @@ from .errors import (
     PoolTimeout,
     QueryTimeout,
     SchemaMismatch,
+    TransientError,
 )
 from .management import UNSET
 from .pool import init_connection
@@ -41,6 +42,7 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "TransientError",
     "build_message_array",
     "estimate_tokens",
     "init_connection",
