@@ -16,7 +16,10 @@ exported: the owner of an imported conversation is the ``user_id`` given to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,11 +32,13 @@ from .agent import message_to_dict
 from .errors import InvalidInput
 from .records import Conversation, Message
 from .validation import (
+    DEFAULT_LIMITS,
     MessageRow,
+    SizeLimits,
     TokenCounter,
     check_aware_datetime,
     check_id,
-    check_text,
+    check_title,
     check_token_count,
     encode_json,
     prepare_message,
@@ -50,7 +55,12 @@ _MESSAGE_FIELDS: Final = frozenset(
     {"type", "seq", "role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata",
      "token_count", "idempotency_key", "created_at", "conversation_id"}
 )
-_MAX_SEQ: Final = 2**63 - 1
+# The largest seq and next_seq an import accepts. 2**53 is the largest integer every JSON reader
+# keeps exact (a JavaScript number), and it leaves ~9.2e18 sequence numbers below bigint's
+# 2**63 - 1, so an imported conversation can always take more messages: an import of
+# next_seq = 2**63 - 1 was accepted before, and every later append then failed with
+# "bigint out of range".
+MAX_IMPORT_SEQ: Final = 2**53
 
 
 def header_record(row: asyncpg.Record) -> dict[str, Any]:
@@ -94,12 +104,13 @@ def _check_time(value: object, field: str, index: int | None = None) -> datetime
 
 
 def _check_seq(value: object, field: str, index: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SEQ:
-        raise InvalidInput(field, f"must be an int between 1 and {_MAX_SEQ}, got {value!r}", index=index)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMPORT_SEQ:
+        raise InvalidInput(field, f"must be an int between 1 and {MAX_IMPORT_SEQ} (2**53), got {value!r}",
+                           index=index)
     return value
 
 
-def parse_header(record: object) -> ImportHeader:
+def parse_header(record: object, limits: SizeLimits = DEFAULT_LIMITS) -> ImportHeader:
     """Validate the first record of an export (no I/O)."""
     if not isinstance(record, Mapping):
         raise InvalidInput("records", "must start with the conversation record of an export")
@@ -110,14 +121,12 @@ def parse_header(record: object) -> ImportHeader:
     unknown = set(record) - _HEADER_FIELDS
     if unknown:
         raise InvalidInput(sorted(map(str, unknown))[0], "is not a field of the conversation record")
-    title = record.get("title")
-    if title is not None:
-        check_text(title, "title")
+    title = check_title(record.get("title"), limits)
     next_seq = record.get("next_seq")
     return ImportHeader(
         id=check_id(record.get("id"), "id"),
         title=title,
-        metadata_json=encode_json(record.get("metadata"), "metadata", kind=dict),
+        metadata_json=encode_json(record.get("metadata"), "metadata", kind=dict, max_bytes=limits.metadata),
         created_at=_check_time(record.get("created_at"), "created_at"),
         updated_at=_check_time(record.get("updated_at"), "updated_at"),
         next_seq=None if next_seq is None else _check_seq(next_seq, "next_seq"),
@@ -127,10 +136,12 @@ def parse_header(record: object) -> ImportHeader:
 class MessageParser:
     """Validates the message records of one import in order (seq increasing, keys unique)."""
 
-    def __init__(self, header: ImportHeader, *, max_content_bytes: int, count_tokens: TokenCounter):
+    def __init__(self, header: ImportHeader, *, max_content_bytes: int, count_tokens: TokenCounter,
+                 limits: SizeLimits = DEFAULT_LIMITS):
         self.header = header
         self.max_content_bytes = max_content_bytes
         self.count_tokens = count_tokens
+        self.limits = limits
         self.last_seq = 0
         self.keys: set[str] = set()
 
@@ -156,7 +167,7 @@ class MessageParser:
             tool_call_id=record.get("tool_call_id"), tool_calls=record.get("tool_calls"),
             metadata=record.get("metadata"), token_count=token_count,
             idempotency_key=record.get("idempotency_key"), max_content_bytes=self.max_content_bytes,
-            count_tokens=self.count_tokens, index=index,
+            count_tokens=self.count_tokens, limits=self.limits, index=index,
         )
         if row.idempotency_key is not None:
             if row.idempotency_key in self.keys:
@@ -188,41 +199,63 @@ def _dumps(record: Mapping[str, Any]) -> str:
 async def write_jsonl(records: AsyncIterable[Mapping[str, Any]], path: str | Path) -> int:
     """Write records to ``path`` as JSON Lines (UTF-8), streaming; returns how many were written.
 
-    The file is written next to its destination and renamed into place at the end, so an
-    interrupted export never leaves a truncated file under the final name.
+    The records go to a temporary file of its own in the destination's directory, which is
+    flushed to disk (fsync) and then renamed over the destination (``os.replace``, atomic on
+    POSIX). So the file under the final name is always one whole export: an interrupted export
+    leaves nothing, and concurrent exports to one path each publish a complete file (the last
+    rename wins). Like any ``mkstemp`` file, the result is readable by its owner only (0600): it
+    holds a user's conversation.
     """
     target = Path(path)
-    partial = target.with_name(target.name + ".partial")
+    fd, temporary = await asyncio.to_thread(
+        tempfile.mkstemp, dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
     count = 0
-    handle = await asyncio.to_thread(partial.open, "w", encoding="utf-8", newline="\n")
     try:
-        buffer: list[str] = []
-        async for record in records:
-            buffer.append(_dumps(record))
-            count += 1
-            if len(buffer) >= 1000:
-                await asyncio.to_thread(handle.writelines, buffer)
-                buffer = []
-        await asyncio.to_thread(handle.writelines, buffer)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            buffer: list[str] = []
+            async for record in records:
+                buffer.append(_dumps(record))
+                count += 1
+                if len(buffer) >= 1000:
+                    await asyncio.to_thread(handle.writelines, buffer)
+                    buffer = []
+            await asyncio.to_thread(_finish, handle, buffer)
+        await asyncio.to_thread(os.replace, temporary, target)
     except BaseException:
-        handle.close()
-        partial.unlink(missing_ok=True)
+        # Also on cancellation, when awaiting a thread is no longer possible: one unlink.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
-    handle.close()
-    await asyncio.to_thread(partial.replace, target)
     return count
 
 
+def _finish(handle: Any, lines: list[str]) -> None:
+    handle.writelines(lines)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of a JSON Lines file, one at a time (blank lines skipped)."""
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    """The records of a JSON Lines file, one at a time (blank lines skipped).
+
+    A line that is not UTF-8, not JSON, not an object, or nested too deeply for the JSON parser
+    raises ``InvalidInput`` naming the line.
+    """
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput("records", f"line {number} of {path} is not UTF-8: {exc}") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except ValueError as exc:
                 raise InvalidInput("records", f"line {number} of {path} is not JSON: {exc}") from exc
+            except RecursionError:
+                raise InvalidInput("records", f"line {number} of {path} is nested too deeply to parse"
+                                   ) from None
             if not isinstance(record, dict):
                 raise InvalidInput("records", f"line {number} of {path} is not a JSON object")
             yield record
