@@ -39,11 +39,16 @@ from .records import Conversation, ErasureCounts, JSONValue, Message, Page
 from .sql import QUERIES
 from .validation import (
     DEFAULT_MAX_CONTENT_BYTES,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_TITLE_BYTES,
+    DEFAULT_MAX_TOOL_CALLS_BYTES,
     MessageRow,
+    SizeLimits,
     TokenCounter,
     check_id,
     check_limit,
-    check_text,
+    check_seconds,
+    check_title,
     encode_json,
     estimate_tokens,
     prepare_batch,
@@ -137,6 +142,9 @@ class ConversationStore:
     owns one. Options:
 
     - ``max_content_bytes``: the largest message content accepted, in UTF-8 bytes (default 1 MiB).
+    - ``max_title_bytes`` (default 64 KiB), ``max_metadata_bytes`` and ``max_tool_calls_bytes``
+      (default 4 MiB each): the largest title (UTF-8) and metadata / tool_calls (their JSON text)
+      accepted; larger ones raise ``InvalidInput`` before any I/O.
     - ``count_tokens``: maps text to a token count, stored per message when the caller gives none.
     - ``acquire_timeout``: seconds to wait for a pooled connection before ``PoolTimeout``.
     - ``batch_timeout`` + ``batch_timeout_per_mib``: the bound on a ``save_messages`` call, scaled
@@ -155,6 +163,9 @@ class ConversationStore:
         pool: asyncpg.Pool,
         *,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        max_title_bytes: int = DEFAULT_MAX_TITLE_BYTES,
+        max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+        max_tool_calls_bytes: int = DEFAULT_MAX_TOOL_CALLS_BYTES,
         count_tokens: TokenCounter = estimate_tokens,
         acquire_timeout: float | None = 30.0,
         batch_timeout: float = 30.0,
@@ -168,6 +179,7 @@ class ConversationStore:
         self._pool = pool
         self._owns_pool = _owns_pool
         self.max_content_bytes = max_content_bytes
+        self.limits = SizeLimits(max_title_bytes, max_metadata_bytes, max_tool_calls_bytes)
         self.count_tokens = count_tokens
         self.acquire_timeout = acquire_timeout
         self.batch_timeout = batch_timeout
@@ -188,6 +200,9 @@ class ConversationStore:
         statement_cache_size: int = 100,
         verify_schema: bool = True,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        max_title_bytes: int = DEFAULT_MAX_TITLE_BYTES,
+        max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+        max_tool_calls_bytes: int = DEFAULT_MAX_TOOL_CALLS_BYTES,
         count_tokens: TokenCounter = estimate_tokens,
         acquire_timeout: float | None = 30.0,
         batch_timeout: float = 30.0,
@@ -204,7 +219,9 @@ class ConversationStore:
                                      statement_cache_size=statement_cache_size, **pool_options)
         except Exception as exc:
             raise translate(exc) from exc
-        store = cls(pool, max_content_bytes=max_content_bytes, count_tokens=count_tokens,
+        store = cls(pool, max_content_bytes=max_content_bytes, max_title_bytes=max_title_bytes,
+                    max_metadata_bytes=max_metadata_bytes, max_tool_calls_bytes=max_tool_calls_bytes,
+                    count_tokens=count_tokens,
                     acquire_timeout=acquire_timeout, batch_timeout=batch_timeout,
                     batch_timeout_per_mib=batch_timeout_per_mib, max_batch_size=max_batch_size,
                     retry_reads=retry_reads, retry_keyed_writes=retry_keyed_writes,
@@ -278,9 +295,8 @@ class ConversationStore:
         else:
             cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
-        if title is not None:
-            check_text(title, "title")
-        meta_json = encode_json(metadata, "metadata", kind=dict)
+        check_title(title, self.limits)
+        meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
 
         async def op(conn: Conn) -> Conversation:
             row = await conn.fetchrow(_GET_OR_CREATE, cid, uid, title, meta_json)
@@ -331,7 +347,7 @@ class ConversationStore:
         row = prepare_message(
             role, content, tool_name=tool_name, tool_call_id=tool_call_id, tool_calls=tool_calls,
             metadata=metadata, token_count=token_count, idempotency_key=idempotency_key,
-            max_content_bytes=self.max_content_bytes, count_tokens=self.count_tokens,
+            max_content_bytes=self.max_content_bytes, count_tokens=self.count_tokens, limits=self.limits,
         )
 
         async def op(conn: Conn) -> Message:
@@ -360,7 +376,8 @@ class ConversationStore:
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
         rows = prepare_batch(messages, max_content_bytes=self.max_content_bytes,
-                             count_tokens=self.count_tokens, max_batch=self.max_batch_size)
+                             count_tokens=self.count_tokens, max_batch=self.max_batch_size,
+                             limits=self.limits)
         payload = sum(len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "")
                       for r in rows)
         budget = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
@@ -423,7 +440,7 @@ class ConversationStore:
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
         row = prepare_message_dict(message, max_content_bytes=self.max_content_bytes,
-                                   count_tokens=self.count_tokens)
+                                   count_tokens=self.count_tokens, limits=self.limits)
         n = check_limit(limit)
         budget = check_budget(max_tokens)
 
@@ -499,8 +516,9 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         if isinstance(title, Unset) and isinstance(metadata, Unset):
             raise InvalidInput("title", "nothing to update: pass title= and/or metadata=")
-        new_title = None if isinstance(title, Unset) or title is None else check_text(title, "title")
-        meta_json = None if isinstance(metadata, Unset) else encode_json(metadata, "metadata", kind=dict)
+        new_title = None if isinstance(title, Unset) else check_title(title, self.limits)
+        meta_json = None if isinstance(metadata, Unset) else encode_json(
+            metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
 
         async def op(conn: Conn) -> Conversation:
             row = await conn.fetchrow(_UPDATE_CONVERSATION, cid, uid, not isinstance(title, Unset),
@@ -703,11 +721,12 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         override = None if conversation_id is None else check_id(conversation_id, "conversation_id")
         overwrite = check_flag(replace, "replace")
+        time_limit = check_seconds(time_limit, "time_limit")
         stream = aiter_records(records)
-        header = parse_header(await anext(stream, None))
+        header = parse_header(await anext(stream, None), self.limits)
         cid = override or header.id
         parser = MessageParser(header, max_content_bytes=self.max_content_bytes,
-                               count_tokens=self.count_tokens)
+                               count_tokens=self.count_tokens, limits=self.limits)
         numbered = _numbered(stream)
         first = []  # validated before any I/O; the rest is validated chunk by chunk
         async for index, record in numbered:

@@ -19,8 +19,9 @@ U = "alice"
 
 
 async def test_lock_timeout_is_a_query_timeout_with_its_sqlstate(dsn: str, db: asyncpg.Connection) -> None:
-    async with await ConversationStore.connect(dsn, min_size=1, max_size=2,
-                                               server_settings={"lock_timeout": "200ms"}) as store:
+    async with await ConversationStore.connect(
+        dsn, min_size=1, max_size=2, server_settings={"lock_timeout": "200ms"}
+    ) as store:
         await store.get_or_create_conversation("c", U)
         holder = db.transaction()
         await holder.start()
@@ -48,7 +49,8 @@ async def _deadlock(dsn: str) -> asyncpg.PostgresError:
         results = await asyncio.gather(
             a.execute("UPDATE conversations SET title = 'a' WHERE id = 'y'"),
             b.execute("UPDATE conversations SET title = 'b' WHERE id = 'x'"),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         assert len(errors) == 1, results
         assert isinstance(errors[0], asyncpg.PostgresError)
@@ -87,8 +89,9 @@ async def test_deadlock_and_serialization_failure_are_transient(dsn: str) -> Non
         assert "retried" in str(out)
 
 
-async def test_every_translated_server_error_carries_its_sqlstate(store: ConversationStore,
-                                                                  db: asyncpg.Connection) -> None:
+async def test_every_translated_server_error_carries_its_sqlstate(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     # The generic fallback: a server error convdb has no special type for.
     with pytest.raises(asyncpg.PostgresError) as raw:
         await db.execute("SELECT 1 / 0")
