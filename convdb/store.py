@@ -61,6 +61,7 @@ T = TypeVar("T")
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 _GET_OR_CREATE: Final = QUERIES["get_or_create_conversation"]
+_GET_OR_CREATE_LOCKED: Final = QUERIES["get_or_create_conversation_locked"]
 _GET_CONVERSATION: Final = QUERIES["get_conversation"]
 _SAVE_MESSAGE: Final = QUERIES["save_message"]
 _RESERVE_SEQ_RANGE: Final = QUERIES["reserve_seq_range"]
@@ -301,9 +302,9 @@ class ConversationStore:
         async def op(conn: Conn) -> Conversation:
             row = await conn.fetchrow(_GET_OR_CREATE, cid, uid, title, meta_json)
             if row is None:
-                # Either another user owns the id, or a concurrent creator committed after our
-                # statement's snapshot: a fresh read tells which.
-                row = await conn.fetchrow(_GET_CONVERSATION, cid, uid)
+                # Another user owns the id, or a concurrent creator or delete changed the row
+                # after our snapshot: the locking variant decides on the newest version.
+                row = await conn.fetchrow(_GET_OR_CREATE_LOCKED, cid, uid, title, meta_json)
                 if row is None:
                     raise ConversationNotFound()
             return Conversation.from_record(row)
