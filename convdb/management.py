@@ -5,6 +5,7 @@ Each function runs on one connection the store acquired; the store validates bef
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -29,6 +30,7 @@ _GET_HISTORY_WINDOW: Final = QUERIES["get_history_window"]
 _LOCK_CONVERSATION: Final = QUERIES["lock_conversation"]
 _ERASE_LIST: Final = QUERIES["erase_list_conversations"]
 _ERASE_MESSAGES: Final = QUERIES["erase_messages_chunk"]
+_ERASE_LOCK: Final = QUERIES["erase_lock_conversations"]
 _ERASE_CONVERSATIONS: Final = QUERIES["erase_conversations"]
 _IMPORT_ROW: Final = QUERIES["import_conversation_row"]
 _IMPORT_OWNER: Final = QUERIES["import_owner_check"]
@@ -104,20 +106,45 @@ async def next_conversations(conn: Conn, uid: str, after: str, count: int) -> li
     return [r[0] for r in await conn.fetch(_ERASE_LIST, uid, after, count)]
 
 
-async def erase_conversations(conn: Conn, uid: str, ids: Sequence[str], chunk: int) -> tuple[int, int]:
+@dataclasses.dataclass(slots=True)
+class ErasureProgress:
+    """What one ``delete_user_data`` call has deleted so far, counted as each step commits.
+
+    Kept across the retry of a step whose connection was lost, so the counts include what the
+    interrupted attempt had already committed (a retry used to start them again from zero).
+    """
+
+    conversations: int = 0
+    messages: int = 0
+
+
+async def erase_conversations(
+    conn: Conn, uid: str, ids: Sequence[str], chunk: int, progress: ErasureProgress
+) -> None:
     """Delete these conversations of ``uid``: messages ``chunk`` at a time, then the rows.
 
-    Every statement commits on its own, so no transaction outlives one chunk; re-running after an
-    interruption continues where it stopped. Returns (conversations, messages) deleted.
+    Every message chunk commits on its own, so no transaction outlives one chunk; re-running after
+    an interruption continues where it stopped. The rows are deleted in a short transaction that
+    locks them first, so the messages a concurrent writer added since are counted too. What is
+    deleted is added to ``progress`` as it commits (inside a caller's transaction, as under
+    row-level security, only once the function is done).
     """
-    messages = 0
+    counted = ErasureProgress() if conn.is_in_transaction() else progress
+    targets = list(ids)
     while True:
-        deleted: int = await conn.fetchval(_ERASE_MESSAGES, uid, list(ids), chunk)
-        messages += deleted
+        deleted: int = await conn.fetchval(_ERASE_MESSAGES, uid, targets, chunk)
+        counted.messages += deleted
         if deleted < chunk:
             break
-    conversations: int = await conn.fetchval(_ERASE_CONVERSATIONS, uid, list(ids))
-    return conversations, messages
+    async with conn.transaction():
+        await conn.execute(_ERASE_LOCK, uid, targets)
+        row = await conn.fetchrow(_ERASE_CONVERSATIONS, uid, targets)
+    assert row is not None  # an aggregate: always one row
+    counted.conversations += row["conversations"]
+    counted.messages += row["messages"]
+    if counted is not progress:
+        progress.conversations += counted.conversations
+        progress.messages += counted.messages
 
 
 async def import_in_transaction(

@@ -152,7 +152,8 @@ class ConversationStore:
       to its payload. The bound is what keeps a stalled batch from waiting forever.
     - ``retry_reads``: retry a read once when its connection was lost (safe: reads change nothing).
     - ``retry_keyed_writes``: retry a write once when its connection was lost, if every message
-      carries an idempotency key (the key makes the retry exactly-once).
+      carries an idempotency key (the key makes the retry exactly-once); also the steps of
+      ``delete_user_data``, which are idempotent deletes.
     - ``row_level_security``: for databases with ``schema_rls.sql`` applied. Every operation runs
       in a transaction that first sets ``convdb.user_id`` transaction-locally (``set_config(...,
       true)``), which the policies key on: three more round trips per single-statement operation
@@ -539,8 +540,14 @@ class ConversationStore:
         cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
 
-        return await self._run(functools.partial(_owned_count, sql=_DELETE_CONVERSATION, cid=cid, uid=uid),
-                               retry=False, user_id=uid)
+        async def op(conn: Conn) -> int:
+            # A "fresh view" statement: re-run behind the row lock when a writer raced it, so the
+            # count includes a batch that committed while the delete waited for the lock.
+            records = await management.run_fresh(conn, _DELETE_CONVERSATION, cid, uid)
+            deleted: int = records[0]["deleted"]
+            return deleted
+
+        return await self._run(op, retry=False, user_id=uid)
 
     async def clear_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete every message, keep the conversation; returns how many were deleted.
@@ -596,31 +603,32 @@ class ConversationStore:
         never holds one long transaction or lock. Resumable: if it is interrupted (cancelled,
         connection lost, process killed), what was deleted stays deleted and calling it again
         finishes the job, returning what that call deleted. Each step is an idempotent delete, so
-        a lost connection is retried. An unknown user deletes nothing (counts 0).
+        a step whose connection was lost is retried once when ``retry_keyed_writes`` is on (the
+        listing step, a read, when ``retry_reads`` is); the counts include what the interrupted
+        attempt had committed. Messages a concurrent writer adds meanwhile are deleted and
+        counted too. An unknown user deletes nothing (counts 0).
         """
         uid = check_id(user_id, "user_id")
         per_batch = check_limit(conversations_per_batch, "conversations_per_batch")
         chunk = check_limit(messages_per_batch, "messages_per_batch", maximum=100_000)
-        conversations = messages = 0
+        progress = management.ErasureProgress()
         after = ""
         while True:
 
             async def take(conn: Conn, start: str = after) -> list[str]:
                 return await management.next_conversations(conn, uid, start, per_batch)
 
-            ids = await self._run(take, retry=True, user_id=uid)
+            ids = await self._run(take, retry=self.retry_reads, user_id=uid)
             if not ids:
                 if after == "":
-                    return ErasureCounts(conversations, messages)
+                    return ErasureCounts(progress.conversations, progress.messages)
                 after = ""  # one more look from the start (see below)
                 continue
 
-            async def erase(conn: Conn, ids: list[str] = ids) -> tuple[int, int]:
-                return await management.erase_conversations(conn, uid, ids, chunk)
+            async def erase(conn: Conn, ids: list[str] = ids) -> None:
+                await management.erase_conversations(conn, uid, ids, chunk, progress)
 
-            done = await self._run(erase, retry=True, user_id=uid)
-            conversations += done[0]
-            messages += done[1]
+            await self._run(erase, retry=self.retry_keyed_writes, user_id=uid)
             # After the last batch, one more look from the start: it finds conversations created
             # meanwhile below the cursor, and otherwise ends the loop.
             after = ids[-1] if len(ids) == per_batch else ""

@@ -248,10 +248,24 @@ RETURNING id, user_id, title, metadata, created_at, updated_at;
 
 -- name: delete_conversation
 -- Messages go with it (ON DELETE CASCADE), in the same transaction; the count is for the caller.
-WITH gone AS (
-    DELETE FROM conversations WHERE id = $1 AND user_id = $2 RETURNING id
+-- A "fresh view" statement (see above): the count is read from the statement's snapshot, and the
+-- cascade deletes from the newest state, so a batch that committed while this waited for the
+-- row lock would be deleted uncounted (it returned 3 while 8 messages went). Only when the
+-- snapshot is fresh does it delete; otherwise nothing is done and the caller re-runs it behind
+-- the row lock. Rows back: none = not this user's conversation; fresh = false: re-run.
+WITH snapshot AS (
+    SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+), checked AS (
+    SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
+), gone AS (
+    DELETE FROM conversations c USING checked k
+     WHERE k.fresh AND c.id = k.id
+    RETURNING c.id
 )
-SELECT (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) FROM gone;
+SELECT k.fresh, (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) AS deleted
+  FROM checked k;
 
 -- name: clear_conversation
 -- Deletes every message and keeps the conversation (and its next_seq: seq is never reused).
@@ -325,13 +339,22 @@ WITH doomed AS (
 )
 SELECT count(*) FROM gone;
 
+-- name: erase_lock_conversations
+-- delete_user_data, step 3a, in the transaction of step 3b: lock the listed conversations of
+-- user $1 (in id order, so two erasures of one user cannot deadlock). Once this returns, no
+-- writer can add a message to them, and the next statement's snapshot holds every message the
+-- cascade will delete.
+SELECT id FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 ORDER BY id FOR UPDATE;
+
 -- name: erase_conversations
--- delete_user_data, step 3: the (now empty) listed conversations of user $1. A message written
--- concurrently since step 2 goes with its conversation (ON DELETE CASCADE).
+-- delete_user_data, step 3b: the (now nearly empty) listed conversations of user $1, and the
+-- count of the conversations and of the messages written concurrently since step 2, which go
+-- with their conversation (ON DELETE CASCADE). Exact because step 3a holds the rows' locks.
 WITH gone AS (
     DELETE FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 RETURNING id
 )
-SELECT count(*) FROM gone;
+SELECT (SELECT count(*) FROM gone) AS conversations,
+       (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) AS messages;
 
 -- name: export_header
 -- export_conversation, first: the conversation row. next_seq bounds the messages exported, so a
