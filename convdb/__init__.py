@@ -19,10 +19,20 @@ from .pool import init_connection
 from .records import Conversation, ErasureCounts, Message, Page, Role
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
-from .validation import DEFAULT_MAX_CONTENT_BYTES, MAX_HISTORY_LIMIT, estimate_tokens
+from .validation import (
+    DEFAULT_MAX_CONTENT_BYTES,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_TITLE_BYTES,
+    DEFAULT_MAX_TOOL_CALLS_BYTES,
+    MAX_HISTORY_LIMIT,
+    estimate_tokens,
+)
 
 __all__ = [
     "DEFAULT_MAX_CONTENT_BYTES",
+    "DEFAULT_MAX_METADATA_BYTES",
+    "DEFAULT_MAX_TITLE_BYTES",
+    "DEFAULT_MAX_TOOL_CALLS_BYTES",
     "MAX_HISTORY_LIMIT",
     "SCHEMA_VERSION",
     "UNSET",
