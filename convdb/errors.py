@@ -15,7 +15,13 @@ import asyncpg
 
 
 class ConvDBError(Exception):
-    """Base class of every error raised by convdb."""
+    """Base class of every error raised by convdb.
+
+    ``sqlstate``: the server's SQLSTATE code when the error came from PostgreSQL (for example
+    ``"23505"``), else None.
+    """
+
+    sqlstate: str | None = None
 
 
 class ConversationNotFound(ConvDBError, LookupError):
@@ -92,7 +98,17 @@ class PoolTimeout(ConvDBError, TimeoutError):
 
 
 class QueryTimeout(ConvDBError, TimeoutError):
-    """A statement ran past its time limit (statement_timeout or the client-side timeout)."""
+    """A statement ran past its time limit: statement_timeout, lock_timeout or the client-side timeout."""
+
+
+class TransientError(ConvDBError):
+    """The server aborted the call because it conflicted with a concurrent transaction.
+
+    A deadlock (SQLSTATE 40P01) or a serialization failure (40001). The server rolled the
+    statement or transaction back before reporting it, so nothing of the call was committed and
+    calling again is safe, with or without an idempotency key. convdb does not retry these itself:
+    they mean contention the caller may want to see (back off, then retry).
+    """
 
 
 class ConstraintViolation(ConvDBError):
@@ -138,10 +154,24 @@ def translate(exc: BaseException) -> BaseException:
     """Map a driver or socket error to a ``ConvDBError``; leave anything else unchanged.
 
     The caller raises the result ``from exc``. ``ConvDBError``s, cancellation and programming
-    errors pass through untouched.
+    errors pass through untouched. A ``ConvDBError`` made from a server error carries its
+    ``sqlstate``.
     """
     if isinstance(exc, ConvDBError | asyncio.CancelledError):
         return exc
+    translated = _translate(exc)
+    if isinstance(translated, ConvDBError):
+        translated.sqlstate = getattr(exc, "sqlstate", None)
+    return translated
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncpg.exceptions.LockNotAvailableError):
+        # 55P03: lock_timeout ran out (convdb never uses NOWAIT, the other source of this code).
+        return QueryTimeout(f"gave up waiting for a lock (lock_timeout): {exc}")
+    if isinstance(exc, asyncpg.exceptions.DeadlockDetectedError | asyncpg.exceptions.SerializationError):
+        return TransientError(f"aborted by a conflict with a concurrent transaction; nothing of this "
+                              f"call was committed, it can be retried: {exc}")
     if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
         return QueryTimeout(f"statement cancelled by the server: {exc}")
     if isinstance(exc, TimeoutError):

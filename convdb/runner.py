@@ -56,7 +56,10 @@ class Policy(enum.Enum):
     """Every message carries an idempotency key, so a second run is exactly-once: retried once
     when the store's ``retry_keyed_writes`` is on."""
     ERASE = "erase"
-    """An idempotent delete step of ``delete_user_data`` (resumable by design): always retried once."""
+    """An idempotent delete step of ``delete_user_data`` (resumable by design): a second run
+    deletes only what the first left, so, like a keyed write, it is retried once when the store's
+    ``retry_keyed_writes`` is on (the one switch for "retry writes that cannot duplicate"). The
+    erasure's listing step is a ``READ``."""
 
 
 class TransactionsOp(Protocol[T_co]):
@@ -182,9 +185,9 @@ class Runner:
     def _retries(self, policy: Policy) -> bool:
         if policy is Policy.READ:
             return self.retry_reads
-        if policy is Policy.KEYED_WRITE:
+        if policy is Policy.KEYED_WRITE or policy is Policy.ERASE:
             return self.retry_keyed_writes
-        return policy is Policy.ERASE
+        return False
 
     async def _attempts(self, op: Callable[[Conn], Awaitable[T]], policy: Policy) -> T:
         """``op`` on a pooled connection, once more on a fresh one if the first was lost and the

@@ -5,7 +5,9 @@
 ``aclear``): convdb is asyncpg, and its pool belongs to one event loop. The sync ``messages``,
 ``add_messages`` and ``clear`` work from another thread while that loop runs (LangChain runs sync
 code in worker threads); called on the loop's own thread, or with no loop, they raise
-``RuntimeError`` saying to use the async methods, instead of deadlocking.
+``RuntimeError`` saying to use the async methods, instead of deadlocking. If that loop stops (and
+stays stopped for a second) or closes while a sync call waits, the call raises ``ConvDBError``
+instead of blocking its thread forever; the call may or may not have completed.
 
 Each LangChain message becomes one convdb message; the message itself, as ``message_to_dict``
 gives it (``{"type": ..., "data": message.model_dump()}``), is kept in the metadata under
@@ -29,8 +31,11 @@ equivalent ``HumanMessage`` / ``AIMessage`` (with tool calls) / ``ToolMessage`` 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
@@ -54,11 +59,16 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "convdb.integrations.langchain needs langchain-core (>= 0.3): pip install 'convdb[langchain]'"
     ) from exc
 
-from ..errors import ConversationNotFound
+from ..errors import ConvDBError, ConversationNotFound
 from ..records import ROLES, Message
 from ..store import ConversationStore
 from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit, check_token_budget
 from ._common import append, read_all, read_window
+
+# How often a sync call waiting for the store's loop checks that the loop still runs, and how long
+# a stopped loop is given to run again before the call raises.
+_LOOP_POLL_SECONDS: Final = 0.1
+_LOOP_GONE_GRACE_SECONDS: Final = 1.0
 
 METADATA_KEY: Final = "langchain_message"
 """The metadata key under which ``message_to_dict(message)`` is stored."""
@@ -172,7 +182,31 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         async def run() -> T:
             return await call()
 
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+        future = asyncio.run_coroutine_threadsafe(run(), loop)
+        # Wait in slices rather than forever: if the loop stops (or closes) while the call waits,
+        # nothing will ever complete the future, and a thread blocked in result() would never
+        # end (a non-daemon executor thread then blocks interpreter exit).
+        stopped_since: float | None = None
+        while True:
+            try:
+                return future.result(timeout=_LOOP_POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                pass
+            if loop.is_closed():
+                stopped_since = -math.inf
+            elif loop.is_running():
+                stopped_since = None
+                continue
+            elif stopped_since is None:
+                stopped_since = time.monotonic()
+            # A loop that stopped may be restarted at once (run_until_complete called again), so
+            # only one that stays stopped for the grace period counts as gone.
+            if time.monotonic() - stopped_since >= _LOOP_GONE_GRACE_SECONDS:
+                future.cancel()
+                raise ConvDBError(
+                    f"ConvDBChatMessageHistory.{name}: the event loop that owns convdb's pool stopped while "
+                    "the call waited; it may or may not have completed"
+                )
 
 
 _ASYNC_NAMES: Final[Mapping[str, str]] = {

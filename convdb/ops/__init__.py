@@ -87,4 +87,15 @@ def autocommit(conn: Conn) -> AbstractAsyncContextManager[Any]:
     return _AUTOCOMMIT
 
 
-__all__ = ["ISOLATION", "Begin", "Conn", "autocommit", "begin"]
+def transaction_of(given: Begin) -> Begin:
+    """A ``Begin`` for a unit of several statements, from the ``Begin`` an operation was given.
+
+    ``autocommit`` suits single statements only; for a unit that must be one transaction (a lock,
+    then a statement that relies on it) it gives way to the plain ``begin``. That loses nothing:
+    the runner hands out ``autocommit`` only without row-level security, where a transaction has
+    nothing to set first. Any other ``Begin`` (the row-level-security one) is returned as is.
+    """
+    return begin if given is autocommit else given
+
+
+__all__ = ["ISOLATION", "Begin", "Conn", "autocommit", "begin", "transaction_of"]

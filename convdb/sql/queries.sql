@@ -7,7 +7,8 @@
 -- name: get_or_create_conversation
 -- One round trip for both "load" and "create". ON CONFLICT DO NOTHING waits for a concurrent
 -- creator to commit; if that creator was this same user, the fallback SELECT cannot see its row
--- (statement snapshot), so the caller re-reads with get_conversation.
+-- (statement snapshot), so no row comes back and the caller runs
+-- get_or_create_conversation_locked.
 WITH inserted AS (
     INSERT INTO conversations (id, user_id, title, metadata)
     VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
@@ -20,6 +21,22 @@ SELECT id, user_id, title, metadata, created_at, updated_at, false
   FROM conversations
  WHERE id = $1 AND user_id = $2
    AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: get_or_create_conversation_locked
+-- The fallback when get_or_create_conversation returned nothing: another user owns the id, or
+-- a concurrent creator committed the row after that statement's snapshot, or a concurrent delete
+-- removed it since. Re-reading with a new snapshot is not enough (the row can be deleted between
+-- the two statements: ~45 of 1,800 racing calls then told the owner "not found"). ON CONFLICT
+-- DO UPDATE decides on the newest row version under its lock instead: a row being deleted is
+-- waited for and then created anew; this user's row is locked and returned (the SET changes no
+-- value, it only makes the lock a statement outcome); another user's row fails the WHERE and
+-- nothing comes back (the WHERE is evaluated before row-level security's UPDATE check, so under
+-- RLS a foreign id is not an error either).
+INSERT INTO conversations (id, user_id, title, metadata)
+VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
+ON CONFLICT (id) DO UPDATE SET title = conversations.title
+ WHERE conversations.user_id = EXCLUDED.user_id
+RETURNING id, user_id, title, metadata, created_at, updated_at, (xmax = 0) AS created;
 
 -- name: get_conversation
 SELECT id, user_id, title, metadata, created_at, updated_at
@@ -260,11 +277,24 @@ RETURNING id, user_id, title, metadata, created_at, updated_at;
 
 -- name: delete_conversation
 -- Messages go with it (ON DELETE CASCADE), in the same transaction; the count is for the caller.
-WITH gone AS (
-    DELETE FROM conversations WHERE id = $1 AND user_id = $2 RETURNING id
+-- A "fresh view" statement (see above): the count is read from the statement's snapshot, and the
+-- cascade deletes from the newest state, so a batch that committed while this waited for the
+-- row lock would be deleted uncounted (it returned 3 while 8 messages went). Only when the
+-- snapshot is fresh does it delete; otherwise nothing is done and the caller re-runs it behind
+-- the row lock. Rows back: none = not this user's conversation; fresh = false: re-run.
+WITH snapshot AS (
+    SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+), checked AS (
+    SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
+), gone AS (
+    DELETE FROM conversations c USING checked k
+     WHERE k.fresh AND c.id = k.id AND c.id = $1
+    RETURNING c.id
 )
-SELECT (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id AND m.conversation_id = $1)
-  FROM gone;
+SELECT k.fresh, (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id AND m.conversation_id = $1) AS deleted
+  FROM checked k;
 
 -- name: clear_conversation
 -- Deletes every message and keeps the conversation (and its next_seq: seq is never reused).
@@ -339,13 +369,22 @@ WITH doomed AS (
 )
 SELECT count(*) FROM gone;
 
+-- name: erase_lock_conversations
+-- delete_user_data, step 3a, in the transaction of step 3b: lock the listed conversations of
+-- user $1 (in id order, so two erasures of one user cannot deadlock). Once this returns, no
+-- writer can add a message to them, and the next statement's snapshot holds every message the
+-- cascade will delete.
+SELECT id FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 ORDER BY id FOR UPDATE;
+
 -- name: erase_conversations
--- delete_user_data, step 3: the (now empty) listed conversations of user $1. A message written
--- concurrently since step 2 goes with its conversation (ON DELETE CASCADE).
+-- delete_user_data, step 3b: the (now nearly empty) listed conversations of user $1, and the
+-- count of the conversations and of the messages written concurrently since step 2, which go
+-- with their conversation (ON DELETE CASCADE). Exact because step 3a holds the rows' locks.
 WITH gone AS (
     DELETE FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 RETURNING id
 )
-SELECT count(*) FROM gone;
+SELECT (SELECT count(*) FROM gone) AS conversations,
+       (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) AS messages;
 
 -- name: export_header
 -- export_conversation, first: the conversation row. next_seq bounds the messages exported, so a

@@ -48,6 +48,7 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "import_message": ("c1", 1, "user", "hi", None, None, None, None, 1, None, _NOW, "u1"),
     "import_finish": ("c1", "u1", 5),
     "lock_conversation": ("c1", "u1"),
+    "get_or_create_conversation_locked": ("c1", "u1", None, None),
 }
 # ONE_SHARD_STEPS: an INSERT inside a CTE (or INSERT ... SELECT from one). Citus 13.2's router
 # planner refuses INSERT common table expressions ("Router planner doesn't support INSERT common
@@ -60,7 +61,7 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
     "save_and_get_history": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, 50, None), 7),
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
-USER_WIDE = {"erase_list_conversations", "erase_messages_chunk", "erase_conversations"}
+USER_WIDE = {"erase_list_conversations", "erase_messages_chunk", "erase_lock_conversations", "erase_conversations"}
 # Not about conversations' rows: the catalog report, the reference-table version, a setting.
 NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation", "set_rls_user"}
 

@@ -36,7 +36,12 @@ LEADING_COLUMNS: dict[str, tuple[str, ...]] = {
     "erase_list_conversations": ("id",),  # ops.erasure.next_conversations: r[0]
 }
 # Single-value statements read as row[0] / fetchval.
-SINGLE_COLUMN = ("count_messages", "delete_conversation", "erase_messages_chunk", "erase_conversations")
+SINGLE_COLUMN = ("count_messages", "erase_messages_chunk")
+# Statements whose columns the ops read by name: exactly these columns, so a renamed one fails here.
+NAMED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "delete_conversation": ("fresh", "deleted"),  # ops.conversations.run_fresh, delete
+    "erase_conversations": ("conversations", "messages"),  # ops.erasure.erase_conversations
+}
 
 
 async def _columns(db: asyncpg.Connection, name: str) -> tuple[str, ...]:
@@ -70,6 +75,11 @@ async def test_leading_columns_read_by_position(db: asyncpg.Connection, name: st
 @pytest.mark.parametrize("name", SINGLE_COLUMN)
 async def test_count_statements_return_one_column(db: asyncpg.Connection, name: str) -> None:
     assert len(await _columns(db, name)) == 1
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_COLUMNS))
+async def test_statements_read_by_name_return_those_columns(db: asyncpg.Connection, name: str) -> None:
+    assert await _columns(db, name) == NAMED_COLUMNS[name]
 
 
 def test_from_record_reads_message_columns_in_that_order() -> None:

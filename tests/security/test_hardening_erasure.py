@@ -1,7 +1,7 @@
 """``delete_user_data`` commits chunk by chunk in both modes, row-level security included.
 
-The erasure is made to wait on a row lock at its last step (deleting the emptied conversation
-rows); while it waits, an observer counts what is already gone. One long transaction (what
+The erasure is made to wait on a row lock at its last step (locking the emptied conversation rows,
+then deleting them); while it waits, an observer counts what is already gone. One long transaction (what
 row-level security used to get) would show nothing deleted, and a failure at that point would
 roll every chunk back.
 """
@@ -59,7 +59,8 @@ async def test_erasure_chunks_are_committed_while_it_waits(dsn: str, mode: str) 
             erasure = asyncio.ensure_future(
                 store.delete_user_data("leaving", messages_per_batch=100, conversations_per_batch=100)
             )
-            await _wait_for_lock_wait(admin, "WITH gone AS (\n    DELETE FROM conversations")
+            # erase_lock_conversations, the step that locks the rows before deleting them
+            await _wait_for_lock_wait(admin, "SELECT id FROM conversations WHERE id = ANY")
             left = await admin.fetchval(
                 "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id "
                 "WHERE c.user_id = 'leaving'"

@@ -38,7 +38,7 @@ def test_listing_sql_uses_only_parameters() -> None:
     assert "2026" not in q.sql
     assert q.sql.count("$") == len(q.args) == 6
     assert q.args[0] == "u'; DROP TABLE x; --"
-    assert q.args[1] == "%50\\%\\_off'%"
+    assert q.args[1] == "50\\%\\_[oO][fF][fF]\\'"  # title_contains as a case-folding regex (fold_pattern)
     assert q.args[3] is T
     assert q.args[-1] == 6
     assert 'ORDER BY "updated_at" DESC,"id" DESC' in q.sql
