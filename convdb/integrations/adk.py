@@ -44,7 +44,7 @@ from ..errors import ConversationNotFound, InvalidInput
 from ..records import Conversation, Message
 from ..store import ConversationStore
 from ..validation import check_id
-from ._common import append, read_all, read_window
+from ._common import read_all, read_window
 
 EVENT_KEY: Final = "adk_event"
 """The metadata key under which the original ADK ``Event`` (JSON mode) is stored."""
@@ -133,9 +133,15 @@ class ConvDBSessionService(BaseSessionService):
     async def append_event(self, session: Session, event: Event) -> Event:
         if event.partial:
             return event
-        event = await super().append_event(session, event)  # temp: applied in memory, trimmed
+        # The base class's steps, with the save between trimming and the in-memory commit: a
+        # refused save leaves the caller's session object as it was (temp: state aside).
+        self._apply_temp_state(session, event)
+        event = self._trim_temp_delta_state(event)
         cid = conversation_id(session.app_name, session.id)
-        await append(self.store, cid, session.user_id, [event_to_row(event)], title=None)
+        # save_messages, not the lazily-creating append: a deleted session is not re-created
+        # (without its metadata); the save raises ConversationNotFound instead.
+        await self.store.save_messages(cid, session.user_id, [event_to_row(event)])
+        self._commit_event_to_session(session, event)
         if event.actions and event.actions.state_delta:
             persisted = {k: v for k, v in session.state.items() if not k.startswith("temp:")}
             conv = await self.store.get_conversation(cid, session.user_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from google.adk.errors.already_exists_error import AlreadyExistsError
 from google.adk.events.event import Event
@@ -9,20 +11,20 @@ from google.adk.events.event_actions import EventActions
 from google.adk.sessions.base_session_service import GetSessionConfig
 from google.genai import types
 
-from convdb import ConversationStore, InvalidInput
+from convdb import ConversationNotFound, ConversationStore, InvalidInput
 from convdb.integrations.adk import ConvDBSessionService
 
 APP, USER = "app1", "alice"
 
 
-def event(author: str, text: str, ts: float, **actions: object) -> Event:
+def event(author: str, text: str, ts: float, state_delta: dict[str, Any] | None = None) -> Event:
     return Event(
         author=author,
         invocation_id="inv1",
         timestamp=ts,
         content=types.Content(role="user" if author == "user" else "model", parts=[types.Part(text=text)]),
-        actions=EventActions(**actions),
-    )  # type: ignore[arg-type]
+        actions=EventActions(state_delta=state_delta or {}),
+    )
 
 
 async def test_sessions_are_scoped_by_app_and_events_round_trip(store: ConversationStore) -> None:
@@ -77,3 +79,7 @@ async def test_windows_and_listing(store: ConversationStore) -> None:
     await svc.delete_session(app_name=APP, user_id=USER, session_id="s1")
     assert await svc.get_session(app_name=APP, user_id=USER, session_id="s1") is None
     await svc.delete_session(app_name=APP, user_id=USER, session_id="s1")  # idempotent
+    with pytest.raises(ConversationNotFound):  # a deleted session is not re-created by a stale object
+        await svc.append_event(s, event("user", "late", 2000.0))
+    assert len(s.events) == 5  # and the refused event was not added to the object
+    assert await svc.get_session(app_name=APP, user_id=USER, session_id="s1") is None

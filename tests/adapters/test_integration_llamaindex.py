@@ -64,7 +64,7 @@ async def test_messages_round_trip_and_fill_the_columns(store: ConversationStore
         "assistant",
         "user",
     ]
-    assert stored[2].tool_calls and stored[2].tool_calls[0]["id"] == "call_1"  # type: ignore[index]
+    assert stored[2].tool_calls == sample()[2].additional_kwargs["tool_calls"]
     assert (stored[3].tool_call_id, stored[3].tool_name, stored[3].content) == ("call_1", "weather", "sunny")
     assert stored[1].content == "Look ☀️ 𝄞"
 
