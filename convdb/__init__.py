@@ -13,6 +13,7 @@ from .errors import (
     PoolTimeout,
     QueryTimeout,
     SchemaMismatch,
+    WrongEventLoop,
 )
 from .pool import init_connection
 from .records import Conversation, ErasureCounts, Message, Page, Role
@@ -41,6 +42,7 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "WrongEventLoop",
     "__version__",
     "build_message_array",
     "estimate_tokens",
