@@ -1,11 +1,12 @@
 """LangChain chat message history stored in convdb (``pip install 'convdb[langchain]'``).
 
 ``ConvDBChatMessageHistory(store, conversation_id, user_id)`` implements ``langchain_core``'s
-``BaseChatMessageHistory``. Use the async methods (``aget_messages``, ``aadd_messages``,
-``aclear``): convdb is asyncpg, and its pool belongs to one event loop. The sync ``messages``,
-``add_messages`` and ``clear`` work from another thread while that loop runs (LangChain runs sync
-code in worker threads); called on the loop's own thread, or with no loop, they raise
-``RuntimeError`` saying to use the async methods, instead of deadlocking.
+``BaseChatMessageHistory``. The async methods (``aget_messages``, ``aadd_messages``,
+``aclear``) work from any event loop (the store serves other loops through the loop that owns its
+pool). The sync ``messages``, ``add_messages`` and ``clear`` work from any thread, async code on
+other loops included, while that loop runs, and from a sync program whose store's loop is idle;
+called on the owning loop's own thread they raise ``RuntimeError`` naming the async method,
+instead of deadlocking (see ``ConvDBChatMessageHistory._sync``).
 
 Each LangChain message becomes one convdb message; the message itself, as ``message_to_dict``
 gives it (``{"type": ..., "data": message.model_dump()}``), is kept in the metadata under
@@ -29,6 +30,7 @@ equivalent ``HumanMessage`` / ``AIMessage`` (with tool calls) / ``ToolMessage`` 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -54,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "convdb.integrations.langchain needs langchain-core (>= 0.3): pip install 'convdb[langchain]'"
     ) from exc
 
-from ..errors import ConversationNotFound
+from ..errors import ConversationNotFound, WrongEventLoop
 from ..records import ROLES, Message
 from ..store import ConversationStore
 from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit, check_token_budget
@@ -72,9 +74,9 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
     The conversation is created (with ``title``) on the first write; an id owned by another user
     reads as empty and refuses writes with ``ConversationNotFound``. ``limit`` and ``max_tokens``
     turn ``aget_messages`` into a window of the newest messages (default: the whole history, which
-    is what LangChain's interface means, but costs a full read per turn). ``loop`` is the event loop
-    that owns the store's pool, needed only by the sync methods; it defaults to the loop running
-    when the history is created, and follows the loop of each async call.
+    is what LangChain's interface means, but costs a full read per turn). ``loop`` is no longer
+    needed (the store knows the loop that owns its pool, ``ConversationStore.loop``); it is used
+    only for a store without one.
 
     Round trips: ``aget_messages`` two (one more per further 10,000 messages, streamed),
     ``aadd_messages`` one atomic batch (two more the first time, to create the conversation),
@@ -134,7 +136,7 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         with contextlib.suppress(ConversationNotFound):  # never written: nothing to clear
             await self.store.clear_conversation(self.conversation_id, self.user_id)
 
-    # -- sync: bridged to the store's loop from other threads --------------------------------
+    # -- sync: bridged to the store's loop ---------------------------------------------------
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]  # the base declares a plain attribute
         return self._sync("messages", self.aget_messages)
@@ -147,33 +149,82 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         self._sync("clear", self.aclear)
 
     def _remember_loop(self) -> None:
-        # The loop of the latest async call is the one whose pool the store is using.
+        # Kept for the loop= argument's users; the store itself knows the loop that owns its pool.
         self._loop = asyncio.get_running_loop()
 
     def _sync(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        loop = self._loop
+        """Run ``call()`` to completion from synchronous code, on the loop that owns the pool.
+
+        - That loop runs in another thread (an async app calling sync LangChain code in a worker
+          thread; LangChain's own async tests): the call is handed to it and waited for. If the
+          loop stops meanwhile, ``WrongEventLoop`` is raised instead of waiting forever.
+        - That loop exists but is idle and this thread runs no loop (a sync script that created
+          the store with ``loop.run_until_complete``): it is run here until the call completes.
+        - This thread is running that loop (sync code called from a coroutine on it): blocking
+          would deadlock, so ``RuntimeError`` names the async method to use.
+        - That loop is closed: ``WrongEventLoop``.
+        """
+        home = self.store.loop or self._loop
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if loop is not None and loop is running:
+        if home is not None and home is running:
             raise RuntimeError(
                 f"ConvDBChatMessageHistory.{name} is synchronous and was called on the event loop "
                 f"that runs convdb's pool, where it would deadlock; use the async method instead "
-                f"({_ASYNC_NAMES[name]})"
+                f"({_ASYNC_NAMES[name]}), or call the sync one from a worker thread "
+                f"(await asyncio.to_thread(...))"
             )
-        if loop is None or loop.is_closed() or not loop.is_running():
-            raise RuntimeError(
-                f"ConvDBChatMessageHistory.{name} needs the event loop that owns convdb's asyncpg pool "
-                f"to be running in another thread, and none is; use the async method instead "
-                f"({_ASYNC_NAMES[name]}), or pass loop= when the history is created outside that loop"
+        if home is None or home.is_closed():
+            raise WrongEventLoop(
+                f"ConvDBChatMessageHistory.{name} needs the event loop that owns convdb's asyncpg pool, "
+                f"and it is {'closed' if home is not None else 'unknown'}; use the async method "
+                f"({_ASYNC_NAMES[name]}) on a running loop, or keep the store's loop running"
             )
+        if home.is_running():
+            return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(call), home), home, name)
+        if running is None:
+            try:
+                return home.run_until_complete(_as_coroutine(call))
+            except RuntimeError as exc:
+                if "already running" not in str(exc):
+                    raise
+                # Another thread started the loop meanwhile: hand the call to it instead.
+                return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(call), home), home, name)
+        raise WrongEventLoop(
+            f"ConvDBChatMessageHistory.{name} was called on an event loop that does not own convdb's "
+            f"pool, and the loop that does is not running; use the async method ({_ASYNC_NAMES[name]}) "
+            f"on that loop, or keep it running in a thread"
+        )
 
-        async def run() -> T:
-            return await call()
 
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+async def _as_coroutine(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
 
+
+def _wait(future: concurrent.futures.Future[T], home: asyncio.AbstractEventLoop, name: str) -> T:
+    """The result of a call handed to ``home``, without waiting forever if ``home`` stops."""
+    while True:
+        try:
+            return future.result(timeout=_POLL_SECONDS)
+        except concurrent.futures.TimeoutError:
+            if not home.is_running():
+                future.cancel()
+                raise WrongEventLoop(
+                    f"ConvDBChatMessageHistory.{name}: the event loop that owns convdb's pool stopped "
+                    f"during the call; its outcome is unknown"
+                ) from None
+        except concurrent.futures.CancelledError:
+            raise WrongEventLoop(
+                f"ConvDBChatMessageHistory.{name}: the event loop that owns convdb's pool cancelled the "
+                f"call (it is shutting down); its outcome is unknown"
+            ) from None
+
+
+# How often a sync call waiting on the store's loop checks that the loop still runs (a loop
+# stopped with loop.stop() never completes nor cancels what it was handed).
+_POLL_SECONDS: Final = 0.5
 
 _ASYNC_NAMES: Final[Mapping[str, str]] = {
     "messages": "await history.aget_messages()",
