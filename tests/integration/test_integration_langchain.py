@@ -243,13 +243,14 @@ async def test_sync_methods_work_from_a_worker_thread(store: ConversationStore) 
     assert await h.aget_messages() == []
 
 
-async def test_sync_methods_without_a_known_loop_fail_clearly(store: ConversationStore) -> None:
-    def created_and_used_in_a_thread() -> None:
-        h = history(store)  # no running loop here, and none given
-        with pytest.raises(RuntimeError, match=r"pass loop="):
-            _ = h.messages
+async def test_sync_methods_of_a_history_created_in_a_thread(store: ConversationStore) -> None:
+    def created_and_used_in_a_thread() -> list[BaseMessage]:
+        h = history(store)  # no running loop here, and none given: the store knows its loop
+        h.add_user_message("from a thread")
+        return h.messages
 
-    await asyncio.to_thread(created_and_used_in_a_thread)
+    assert await asyncio.to_thread(created_and_used_in_a_thread) == [HumanMessage(content="from a thread")]
+    await history(store).aclear()
 
     loop = asyncio.get_running_loop()
     got = await asyncio.to_thread(lambda: history(store, loop=loop).messages)
