@@ -5,8 +5,8 @@
 ``aclear``) work from any event loop (the store serves other loops through the loop that owns its
 pool). The sync ``messages``, ``add_messages`` and ``clear`` work from any thread, async code on
 other loops included, while that loop runs, and from a sync program whose store's loop is idle;
-called on the owning loop's own thread they raise ``RuntimeError`` naming the async method,
-instead of deadlocking (see ``ConvDBChatMessageHistory._sync``).
+called inside a coroutine on the owning loop, where waiting for it would deadlock, they run on a
+private connection in a worker thread (see ``ConvDBChatMessageHistory._sync``).
 
 Each LangChain message becomes one convdb message; the message itself, as ``message_to_dict``
 gives it (``{"type": ..., "data": message.model_dump()}``), is kept in the metadata under
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -57,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ..errors import ConversationNotFound, WrongEventLoop
+from ..pool import create_pool
 from ..records import ROLES, Message
 from ..store import ConversationStore
 from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit, check_token_budget
@@ -139,43 +141,42 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
     # -- sync: bridged to the store's loop ---------------------------------------------------
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]  # the base declares a plain attribute
-        return self._sync("messages", self.aget_messages)
+        return self._sync("messages", lambda h: h.aget_messages())
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         batch = list(messages)
-        self._sync("add_messages", lambda: self.aadd_messages(batch))
+        self._sync("add_messages", lambda h: h.aadd_messages(batch))
 
     def clear(self) -> None:
-        self._sync("clear", self.aclear)
+        self._sync("clear", lambda h: h.aclear())
 
     def _remember_loop(self) -> None:
         # Kept for the loop= argument's users; the store itself knows the loop that owns its pool.
         self._loop = asyncio.get_running_loop()
 
-    def _sync(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call()`` to completion from synchronous code, on the loop that owns the pool.
+    def _sync(self, name: str, run: Callable[[ConvDBChatMessageHistory], Awaitable[T]]) -> T:
+        """Run ``run(self)`` to completion from synchronous code, on the loop that owns the pool.
 
         - That loop runs in another thread (an async app calling sync LangChain code in a worker
           thread; LangChain's own async tests): the call is handed to it and waited for. If the
           loop stops meanwhile, ``WrongEventLoop`` is raised instead of waiting forever.
         - That loop exists but is idle and this thread runs no loop (a sync script that created
           the store with ``loop.run_until_complete``): it is run here until the call completes.
-        - This thread is running that loop (sync code called from a coroutine on it): blocking
-          would deadlock, so ``RuntimeError`` names the async method to use.
+        - This thread is running that loop (sync code called from a coroutine on it): waiting
+          for it would deadlock, so the call is served on a private connection in a worker
+          thread (``_on_private_connection``).
         - That loop is closed: ``WrongEventLoop``.
         """
+        def job() -> Awaitable[T]:
+            return run(self)
+
         home = self.store.loop or self._loop
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if home is not None and home is running:
-            raise RuntimeError(
-                f"ConvDBChatMessageHistory.{name} is synchronous and was called on the event loop "
-                f"that runs convdb's pool, where it would deadlock; use the async method instead "
-                f"({_ASYNC_NAMES[name]}), or call the sync one from a worker thread "
-                f"(await asyncio.to_thread(...))"
-            )
+            return self._on_private_connection(name, run)
         if home is None or home.is_closed():
             raise WrongEventLoop(
                 f"ConvDBChatMessageHistory.{name} needs the event loop that owns convdb's asyncpg pool, "
@@ -183,20 +184,63 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
                 f"({_ASYNC_NAMES[name]}) on a running loop, or keep the store's loop running"
             )
         if home.is_running():
-            return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(call), home), home, name)
+            return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(job), home), home, name)
         if running is None:
             try:
-                return home.run_until_complete(_as_coroutine(call))
+                return home.run_until_complete(_as_coroutine(job))
             except RuntimeError as exc:
                 if "already running" not in str(exc):
                     raise
                 # Another thread started the loop meanwhile: hand the call to it instead.
-                return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(call), home), home, name)
+                return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(job), home), home, name)
         raise WrongEventLoop(
             f"ConvDBChatMessageHistory.{name} was called on an event loop that does not own convdb's "
             f"pool, and the loop that does is not running; use the async method ({_ASYNC_NAMES[name]}) "
             f"on that loop, or keep it running in a thread"
         )
+
+
+    def _on_private_connection(self, name: str, run: Callable[[ConvDBChatMessageHistory], Awaitable[T]]) -> T:
+        """Serve a sync call made on the owning loop's own thread, which it would deadlock.
+
+        The call runs to completion in a worker thread, on a loop of its own, through a private
+        one-connection pool opened with the store's connection arguments, and with a copy of
+        this history bound to a store with the same options. This blocks the calling loop for a
+        connection set-up plus the call (a sync call inside a coroutine blocks its loop anyway);
+        prefer the async method. A pool whose connection arguments are unknown raises
+        ``RuntimeError`` naming the async method.
+        """
+        pool = self.store.pool
+        connect_args = getattr(pool, "_connect_args", None)
+        connect_kwargs = getattr(pool, "_connect_kwargs", None)
+        if not isinstance(connect_args, list | tuple) or not isinstance(connect_kwargs, dict):
+            raise RuntimeError(
+                f"ConvDBChatMessageHistory.{name} is synchronous and was called on the event loop "
+                f"that runs convdb's pool, where it would deadlock; use the async method instead "
+                f"({_ASYNC_NAMES[name]}), or call the sync one from a worker thread "
+                f"(await asyncio.to_thread(...))"
+            )
+        store = self.store
+
+        async def in_worker() -> T:
+            private_pool = await create_pool(*connect_args, min_size=1, max_size=1,
+                                             **{**connect_kwargs, "statement_cache_size":
+                                                connect_kwargs.get("statement_cache_size", 100)})
+            try:
+                private = ConversationStore(
+                    private_pool, max_content_bytes=store.max_content_bytes, count_tokens=store.count_tokens,
+                    acquire_timeout=store.acquire_timeout, batch_timeout=store.batch_timeout,
+                    batch_timeout_per_mib=store.batch_timeout_per_mib, max_batch_size=store.max_batch_size,
+                    retry_reads=store.retry_reads, retry_keyed_writes=store.retry_keyed_writes,
+                    row_level_security=store.row_level_security)
+                twin = copy.copy(self)
+                twin.store = private
+                return await run(twin)
+            finally:
+                await private_pool.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convdb-sync") as worker:
+            return worker.submit(asyncio.run, in_worker()).result()
 
 
 async def _as_coroutine(call: Callable[[], Awaitable[T]]) -> T:

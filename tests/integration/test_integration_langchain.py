@@ -214,17 +214,18 @@ async def test_other_users_history_is_invisible_and_read_only(store: Conversatio
 
 
 # -- the sync methods ---------------------------------------------------------------------------
-async def test_sync_methods_on_the_loop_thread_fail_clearly(store: ConversationStore) -> None:
+async def test_sync_methods_on_the_loop_thread_work(store: ConversationStore) -> None:
+    # Served on a private connection in a worker thread: waiting for this loop would deadlock.
     h = history(store)
-    with pytest.raises(RuntimeError, match=r"await history\.aget_messages\(\)"):
-        _ = h.messages
-    with pytest.raises(RuntimeError, match=r"await history\.aadd_messages\(messages\)"):
-        h.add_messages([HumanMessage(content="x")])
-    with pytest.raises(RuntimeError, match=r"await history\.aclear\(\)"):
-        h.clear()
-    with pytest.raises(RuntimeError, match="deadlock"):
-        h.add_user_message("x")  # LangChain's convenience methods go through add_messages
+    assert h.messages == []
+    h.add_messages([HumanMessage(content="x")])
+    h.add_user_message("y")  # LangChain's convenience methods go through add_messages
+    assert h.messages == [HumanMessage(content="x"), HumanMessage(content="y")]
+    assert await h.aget_messages() == [HumanMessage(content="x"), HumanMessage(content="y")]
+    h.clear()
     assert await h.aget_messages() == []
+    with pytest.raises(ConversationNotFound):  # ownership holds on the private connection too
+        history(store, user="mallory").add_user_message("intrude")
 
 
 async def test_sync_methods_work_from_a_worker_thread(store: ConversationStore) -> None:
