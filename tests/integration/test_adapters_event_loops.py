@@ -300,3 +300,27 @@ async def test_langchain_sync_call_waiting_on_a_stopped_loop_raises(dsn: str) ->
         runner.join(60)
         await asyncio.to_thread(lambda: loop.run_until_complete(store.close()))
         loop.close()
+
+
+# -- the store: get_history(trim=False), behind the SDK's raw newest-N contract ------------------
+async def test_get_history_untrimmed_keeps_leading_tool_results(store: ConversationStore) -> None:
+    await store.get_or_create_conversation("w", USER)
+    await store.save_messages("w", USER, [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "content": "r1", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "a"},
+    ])
+    assert [m.seq for m in await store.get_history("w", USER, limit=2)] == [4]
+    assert [m.seq for m in await store.get_history("w", USER, limit=2, trim=False)] == [3, 4]
+    assert [m.seq for m in await store.get_history("w", USER, limit=2, max_tokens=100, trim=False)] == [3, 4]
+    assert [m.seq for m in await store.get_history("w", USER, limit=2, max_tokens=100)] == [4]
+    with pytest.raises(ConversationNotFound):
+        await store.get_history("w", "mallory", limit=2, trim=False)
+
+
+async def test_get_history_trim_must_be_a_bool(store: ConversationStore) -> None:
+    for bad in ("no", 0, None):
+        with pytest.raises(InvalidInput, match="trim"):
+            await store.get_history("w", USER, trim=bad)  # type: ignore[arg-type]
