@@ -13,6 +13,7 @@ from .errors import (
     PoolTimeout,
     QueryTimeout,
     SchemaMismatch,
+    UnsupportedIsolation,
     WrongEventLoop,
 )
 from .pool import init_connection
@@ -42,6 +43,7 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "UnsupportedIsolation",
     "WrongEventLoop",
     "__version__",
     "build_message_array",

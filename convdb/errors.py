@@ -8,6 +8,8 @@ kept as ``__cause__`` for debugging.
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import Final
 
 import asyncpg
 
@@ -67,6 +69,16 @@ class SchemaMismatch(ConvDBError):
     """The database schema is not the one this package was built for."""
 
 
+class UnsupportedIsolation(SchemaMismatch):
+    """The database's default transaction isolation is not READ COMMITTED.
+
+    convdb opens every transaction of its own at READ COMMITTED, but its single-statement calls
+    run in the server's default isolation, and under REPEATABLE READ or SERIALIZABLE concurrent
+    writes to one conversation fail. ``verify_schema`` (run by ``connect``) raises this, naming
+    the setting to change.
+    """
+
+
 class DatabaseUnavailable(ConvDBError):
     """The connection to PostgreSQL failed or was lost.
 
@@ -113,6 +125,25 @@ _CONNECTION_ERRORS = (
 )
 
 
+# Citus relays a worker's error without constraint_name; the message still names the constraint,
+# and the shard's relation: 'new row for relation "messages_102066" violates check constraint
+# "no_poison_102066"' (a constraint added after distribution carries the shard id; one defined
+# before, like messages_role_known, does not). The suffix is removed only when it is the
+# relation's, so a constraint named like "foo_2" keeps its name.
+_CONSTRAINT_IN_MESSAGE: Final = re.compile(r'(?:relation "[^"]*?(_[0-9]+)")?[^"]*constraint "([^"]+)"')
+
+
+def _constraint_in_message(message: str) -> str | None:
+    """The constraint a relayed (Citus) error names, without the shard suffix."""
+    found = _CONSTRAINT_IN_MESSAGE.search(message)
+    if found is None:
+        return None
+    shard_suffix, name = found.group(1), found.group(2)
+    if shard_suffix and name.endswith(shard_suffix):
+        name = name[: -len(shard_suffix)]
+    return name
+
+
 def translate(exc: BaseException) -> BaseException:
     """Map a driver or socket error to a ``ConvDBError``; leave anything else unchanged.
 
@@ -134,12 +165,16 @@ def translate(exc: BaseException) -> BaseException:
         # message arrives as an error outside any query) is left in a state asyncpg refuses to use.
         # Nothing was sent; the pool replaces the connection on release.
         return DatabaseUnavailable(f"connection unusable after the server closed it: {exc}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Any other protocol state asyncpg did not expect (e.g. a connection closed under a
+        # running statement): the connection is unusable, and the call's outcome unknown.
+        return DatabaseUnavailable(f"connection in an unexpected protocol state: {exc}")
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.UndefinedColumnError):
         return SchemaMismatch(
             f"{exc}; apply schema.sql with: psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql"
         )
     if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
-        constraint = getattr(exc, "constraint_name", None)
+        constraint = getattr(exc, "constraint_name", None) or _constraint_in_message(str(exc))
         return ConstraintViolation(f"the database refused the write ({constraint}): {exc}", constraint)
     if isinstance(exc, asyncpg.exceptions.PostgresError | asyncpg.exceptions.InterfaceError):
         return ConvDBError(f"database error: {exc}")

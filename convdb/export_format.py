@@ -19,9 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, Final
 
 from .agent import message_to_dict
 from .errors import InvalidInput
@@ -37,6 +35,9 @@ from .validation import (
     encode_json,
     prepare_message,
 )
+
+if TYPE_CHECKING:
+    import asyncpg  # the row type only: nothing here talks to a database
 
 FORMAT: Final = "convdb.conversation/1"
 _HEADER_FIELDS: Final = frozenset(

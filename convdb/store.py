@@ -22,9 +22,11 @@ from .errors import InvalidInput, translate
 from .export_format import MessageParser, aiter_records, header_record, message_record, numbered, parse_header
 from .ids import new_conversation_id
 from .listing import build_listing
+from .ops import Conn
 from .ops import conversations as conversation_ops
 from .ops import erasure as erasure_ops
 from .ops import messages as message_ops
+from .ops import settings as settings_ops
 from .ops import transfer as transfer_ops
 from .pool import create_pool
 from .records import Conversation, ErasureCounts, JSONValue, Message, Page
@@ -173,9 +175,18 @@ class ConversationStore:
         return self._runner.loop
 
     async def close(self) -> None:
-        """Close the pool if the store created it; a borrowed pool stays open."""
+        """Close the pool if the store created it; a borrowed pool stays open (and so does the store).
+
+        Graceful: calls in flight finish on the open pool (each within its own bounds), calls made
+        after ``close()`` began raise ``ConvDBError``, then the pool closes. Whatever happens to a
+        call in flight, what it raises is a ``ConvDBError``.
+        """
         if self._owns_pool:
-            await self._runner.on_home(self._pool.close)
+            async def close_on_home() -> None:
+                await self._runner.drain()
+                await self._pool.close()
+
+            await self._runner.on_home(close_on_home)
 
     async def __aenter__(self) -> ConversationStore:
         return self
@@ -184,8 +195,21 @@ class ConversationStore:
         await self.close()
 
     async def verify_schema(self) -> None:
-        """Raise ``SchemaMismatch`` naming what differs between the database and this package."""
-        await self._runner.run(schema_check.verify, Policy.READ)
+        """Raise ``SchemaMismatch`` naming what differs between the database and this package.
+
+        Also ``UnsupportedIsolation`` (a ``SchemaMismatch``) when the server's default transaction
+        isolation is not READ COMMITTED and ``row_level_security`` is off: convdb's single
+        statements run at that default (with ``row_level_security`` every call is a READ COMMITTED
+        transaction of its own). One connection, one round trip more than the schema check.
+        """
+        check_isolation = not self.row_level_security
+
+        async def verify(conn: Conn) -> None:
+            await schema_check.verify(conn)
+            if check_isolation:
+                await settings_ops.check_isolation(conn)
+
+        await self._runner.run(verify, Policy.READ)
 
     # -- conversations -----------------------------------------------------------------------
     async def get_or_create_conversation(
@@ -452,7 +476,8 @@ class ConversationStore:
                 after = ""  # one more look from the start (see below)
                 continue
             erase = functools.partial(erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk)
-            done = await self._runner.run(erase, Policy.ERASE, user_id=uid)
+            done = await self._runner.run_transactions(erase, Policy.ERASE, user_id=uid,
+                                                       single_statements=True)
             deleted_conversations += done[0]
             deleted_messages += done[1]
             # After the last batch, one more look from the start: it finds conversations created

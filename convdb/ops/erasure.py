@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from ..sql import QUERIES
-from . import Conn
+from . import Begin, Conn, begin
 
 _ERASE_LIST: Final = QUERIES["erase_list_conversations"]
 _ERASE_MESSAGES: Final = QUERIES["erase_messages_chunk"]
@@ -18,17 +18,25 @@ async def next_conversations(conn: Conn, uid: str, after: str, count: int) -> li
     return [r[0] for r in await conn.fetch(_ERASE_LIST, uid, after, count)]
 
 
-async def erase_conversations(conn: Conn, uid: str, ids: Sequence[str], chunk: int) -> tuple[int, int]:
+async def erase_conversations(
+    conn: Conn, uid: str, ids: Sequence[str], chunk: int, *, begin: Begin = begin
+) -> tuple[int, int]:
     """Delete these conversations of ``uid``: messages ``chunk`` at a time, then the rows.
 
-    Every statement commits on its own, so no transaction outlives one chunk; re-running after an
-    interruption continues where it stopped. Returns (conversations, messages) deleted.
+    Every chunk is its own transaction, one statement opened with ``begin`` (``ops.autocommit``
+    without row-level security: the statement alone; with it, a transaction that names the user
+    first), so no transaction outlives one chunk, a lock wait or an error midway keeps what the
+    earlier chunks deleted, and re-running after an interruption continues where it stopped.
+    Returns (conversations, messages) deleted.
     """
+    targets = list(ids)
     messages = 0
     while True:
-        deleted: int = await conn.fetchval(_ERASE_MESSAGES, uid, list(ids), chunk)
+        async with begin(conn):
+            deleted: int = await conn.fetchval(_ERASE_MESSAGES, uid, targets, chunk)
         messages += deleted
         if deleted < chunk:
             break
-    conversations: int = await conn.fetchval(_ERASE_CONVERSATIONS, uid, list(ids))
+    async with begin(conn):
+        conversations: int = await conn.fetchval(_ERASE_CONVERSATIONS, uid, targets)
     return conversations, messages

@@ -45,11 +45,12 @@ RETURNING seq, created_at;
 -- name: reserve_seq_range
 -- First statement of a batch: checks ownership, locks the conversation row until commit, reserves
 -- $3 sequence numbers and touches updated_at. now() is the transaction time, the created_at every
--- row of the batch receives.
+-- row of the batch receives; it is returned as the updated_at just set to it, because Citus
+-- refuses a non-immutable function (now()) in the RETURNING of a distributed table.
 UPDATE conversations
    SET next_seq = next_seq + $3, updated_at = now()
  WHERE id = $1 AND user_id = $2
-RETURNING next_seq - $3 AS first_seq, now() AS created_at;
+RETURNING next_seq - $3 AS first_seq, updated_at AS created_at;
 
 -- name: lock_conversation_with_keys
 -- First statement of a batch that carries idempotency keys: checks ownership, locks the row and
@@ -59,7 +60,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
        m.token_count, m.idempotency_key, m.created_at
   FROM (SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE) c
   LEFT JOIN messages m
-    ON m.conversation_id = c.id AND m.idempotency_key = ANY($3::text[]);
+    ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.idempotency_key = ANY($3::text[]);
 
 -- name: insert_message_at
 -- The executemany body of a batch: the seq was reserved by reserve_seq_range in this transaction.
@@ -79,6 +80,11 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- The newest $3 messages, oldest first, in one ownership-checked JOIN. The LATERAL subquery walks
 -- messages_pkey backwards and stops after $3 rows. No row back: not this user's conversation;
 -- one row with a NULL seq: the conversation is empty.
+--
+-- Citus: every relation of a per-conversation statement spells the distribution value
+-- (conversation_id = $1 next to conversation_id = c.id, redundant on one node): Citus prunes
+-- shards per relation from its own quals, and a LATERAL's correlation alone fanned out to all
+-- 32 shards. With it, the whole statement is one router task (tests/integration/test_citus.py).
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
        m.token_count, m.idempotency_key, m.created_at
   FROM conversations c
@@ -86,7 +92,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
         SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
                token_count, idempotency_key, created_at
           FROM messages
-         WHERE conversation_id = c.id
+         WHERE conversation_id = c.id AND conversation_id = $1
          ORDER BY seq DESC
          LIMIT $3
   ) m ON true
@@ -172,7 +178,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
                        token_count, idempotency_key, created_at,
                        sum(token_count) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) AS running
                   FROM messages
-                 WHERE conversation_id = c.id AND seq <= $3
+                 WHERE conversation_id = c.id AND conversation_id = $1 AND seq <= $3
                  ORDER BY seq DESC
                  LIMIT $4
                ) w
@@ -190,7 +196,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- (is_new); in_window says whether it fits the budget. stale: a writer committed to this
 -- conversation after the snapshot, so the older rows may be incomplete and the caller re-reads
 -- them with get_history_window. No row back: not this user's conversation.
-WITH snapshot AS (
+WITH snapshot AS MATERIALIZED (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
 ), locked AS (
     SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
@@ -198,7 +204,7 @@ WITH snapshot AS (
     UPDATE conversations c
        SET next_seq = c.next_seq + 1, updated_at = now()
       FROM locked l
-     WHERE c.id = l.id
+     WHERE c.id = l.id AND c.id = $1
  RETURNING c.id, c.next_seq - 1 AS seq, l.version
 ), inserted AS (
     INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
@@ -219,7 +225,7 @@ WITH snapshot AS (
             SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
                    token_count, idempotency_key, created_at
               FROM messages
-             WHERE conversation_id = r.id AND seq < r.seq
+             WHERE conversation_id = r.id AND conversation_id = $1 AND seq < r.seq
              ORDER BY seq DESC
              LIMIT $11::integer - 1
            ) o
@@ -257,7 +263,8 @@ RETURNING id, user_id, title, metadata, created_at, updated_at;
 WITH gone AS (
     DELETE FROM conversations WHERE id = $1 AND user_id = $2 RETURNING id
 )
-SELECT (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) FROM gone;
+SELECT (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id AND m.conversation_id = $1)
+  FROM gone;
 
 -- name: clear_conversation
 -- Deletes every message and keeps the conversation (and its next_seq: seq is never reused).
@@ -271,12 +278,12 @@ WITH snapshot AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), cleared AS (
     DELETE FROM messages m USING checked k
-     WHERE k.fresh AND m.conversation_id = k.id
+     WHERE k.fresh AND m.conversation_id = k.id AND m.conversation_id = $1
     RETURNING m.seq
 ), touched AS (
     UPDATE conversations c SET updated_at = now()
       FROM checked k
-     WHERE k.fresh AND c.id = k.id
+     WHERE k.fresh AND c.id = k.id AND c.id = $1
     RETURNING c.id
 )
 SELECT k.fresh, (SELECT count(*) FROM cleared) AS deleted FROM checked k;
@@ -295,14 +302,14 @@ WITH snapshot AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), popped AS (
     DELETE FROM messages m USING checked k
-     WHERE k.fresh AND m.conversation_id = k.id
-       AND m.seq = (SELECT max(seq) FROM messages WHERE conversation_id = k.id)
+     WHERE k.fresh AND m.conversation_id = k.id AND m.conversation_id = $1
+       AND m.seq = (SELECT max(seq) FROM messages WHERE conversation_id = k.id AND conversation_id = $1)
     RETURNING m.conversation_id, m.seq, m.role, m.content, m.tool_name, m.tool_call_id,
               m.tool_calls, m.metadata, m.token_count, m.idempotency_key, m.created_at
 ), touched AS (
     UPDATE conversations c SET updated_at = now()
       FROM popped p
-     WHERE c.id = p.conversation_id
+     WHERE c.id = p.conversation_id AND c.id = $1
     RETURNING c.id
 )
 SELECT p.seq, p.role, p.content, p.tool_name, p.tool_call_id, p.tool_calls, p.metadata,
@@ -327,6 +334,7 @@ WITH doomed AS (
 ), gone AS (
     DELETE FROM messages m USING doomed d
      WHERE m.conversation_id = d.conversation_id AND m.seq = d.seq
+       AND m.conversation_id = ANY($2::text[])  -- Citus: only the listed conversations' shards
     RETURNING 1
 )
 SELECT count(*) FROM gone;
@@ -357,7 +365,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
         SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
                token_count, idempotency_key, created_at
           FROM messages
-         WHERE conversation_id = c.id AND seq > $3 AND seq < $4
+         WHERE conversation_id = c.id AND conversation_id = $1 AND seq > $3 AND seq < $4
          ORDER BY seq
          LIMIT $5
   ) m ON true
@@ -384,7 +392,7 @@ SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2);
 -- name: import_clear_messages
 DELETE FROM messages m
  USING conversations c
- WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id;
+ WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id AND m.conversation_id = $1;
 
 -- name: import_message
 -- The executemany body of an import: every column as exported, created_at included. Ownership
@@ -405,3 +413,8 @@ UPDATE conversations SET next_seq = GREATEST(next_seq, $3)
 -- Inside a transaction: hold the conversation row's lock, so the next statement's snapshot is
 -- the newest state (the contended path of the "fresh view" statements).
 SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE;
+
+-- name: default_isolation
+-- verify_schema: the isolation convdb's single statements (no BEGIN of their own) run at. They
+-- need 'read committed' (see convdb.ops.ISOLATION); every transaction convdb opens names it.
+SELECT current_setting('default_transaction_isolation')

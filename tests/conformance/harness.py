@@ -172,9 +172,15 @@ def run(suite: Suite, dsn: str, *, extra: tuple[str, ...] = ()) -> Result:
     tree = fetch(suite)
     report = Path(tempfile.mkstemp(prefix=f"conformance-{suite.name}-", suffix=".json")[1])
     env = dict(os.environ)
-    # Our repository first (convdb itself), then the plugins; the framework's own ``tests``
-    # package is a regular package, so it wins over our namespace ``tests`` directory.
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(PLUGINS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # convdb from this checkout and our plugins, but not our ``tests`` package: the framework's
+    # tests import their own ``tests`` package, so only ``convdb`` is exposed (a symlink).
+    exposed = CACHE / "pythonpath"
+    exposed.mkdir(parents=True, exist_ok=True)
+    link = exposed / "convdb"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(ROOT / "convdb", target_is_directory=True)
+    env["PYTHONPATH"] = os.pathsep.join([str(exposed), str(PLUGINS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["CONVDB_CONFORMANCE_DSN"] = dsn
     env["CONVDB_CONFORMANCE_REPORT"] = str(report)
     address = urlsplit(dsn)

@@ -9,28 +9,22 @@ import pytest
 from convdb.errors import InvalidInput
 from convdb.export import FORMAT, MessageParser, parse_header
 from convdb.listing import build_listing, decode_cursor, encode_cursor, escape_like
-from convdb.records import Message
 from convdb.validation import estimate_tokens
 from convdb.windows import trim_orphan_tool_results
+from tests.support.factories import make_message
 
 T = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def _m(seq: int, role: str, **kw: object) -> Message:
-    return Message(conversation_id="c", seq=seq, role=role, content="x", tool_name=None,  # type: ignore[arg-type]
-                   tool_call_id=kw.get("tool_call_id"), tool_calls=kw.get("tool_calls"),  # type: ignore[arg-type]
-                   metadata={}, created_at=T)
 
 
 # -- windows ------------------------------------------------------------------------------------
 def test_trim_drops_only_leading_tool_results() -> None:
     call = [{"id": "a"}]
-    window = [_m(3, "tool", tool_call_id="a"), _m(4, "tool", tool_call_id="b"), _m(5, "assistant"),
-              _m(6, "assistant", tool_calls=call), _m(7, "tool", tool_call_id="a")]
+    window = [make_message(3, "tool", tool_call_id="a"), make_message(4, "tool", tool_call_id="b"), make_message(5, "assistant"),
+              make_message(6, "assistant", tool_calls=call), make_message(7, "tool", tool_call_id="a")]
     assert [m.seq for m in trim_orphan_tool_results(window)] == [5, 6, 7]
-    assert trim_orphan_tool_results([_m(1, "tool", tool_call_id="a")]) == []
+    assert trim_orphan_tool_results([make_message(1, "tool", tool_call_id="a")]) == []
     assert trim_orphan_tool_results([]) == []
-    whole = [_m(1, "assistant", tool_calls=call), _m(2, "tool", tool_call_id="a")]
+    whole = [make_message(1, "assistant", tool_calls=call), make_message(2, "tool", tool_call_id="a")]
     assert trim_orphan_tool_results(whole) == whole
 
 
