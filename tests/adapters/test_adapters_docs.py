@@ -25,8 +25,15 @@ def test_example_runs_and_prints_what_it_says(dsn: str, index: int) -> None:
     expected = [m.strip() for m in re.findall(r"# -> (.*)$", code, flags=re.M)]
     assert expected, "each example says what it prints"
     env = dict(os.environ, CONVDB_DSN=dsn, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     printed = done.stdout.splitlines()
     for line in expected:

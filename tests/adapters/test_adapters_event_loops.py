@@ -43,7 +43,10 @@ async def test_run_sync_in_a_worker_thread_is_served_by_the_owning_loop(store: C
     result = await asyncio.to_thread(Runner.run_sync, agent("hello"), "hi", session=session)
     assert result.final_output == "hello"
     stored = await session.get_items()
-    assert [i.get("content") if i.get("role") == "user" else i.get("type") for i in stored] == ["hi", "message"]
+    assert [i.get("content") if i.get("role") == "user" else i.get("type") for i in stored] == [
+        "hi",
+        "message",
+    ]
     # Twice more in other threads, each with a loop of its own: the history grows in order.
     for turn in ("two", "three"):
         await asyncio.to_thread(Runner.run_sync, agent(turn), turn, session=session)
@@ -68,11 +71,10 @@ async def test_threads_with_their_own_loops_share_one_session(store: Conversatio
             await session.add_items([{"role": "user", "content": f"{t}-{i}"}])
 
     await asyncio.gather(*(asyncio.to_thread(asyncio.run, writer(t)) for t in range(threads)))
-    items = await session.get_items()
-    assert sorted(i["content"] for i in items) == sorted(f"{t}-{i}" for t in range(threads)  # type: ignore[typeddict-item]
-                                                        for i in range(per_thread))
+    contents = [str(dict(i)["content"]) for i in await session.get_items()]
+    assert sorted(contents) == sorted(f"{t}-{i}" for t in range(threads) for i in range(per_thread))
     for t in range(threads):  # each thread's items in its own order
-        mine = [i["content"] for i in items if i["content"].startswith(f"{t}-")]  # type: ignore[typeddict-item]
+        mine = [c for c in contents if c.startswith(f"{t}-")]
         assert mine == [f"{t}-{i}" for i in range(per_thread)]
     seqs = [m.seq for m in await store.get_history("th", USER, limit=100)]
     assert seqs == list(range(1, threads * per_thread + 1))
@@ -125,7 +127,9 @@ async def test_the_owning_loop_stopping_during_a_call_ends_it(dsn: str) -> None:
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
-    store = asyncio.run_coroutine_threadsafe(ConversationStore.connect(dsn, min_size=1, max_size=2), loop).result(60)
+    store = asyncio.run_coroutine_threadsafe(
+        ConversationStore.connect(dsn, min_size=1, max_size=2), loop
+    ).result(60)
     session = ConvDBSession(store, "stop", USER)
     try:
         held = threading.Event()
@@ -172,8 +176,9 @@ async def test_one_session_object_serves_many_users_from_the_run_context(store: 
     assert await store.get_history("tenant-conv", "alice", limit=100) == before
 
     # With a SessionOwner naming the conversation too, each user gets a conversation of their own.
-    per_user = ConvDBSession(store, "unused", owner=lambda w: SessionOwner(w.context["user"],
-                                                                            f"conv-{w.context['user']}"))
+    per_user = ConvDBSession(
+        store, "unused", owner=lambda w: SessionOwner(w.context["user"], f"conv-{w.context['user']}")
+    )
     for user in ("bob", "carol"):
         await Runner.run(agent(f"hi {user}"), f"{user} here", session=per_user, context={"user": user})
     assert [m.content for m in await store.get_history("conv-bob", "bob")] == ["bob here", "hi bob"]
@@ -210,8 +215,9 @@ async def test_owner_resolution_is_checked_before_any_io(store: ConversationStor
     with pytest.raises(InvalidInput, match="owner"):
         await bad.get_items(wrapper=RunContextWrapper(context=None))
     with pytest.raises(InvalidInput, match="user_id"):
-        await ConvDBSession(store, "x", owner=lambda w: "").add_items([{"role": "user", "content": "a"}],
-                                                                      wrapper=RunContextWrapper(context=None))
+        await ConvDBSession(store, "x", owner=lambda w: "").add_items(
+            [{"role": "user", "content": "a"}], wrapper=RunContextWrapper(context=None)
+        )
     fallback = ConvDBSession(store, "x", USER, owner=by_context)  # no context: the fixed user
     await fallback.add_items([{"role": "user", "content": "mine"}])
     assert await store.count_messages("x", USER) == 1
@@ -224,7 +230,7 @@ async def test_session_settings_accept_a_dict_like_the_sdks_sessions(store: Conv
     assert isinstance(s.session_settings, SessionSettings) and s.session_settings.limit == 2
     await s.add_items([{"role": "user", "content": f"m{i}"} for i in range(4)])
     assert [i["content"] for i in await s.get_items()] == ["m2", "m3"]  # type: ignore[typeddict-item]
-    assert ConvDBSession(store, "st", USER, session_settings={}).session_settings.limit is None
+    assert ConvDBSession(store, "st", USER, session_settings={}).session_settings == SessionSettings()
     with pytest.raises(TypeError, match="Unknown session settings: limitt"):
         ConvDBSession(store, "st", USER, session_settings={"limitt": 1})
     with pytest.raises(TypeError, match="SessionSettings instance or a dict"):
@@ -238,7 +244,9 @@ async def test_langchain_sync_methods_from_async_code_on_another_loop(dsn: str) 
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
-    store = asyncio.run_coroutine_threadsafe(ConversationStore.connect(dsn, min_size=1, max_size=2), loop).result(60)
+    store = asyncio.run_coroutine_threadsafe(
+        ConversationStore.connect(dsn, min_size=1, max_size=2), loop
+    ).result(60)
     try:
         h = ConvDBChatMessageHistory(store, "lc", USER)
         # langchain-core's own interface test does this: sync reads inside a coroutine.
@@ -275,7 +283,9 @@ async def test_langchain_sync_call_waiting_on_a_stopped_loop_raises(dsn: str) ->
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
-    store = asyncio.run_coroutine_threadsafe(ConversationStore.connect(dsn, min_size=1, max_size=2), loop).result(60)
+    store = asyncio.run_coroutine_threadsafe(
+        ConversationStore.connect(dsn, min_size=1, max_size=2), loop
+    ).result(60)
     h = ConvDBChatMessageHistory(store, "stopped", USER)
     held, release = threading.Event(), threading.Event()
 
@@ -305,13 +315,22 @@ async def test_langchain_sync_call_waiting_on_a_stopped_loop_raises(dsn: str) ->
 # -- the store: get_history(trim=False), behind the SDK's raw newest-N contract ------------------
 async def test_get_history_untrimmed_keeps_leading_tool_results(store: ConversationStore) -> None:
     await store.get_or_create_conversation("w", USER)
-    await store.save_messages("w", USER, [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "content": "r1", "tool_call_id": "c1"},
-        {"role": "assistant", "content": "a"},
-    ])
+    await store.save_messages(
+        "w",
+        USER,
+        [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "content": "r1", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "a"},
+        ],
+    )
     assert [m.seq for m in await store.get_history("w", USER, limit=2)] == [4]
     assert [m.seq for m in await store.get_history("w", USER, limit=2, trim=False)] == [3, 4]
     assert [m.seq for m in await store.get_history("w", USER, limit=2, max_tokens=100, trim=False)] == [3, 4]

@@ -56,22 +56,38 @@ class Suite:
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
-        Suite("openai-agents", "openai-agents", "0.24.0", "convdb_conformance_openai_agents", (
-            "tests/memory/test_session.py",
-            "tests/memory/test_session_limit.py",
-            "tests/test_agent_runner.py",
-            "tests/test_agent_runner_streamed.py",
-            "tests/test_agent_runner_sync.py",
-            "tests/test_hitl_session_scenario.py",
-            "tests/deferred_session_writes",
-        )),
-        Suite("langchain-core", "langchain-core", "1.8.3", "convdb_conformance_langchain_core", (
-            "tests/unit_tests/chat_history/test_chat_history.py",
-            "tests/unit_tests/runnables/test_history.py",
-        )),
-        Suite("langchain-postgres", "langchain-postgres", "0.0.19", "convdb_conformance_langchain_postgres", (
-            "tests/unit_tests/v1/test_chat_histories.py",
-        )),
+        Suite(
+            "openai-agents",
+            "openai-agents",
+            "0.24.0",
+            "convdb_conformance_openai_agents",
+            (
+                "tests/memory/test_session.py",
+                "tests/memory/test_session_limit.py",
+                "tests/test_agent_runner.py",
+                "tests/test_agent_runner_streamed.py",
+                "tests/test_agent_runner_sync.py",
+                "tests/test_hitl_session_scenario.py",
+                "tests/deferred_session_writes",
+            ),
+        ),
+        Suite(
+            "langchain-core",
+            "langchain-core",
+            "1.8.3",
+            "convdb_conformance_langchain_core",
+            (
+                "tests/unit_tests/chat_history/test_chat_history.py",
+                "tests/unit_tests/runnables/test_history.py",
+            ),
+        ),
+        Suite(
+            "langchain-postgres",
+            "langchain-postgres",
+            "0.0.19",
+            "convdb_conformance_langchain_postgres",
+            ("tests/unit_tests/v1/test_chat_histories.py",),
+        ),
     )
 }
 
@@ -84,9 +100,22 @@ def fetch(suite: Suite) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     archive = CACHE / f"{suite.sdist_dir}.tar.gz"
     if not archive.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--no-binary", ":all:", f"{suite.package}=={suite.version}", "-d", str(CACHE)],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"{suite.package}=={suite.version}",
+                "-d",
+                str(CACHE),
+            ],
+            check=True,
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(CACHE, filter="data")
     return unpacked
@@ -100,8 +129,10 @@ def database() -> Iterator[str]:
     embedded = None
     admin = os.environ.get("CONVDB_TEST_DSN")
     if not admin:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="convdb-conformance-")) / "data",
-                                    settings={"fsync": "off", "synchronous_commit": "off"})
+        embedded = EmbeddedPostgres(
+            Path(tempfile.mkdtemp(prefix="convdb-conformance-")) / "data",
+            settings={"fsync": "off", "synchronous_commit": "off"},
+        )
         embedded.start()
         admin = embedded.dsn()
     name = f"conformance_{uuid.uuid4().hex[:12]}"
@@ -143,7 +174,9 @@ class Result:
     @property
     def stale(self) -> list[str]:
         """Listed tests that passed, or that no longer exist."""
-        return sorted(n for n in self.not_applicable if self.outcomes.get(n, "missing") in ("passed", "missing"))
+        return sorted(
+            n for n in self.not_applicable if self.outcomes.get(n, "missing") in ("passed", "missing")
+        )
 
     @property
     def ok(self) -> bool:
@@ -154,9 +187,11 @@ class Result:
         for outcome in self.outcomes.values():
             counts[outcome] = counts.get(outcome, 0) + 1
         listed = sum(1 for n in self.not_applicable if n in self.outcomes)
-        lines = [f"{self.suite.package} {self.suite.version}: {len(self.outcomes)} tests, "
-                 + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                 + f"; {listed} listed as not applicable; {self.seconds:.0f} s"]
+        lines = [
+            f"{self.suite.package} {self.suite.version}: {len(self.outcomes)} tests, "
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            + f"; {listed} listed as not applicable; {self.seconds:.0f} s"
+        ]
         lines += [f"  FAILED (not listed): {n} [{self.outcomes[n]}]" for n in self.failed]
         lines += [f"  STALE listing (passes or is gone): {n}" for n in self.stale]
         return "\n".join(lines)
@@ -180,17 +215,37 @@ def run(suite: Suite, dsn: str, *, extra: tuple[str, ...] = ()) -> Result:
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(ROOT / "convdb", target_is_directory=True)
-    env["PYTHONPATH"] = os.pathsep.join([str(exposed), str(PLUGINS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(exposed), str(PLUGINS), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env["CONVDB_CONFORMANCE_DSN"] = dsn
     env["CONVDB_CONFORMANCE_REPORT"] = str(report)
     address = urlsplit(dsn)
-    env.update({  # langchain-postgres's tests open their own psycopg connection from these
-        "POSTGRES_USER": address.username or "postgres", "POSTGRES_PASSWORD": address.password or "",
-        "POSTGRES_HOST": address.hostname or "localhost", "POSTGRES_PORT": str(address.port or 5432),
-        "POSTGRES_DB": address.path.lstrip("/"),
-    })
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", suite.plugin,
-               "-p", "convdb_conformance_report", "-o", "addopts=", *extra, *suite.modules]
+    env.update(
+        {  # langchain-postgres's tests open their own psycopg connection from these
+            "POSTGRES_USER": address.username or "postgres",
+            "POSTGRES_PASSWORD": address.password or "",
+            "POSTGRES_HOST": address.hostname or "localhost",
+            "POSTGRES_PORT": str(address.port or 5432),
+            "POSTGRES_DB": address.path.lstrip("/"),
+        }
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        suite.plugin,
+        "-p",
+        "convdb_conformance_report",
+        "-o",
+        "addopts=",
+        *extra,
+        *suite.modules,
+    ]
     started = time.monotonic()
     completed = subprocess.run(command, cwd=tree, env=env, check=False)
     seconds = time.monotonic() - started

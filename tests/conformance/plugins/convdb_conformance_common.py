@@ -29,7 +29,9 @@ _store: ConversationStore | None = None
 def _start() -> tuple[asyncio.AbstractEventLoop, ConversationStore]:
     dsn = os.environ.get("CONVDB_CONFORMANCE_DSN")
     if not dsn:
-        raise RuntimeError("CONVDB_CONFORMANCE_DSN is not set: run the suites with python -m tests.conformance")
+        raise RuntimeError(
+            "CONVDB_CONFORMANCE_DSN is not set: run the suites with python -m tests.conformance"
+        )
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="convdb-store-loop", daemon=True).start()
     connect = ConversationStore.connect(dsn, min_size=1, max_size=8)

@@ -25,8 +25,15 @@ def _user(table_name: str) -> str:
 
 
 class ConvDBPostgresChatMessageHistory(ConvDBChatMessageHistory):
-    def __init__(self, table_name: str, session_id: str, /, *, sync_connection: Any = None,
-                 async_connection: Any = None) -> None:
+    def __init__(
+        self,
+        table_name: str,
+        session_id: str,
+        /,
+        *,
+        sync_connection: Any = None,
+        async_connection: Any = None,
+    ) -> None:
         super().__init__(store(), key("langchain-postgres", table_name, session_id), _user(table_name))
 
     @staticmethod

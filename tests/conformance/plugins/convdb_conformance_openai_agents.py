@@ -38,9 +38,14 @@ def _patch_sqlite_session() -> None:
 
     cls = sqlite_session.SQLiteSession
 
-    def __init__(self: Any, session_id: str, db_path: str | Path = ":memory:",
-                 sessions_table: str = "agent_sessions", messages_table: str = "agent_messages",
-                 session_settings: Any = None) -> None:
+    def __init__(
+        self: Any,
+        session_id: str,
+        db_path: str | Path = ":memory:",
+        sessions_table: str = "agent_sessions",
+        messages_table: str = "agent_messages",
+        session_settings: Any = None,
+    ) -> None:
         self.session_id = session_id
         self.db_path = db_path
         self.sessions_table = sessions_table
