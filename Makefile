@@ -1,7 +1,7 @@
 # Tasks for contributors and for CI (.ci/run runs these same targets). `make help` lists them.
 # Run from a virtualenv with the test extra installed: `make install`.
 
-.PHONY: help install lint types test test-pgbouncer test-citus check bench-quick
+.PHONY: help install lint types test test-pgbouncer test-citus check bench-quick conformance
 
 help:
 	@echo "make install         pip install -e .[test] (the README's first half of the test command)"
@@ -12,6 +12,7 @@ help:
 	@echo "make test-citus      the database tests again on a 3-node Citus cluster (.ci/citus.sh builds Citus)"
 	@echo "make check           lint, types, test, test-pgbouncer: what CI runs"
 	@echo "make bench-quick     the three-minute benchmark on the embedded server (needs .[bench])"
+	@echo "make conformance     the frameworks' own test suites against the adapters (.[conformance])"
 
 install:
 	python -m pip install -e ".[test]"
@@ -50,3 +51,10 @@ bench-quick:
 # server of their own and are not repeated; the property tests are (they clone on every node).
 test-citus:
 	CONVDB_TEST_CITUS=1 python -m pytest -m "db and not slow and not faults" $(RERUN_SKIPS)
+
+# The frameworks' own published tests (OpenAI Agents SDK 0.24.0, langchain-core 1.8.3,
+# langchain-postgres 0.0.19, from their PyPI sdists, cached in ~/.cache/convdb-conformance) against
+# the adapters; not_applicable.toml lists what cannot apply. Needs the conformance extra.
+conformance:
+	python -m pip install -e ".[conformance]"
+	python -m tests.conformance

@@ -15,6 +15,7 @@ from .errors import (
     SchemaMismatch,
     TransientError,
     UnsupportedIsolation,
+    WrongEventLoop,
 )
 from .pool import init_connection
 from .records import Conversation, ErasureCounts, Message, Page, Role
@@ -56,6 +57,7 @@ __all__ = [
     "SchemaMismatch",
     "TransientError",
     "UnsupportedIsolation",
+    "WrongEventLoop",
     "__version__",
     "build_message_array",
     "estimate_tokens",

@@ -173,24 +173,28 @@ async def _save_batch_in_transaction(
 
 
 async def window_until(
-    conn: Conn, cid: str, uid: str, seq: int, limit: int, token_budget: int | None
+    conn: Conn, cid: str, uid: str, seq: int, limit: int, token_budget: int | None, *, trim: bool = True
 ) -> list[Message]:
-    """The trimmed window of at most ``limit`` messages ending at ``seq``, within ``token_budget``.
+    """The window of at most ``limit`` messages ending at ``seq``, within ``token_budget``, trimmed
+    unless ``trim`` is False.
 
     One round trip (get_history_window); ``seq=MAX_SEQ`` is "up to the newest".
     """
     records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, seq, limit, token_budget)
-    window = history_from_records(cid, records)
+    window = history_from_records(cid, records, trim=trim)
     if window is None:
         raise ConversationNotFound()
     return window
 
 
-async def history(conn: Conn, cid: str, uid: str, limit: int, token_budget: int | None) -> list[Message]:
-    """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed."""
+async def history(
+    conn: Conn, cid: str, uid: str, limit: int, token_budget: int | None, trim: bool = True
+) -> list[Message]:
+    """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed unless
+    ``trim`` is False."""
     if token_budget is not None:
-        return await window_until(conn, cid, uid, MAX_SEQ, limit, token_budget)
-    window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit))
+        return await window_until(conn, cid, uid, MAX_SEQ, limit, token_budget, trim=trim)
+    window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit), trim=trim)
     if window is None:
         raise ConversationNotFound()
     return window
