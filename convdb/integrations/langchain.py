@@ -257,7 +257,7 @@ def _wait(future: concurrent.futures.Future[T], home: asyncio.AbstractEventLoop,
                 future.cancel()
                 raise WrongEventLoop(
                     f"ConvDBChatMessageHistory.{name}: the event loop that owns convdb's pool stopped "
-                    f"during the call; its outcome is unknown"
+                    f"while the call waited; its outcome is unknown"
                 ) from None
         except concurrent.futures.CancelledError:
             raise WrongEventLoop(
