@@ -7,8 +7,12 @@ CONVDB_TEST_CITUS_DSN; .ci/run runs it), where they are the twins of the single-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import subprocess
+import sys
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +22,8 @@ import pytest
 from convdb import ConversationStore
 from convdb.listing import build_listing
 from convdb.sql import QUERIES
-from convdb.testing import apply_schema
-from tests.support.fix_server import SCHEMA_CITUS, Server
+from convdb.testing import apply_schema, apply_sql, catalog_snapshot
+from tests.support.fix_server import ROOT, SCHEMA_CITUS, Server
 
 citus_only = pytest.mark.engine_specific("citus", "EXPLAIN shapes and catalogs of a Citus cluster")
 
@@ -277,6 +281,49 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
         await db.fetchval("SELECT count(*) FROM pg_constraint WHERE conname = 'messages_conversation_fkey'")
         == 1
     )
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "convdb", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@citus_only
+async def test_schema_citus_command_output_builds_a_database_check_accepts(
+    pg_server: Server, db: asyncpg.Connection, db_name: str
+) -> None:
+    """`python -m convdb schema --citus` applied with psql on a new distributed database (the
+    extension on every node, the workers registered, nothing else) gives the tests' template:
+    same catalog, same distribution; `check` accepts it and connect() verifies it."""
+    assert pg_server.citus is not None
+    printed = await asyncio.to_thread(_cli, "schema", "--citus")
+    assert printed.returncode == 0 and printed.stderr == "", printed
+    assert printed.stdout.endswith(SCHEMA_CITUS.read_text())
+    name = f"cli_{uuid.uuid4().hex[:12]}"
+    await pg_server.citus.create_database(name)
+    try:
+        dsn = pg_server.dsn(name)
+        apply_sql(dsn, printed.stdout)
+        assert await catalog_snapshot(dsn) == await catalog_snapshot(pg_server.dsn(db_name))
+        built = await asyncpg.connect(dsn)
+        try:
+            assert await _distribution(built) == await _distribution(db)
+        finally:
+            await built.close()
+        checked = await asyncio.to_thread(_cli, "check", "--dsn", dsn)
+        assert checked.returncode == 0, checked
+        assert checked.stdout.endswith("OK: this package can run on this database.\n")
+        store = await ConversationStore.connect(dsn, min_size=1, max_size=1)
+        try:
+            await store.verify_schema()
+            conv = await store.get_or_create_conversation("cli-1", "alice")
+            assert (await store.save_message(conv.id, "alice", "user", "hi")).seq == 1
+        finally:
+            await store.close()
+    finally:
+        await pg_server.citus.drop_database(name)
 
 
 @citus_only
