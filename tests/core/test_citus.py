@@ -66,8 +66,8 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
 USER_WIDE = {"erase_list_conversations", "erase_messages_chunk", "erase_conversations"}
-# Not about conversations' rows: the catalog report, the reference-table version, a setting.
-NOT_DISTRIBUTED = {"schema_report", "schema_version", "set_rls_user"}
+# Not about conversations' rows: the catalog report, the reference-table version, settings.
+NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation", "set_rls_user"}
 
 
 def test_every_statement_is_classified() -> None:
