@@ -63,7 +63,7 @@ async def test_erasure_chunks_are_committed_while_it_waits(dsn: str, mode: str) 
                 store.delete_user_data("leaving", messages_per_batch=100, conversations_per_batch=100)
             )
             # erase_lock_conversations, the step that locks the rows before deleting them
-            await _wait_for_lock_wait(admin, "SELECT id FROM conversations WHERE id = ANY")
+            await _wait_for_lock_wait(admin, "UPDATE conversations SET next_seq = next_seq WHERE id = ANY")
             left = await admin.fetchval(
                 "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id "
                 "WHERE c.user_id = 'leaving'"
