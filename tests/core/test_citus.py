@@ -66,7 +66,12 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
     "save_and_get_history": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, 50, None), 7),
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
-USER_WIDE = {"erase_list_conversations", "erase_messages_chunk", "erase_lock_conversations", "erase_conversations"}
+USER_WIDE = {
+    "erase_list_conversations",
+    "erase_messages_chunk",
+    "erase_lock_conversations",
+    "erase_conversations",
+}
 # Not about conversations' rows: the catalog report, the reference-table version, a setting.
 NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation", "set_rls_user"}
 
@@ -178,7 +183,9 @@ async def test_history_walks_the_shards_primary_key_backwards(
     WindowAgg over it), reading few buffers on the shard."""
     conv = await store.get_or_create_conversation("big", "alice")
     for _ in range(3):
-        await store.save_messages(conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)])
+        await store.save_messages(
+            conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)]
+        )
     await db.execute("ANALYZE conversations; ANALYZE messages")
     types = [t.name for t in (await db.prepare(QUERIES[name])).get_parameters()]
     text = QUERIES[name]
@@ -288,7 +295,11 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "convdb", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
