@@ -8,8 +8,10 @@ from .errors import (
     ConversationExists,
     ConversationNotFound,
     DatabaseUnavailable,
+    DecryptionError,
     IdempotencyConflict,
     InvalidInput,
+    KeyNotFound,
     PoolTimeout,
     QueryTimeout,
     SchemaMismatch,
@@ -17,8 +19,9 @@ from .errors import (
     UnsupportedIsolation,
     WrongEventLoop,
 )
+from .keys import KeyProvider, StaticKeys
 from .pool import init_connection
-from .records import Conversation, ErasureCounts, Message, Page, Role
+from .records import Conversation, ErasureCounts, Message, Page, Role, RotationReport
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
 from .validation import (
@@ -46,14 +49,19 @@ __all__ = [
     "ConversationNotFound",
     "ConversationStore",
     "DatabaseUnavailable",
+    "DecryptionError",
     "ErasureCounts",
     "IdempotencyConflict",
     "InvalidInput",
+    "KeyNotFound",
+    "KeyProvider",
     "Message",
     "Page",
     "PoolTimeout",
     "QueryTimeout",
     "Role",
+    "RotationReport",
+    "StaticKeys",
     "SchemaMismatch",
     "TransientError",
     "UnsupportedIsolation",

@@ -134,3 +134,12 @@ class ErasureCounts:
 
     conversations: int
     messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class RotationReport:
+    """What ``rotate`` did: data keys re-wrapped under the active master key by this call, and how
+    many are still wrapped under each other master key (empty: every old key can be retired)."""
+
+    rewrapped: int
+    remaining: dict[str, int]

@@ -23,7 +23,7 @@ from .errors import SchemaMismatch
 from .sql import QUERIES
 
 #: The schema version this package is built for: the last migration it ships.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,11 @@ EXPECTED_COLUMNS: Final[dict[str, Column]] = {
     "messages.token_count": Column("integer", True, "0"),
     "messages.idempotency_key": Column("text", False),
     "messages.created_at": Column(_TS, True, "now()"),
+    "convdb_user_keys.user_id": Column("text", True),
+    "convdb_user_keys.key_id": Column("text", True),
+    "convdb_user_keys.master_key_id": Column("text", True),
+    "convdb_user_keys.wrapped_key": Column("bytea", True),
+    "convdb_user_keys.created_at": Column(_TS, True, "now()"),
 }
 
 # As pg_get_constraintdef prints them. The primary keys make seq unique per conversation and the
@@ -86,6 +91,10 @@ EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
     "messages.messages_tool_calls_array": "CHECK (((tool_calls IS NULL) OR (jsonb_typeof(tool_calls) = 'array'::text)))",
     "messages.messages_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
     "messages.messages_token_count_nonnegative": "CHECK ((token_count >= 0))",
+    "convdb_user_keys.convdb_user_keys_pkey": "PRIMARY KEY (user_id)",
+    "convdb_user_keys.convdb_user_keys_user_id_length": "CHECK (((length(user_id) >= 1) AND (length(user_id) <= 255)))",
+    "convdb_user_keys.convdb_user_keys_key_id_length": "CHECK (((length(key_id) >= 1) AND (length(key_id) <= 64)))",
+    "convdb_user_keys.convdb_user_keys_master_key_id_length": "CHECK (((length(master_key_id) >= 1) AND (length(master_key_id) <= 64)))",
 }
 
 # As pg_get_indexdef prints them, without "CREATE INDEX name ON table"; " (INVALID)" is appended to
@@ -99,6 +108,7 @@ EXPECTED_INDEXES: Final[dict[str, str]] = {
     "conversations.conversations_user_id": "USING btree (user_id, id)",
     "messages.messages_pkey": "UNIQUE USING btree (conversation_id, seq)",
     "messages.messages_idempotency_key": "UNIQUE USING btree (conversation_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)",
+    "convdb_user_keys.convdb_user_keys_pkey": "UNIQUE USING btree (user_id)",
 }
 
 FRESH_INSTALL: Final = (

@@ -15,6 +15,7 @@ from typing import Final, TypeVar
 
 import asyncpg
 
+from ..crypto import Codec
 from ..errors import ConversationNotFound, IdempotencyConflict
 from ..records import Message
 from ..sql import QUERIES
@@ -124,14 +125,25 @@ async def save(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
 
 
 async def save_batch(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], *, time_budget: float, begin: Begin = begin
+    conn: Conn,
+    cid: str,
+    uid: str,
+    rows: list[MessageRow],
+    *,
+    time_budget: float,
+    codec: Codec | None = None,
+    begin: Begin = begin,
 ) -> list[Message]:
-    """Append a batch in one transaction (opened with ``begin``); ``time_budget`` bounds its inserts."""
+    """Append a batch in one transaction (opened with ``begin``); ``time_budget`` bounds its inserts.
+
+    With ``codec`` (encryption on) each row is sealed once its seq is reserved (the seq is part
+    of the associated data), and messages already stored under a key are opened before they are
+    compared and returned."""
     keys = [r.idempotency_key for r in rows if r.idempotency_key is not None]
     for attempt in range(_KEYED_BATCH_ATTEMPTS):
         try:
             async with begin(conn):
-                return await _save_batch_in_transaction(conn, cid, uid, rows, keys, time_budget)
+                return await _save_batch_in_transaction(conn, cid, uid, rows, keys, time_budget, codec)
         except asyncpg.UniqueViolationError as exc:
             # Another writer stored one of our keys after this transaction's first snapshot.
             if not keys or not is_replayed_key(exc) or attempt + 1 == _KEYED_BATCH_ATTEMPTS:
@@ -140,7 +152,13 @@ async def save_batch(
 
 
 async def _save_batch_in_transaction(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], keys: list[str], time_budget: float
+    conn: Conn,
+    cid: str,
+    uid: str,
+    rows: list[MessageRow],
+    keys: list[str],
+    time_budget: float,
+    codec: Codec | None,
 ) -> list[Message]:
     stored: dict[str, Message] = {}
     if keys:
@@ -148,6 +166,8 @@ async def _save_batch_in_transaction(
         if not found:
             raise ConversationNotFound()
         stored = {r[8]: Message.from_record(cid, r) for r in found if r[0] is not None}
+        if codec is not None:
+            stored = {k: codec.open_message(m) for k, m in stored.items()}
     new_rows = [r for r in rows if r.idempotency_key not in stored] if stored else rows
     first_seq = 0
     created_at: datetime | None = None
@@ -156,7 +176,10 @@ async def _save_batch_in_transaction(
         if head is None:
             raise ConversationNotFound()
         first_seq, created_at = head[0], head[1]
-        args = [(cid, first_seq + i, *r) for i, r in enumerate(new_rows)]
+        if codec is None:
+            args = [(cid, first_seq + i, *r) for i, r in enumerate(new_rows)]
+        else:
+            args = [(cid, first_seq + i, *codec.seal_row(first_seq + i, r)) for i, r in enumerate(new_rows)]
         # Always bounded: without a timeout asyncpg can wait forever for a socket drain when the
         # server stops reading mid-batch (asyncpg #873, #1265).
         await conn.executemany(_INSERT_MESSAGE_AT, args, timeout=time_budget)

@@ -82,4 +82,22 @@ CREATE POLICY convdb_messages_owner ON messages
                          WHERE c.id = messages.conversation_id
                            AND c.user_id = current_setting('convdb.user_id', true)));
 
+-- A user's data key (encryption at rest; schema version 3 and later) is visible to that user's
+-- transactions only. rotate(), which re-wraps every user's key, runs as the tables' owner (or a
+-- BYPASSRLS role). Conditional, so that this file still applies to a database at version 1 or 2.
+DO $$
+BEGIN
+    IF to_regclass('convdb_user_keys') IS NOT NULL THEN
+        REVOKE ALL ON convdb_user_keys FROM convdb_app;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON convdb_user_keys TO convdb_app;
+        ALTER TABLE convdb_user_keys ENABLE ROW LEVEL SECURITY;
+        DROP POLICY IF EXISTS convdb_user_keys_owner ON convdb_user_keys;
+        CREATE POLICY convdb_user_keys_owner ON convdb_user_keys
+            FOR ALL TO convdb_app
+            USING (user_id = current_setting('convdb.user_id', true))
+            WITH CHECK (user_id = current_setting('convdb.user_id', true));
+    END IF;
+END
+$$;
+
 COMMIT;

@@ -14,6 +14,7 @@ import pytest
 
 from convdb import SCHEMA_VERSION, __version__
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
+from convdb.migrations import MIGRATIONS
 from tests.schema.schema_support import ROOT, SCHEMA, NewDatabase, fresh_install_file, new_db
 
 __all__ = ["new_db"]  # the fixture, imported for pytest
@@ -67,14 +68,16 @@ async def test_check_and_migrations_on_a_v1_database(new_db: NewDatabase) -> Non
     assert before.stderr == ""
     assert "schema version 1, supports packages built for schema 1 or later" in before.stdout
     assert "NOT COMPATIBLE" in before.stdout
-    assert "Migrations to apply, in order: 0002_compatibility_floor.sql" in before.stdout
+    assert "Migrations to apply, in order: " + ", ".join(m.filename for m in MIGRATIONS[1:]) in before.stdout
     assert (
         "python -m convdb migrations --from 1 | psql -v ON_ERROR_STOP=1 -d <database> -f -" in before.stdout
     )
     printed = cli("migrations", "--from", "1")
     assert printed.returncode == 0 and printed.stderr == ""
     assert printed.stdout.startswith(
-        f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: 0002_compatibility_floor.sql\n"
+        f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: "
+        + ", ".join(m.filename for m in MIGRATIONS[1:])
+        + "\n"
     )
     apply_sql(dsn, printed.stdout)
     apply_sql(dsn, printed.stdout)  # a second run changes nothing and does not fail
