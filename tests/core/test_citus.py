@@ -54,6 +54,11 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "import_finish": ("c1", "u1", 5),
     "lock_conversation": ("c1", "u1"),
     "get_or_create_conversation_locked": ("c1", "u1", None, None),
+    # convdb_user_keys is distributed by user_id: one user's key is one shard's row.
+    "get_user_key": ("u1",),
+    "create_user_key": ("u1", "0123456789abcdef", "k1", b"wrapped"),
+    "shred_user_key": ("u1",),
+    "rewrap_user_key": ("u1", "0123456789abcdef", "k1", "k2", b"wrapped"),
 }
 # ONE_SHARD_STEPS: an INSERT inside a CTE (or INSERT ... SELECT from one). Citus 13.2's router
 # planner refuses INSERT common table expressions ("Router planner doesn't support INSERT common
@@ -71,6 +76,9 @@ USER_WIDE = {
     "erase_messages_chunk",
     "erase_lock_conversations",
     "erase_conversations",
+    # rotate(): every user's data key (convdb_user_keys, by user_id), a batch at a time.
+    "rotation_batch",
+    "keys_per_master_key",
 }
 # Not about conversations' rows: the catalog report, the reference-table version, a setting.
 NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation", "set_rls_user"}
@@ -93,6 +101,8 @@ def _literal(value: Any, type_name: str) -> str:
         text = "ARRAY[" + ",".join(_literal(v, "text") for v in value) + "]"
     elif isinstance(value, datetime):
         text = f"'{value.isoformat()}'"
+    elif isinstance(value, bytes):
+        text = "'\\x" + value.hex() + "'"
     else:
         text = "'" + str(value).replace("'", "''") + "'"
     sql_type = {"_text": "text[]"}.get(type_name, type_name)

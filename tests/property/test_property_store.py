@@ -34,7 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from convdb import ConversationNotFound, ConversationStore, IdempotencyConflict, InvalidInput
+from convdb import ConversationNotFound, ConversationStore, IdempotencyConflict, InvalidInput, StaticKeys
 from tests.support.fix_server import TEMPLATE, Server
 
 T = TypeVar("T")
@@ -71,8 +71,11 @@ class Env:
         return self.runner.run(coro)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def env(pg_server: Server, template_db: str) -> Iterator[Env]:
+# Every property test runs twice: as is, and with encryption at rest on (issue 13), where every
+# text and JSON value goes through AES-GCM and back.
+@pytest.fixture(scope="module", params=["plain", "encrypted"])
+def env(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> Iterator[Env]:
+    provider = StaticKeys({"k1": os.urandom(32)}, "k1") if request.param == "encrypted" else None
     name = f"p_{uuid.uuid4().hex[:16]}"
     runner = asyncio.Runner()
 
@@ -89,7 +92,9 @@ def env(pg_server: Server, template_db: str) -> Iterator[Env]:
         runner.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
     dsn = pg_server.dsn(name)
     store = runner.run(
-        ConversationStore.connect(dsn, min_size=1, max_size=4, max_content_bytes=MAX_CONTENT_BYTES)
+        ConversationStore.connect(
+            dsn, min_size=1, max_size=4, max_content_bytes=MAX_CONTENT_BYTES, encryption=provider
+        )
     )
     try:
         yield Env(runner, store, dsn)

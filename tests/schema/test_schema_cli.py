@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from convdb import SCHEMA_VERSION, __version__
-from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from convdb.migrations import MIGRATIONS
+from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from tests.schema.schema_support import ROOT, SCHEMA, NewDatabase, fresh_install_file, new_db
 
 __all__ = ["new_db"]  # the fixture, imported for pytest

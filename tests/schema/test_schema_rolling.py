@@ -10,7 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from convdb import SCHEMA_VERSION, ConstraintViolation, ConversationStore, SchemaMismatch, migrations, schema_check
+from convdb import (
+    SCHEMA_VERSION,
+    ConstraintViolation,
+    ConversationStore,
+    SchemaMismatch,
+    migrations,
+    schema_check,
+)
 from convdb.migrations import Migration
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from tests.schema.schema_support import SCHEMA, NewDatabase, new_db, with_test_migrations
@@ -148,4 +155,9 @@ async def test_the_test_migrations_rerun_as_no_ops(new_db: NewDatabase) -> None:
         after = await catalog_snapshot(dsn)
         apply_sql(dsn, m.sql)
         assert await catalog_snapshot(dsn) == after
-    assert ("version row", f'{{"version": {V + 2}, "singleton": true, "compatible_from": {V + 1}}}', "", "") in after
+    assert (
+        "version row",
+        f'{{"version": {V + 2}, "singleton": true, "compatible_from": {V + 1}}}',
+        "",
+        "",
+    ) in after

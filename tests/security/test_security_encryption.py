@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from typing import Any
 
 import asyncpg
 import pytest
@@ -39,7 +40,7 @@ def keys(active: str = "k1", **extra: bytes) -> StaticKeys:
     return StaticKeys({"k1": K1, **extra}, active)
 
 
-async def encrypted(dsn: str, provider: StaticKeys | None = None, **options: object) -> ConversationStore:
+async def encrypted(dsn: str, provider: StaticKeys | None = None, **options: Any) -> ConversationStore:
     return await ConversationStore.connect(
         dsn, min_size=1, max_size=4, encryption=provider or keys(), **options
     )
@@ -48,7 +49,9 @@ async def encrypted(dsn: str, provider: StaticKeys | None = None, **options: obj
 async def seed(store: ConversationStore, uid: str, cid: str) -> None:
     s = SECRETS
     await store.get_or_create_conversation(cid, uid, title=s["title"], metadata={"note": s["conv_meta"]})
-    await store.save_message(cid, uid, "user", s["content"], metadata={"m": s["msg_meta"]}, idempotency_key="k")
+    await store.save_message(
+        cid, uid, "user", s["content"], metadata={"m": s["msg_meta"]}, idempotency_key="k"
+    )
     await store.save_messages(
         cid,
         uid,
@@ -79,7 +82,10 @@ async def test_every_method_works_encrypted_and_the_dump_holds_no_plaintext(
         assert history[0].metadata == {"m": SECRETS["msg_meta"]}
         assert history[1].tool_calls == [{"id": "c1", "arguments": SECRETS["tool_args"]}]
         conv = await store.get_conversation("conv-a", "alice")
-        assert (conv.title, conv.metadata) == (SECRETS["title"], {"note": SECRETS["updated"], "t": SECRETS["title"]})
+        assert (conv.title, conv.metadata) == (
+            SECRETS["title"],
+            {"note": SECRETS["updated"], "t": SECRETS["title"]},
+        )
         # A keyed replay compares the decrypted stored message, so it is a replay, not a conflict.
         replay = await store.save_message("conv-a", "alice", "user", SECRETS["content"], idempotency_key="k")
         assert replay.seq == 1 and replay.content == SECRETS["content"]
@@ -90,11 +96,16 @@ async def test_every_method_works_encrypted_and_the_dump_holds_no_plaintext(
         for start in range(len(secret) - 11):
             assert secret[start : start + 12] not in dump, (name, secret[start : start + 12])
     for plain in ("hello", "renamed", '"ü"'):  # exercise_every_method's values (bob's rows are erased)
-        assert plain not in dump.split("COPY public.convdb_user_keys")[0].split("COPY public.conversations")[-1]
+        assert (
+            plain not in dump.split("COPY public.convdb_user_keys")[0].split("COPY public.conversations")[-1]
+        )
     raw = await db.fetchrow("SELECT content, metadata::text, tool_calls FROM messages WHERE seq = 2")
+    assert raw is not None
     assert raw["content"] is None and raw["tool_calls"].startswith('["cdb1:')
     assert raw["metadata"].startswith('{"enc": "cdb1:')
-    print(f"\nencrypted store: {len(called)} methods exercised; pg_dump of {len(dump)} bytes holds no test string")
+    print(
+        f"\nencrypted store: {len(called)} methods exercised; pg_dump of {len(dump)} bytes holds no test string"
+    )
 
 
 async def test_a_ciphertext_moved_to_another_row_column_or_conversation_fails(
@@ -107,34 +118,48 @@ async def test_a_ciphertext_moved_to_another_row_column_or_conversation_fails(
         await store.get_or_create_conversation("conv-m", "mallory", title="mallory's")
         await store.save_message("conv-m", "mallory", "user", "mallory's message")
         # Another seq of the same conversation.
-        await db.execute("UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1) WHERE conversation_id = 'conv-a' AND seq = 3")
+        await db.execute(
+            "UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1) WHERE conversation_id = 'conv-a' AND seq = 3"
+        )
         with pytest.raises(DecryptionError, match="message 3 of conversation 'conv-a': content") as info:
             await store.get_history("conv-a", "alice")
         assert info.value.key_id is not None and type(info.value) is DecryptionError
         # Another conversation of the same user (same data key): the associated data differs.
-        await db.execute("UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1) WHERE conversation_id = 'conv-b' AND seq = 1")
+        await db.execute(
+            "UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1) WHERE conversation_id = 'conv-b' AND seq = 1"
+        )
         with pytest.raises(DecryptionError, match="does not decrypt"):
             await store.get_history("conv-b", "alice")
         # Another column: a title copied into metadata's place, a conversation's title to another.
-        await db.execute("UPDATE conversations SET title = (SELECT title FROM conversations WHERE id = 'conv-a') WHERE id = 'conv-b'")
+        await db.execute(
+            "UPDATE conversations SET title = (SELECT title FROM conversations WHERE id = 'conv-a') WHERE id = 'conv-b'"
+        )
         with pytest.raises(DecryptionError, match="title of conversation 'conv-b'"):
             await store.get_conversation("conv-b", "alice")
         # Another user's conversation: mallory's data key is another key, named in the error.
         alice_key = await db.fetchval("SELECT key_id FROM convdb_user_keys WHERE user_id = 'alice'")
-        await db.execute("UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 4) WHERE conversation_id = 'conv-m' AND seq = 1")
+        await db.execute(
+            "UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 4) WHERE conversation_id = 'conv-m' AND seq = 1"
+        )
         with pytest.raises(KeyNotFound, match=alice_key) as missing:
             await store.get_history("conv-m", "mallory")
         assert missing.value.key_id == alice_key
         # A tampered ciphertext (one character changed) and a plaintext value are refused too.
-        await db.execute("UPDATE messages SET content = overlay(content placing (CASE WHEN substr(content, 40, 1) = 'A' THEN 'B' ELSE 'A' END) from 40 for 1) WHERE conversation_id = 'conv-a' AND seq = 4")
+        await db.execute(
+            "UPDATE messages SET content = overlay(content placing (CASE WHEN substr(content, 40, 1) = 'A' THEN 'B' ELSE 'A' END) from 40 for 1) WHERE conversation_id = 'conv-a' AND seq = 4"
+        )
         with pytest.raises(DecryptionError):
             await store.get_history("conv-a", "alice", limit=1)
-        await db.execute("UPDATE messages SET content = 'plain text' WHERE conversation_id = 'conv-m' AND seq = 1")
+        await db.execute(
+            "UPDATE messages SET content = 'plain text' WHERE conversation_id = 'conv-m' AND seq = 1"
+        )
         with pytest.raises(DecryptionError, match="not an encrypted value"):
             await store.get_history("conv-m", "mallory")
 
 
-async def test_plaintext_written_without_encryption_is_never_returned_by_an_encrypting_store(dsn: str) -> None:
+async def test_plaintext_written_without_encryption_is_never_returned_by_an_encrypting_store(
+    dsn: str,
+) -> None:
     async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as plain:
         await plain.get_or_create_conversation("c", "u", title="plain title")
         await plain.save_message("c", "u", "user", "plain content")
@@ -209,7 +234,8 @@ async def test_rotation_limited_then_cancelled_midway_loses_nothing_and_a_second
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        counts = dict(await db.fetch("SELECT master_key_id, count(*) FROM convdb_user_keys GROUP BY 1"))
+        rows = await db.fetch("SELECT master_key_id, count(*) FROM convdb_user_keys GROUP BY 1")
+        counts = {r[0]: r[1] for r in rows}
         assert counts == {"k1": 5, "k2": 7}  # 3 + 4 committed; the stalled batch wrote nothing
         # Nothing lost meanwhile: every value still reads, under either master key.
         for uid in users:
@@ -233,11 +259,15 @@ async def test_shredding_makes_every_copy_of_a_users_rows_unreadable_and_leaves_
     async with await encrypted(dsn) as store:
         await seed(store, "alice", "conv-a")
         await store.get_or_create_conversation("conv-a2", "alice", title="second")
-        await store.save_messages("conv-a2", "alice", [{"role": "user", "content": f"m{i}"} for i in range(7)])
+        await store.save_messages(
+            "conv-a2", "alice", [{"role": "user", "content": f"m{i}"} for i in range(7)]
+        )
         await seed(store, "bob", "conv-b")
         # A "backup" of alice's rows, taken before the shred (what pg_dump or a replica holds).
         await db.execute("CREATE TABLE backup_c AS SELECT * FROM conversations WHERE user_id = 'alice'")
-        await db.execute("CREATE TABLE backup_m AS SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = 'alice'")
+        await db.execute(
+            "CREATE TABLE backup_m AS SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = 'alice'"
+        )
         alice_key = await db.fetchval("SELECT key_id FROM convdb_user_keys WHERE user_id = 'alice'")
         counts = await store.shred_user("alice", messages_per_batch=3)
         assert (counts.conversations, counts.messages) == (2, 11)
@@ -247,7 +277,12 @@ async def test_shredding_makes_every_copy_of_a_users_rows_unreadable_and_leaves_
         # The backup restored: every row is there again, and none of it can be read.
         await db.execute("INSERT INTO conversations SELECT * FROM backup_c")
         await db.execute("INSERT INTO messages SELECT * FROM backup_m")
-        assert await db.fetchval("SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = 'alice'") == 11
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = 'alice'"
+            )
+            == 11
+        )
         async with await encrypted(dsn) as fresh:  # another process, nothing cached
             for cid in ("conv-a", "conv-a2"):
                 with pytest.raises(KeyNotFound, match=alice_key):
@@ -260,14 +295,16 @@ async def test_shredding_makes_every_copy_of_a_users_rows_unreadable_and_leaves_
                 await fresh.list_conversations("alice")
             # Bob is intact.
             assert (await fresh.get_conversation("conv-b", "bob")).title == SECRETS["title"]
-            assert [m.content for m in await fresh.get_history("conv-b", "bob")][0] == SECRETS["content"]
+            assert (await fresh.get_history("conv-b", "bob"))[0].content == SECRETS["content"]
         # A second shred finishes the purge of the restored rows.
         again = await store.shred_user("alice")
         assert (again.conversations, again.messages) == (2, 11)
         assert (await store.shred_user("nobody")).conversations == 0
 
 
-async def test_import_into_an_encrypting_store_seals_and_export_decrypts(dsn: str, db: asyncpg.Connection) -> None:
+async def test_import_into_an_encrypting_store_seals_and_export_decrypts(
+    dsn: str, db: asyncpg.Connection
+) -> None:
     async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as plain:
         await seed(plain, "carol", "conv-plain")
         records = await export_records(plain, "conv-plain", "carol")
@@ -280,4 +317,9 @@ async def test_import_into_an_encrypting_store_seals_and_export_decrypts(dsn: st
         ]
     raw = await db.fetchval("SELECT title FROM conversations WHERE id = 'conv-sealed'")
     assert raw.startswith("cdb1:")
-    assert await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = 'conv-sealed' AND content LIKE '%jabberwock%'") == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM messages WHERE conversation_id = 'conv-sealed' AND content LIKE '%jabberwock%'"
+        )
+        == 0
+    )

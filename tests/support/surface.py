@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_RLS = ROOT / "schema_rls.sql"
 APP_ROLE = "convdb_test_app"  # a login role, member of convdb_app (schema_rls.sql)
 
-# Not operations on user data: they take no user id.
-LIFECYCLE = frozenset({"connect", "close", "verify_schema"})
+# Not operations on one user's data: they take no user id (rotate re-wraps every user's data key;
+# tests/security/test_security_encryption.py covers it).
+LIFECYCLE = frozenset({"connect", "close", "verify_schema", "rotate"})
 # Methods that take no conversation id: they act on "everything of this user".
-USER_WIDE = frozenset({"list_conversations", "delete_user_data"})
+USER_WIDE = frozenset({"list_conversations", "delete_user_data", "shred_user"})
 # Methods for which an unknown id is not an error: it names the conversation to create.
 CREATING = frozenset({"get_or_create_conversation", "import_conversation"})
 
@@ -163,6 +164,10 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     erased = await store.delete_user_data(uid)
     assert erased.conversations >= 1
     called.add("delete_user_data")
+    await store.get_or_create_conversation(cid, uid, title="again")
+    shredded = await store.shred_user(uid)
+    assert (shredded.conversations, shredded.messages) == (1, 0)
+    called.add("shred_user")
     with pytest.raises(ConversationNotFound):
         await store.get_conversation(cid, uid)
     return called
