@@ -3,6 +3,7 @@
 from ._version import __version__
 from .agent import build_message_array, message_to_dict, to_chat_message
 from .errors import (
+    ConcurrentUpdate,
     ConstraintViolation,
     ConvDBError,
     ConversationExists,
@@ -15,7 +16,17 @@ from .errors import (
     SchemaMismatch,
 )
 from .pool import init_connection
-from .records import Conversation, ErasureCounts, Message, Page, Role
+from .records import (
+    Conversation,
+    ErasureCounts,
+    Message,
+    Page,
+    Role,
+    Summary,
+    Usage,
+    UsageReport,
+    UsageTotals,
+)
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
 from .validation import DEFAULT_MAX_CONTENT_BYTES, MAX_HISTORY_LIMIT, UNSET, estimate_tokens
@@ -25,6 +36,7 @@ __all__ = [
     "MAX_HISTORY_LIMIT",
     "SCHEMA_VERSION",
     "UNSET",
+    "ConcurrentUpdate",
     "ConstraintViolation",
     "ConvDBError",
     "Conversation",
@@ -41,6 +53,10 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "Summary",
+    "Usage",
+    "UsageReport",
+    "UsageTotals",
     "__version__",
     "build_message_array",
     "estimate_tokens",
