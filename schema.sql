@@ -109,17 +109,28 @@ CREATE TABLE IF NOT EXISTS messages (
         CHECK (idempotency_key IS NULL OR length(idempotency_key) BETWEEN 1 AND 255),
     CONSTRAINT messages_tool_calls_array CHECK (tool_calls IS NULL OR jsonb_typeof(tool_calls) = 'array'),
     CONSTRAINT messages_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
-    CONSTRAINT messages_token_count_nonnegative CHECK (token_count >= 0),
-    -- Mirrors convdb.validation.check_usage: all four token counts or none, nothing else without them.
-    CONSTRAINT messages_usage_valid CHECK (
-        (model IS NULL OR length(model) BETWEEN 1 AND 255)
-        AND input_tokens >= 0 AND output_tokens >= 0 AND cached_tokens >= 0
-        AND reasoning_tokens >= 0 AND cost >= 0 AND latency_ms >= 0
-        AND (input_tokens IS NULL) = (output_tokens IS NULL)
-        AND (input_tokens IS NULL) = (cached_tokens IS NULL)
-        AND (input_tokens IS NULL) = (reasoning_tokens IS NULL)
-        AND (input_tokens IS NOT NULL OR (model IS NULL AND cost IS NULL AND latency_ms IS NULL)))
+    CONSTRAINT messages_token_count_nonnegative CHECK (token_count >= 0)
 );
+
+-- Mirrors convdb.validation.check_usage: all four token counts or none, nothing else without them.
+-- NOT VALID, as migration 0003 adds it (which must not scan a large table under its lock): it is
+-- enforced on every insert and update all the same; a fresh table has no row it would skip.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'messages_usage_valid'
+                                               AND conrelid = 'messages'::regclass) THEN
+        ALTER TABLE messages ADD CONSTRAINT messages_usage_valid CHECK (
+            (model IS NULL OR length(model) BETWEEN 1 AND 255)
+            AND input_tokens >= 0 AND output_tokens >= 0 AND cached_tokens >= 0
+            AND reasoning_tokens >= 0 AND cost >= 0 AND latency_ms >= 0
+            AND (input_tokens IS NULL) = (output_tokens IS NULL)
+            AND (input_tokens IS NULL) = (cached_tokens IS NULL)
+            AND (input_tokens IS NULL) = (reasoning_tokens IS NULL)
+            AND (input_tokens IS NOT NULL OR (model IS NULL AND cost IS NULL AND latency_ms IS NULL)))
+            NOT VALID;
+    END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- 3. Indexes

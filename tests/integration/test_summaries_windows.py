@@ -283,3 +283,30 @@ async def test_summarized_reads_and_turns_take_one_round_trip(
     }
     counts = {name: len(await _count(log, op)) for name, op in single.items()}
     assert counts == dict.fromkeys(single, 1)
+
+
+async def test_raw_sql_under_the_app_role_cannot_reach_another_users_summaries(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    from tests.integration.reliability_support import enable_rls
+
+    app_dsn = await enable_rls(dsn)
+    async with await ConversationStore.connect(dsn) as owner:
+        cid = await _conv(owner, 2)
+        await owner.save_summary(cid, U, "secret summary", through_seq=2)
+        await owner.get_or_create_conversation("mallory-own", "mallory")
+    conn = await asyncpg.connect(app_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM conversation_summaries") == 0
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('convdb.user_id', 'mallory', true)")
+            assert await conn.fetchval("SELECT count(*) FROM conversation_summaries") == 0
+            assert await conn.execute("DELETE FROM conversation_summaries") == "DELETE 0"
+        forge = "INSERT INTO conversation_summaries (conversation_id, through_seq, content) VALUES ($1, 3, 'forged')"
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('convdb.user_id', 'mallory', true)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the policy's WITH CHECK
+                await conn.execute(forge, cid)
+    finally:
+        await conn.close()
+    assert await db.fetchval("SELECT array_agg(content) FROM conversation_summaries") == ["secret summary"]
