@@ -226,7 +226,8 @@ async def main() -> None:
     if "appends" in parts:
         await appends(dsn)
     if "report" in parts:
-        await monthly_report(dsn, "u42")
+        for user in ("u42", "heavy"):
+            await monthly_report(dsn, user)
 
 
 if __name__ == "__main__":

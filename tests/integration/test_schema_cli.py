@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from convdb import SCHEMA_VERSION, __version__
+from convdb.migrations import MIGRATIONS
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from tests.integration.schema_support import ROOT, SCHEMA, NewDatabase, fresh_install_file, new_db
 
@@ -63,7 +64,7 @@ async def test_check_and_migrations_on_a_v1_database(new_db: NewDatabase) -> Non
     printed = cli("migrations", "--from", "1")
     assert printed.returncode == 0 and printed.stderr == ""
     assert printed.stdout.startswith(f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: "
-                                     "0002_compatibility_floor.sql\n")
+                                     + ", ".join(m.filename for m in MIGRATIONS[1:]) + "\n")
     apply_sql(dsn, printed.stdout)
     apply_sql(dsn, printed.stdout)  # a second run changes nothing and does not fail
     after = cli("check", "--dsn", dsn)
