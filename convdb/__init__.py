@@ -3,6 +3,7 @@
 from ._version import __version__
 from .agent import build_message_array, message_to_dict, to_chat_message
 from .errors import (
+    ConcurrentUpdate,
     ConstraintViolation,
     ConvDBError,
     ConversationExists,
@@ -17,7 +18,17 @@ from .errors import (
     UnsupportedIsolation,
 )
 from .pool import init_connection
-from .records import Conversation, ErasureCounts, Message, Page, Role
+from .records import (
+    Conversation,
+    ErasureCounts,
+    Message,
+    Page,
+    Role,
+    Summary,
+    Usage,
+    UsageReport,
+    UsageTotals,
+)
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
 from .validation import (
@@ -38,6 +49,7 @@ __all__ = [
     "MAX_HISTORY_LIMIT",
     "SCHEMA_VERSION",
     "UNSET",
+    "ConcurrentUpdate",
     "ConstraintViolation",
     "ConvDBError",
     "Conversation",
@@ -54,8 +66,12 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "Summary",
     "TransientError",
     "UnsupportedIsolation",
+    "Usage",
+    "UsageReport",
+    "UsageTotals",
     "__version__",
     "build_message_array",
     "estimate_tokens",

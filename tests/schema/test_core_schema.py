@@ -78,8 +78,8 @@ async def test_connect_can_skip_the_check(empty_db: str) -> None:
         ("ALTER TABLE messages DROP COLUMN token_count", "column messages.token_count is missing"),
         ("ALTER TABLE messages ALTER COLUMN seq TYPE integer", "column messages.seq is integer, expected bigint"),
         ("DROP INDEX messages_idempotency_key", "index messages_idempotency_key on messages is missing"),
-        ("UPDATE convdb_schema_version SET version = 0", "at schema version 0 and this package needs version 2"),
-        ("UPDATE convdb_schema_version SET compatible_from = 3", "supports packages built for schema 3 or later"),
+        ("UPDATE convdb_schema_version SET version = 0", "at schema version 0 and this package needs version 3"),
+        ("UPDATE convdb_schema_version SET compatible_from = 4", "supports packages built for schema 4 or later"),
         ("DROP TABLE convdb_schema_version", "no schema version is recorded"),
     ],
 )
