@@ -16,6 +16,7 @@ from .errors import (
     SchemaMismatch,
     TransientError,
     UnsupportedIsolation,
+    WrongEventLoop,
 )
 from .pool import init_connection
 from .records import (
@@ -72,6 +73,7 @@ __all__ = [
     "Usage",
     "UsageReport",
     "UsageTotals",
+    "WrongEventLoop",
     "__version__",
     "build_message_array",
     "estimate_tokens",

@@ -127,6 +127,16 @@ class TransientError(ConvDBError):
     """
 
 
+class WrongEventLoop(ConvDBError, RuntimeError):
+    """The store was called from an event loop that does not own its pool, and cannot serve it.
+
+    asyncpg connections belong to the loop that opened them. A call from another loop is served
+    through the owning loop while that loop runs in another thread; this is raised, before the
+    pool is touched, when the owning loop is stopped or closed, when it does not take the call
+    within ``acquire_timeout`` (it is blocked), or when it stops during the call.
+    """
+
+
 class ConstraintViolation(ConvDBError):
     """The database refused a write that convdb's validation let through."""
 

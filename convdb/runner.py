@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -19,7 +20,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import asyncpg
 
-from .errors import ConvDBError, DatabaseUnavailable, PoolTimeout, QueryTimeout, translate
+from .errors import ConvDBError, DatabaseUnavailable, PoolTimeout, QueryTimeout, WrongEventLoop, translate
 from .ops import Begin, Conn, autocommit, begin
 from .sql import QUERIES
 
@@ -28,6 +29,10 @@ T_co = TypeVar("T_co", covariant=True)
 
 _SET_RLS_USER: Final = QUERIES["set_rls_user"]
 _CANCEL_GRACE_SECONDS: Final = 5.0
+# How often a call forwarded to the owning loop checks that the loop still runs: a loop stopped
+# with loop.stop() never completes (nor cancels) the forwarded task, so waiting on it alone would
+# block the caller forever.
+_HOME_POLL_SECONDS: Final = 0.5
 RELEASE_GRACE_SECONDS: Final = 2.0
 """How long the release of a connection whose operation failed or was cancelled may take.
 
@@ -160,9 +165,31 @@ class Runner:
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that owns the pool (calls from other loops are served on it, ``on_home``)."""
+        return self._loop
+
+    async def on_home(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` run on the loop that owns the pool, whichever loop awaits this.
+
+        On the owning loop it is simply awaited. From another loop (``Runner.run_sync`` of the
+        OpenAI Agents SDK runs the agent on a new loop in a worker thread), it is handed to the
+        owning loop with ``run_coroutine_threadsafe`` while that loop runs in another thread, so
+        the pool is only ever driven by its own loop; cancelling the caller cancels it there.
+        ``WrongEventLoop`` (nothing touched) when the owning loop is not running, or does not
+        start the call within ``acquire_timeout`` seconds (it is blocked, e.g. by a synchronous
+        wait on this very thread), or stops before the call ends. (Issue 15: this replaces a
+        pool per loop, which would open connections per ``run_sync`` thread, never closed.)
+        """
+        home = self._loop
+        if home is None or home is asyncio.get_running_loop():
+            return await work()
+        return await _forward(work, home, self.acquire_timeout)
+
     def _check_loop(self) -> None:
         if self._loop is not None and asyncio.get_running_loop() is not self._loop:
-            raise ConvDBError(
+            raise WrongEventLoop(
                 "this ConversationStore belongs to another event loop (the one its pool was created "
                 "in); create a store per event loop, or call it from its own loop "
                 "(asyncio.run_coroutine_threadsafe)"
@@ -221,7 +248,9 @@ class Runner:
         """
         if user_id is not None and self.row_level_security:
             op = _as_user(op, user_id)
-        return await self._attempts(op, policy)
+        if asyncio.get_running_loop() is self._loop:
+            return await self._attempts(op, policy)
+        return await self.on_home(lambda: self._attempts(op, policy))
 
     async def run_transactions(
         self,
@@ -251,7 +280,64 @@ class Runner:
                 return await op(conn, begin=begin_as)
             return await guarded(conn, op(conn, begin=begin_as), guard_seconds)
 
-        return await self._attempts(bound, policy)
+        return await self.on_home(lambda: self._attempts(bound, policy))
+
+
+def _not_running(home: asyncio.AbstractEventLoop) -> WrongEventLoop:
+    state = "closed" if home.is_closed() else "not running"
+    return WrongEventLoop(
+        f"this ConversationStore was called from an event loop that does not own its pool, and the "
+        f"loop that does is {state}: asyncpg connections cannot move between loops. Keep the "
+        f"store's loop running for as long as the store is used (e.g. in a background thread, "
+        f"see docs/adapters.md 'Event loops'), or call the store from its own loop"
+    )
+
+
+async def _forward(work: Callable[[], Awaitable[T]], home: asyncio.AbstractEventLoop,
+                   start_timeout: float | None) -> T:
+    """``work()`` on ``home`` (running in another thread), awaited from the running loop."""
+    if home.is_closed() or not home.is_running():
+        raise _not_running(home)
+    started = False
+
+    async def on_home() -> T:
+        nonlocal started
+        started = True
+        return await work()
+
+    try:
+        future = asyncio.run_coroutine_threadsafe(on_home(), home)
+    except RuntimeError as exc:  # closed between the check and the hand-over
+        raise _not_running(home) from exc
+    waiter = asyncio.wrap_future(future)
+    deadline = None if start_timeout is None else time.monotonic() + start_timeout
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=_HOME_POLL_SECONDS)
+            if done:
+                break
+            if not home.is_running():
+                waiter.cancel()
+                raise WrongEventLoop(
+                    "the event loop that owns this ConversationStore's pool stopped during the call; "
+                    "its outcome is unknown (a write may have committed)")
+            if not started and deadline is not None and time.monotonic() > deadline:
+                waiter.cancel()
+                raise WrongEventLoop(
+                    f"the event loop that owns this ConversationStore's pool did not take the call "
+                    f"within {start_timeout} s (acquire_timeout): it is blocked, e.g. by a "
+                    f"synchronous call (such as Runner.run_sync) made on its thread, which waits "
+                    f"for this one; nothing was sent")
+    except asyncio.CancelledError:
+        waiter.cancel()
+        raise
+    if waiter.cancelled():
+        # Cancelled on the owning loop (it is shutting down: asyncio.run cancels what is left).
+        raise WrongEventLoop(
+            "the event loop that owns this ConversationStore's pool cancelled the call (it is shutting "
+            "down); its outcome is unknown (a write may have committed)")
+    return waiter.result()
+
 
 
 def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:

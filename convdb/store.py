@@ -8,6 +8,7 @@ translates driver errors. Ownership is checked by the statements themselves, in 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
@@ -191,6 +192,15 @@ class ConversationStore:
     def pool(self) -> asyncpg.Pool:
         return self._pool
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that owns the pool (asyncpg binds a pool to the loop that created it).
+
+        The store may be awaited from any loop: a call from another one is served on this loop
+        while it runs in another thread, and raises ``WrongEventLoop`` when it is not running.
+        """
+        return self._runner.loop
+
     async def close(self) -> None:
         """Close the pool if the store created it; a borrowed pool stays open (and so does the store).
 
@@ -199,8 +209,11 @@ class ConversationStore:
         call in flight, what it raises is a ``ConvDBError``.
         """
         if self._owns_pool:
-            await self._runner.drain()
-            await self._pool.close()
+            async def close_on_home() -> None:
+                await self._runner.drain()
+                await self._pool.close()
+
+            await self._runner.on_home(close_on_home)
 
     async def __aenter__(self) -> ConversationStore:
         return self
@@ -337,7 +350,13 @@ class ConversationStore:
             op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds)
 
     async def get_history(
-        self, conversation_id: str, user_id: str, *, limit: int = 50, max_tokens: int | None = None,
+        self,
+        conversation_id: str,
+        user_id: str,
+        *,
+        limit: int = 50,
+        max_tokens: int | None = None,
+        trim: bool = True,
         summarized: bool = False,
     ) -> list[Message]:
         """A model-ready window: the newest ``limit`` messages, oldest first, in one round trip.
@@ -346,8 +365,10 @@ class ConversationStore:
         ``max_tokens`` (``limit`` still applies); the sum is computed in SQL, in the same
         ownership-checked statement. Leading ``tool`` results whose assistant ``tool_calls``
         message fell outside the window are trimmed (see ``convdb.windows``), so the window can
-        hold fewer than ``limit`` messages. Raises ``ConversationNotFound`` for an unknown or
-        foreign id; returns [] for an empty one (or when nothing fits the budget).
+        hold fewer than ``limit`` messages; ``trim=False`` keeps them (the newest messages exactly,
+        for frameworks that prune a history themselves, such as the OpenAI Agents SDK's Runner).
+        Raises ``ConversationNotFound`` for an unknown or foreign id; returns [] for an empty one
+        (or when nothing fits the budget).
 
         ``summarized=True``: the newest summary (``save_summary``) stands in for every message up to
         its ``through_seq``. The window is then the newest suffix, within ``limit`` and
@@ -358,9 +379,10 @@ class ConversationStore:
         cid, uid = check_conversation_key(conversation_id, user_id)
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
+        trimmed = check_flag(trim, "trim")
         summarize = check_flag(summarized, "summarized")
         op = functools.partial(message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget,
-                               summarized=summarize)
+                               trim=trimmed, summarized=summarize)
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- agent turns -------------------------------------------------------------------------

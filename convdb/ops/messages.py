@@ -229,31 +229,49 @@ async def _save_batch_in_transaction(
 
 
 async def window_until(
-    conn: Conn, cid: str, uid: str, seq: int, limit: int, token_budget: int | None, summarized: bool = False
+    conn: Conn,
+    cid: str,
+    uid: str,
+    seq: int,
+    limit: int,
+    token_budget: int | None,
+    *,
+    trim: bool = True,
+    summarized: bool = False,
 ) -> list[Message]:
-    """The trimmed window of at most ``limit`` messages ending at ``seq``, within ``token_budget``.
+    """The window of at most ``limit`` messages ending at ``seq``, within ``token_budget``, trimmed
+    unless ``trim`` is False.
 
     One round trip (get_history_window, or get_history_summarized); ``seq=MAX_SEQ`` is "up to the
     newest".
     """
     if summarized:
         records = await conn.fetch(_GET_HISTORY_SUMMARIZED, cid, uid, seq, limit, token_budget)
-        window = summarized_from_records(cid, records)
+        window = summarized_from_records(cid, records, trim=trim)
     else:
         records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, seq, limit, token_budget)
-        window = history_from_records(cid, records)
+        window = history_from_records(cid, records, trim=trim)
     if window is None:
         raise ConversationNotFound()
     return window
 
 
 async def history(
-    conn: Conn, cid: str, uid: str, limit: int, token_budget: int | None, summarized: bool = False
+    conn: Conn,
+    cid: str,
+    uid: str,
+    limit: int,
+    token_budget: int | None,
+    trim: bool = True,
+    summarized: bool = False,
 ) -> list[Message]:
-    """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed."""
+    """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed unless
+    ``trim`` is False; with ``summarized``, the summarized window."""
     if token_budget is not None or summarized:
-        return await window_until(conn, cid, uid, MAX_SEQ, limit, token_budget, summarized)
-    window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit))
+        return await window_until(
+            conn, cid, uid, MAX_SEQ, limit, token_budget, trim=trim, summarized=summarized
+        )
+    window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit), trim=trim)
     if window is None:
         raise ConversationNotFound()
     return window

@@ -549,10 +549,14 @@ SELECT count(*) FROM gone;
 
 -- name: erase_lock_conversations
 -- delete_user_data, step 3a, in the transaction of step 3b: lock the listed conversations of
--- user $1 (in id order, so two erasures of one user cannot deadlock). Once this returns, no
--- writer can add a message to them, and the next statement's snapshot holds every message the
--- cascade will delete.
-SELECT id FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 ORDER BY id FOR UPDATE;
+-- user $1. Once this returns, no writer can add a message to them, and the next statement's
+-- snapshot holds every message the cascade will delete. An UPDATE that changes nothing rather
+-- than SELECT ... FOR UPDATE: Citus refuses FOR UPDATE in a query over several shards ("could not
+-- run distributed query with FOR UPDATE/SHARE commands") but runs a multi-shard UPDATE, which
+-- takes the same row locks. The price: rows are locked in no fixed order, so two erasures of the
+-- same user at once can deadlock; PostgreSQL then fails one with TransientError (nothing of that
+-- step committed; calling again finishes the job).
+UPDATE conversations SET next_seq = next_seq WHERE id = ANY($2::text[]) AND user_id = $1;
 
 -- name: erase_conversations
 -- delete_user_data, step 3b: the (now nearly empty) listed conversations of user $1, and the

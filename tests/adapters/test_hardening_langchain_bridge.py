@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
     try:
         waiting.result(timeout=60)
     except ConvDBError as exc:
-        print("RAISED", type(exc).__name__, exc, flush=True)
+        print("RAISED ConvDBError", type(exc).__name__, exc, flush=True)  # caught as ConvDBError: its subclass named after
     else:
         print("RETURNED", flush=True)
     print("EXITING", flush=True)

@@ -214,17 +214,18 @@ async def test_other_users_history_is_invisible_and_read_only(store: Conversatio
 
 
 # -- the sync methods ---------------------------------------------------------------------------
-async def test_sync_methods_on_the_loop_thread_fail_clearly(store: ConversationStore) -> None:
+async def test_sync_methods_on_the_loop_thread_work(store: ConversationStore) -> None:
+    # Served on a private connection in a worker thread: waiting for this loop would deadlock.
     h = history(store)
-    with pytest.raises(RuntimeError, match=r"await history\.aget_messages\(\)"):
-        _ = h.messages
-    with pytest.raises(RuntimeError, match=r"await history\.aadd_messages\(messages\)"):
-        h.add_messages([HumanMessage(content="x")])
-    with pytest.raises(RuntimeError, match=r"await history\.aclear\(\)"):
-        h.clear()
-    with pytest.raises(RuntimeError, match="deadlock"):
-        h.add_user_message("x")  # LangChain's convenience methods go through add_messages
+    assert h.messages == []
+    h.add_messages([HumanMessage(content="x")])
+    h.add_user_message("y")  # LangChain's convenience methods go through add_messages
+    assert h.messages == [HumanMessage(content="x"), HumanMessage(content="y")]
+    assert await h.aget_messages() == [HumanMessage(content="x"), HumanMessage(content="y")]
+    h.clear()
     assert await h.aget_messages() == []
+    with pytest.raises(ConversationNotFound):  # ownership holds on the private connection too
+        history(store, user="mallory").add_user_message("intrude")
 
 
 async def test_sync_methods_work_from_a_worker_thread(store: ConversationStore) -> None:
@@ -243,13 +244,14 @@ async def test_sync_methods_work_from_a_worker_thread(store: ConversationStore) 
     assert await h.aget_messages() == []
 
 
-async def test_sync_methods_without_a_known_loop_fail_clearly(store: ConversationStore) -> None:
-    def created_and_used_in_a_thread() -> None:
-        h = history(store)  # no running loop here, and none given
-        with pytest.raises(RuntimeError, match=r"pass loop="):
-            _ = h.messages
+async def test_sync_methods_of_a_history_created_in_a_thread(store: ConversationStore) -> None:
+    def created_and_used_in_a_thread() -> list[BaseMessage]:
+        h = history(store)  # no running loop here, and none given: the store knows its loop
+        h.add_user_message("from a thread")
+        return h.messages
 
-    await asyncio.to_thread(created_and_used_in_a_thread)
+    assert await asyncio.to_thread(created_and_used_in_a_thread) == [HumanMessage(content="from a thread")]
+    await history(store).aclear()
 
     loop = asyncio.get_running_loop()
     got = await asyncio.to_thread(lambda: history(store, loop=loop).messages)

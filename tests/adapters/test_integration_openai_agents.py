@@ -24,7 +24,7 @@ from openai.types.responses import (
 
 import convdb.integrations._common as common
 from convdb import ConversationNotFound, ConversationStore, InvalidInput, build_message_array
-from convdb.integrations.openai_agents import ConvDBSession, item_to_message
+from convdb.integrations.openai_agents import ConvDBSession
 
 USER = "alice"
 
@@ -299,12 +299,10 @@ async def test_messages_written_by_other_clients_read_as_items(store: Conversati
         {"type": "function_call", "call_id": "c4", "name": "h", "arguments": "{}"},
     ]
     assert await s.get_items() == expected
-    # limit counts items, even when one stored message stands for several; such a message is
-    # kept whole or left out, and results never lose their call.
-    assert await s.get_items(limit=3) == expected[-3:]  # 3 messages are 4 items: the oldest goes
-    assert await s.get_items(limit=4) == expected[-4:]  # the window's leading tool result is trimmed
-    assert await s.get_items(limit=6) == expected[-4:]  # the 2-call message goes, then its results
-    assert await s.get_items(limit=9) == expected[-9:]
+    # limit counts items, even when one stored message stands for several, and returns the raw
+    # newest items (SDK 0.24: the Runner prunes outputs whose call is outside the window).
+    for k in (1, 3, 4, 6, 9, 10, 11):
+        assert await s.get_items(limit=k) == expected[-k:], k
 
 
 # -- ordering, limits, pop, clear ----------------------------------------------------------------
@@ -314,11 +312,8 @@ def numbered(n: int, start: int = 0) -> list[TResponseInputItem]:
 
 
 async def test_behaves_like_the_sdks_own_sqlite_session(store: ConversationStore) -> None:
-    """Drop-in parity with the SDK's reference implementation on the same operations.
-
-    The one intended difference: a limited read that would start with a tool output whose call is
-    outside the window leaves that output out (convdb's window rule); those limits are skipped.
-    """
+    """Drop-in parity with the SDK's reference implementation on the same operations, every limit
+    included (a limited read is the raw newest items, as in the SDK)."""
     from agents import SQLiteSession
 
     ours, reference = session(store, "parity"), SQLiteSession("parity")
@@ -329,8 +324,6 @@ async def test_behaves_like_the_sdks_own_sqlite_session(store: ConversationStore
     assert await ours.get_items() == await reference.get_items()
     everything = await reference.get_items()
     for k in range(1, len(everything) + 3):
-        if k <= len(everything) and item_to_message(everything[-k])["role"] == "tool":
-            continue
         assert await ours.get_items(limit=k) == await reference.get_items(limit=k), k
     for _ in range(3):
         assert await ours.pop_item() == await reference.pop_item()
@@ -357,15 +350,17 @@ async def test_order_across_batches_and_limit(store: ConversationStore) -> None:
     assert await s.get_items(limit=0) == []
 
 
-async def test_limited_read_never_starts_with_an_orphan_output(store: ConversationStore) -> None:
+async def test_limited_read_is_the_raw_newest_items(store: ConversationStore) -> None:
     s = session(store)
     turn = items("easy_user", "function_call", "function_call_output", "assistant_output")
     await s.add_items(turn)
     assert await s.get_items(limit=3) == turn[1:]
-    # The newest 2 would start with the output of a call outside the window: it is left out.
-    assert await s.get_items(limit=2) == turn[3:]
+    # The newest 2 start with the output of a call outside the window: SDK 0.24 returns it (its
+    # Runner prunes it), where convdb's own windows trim it.
+    assert await s.get_items(limit=2) == turn[2:]
     assert await s.get_items(limit=1) == turn[3:]
     assert await s.get_items() == turn
+    assert [m.role for m in await store.get_history("s1", USER, limit=2)] == ["assistant"]
 
 
 async def test_whole_history_is_never_trimmed(store: ConversationStore) -> None:
@@ -374,7 +369,8 @@ async def test_whole_history_is_never_trimmed(store: ConversationStore) -> None:
     s = session(store)
     await s.add_items(items("function_call_output", "computer_call_output", "easy_user"))
     assert await s.get_items() == items("function_call_output", "computer_call_output", "easy_user")
-    assert await s.get_items(limit=3) == items("easy_user")
+    assert await s.get_items(limit=3) == items("function_call_output", "computer_call_output", "easy_user")
+    assert await s.get_items(limit=2) == items("computer_call_output", "easy_user")
 
 
 async def test_max_tokens_bounds_every_read(store: ConversationStore) -> None:

@@ -7,19 +7,24 @@ CONVDB_TEST_CITUS_DSN; .ci/run runs it), where they are the twins of the single-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import subprocess
+import sys
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
-from convdb import ConversationStore
+from convdb import ConvDBError, ConversationStore
 from convdb.listing import build_listing
 from convdb.sql import QUERIES
-from convdb.testing import apply_schema
-from tests.support.fix_server import SCHEMA_CITUS, Server
+from convdb.testing import apply_schema, apply_sql, catalog_snapshot
+from tests.support.fix_server import ROOT, SCHEMA_CITUS, Server
 
 citus_only = pytest.mark.engine_specific("citus", "EXPLAIN shapes and catalogs of a Citus cluster")
 
@@ -298,6 +303,49 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
     )
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "convdb", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@citus_only
+async def test_schema_citus_command_output_builds_a_database_check_accepts(
+    pg_server: Server, db: asyncpg.Connection, db_name: str
+) -> None:
+    """`python -m convdb schema --citus` applied with psql on a new distributed database (the
+    extension on every node, the workers registered, nothing else) gives the tests' template:
+    same catalog, same distribution; `check` accepts it and connect() verifies it."""
+    assert pg_server.citus is not None
+    printed = await asyncio.to_thread(_cli, "schema", "--citus")
+    assert printed.returncode == 0 and printed.stderr == "", printed
+    assert printed.stdout.endswith(SCHEMA_CITUS.read_text())
+    name = f"cli_{uuid.uuid4().hex[:12]}"
+    await pg_server.citus.create_database(name)
+    try:
+        dsn = pg_server.dsn(name)
+        apply_sql(dsn, printed.stdout)
+        assert await catalog_snapshot(dsn) == await catalog_snapshot(pg_server.dsn(db_name))
+        built = await asyncpg.connect(dsn)
+        try:
+            assert await _distribution(built) == await _distribution(db)
+        finally:
+            await built.close()
+        checked = await asyncio.to_thread(_cli, "check", "--dsn", dsn)
+        assert checked.returncode == 0, checked
+        assert checked.stdout.endswith("OK: this package can run on this database.\n")
+        store = await ConversationStore.connect(dsn, min_size=1, max_size=1)
+        try:
+            await store.verify_schema()
+            conv = await store.get_or_create_conversation("cli-1", "alice")
+            assert (await store.save_message(conv.id, "alice", "user", "hi")).seq == 1
+        finally:
+            await store.close()
+    finally:
+        await pg_server.citus.drop_database(name)
+
+
 @citus_only
 async def test_idempotent_replay_is_recognised_without_constraint_name(store: ConversationStore) -> None:
     """Citus relays the worker's unique violation without constraint_name; a replayed key must
@@ -336,3 +384,69 @@ async def test_listing_reads_each_shard_through_the_user_index(
         assert len(indexes) == 32 and all(re.fullmatch(r"conversations_user_id_[0-9]+", i) for i in indexes)
     page = await store.list_conversations("u7", limit=30)
     assert [c.id for c in page.items] == [f"c{g}" for g in range(7, 40001, 2000)][:20]
+
+
+async def _worker_of(db: asyncpg.Connection, pg_server: Server, conversation_id: str) -> tuple[int, str]:
+    """The index (in ``Server.citus.workers``) of the worker holding ``conversation_id``'s messages
+    shard, and that shard's table name on it."""
+    assert pg_server.citus is not None
+    row = await db.fetchrow(
+        "SELECT s.shard_name::text AS shard, s.nodeport FROM citus_shards s "
+        "WHERE s.shardid = get_shard_id_for_distribution_column('messages', $1::text)",
+        conversation_id,
+    )
+    assert row is not None
+    ports = [w.port for w in pg_server.citus.workers]
+    return ports.index(row["nodeport"]), str(row["shard"])
+
+
+@citus_only
+@pytest.mark.guarantee(4)
+async def test_batch_is_all_or_nothing_when_its_worker_backend_is_killed(
+    pg_server: Server, db: asyncpg.Connection, db_name: str
+) -> None:
+    """The worker's backend running the batch's INSERT on the shard is terminated while it waits
+    (a session on that worker holds a SHARE lock on the shard): the call fails with a typed error,
+    nothing of the batch is stored, and every pool slot works again afterwards."""
+    assert pg_server.citus is not None
+    async with await ConversationStore.connect(pg_server.dsn(db_name), min_size=2, max_size=2) as store:
+        conv = await store.get_or_create_conversation(None, "alice")
+        index, shard = await _worker_of(db, pg_server, conv.id)
+        worker = await asyncpg.connect(pg_server.citus.worker_dsn(index, db_name))
+        locker = await asyncpg.connect(pg_server.citus.worker_dsn(index, db_name))
+        try:
+            # Shards are hidden from a worker's catalog by default, and refused to manual changes.
+            await locker.execute(
+                "SET citus.override_table_visibility = off; SET citus.enable_manual_changes_to_shards = on"
+            )
+            await locker.execute(f"BEGIN; LOCK TABLE {shard} IN SHARE MODE")
+            batch = [{"role": "user", "content": f"m{i}"} for i in range(50)]
+            task = asyncio.create_task(store.save_messages(conv.id, "alice", batch))
+            deadline = time.monotonic() + 60
+            pid = None
+            while pid is None and time.monotonic() < deadline and not task.done():
+                pid = await worker.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO %messages%'"
+                )
+                if pid is None:
+                    await asyncio.sleep(0.05)
+            assert pid is not None, "the batch's INSERT never waited on the worker"
+            assert await worker.fetchval("SELECT pg_terminate_backend($1::integer)", pid)
+            with pytest.raises(ConvDBError):
+                await asyncio.wait_for(task, 60)
+            await locker.execute("ROLLBACK")
+        finally:
+            await locker.close()
+            await worker.close()
+        assert await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", conv.id) == 0
+        assert await db.fetchval("SELECT next_seq FROM conversations WHERE id = $1", conv.id) == 1
+        held = [await store.pool.acquire(timeout=30) for _ in range(2)]
+        try:
+            assert [await c.fetchval("SELECT 1") for c in held] == [1, 1]
+        finally:
+            for c in held:
+                await store.pool.release(c)
+        saved = await store.save_messages(conv.id, "alice", batch[:3])
+        assert [m.seq for m in saved] == [1, 2, 3]

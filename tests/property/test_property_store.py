@@ -511,10 +511,10 @@ class StoreMachine(RuleBasedStateMachine):
         assert [(m.seq, m.role, m.content, m.idempotency_key, m.usage and m.usage.input_tokens) for m in got] == \
                [(m.seq, m.role, m.content, m.key, m.tokens) for m in expected]
 
-    @rule(cid=conversations, owner=st.booleans(), limit=st.integers(1, 10))
-    def history(self, cid: str, owner: bool, limit: int) -> None:
+    @rule(cid=conversations, owner=st.booleans(), limit=st.integers(1, 10), trim=st.booleans())
+    def history(self, cid: str, owner: bool, limit: int, trim: bool) -> None:
         uid = self.owner_or_other(cid, owner)
-        status, got = self.outcome(lambda: self.store.get_history(cid, uid, limit=limit))
+        status, got = self.outcome(lambda: self.store.get_history(cid, uid, limit=limit, trim=trim))
         if not self.expect_not_found(cid, uid, status):
             self.compare(got, self.model[cid].messages[-limit:])
 

@@ -217,14 +217,23 @@ async def db_name(request: pytest.FixtureRequest, pg_server: Server, template_db
 
 
 @pytest.fixture(scope="session")
-def citus_clones(pg_server: Server, template_db: str) -> Iterator[ClonePool]:
-    """Citus mode: per-test databases cloned from the template on every node, one made ahead."""
+def citus_clones(
+    request: pytest.FixtureRequest, pg_server: Server, template_db: str
+) -> Iterator[ClonePool]:
+    """Citus mode: per-test databases cloned from the template on every node, one made ahead,
+    recycled after a test when TRUNCATE brings them back to the template's state (ClonePool)."""
     assert pg_server.citus is not None
     clones = ClonePool(pg_server.citus, template_db)
     try:
         yield clones
     finally:
         clones.close()
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"citus databases: {clones.cloned} cloned, {clones.recycled} recycled after TRUNCATE, "
+                f"{clones.dropped_changed} dropped because the test changed their state"
+            )
 
 
 @pytest.fixture
