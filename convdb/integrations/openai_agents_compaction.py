@@ -22,17 +22,26 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from agents.items import TResponseInputItem
 from agents.memory import SessionSettings
+from agents.run_context import RunContextWrapper
 
 from ..errors import ConversationNotFound, InvalidInput
 from ..records import Message, Usage
 from ..store import ConversationStore
 from ..validation import MAX_HISTORY_LIMIT, check_limit
 from ._common import read_all
-from .openai_agents import METADATA_KEY, ConvDBSession, item_to_message, message_to_items
+from .openai_agents import (
+    METADATA_KEY,
+    ConvDBSession,
+    OwnerResolver,
+    coerce_settings,
+    item_to_message,
+    message_to_items,
+)
 
 if TYPE_CHECKING:
     from agents.memory import OpenAIResponsesCompactionArgs, OpenAIResponsesCompactionAwareSession
@@ -51,6 +60,9 @@ class ConvDBCompactionSession(ConvDBSession):
     ``compact_after``: a compaction that is not forced runs once at least that many messages
     follow the newest summary. ``keep_recent``: that many of the newest messages stay outside the
     summary (extended so that a tool call and its outputs are never split by it).
+    ``owner=`` (one session object for many users, from the run context) works as on
+    ``ConvDBSession``; ``guard_writes`` then is refused, since its guard is the seq this one
+    instance last saw, which means nothing across users.
     """
 
     def __init__(
@@ -63,13 +75,22 @@ class ConvDBCompactionSession(ConvDBSession):
         compact_after: int = 40,
         keep_recent: int = 8,
         guard_writes: bool = False,
-        session_settings: SessionSettings | None = None,
+        session_settings: SessionSettings | Mapping[str, Any] | None = None,
         max_tokens: int | None = None,
         title: str | None = None,
+        owner: OwnerResolver | None = None,
     ) -> None:
         super().__init__(
-            store, session_id, user_id, session_settings=session_settings, max_tokens=max_tokens, title=title
+            store,
+            session_id,
+            user_id,
+            session_settings=session_settings,
+            max_tokens=max_tokens,
+            title=title,
+            owner=owner,
         )
+        if guard_writes and owner is not None:
+            raise InvalidInput("guard_writes", "cannot be combined with owner= (the guard is per instance)")
         if not callable(summarizer):
             raise InvalidInput("summarizer", "must be an async callable (previous_summary, items) -> str")
         self.summarizer = summarizer
@@ -81,22 +102,26 @@ class ConvDBCompactionSession(ConvDBSession):
         #: The newest seq this instance read or wrote (the guard of ``guard_writes``); None: not yet read.
         self.last_seq: int | None = None
 
-    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+    async def get_items(
+        self, limit: int | None = None, *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> list[TResponseInputItem]:
         """The summarized window: the newest summary (as a message item of its role), then the items
         after it, the newest ``limit`` in all (``session_settings.limit`` when None)."""
+        cid, uid = self._key(wrapper)
         effective = limit
         if effective is None and self.session_settings is not None:
-            effective = self.session_settings.limit
+            effective = coerce_settings(self.session_settings).limit
         if effective is not None and effective <= 0:
             return []
         window_size = MAX_HISTORY_LIMIT if effective is None else min(effective, MAX_HISTORY_LIMIT)
         try:
             window = await self.store.get_history(
-                self.session_id, self.user_id, limit=window_size, max_tokens=self.max_tokens, summarized=True
+                cid, uid, limit=window_size, max_tokens=self.max_tokens, summarized=True
             )
         except ConversationNotFound:
             window = []
-        await self._remember_newest(window)
+        if self.guard_writes:
+            await self._remember_newest(cid, uid, window)
         items: list[TResponseInputItem] = []
         for message in window:
             if message.summary_through is not None:
@@ -105,34 +130,35 @@ class ConvDBCompactionSession(ConvDBSession):
                 items.extend(message_to_items(message))
         return items
 
-    async def _remember_newest(self, window: list[Message]) -> None:
+    async def _remember_newest(self, cid: str, uid: str, window: list[Message]) -> None:
         if window:
             self.last_seq = window[-1].seq  # a summary sits at its through_seq: the newest it covers
         else:
             with contextlib.suppress(ConversationNotFound):
-                newest = await self.store.get_history(self.session_id, self.user_id, limit=1)
+                newest = await self.store.get_history(cid, uid, limit=1)
                 self.last_seq = newest[-1].seq if newest else 0
             if self.last_seq is None:
                 self.last_seq = 0
 
-    async def add_items(self, items: list[TResponseInputItem]) -> None:
+    async def add_items(
+        self, items: list[TResponseInputItem], *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> None:
         if not self.guard_writes or self.last_seq is None:
-            await super().add_items(items)
+            await super().add_items(items, wrapper=wrapper)
             if self.guard_writes:
-                await self._remember_newest([])
+                await self._remember_newest(*self._key(wrapper), [])
             return
+        cid, uid = self._key(wrapper)
         rows = self._rows(items)
         if not rows:
             return
         try:
-            saved = await self.store.save_messages(
-                self.session_id, self.user_id, rows, expected_last_seq=self.last_seq
-            )
+            saved = await self.store.save_messages(cid, uid, rows, expected_last_seq=self.last_seq)
         except ConversationNotFound:
             if self.last_seq != 0:
                 raise
-            await self.store.get_or_create_conversation(self.session_id, self.user_id, title=self.title)
-            saved = await self.store.save_messages(self.session_id, self.user_id, rows, expected_last_seq=0)
+            await self.store.get_or_create_conversation(cid, uid, title=self.title)
+            saved = await self.store.save_messages(cid, uid, rows, expected_last_seq=0)
         self.last_seq = saved[-1].seq
 
     def _rows(self, items: list[TResponseInputItem]) -> list[dict[str, Any]]:
@@ -149,10 +175,11 @@ class ConvDBCompactionSession(ConvDBSession):
         """Fold the messages after the newest summary, except the ``keep_recent`` newest, into a new
         summary, when at least ``compact_after`` follow it (always with ``force``). Deletes nothing."""
         options = dict(args or {})
-        summaries = await self._summaries()
+        cid, uid = self._key(None)
+        summaries = await self._summaries(cid, uid)
         through = summaries[-1].through_seq if summaries else 0
         previous = summaries[-1].content if summaries else None
-        pending = [m for m in await read_all(self.store, self.session_id, self.user_id) if m.seq > through]
+        pending = [m for m in await read_all(self.store, cid, uid) if m.seq > through]
         if not pending or (not options.get("force") and len(pending) < self.compact_after):
             return
         cut = len(pending) - self.keep_recent
@@ -163,16 +190,16 @@ class ConvDBCompactionSession(ConvDBSession):
         folded = pending[:cut]
         text = await self.summarizer(previous, [item for m in folded for item in message_to_items(m)])
         await self.store.save_summary(
-            self.session_id,
-            self.user_id,
+            cid,
+            uid,
             text,
             through_seq=folded[-1].seq,
             metadata={COMPACTION_KEY: {"response_id": options.get("response_id")}},
         )
 
-    async def _summaries(self) -> list[Any]:
+    async def _summaries(self, cid: str, uid: str) -> list[Any]:
         try:
-            return await self.store.list_summaries(self.session_id, self.user_id)
+            return await self.store.list_summaries(cid, uid)
         except ConversationNotFound:
             return []
 
@@ -190,13 +217,14 @@ class ConvDBCompactionSession(ConvDBSession):
             cached_tokens=getattr(usage.input_tokens_details, "cached_tokens", 0) or 0,
             reasoning_tokens=getattr(usage.output_tokens_details, "reasoning_tokens", 0) or 0,
         )
+        cid, uid = self._key(result.context_wrapper)  # the run's own context names its owner
         try:
-            window = await self.store.get_history(self.session_id, self.user_id, limit=50)
+            window = await self.store.get_history(cid, uid, limit=50)
         except ConversationNotFound:
             return False
         for message in reversed(window):
             if message.role == "assistant" and message.usage is None:
-                return await self.store.record_usage(self.session_id, self.user_id, message.seq, recorded)
+                return await self.store.record_usage(cid, uid, message.seq, recorded)
         return False
 
 

@@ -294,17 +294,17 @@ async def save_and_get_history(
         if row.idempotency_key is None or not is_replayed_key(exc):
             raise
         stored = await _stored_under_key(conn, cid, uid, row)
-        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget, summarized)
+        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized)
     if not records:
         raise ConversationNotFound()
     head = records[0]
     if not head["written"]:
         assert expected_last_seq is not None
         stored = await _refused(conn, cid, uid, row, expected_last_seq, head["last_seq"])
-        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget, summarized)
+        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized)
     saved = next(Message.from_record(cid, r) for r in records if r["is_new"])
     if head["stale"]:
-        return saved, await window_until(conn, cid, uid, saved.seq, limit, token_budget, summarized)
+        return saved, await window_until(conn, cid, uid, saved.seq, limit, token_budget, summarized=summarized)
     if summarized:
         window = [summary_or_message_from_row(cid, r) for r in records if r["in_window"]]
     else:
