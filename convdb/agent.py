@@ -74,8 +74,11 @@ def build_message_array(
     out: list[dict[str, Any]] = []
     if system_prompt is not None:
         out.append({"role": "system", "content": system_prompt})
-    out.extend(to_chat_message(m) for m in history
-               if not (m.role == "assistant" and m.content is None and not m.tool_calls))
+    out.extend(
+        to_chat_message(m)
+        for m in history
+        if not (m.role == "assistant" and m.content is None and not m.tool_calls)
+    )
     if user_message is not None:
         out.append({"role": "user", "content": user_message})
     return out

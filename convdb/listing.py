@@ -62,8 +62,13 @@ class _Match(Comparator):
 # Ohm sign. With them, "every x with x.lower() == c.lower()" is c.lower(), c.lower().upper(),
 # c.lower().title() and this table (checked over all of Unicode by
 # tests/unit/test_hardening_title_fold.py).
-_EXTRA_UPPER: Final[Mapping[str, str]] = {"\u00df": "\u1e9e", "k": "\u212a", "\u00e5": "\u212b",
-                                          "\u03b8": "\u03f4", "\u03c9": "\u2126"}
+_EXTRA_UPPER: Final[Mapping[str, str]] = {
+    "\u00df": "\u1e9e",
+    "k": "\u212a",
+    "\u00e5": "\u212b",
+    "\u03b8": "\u03f4",
+    "\u03c9": "\u2126",
+}
 
 
 def case_variants(char: str) -> str:
@@ -133,8 +138,12 @@ def decode_cursor(cursor: object, context: str) -> tuple[datetime, str]:
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("cursor", "is not a cursor returned by list_conversations") from exc
     if (
-        not isinstance(value, list) or len(value) != 4 or value[0] != _CURSOR_VERSION
-        or type(value[1]) is not int or not isinstance(value[2], str) or not isinstance(value[3], str)
+        not isinstance(value, list)
+        or len(value) != 4
+        or value[0] != _CURSOR_VERSION
+        or type(value[1]) is not int
+        or not isinstance(value[2], str)
+        or not isinstance(value[3], str)
     ):
         raise InvalidInput("cursor", "is not a cursor returned by list_conversations")
     version, micros, conversation_id, check = value
@@ -164,14 +173,19 @@ def build_listing(
     n = check_limit(limit, maximum=MAX_PAGE_SIZE)
     title = None if title_contains is None else check_text(title_contains, "title_contains")
     if title is not None and len(title) > MAX_TITLE_SEARCH:
-        raise InvalidInput("title_contains",
-                           f"is {len(title)} characters long; the limit is {MAX_TITLE_SEARCH}")
+        raise InvalidInput(
+            "title_contains", f"is {len(title)} characters long; the limit is {MAX_TITLE_SEARCH}"
+        )
     meta_json = encode_json(metadata_contains, "metadata_contains", kind=dict)
     after = None if updated_after is None else check_aware_datetime(updated_after, "updated_after")
     before = None if updated_before is None else check_aware_datetime(updated_before, "updated_before")
-    context = _digest(uid, repr(title), meta_json or "",
-                      repr(after and after.astimezone(UTC).isoformat()),
-                      repr(before and before.astimezone(UTC).isoformat()))
+    context = _digest(
+        uid,
+        repr(title),
+        meta_json or "",
+        repr(after and after.astimezone(UTC).isoformat()),
+        repr(before and before.astimezone(UTC).isoformat()),
+    )
     position = None if cursor is None else decode_cursor(cursor, context)
 
     t = Table("conversations")

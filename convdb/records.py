@@ -94,9 +94,23 @@ class Message:
 
 
 MESSAGE_COLUMNS: Final = (
-    "seq", "role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata", "token_count",
-    "idempotency_key", "created_at", "model", "input_tokens", "output_tokens", "cached_tokens",
-    "reasoning_tokens", "cost", "latency_ms",
+    "seq",
+    "role",
+    "content",
+    "tool_name",
+    "tool_call_id",
+    "tool_calls",
+    "metadata",
+    "token_count",
+    "idempotency_key",
+    "created_at",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost",
+    "latency_ms",
 )
 """The leading result columns of every message-returning statement in queries.sql, in the order
 ``Message.from_record`` reads them by position (tests/core/test_core_column_order.py pins
@@ -126,8 +140,15 @@ def usage_from_row(row: asyncpg.Record, start: int = 10) -> Usage | None:
     """The usage columns of a message row (``MESSAGE_COLUMNS`` from ``start``); None when absent."""
     if row[start + 1] is None:  # input_tokens: NULL means no usage recorded (a CHECK keeps them together)
         return None
-    return Usage(row[start], row[start + 1], row[start + 2], row[start + 3], row[start + 4], row[start + 5],
-                 row[start + 6])
+    return Usage(
+        row[start],
+        row[start + 1],
+        row[start + 2],
+        row[start + 3],
+        row[start + 4],
+        row[start + 5],
+        row[start + 6],
+    )
 
 
 def _message_from_row(conversation_id: str, row: asyncpg.Record) -> Message:

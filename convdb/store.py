@@ -130,8 +130,13 @@ class ConversationStore:
     ) -> None:
         self._pool = pool
         self._owns_pool = _owns_pool
-        self._runner = Runner(pool, acquire_timeout=acquire_timeout, retry_reads=retry_reads,
-                              retry_keyed_writes=retry_keyed_writes, row_level_security=row_level_security)
+        self._runner = Runner(
+            pool,
+            acquire_timeout=acquire_timeout,
+            retry_reads=retry_reads,
+            retry_keyed_writes=retry_keyed_writes,
+            row_level_security=row_level_security,
+        )
         self.max_content_bytes = max_content_bytes
         self.limits = SizeLimits(max_title_bytes, max_metadata_bytes, max_tool_calls_bytes)
         self.count_tokens = count_tokens
@@ -169,17 +174,31 @@ class ConversationStore:
         when the schema differs (the pool is then closed again).
         """
         try:
-            pool = await create_pool(dsn, min_size=min_size, max_size=max_size,
-                                     statement_cache_size=statement_cache_size, **pool_options)
+            pool = await create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                statement_cache_size=statement_cache_size,
+                **pool_options,
+            )
         except Exception as exc:
             raise translate(exc) from exc
-        store = cls(pool, max_content_bytes=max_content_bytes, max_title_bytes=max_title_bytes,
-                    max_metadata_bytes=max_metadata_bytes, max_tool_calls_bytes=max_tool_calls_bytes,
-                    count_tokens=count_tokens,
-                    acquire_timeout=acquire_timeout, batch_timeout=batch_timeout,
-                    batch_timeout_per_mib=batch_timeout_per_mib, max_batch_size=max_batch_size,
-                    retry_reads=retry_reads, retry_keyed_writes=retry_keyed_writes,
-                    row_level_security=row_level_security, _owns_pool=True)
+        store = cls(
+            pool,
+            max_content_bytes=max_content_bytes,
+            max_title_bytes=max_title_bytes,
+            max_metadata_bytes=max_metadata_bytes,
+            max_tool_calls_bytes=max_tool_calls_bytes,
+            count_tokens=count_tokens,
+            acquire_timeout=acquire_timeout,
+            batch_timeout=batch_timeout,
+            batch_timeout_per_mib=batch_timeout_per_mib,
+            max_batch_size=max_batch_size,
+            retry_reads=retry_reads,
+            retry_keyed_writes=retry_keyed_writes,
+            row_level_security=row_level_security,
+            _owns_pool=True,
+        )
         if verify_schema:
             try:
                 await store.verify_schema()
@@ -209,6 +228,7 @@ class ConversationStore:
         call in flight, what it raises is a ``ConvDBError``.
         """
         if self._owns_pool:
+
             async def close_on_home() -> None:
                 await self._runner.drain()
                 await self._pool.close()
@@ -261,8 +281,9 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         check_title(title, self.limits)
         meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
-        op = functools.partial(conversation_ops.get_or_create, cid=cid, uid=uid, title=title,
-                               metadata_json=meta_json)
+        op = functools.partial(
+            conversation_ops.get_or_create, cid=cid, uid=uid, title=title, metadata_json=meta_json
+        )
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
     async def get_conversation(self, conversation_id: str, user_id: str) -> Conversation:
@@ -304,21 +325,35 @@ class ConversationStore:
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message(
-            role, content, tool_name=tool_name, tool_call_id=tool_call_id, tool_calls=tool_calls,
-            metadata=metadata, token_count=token_count, idempotency_key=idempotency_key, usage=usage,
-            max_content_bytes=self.max_content_bytes, count_tokens=self.count_tokens, limits=self.limits,
+            role,
+            content,
+            tool_name=tool_name,
+            tool_call_id=tool_call_id,
+            tool_calls=tool_calls,
+            metadata=metadata,
+            token_count=token_count,
+            idempotency_key=idempotency_key,
+            usage=usage,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
         )
         expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
         if expected is None:
             op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
         else:
-            op = functools.partial(message_ops.save_guarded, cid=cid, uid=uid, row=row,
-                                   expected_last_seq=expected)
+            op = functools.partial(
+                message_ops.save_guarded, cid=cid, uid=uid, row=row, expected_last_seq=expected
+            )
         return await self._runner.run(op, policy, user_id=uid)
 
     async def save_messages(
-        self, conversation_id: str, user_id: str, messages: Iterable[Mapping[str, Any]], *,
+        self,
+        conversation_id: str,
+        user_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
         expected_last_seq: int | None = None,
     ) -> list[Message]:
         """Append a batch atomically, in order; return the stored messages.
@@ -335,19 +370,31 @@ class ConversationStore:
         nothing written when the newest stored seq differs.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        rows = prepare_batch(messages, max_content_bytes=self.max_content_bytes,
-                             count_tokens=self.count_tokens, max_batch=self.max_batch_size,
-                             limits=self.limits)
+        rows = prepare_batch(
+            messages,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            max_batch=self.max_batch_size,
+            limits=self.limits,
+        )
         expected = check_expected_last_seq(expected_last_seq)
-        payload = sum(len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "")
-                      for r in rows)
+        payload = sum(
+            len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "") for r in rows
+        )
         seconds = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
         keyed = all(r.idempotency_key is not None for r in rows)
 
-        op = functools.partial(message_ops.save_batch, cid=cid, uid=uid, rows=rows, time_budget=seconds,
-                               expected_last_seq=expected)
+        op = functools.partial(
+            message_ops.save_batch,
+            cid=cid,
+            uid=uid,
+            rows=rows,
+            time_budget=seconds,
+            expected_last_seq=expected,
+        )
         return await self._runner.run_transactions(
-            op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds)
+            op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds
+        )
 
     async def get_history(
         self,
@@ -381,8 +428,15 @@ class ConversationStore:
         token_budget = check_token_budget(max_tokens)
         trimmed = check_flag(trim, "trim")
         summarize = check_flag(summarized, "summarized")
-        op = functools.partial(message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget,
-                               trim=trimmed, summarized=summarize)
+        op = functools.partial(
+            message_ops.history,
+            cid=cid,
+            uid=uid,
+            limit=n,
+            token_budget=token_budget,
+            trim=trimmed,
+            summarized=summarize,
+        )
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- agent turns -------------------------------------------------------------------------
@@ -411,15 +465,27 @@ class ConversationStore:
         ``save_message``'s guard, in the same statement (``ConcurrentUpdate``, nothing written).
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        row = prepare_message_dict(message, max_content_bytes=self.max_content_bytes,
-                                   count_tokens=self.count_tokens, limits=self.limits)
+        row = prepare_message_dict(
+            message,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
+        )
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
         summarize = check_flag(summarized, "summarized")
         expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
-        op = functools.partial(message_ops.save_and_get_history, cid=cid, uid=uid, row=row, limit=n,
-                               token_budget=token_budget, summarized=summarize, expected_last_seq=expected)
+        op = functools.partial(
+            message_ops.save_and_get_history,
+            cid=cid,
+            uid=uid,
+            row=row,
+            limit=n,
+            token_budget=token_budget,
+            summarized=summarize,
+            expected_last_seq=expected,
+        )
         return await self._runner.run(op, policy, user_id=uid)
 
     # -- summaries and usage -------------------------------------------------------------------
@@ -447,12 +513,26 @@ class ConversationStore:
         round trip (five when a writer races it, as for ``clear_conversation``).
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        row = prepare_summary(content, through_seq=through_seq, role=role, token_count=token_count,
-                              metadata=metadata, max_content_bytes=self.max_content_bytes,
-                              count_tokens=self.count_tokens, limits=self.limits)
-        op = functools.partial(summary_ops.save, cid=cid, uid=uid, through_seq=row.through_seq, role=row.role,
-                               content=row.content, metadata_json=row.metadata_json,
-                               token_count=row.token_count)
+        row = prepare_summary(
+            content,
+            through_seq=through_seq,
+            role=role,
+            token_count=token_count,
+            metadata=metadata,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
+        )
+        op = functools.partial(
+            summary_ops.save,
+            cid=cid,
+            uid=uid,
+            through_seq=row.through_seq,
+            role=row.role,
+            content=row.content,
+            metadata_json=row.metadata_json,
+            token_count=row.token_count,
+        )
         # An upsert of absolute values: a second run stores the same summary (READ's retry rule).
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
@@ -484,8 +564,9 @@ class ConversationStore:
         start, end = check_time_range(since, until)
         model_name = check_optional_id(model, "model")
         zone = check_time_zone(time_zone)
-        op = functools.partial(usage_ops.report, uid=uid, cid=cid, since=start, until=end, time_zone=zone,
-                               model=model_name)
+        op = functools.partial(
+            usage_ops.report, uid=uid, cid=cid, since=start, until=end, time_zone=zone, model=model_name
+        )
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
     async def record_usage(
@@ -525,9 +606,15 @@ class ConversationStore:
         (``@>``); ``updated_after``/``updated_before`` are exclusive bounds (timezone-aware).
         One round trip per page.
         """
-        query = build_listing(user_id, limit=limit, cursor=cursor, title_contains=title_contains,
-                              metadata_contains=metadata_contains, updated_after=updated_after,
-                              updated_before=updated_before)
+        query = build_listing(
+            user_id,
+            limit=limit,
+            cursor=cursor,
+            title_contains=title_contains,
+            metadata_contains=metadata_contains,
+            updated_after=updated_after,
+            updated_before=updated_before,
+        )
         uid = check_id(user_id, "user_id")  # validated by build_listing; named for row-level security
         op = functools.partial(conversation_ops.list_page, query=query)
         return await self._runner.run(op, Policy.READ, user_id=uid)
@@ -549,11 +636,20 @@ class ConversationStore:
         if isinstance(title, Unset) and isinstance(metadata, Unset):
             raise InvalidInput("title", "nothing to update: pass title= and/or metadata=")
         new_title = None if isinstance(title, Unset) else check_title(title, self.limits)
-        meta_json = None if isinstance(metadata, Unset) else encode_json(
-            metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
-        op = functools.partial(conversation_ops.update, cid=cid, uid=uid,
-                               set_title=not isinstance(title, Unset), title=new_title,
-                               set_metadata=not isinstance(metadata, Unset), metadata_json=meta_json)
+        meta_json = (
+            None
+            if isinstance(metadata, Unset)
+            else encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
+        )
+        op = functools.partial(
+            conversation_ops.update,
+            cid=cid,
+            uid=uid,
+            set_title=not isinstance(title, Unset),
+            title=new_title,
+            set_metadata=not isinstance(metadata, Unset),
+            metadata_json=meta_json,
+        )
         # Absolute values: a second run sets the same ones (READ's retry rule).
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
@@ -628,8 +724,9 @@ class ConversationStore:
                     return ErasureCounts(progress.conversations, progress.messages)
                 after = ""  # one more look from the start (see below)
                 continue
-            erase = functools.partial(erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk,
-                                      progress=progress)
+            erase = functools.partial(
+                erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk, progress=progress
+            )
             await self._runner.run_transactions(erase, Policy.ERASE, user_id=uid, single_statements=True)
             # After the last batch, one more look from the start: it finds conversations created
             # meanwhile below the cursor, and otherwise ends the loop.
@@ -682,8 +779,9 @@ class ConversationStore:
         yield head
         after, bound = 0, head["next_seq"]
         while True:
-            chunk = functools.partial(transfer_ops.export_chunk, cid=cid, uid=uid, after=after, bound=bound,
-                                      size=size)
+            chunk = functools.partial(
+                transfer_ops.export_chunk, cid=cid, uid=uid, after=after, bound=bound, size=size
+            )
             records = await self._runner.run(chunk, Policy.READ, user_id=uid)
             for record in records:
                 yield record
@@ -723,21 +821,38 @@ class ConversationStore:
         stream = aiter_records(records)
         header = parse_header(await anext(stream, None), self.limits)
         cid = override or header.id
-        parser = MessageParser(header, max_content_bytes=self.max_content_bytes,
-                               count_tokens=self.count_tokens, limits=self.limits)
+        parser = MessageParser(
+            header,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
+        )
         rest = numbered(stream)
         first = []  # validated before any I/O; the rest is validated chunk by chunk
         async for index, record in rest:
             first.append(parser.parse(record, index))
             if len(first) >= transfer_ops.IMPORT_CHUNK:
                 break
-        op = functools.partial(transfer_ops.import_conversation, cid=cid, uid=uid, header=header,
-                               parser=parser, first=first, rest=rest, replace=overwrite,
-                               chunk_seconds=time_limit)
+        op = functools.partial(
+            transfer_ops.import_conversation,
+            cid=cid,
+            uid=uid,
+            header=header,
+            parser=parser,
+            first=first,
+            rest=rest,
+            replace=overwrite,
+            chunk_seconds=time_limit,
+        )
         await self._runner.run_transactions(op, Policy.WRITE, user_id=uid, guard_seconds=time_limit)
-        return Conversation(id=cid, user_id=uid, title=header.title,
-                            metadata=json.loads(header.metadata_json or "{}"),
-                            created_at=header.created_at, updated_at=header.updated_at)
+        return Conversation(
+            id=cid,
+            user_id=uid,
+            title=header.title,
+            metadata=json.loads(header.metadata_json or "{}"),
+            created_at=header.created_at,
+            updated_at=header.updated_at,
+        )
 
 
 __all__ = ["ConversationStore"]

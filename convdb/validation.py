@@ -43,8 +43,17 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 TokenCounter = Callable[[str], int]
 
 MESSAGE_FIELDS: Final = frozenset(
-    {"role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata", "token_count",
-     "idempotency_key", "usage"}
+    {
+        "role",
+        "content",
+        "tool_name",
+        "tool_call_id",
+        "tool_calls",
+        "metadata",
+        "token_count",
+        "idempotency_key",
+        "usage",
+    }
 )
 USAGE_FIELDS: Final = frozenset(Usage.__dataclass_fields__)
 _MAX_INT4: Final = 2**31 - 1
@@ -115,8 +124,9 @@ def check_id(value: object, field: str, *, index: int | None = None) -> str:
     if not text:
         raise InvalidInput(field, "must not be empty", index=index)
     if len(text) > MAX_ID_LENGTH:
-        raise InvalidInput(field, f"is {len(text)} characters long; the limit is {MAX_ID_LENGTH}",
-                           index=index)
+        raise InvalidInput(
+            field, f"is {len(text)} characters long; the limit is {MAX_ID_LENGTH}", index=index
+        )
     return text
 
 
@@ -225,8 +235,9 @@ def _check_json_value(value: object, field: str, index: int | None, depth: int, 
             try:
                 str(value)
             except ValueError:
-                raise InvalidInput(field, "holds an integer too long to write as decimal text",
-                                   index=index) from None
+                raise InvalidInput(
+                    field, "holds an integer too long to write as decimal text", index=index
+                ) from None
         return False
     if isinstance(value, str):
         check_text(value, field, index=index)
@@ -268,12 +279,17 @@ def _dumps_positional(value: object) -> str:
 
 
 def _json_too_large(field: str, max_bytes: int, index: int | None) -> InvalidInput:
-    return InvalidInput(field, f"is larger than the {max_bytes}-byte limit (max_{field}_bytes) as JSON",
-                        index=index)
+    return InvalidInput(
+        field, f"is larger than the {max_bytes}-byte limit (max_{field}_bytes) as JSON", index=index
+    )
 
 
 def encode_json(
-    value: object, field: str, *, kind: type, max_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+    value: object,
+    field: str,
+    *,
+    kind: type,
+    max_bytes: int = DEFAULT_MAX_METADATA_BYTES,
     index: int | None = None,
 ) -> str | None:
     """Validate a JSON document of the given top-level kind (dict or list) and encode it once.
@@ -283,8 +299,9 @@ def encode_json(
     if value is None:
         return None
     if not isinstance(value, kind):
-        raise InvalidInput(field, f"must be a {kind.__name__} or None, got {type(value).__name__}",
-                           index=index)
+        raise InvalidInput(
+            field, f"must be a {kind.__name__} or None, got {type(value).__name__}", index=index
+        )
     if _check_json_value(value, field, index, 0, max_bytes):
         text = _dumps_positional(value)
     else:
@@ -305,8 +322,11 @@ def check_aware_datetime(value: object, field: str, *, index: int | None = None)
         # one, has none a datetime can hold (asyncpg would fail with OverflowError or DataError).
         value.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput(field, f"{value.isoformat()} is outside the range of a datetime once "
-                           "converted to UTC", index=index) from None
+        raise InvalidInput(
+            field,
+            f"{value.isoformat()} is outside the range of a datetime once converted to UTC",
+            index=index,
+        ) from None
     return value
 
 
@@ -331,8 +351,9 @@ def check_cost(value: object, field: str = "usage.cost", *, index: int | None = 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
-        raise InvalidInput(field, f"must be a Decimal, int, float or decimal str, got {type(value).__name__}",
-                           index=index)
+        raise InvalidInput(
+            field, f"must be a Decimal, int, float or decimal str, got {type(value).__name__}", index=index
+        )
     try:
         cost = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     except ArithmeticError:
@@ -353,20 +374,38 @@ def check_usage(value: object, *, index: int | None = None) -> tuple[object, ...
         if unknown:
             raise InvalidInput(f"usage.{sorted(map(str, unknown))[0]}", "is not a usage field", index=index)
         get = value.get
-        fields = (get("model"), get("input_tokens", 0), get("output_tokens", 0), get("cached_tokens", 0),
-                  get("reasoning_tokens", 0), get("cost"), get("latency_ms"))
+        fields = (
+            get("model"),
+            get("input_tokens", 0),
+            get("output_tokens", 0),
+            get("cached_tokens", 0),
+            get("reasoning_tokens", 0),
+            get("cost"),
+            get("latency_ms"),
+        )
     elif isinstance(value, Usage):
-        fields = (value.model, value.input_tokens, value.output_tokens, value.cached_tokens,
-                  value.reasoning_tokens, value.cost, value.latency_ms)
+        fields = (
+            value.model,
+            value.input_tokens,
+            value.output_tokens,
+            value.cached_tokens,
+            value.reasoning_tokens,
+            value.cost,
+            value.latency_ms,
+        )
     else:
-        raise InvalidInput("usage", f"must be a convdb.Usage, a dict or None, got {type(value).__name__}",
-                           index=index)
+        raise InvalidInput(
+            "usage", f"must be a convdb.Usage, a dict or None, got {type(value).__name__}", index=index
+        )
     model, *counts, cost, latency = fields
     return (
         check_optional_id(model, "usage.model", index=index),
-        *(_check_count(v, f"usage.{name}", index)
-          for v, name in zip(counts, ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"),
-                             strict=True)),
+        *(
+            _check_count(v, f"usage.{name}", index)
+            for v, name in zip(
+                counts, ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"), strict=True
+            )
+        ),
         check_cost(cost, index=index),
         None if latency is None else _check_count(latency, "usage.latency_ms", index),
     )
@@ -421,13 +460,18 @@ def prepare_message(
         tokens = check_token_count(token_count, index=index)
     if usage is None:
         return MessageRow(role, text, name, call_id, calls_json, meta_json, tokens, key)
-    return MessageRow(role, text, name, call_id, calls_json, meta_json, tokens, key,
-                      *check_usage(usage, index=index))  # type: ignore[arg-type]  # checked types
+    return MessageRow(
+        role, text, name, call_id, calls_json, meta_json, tokens, key, *check_usage(usage, index=index)
+    )  # type: ignore[arg-type]  # checked types
 
 
 def prepare_message_dict(
-    message: object, *, max_content_bytes: int, count_tokens: TokenCounter,
-    limits: SizeLimits = DEFAULT_LIMITS, index: int | None = None,
+    message: object,
+    *,
+    max_content_bytes: int,
+    count_tokens: TokenCounter,
+    limits: SizeLimits = DEFAULT_LIMITS,
+    index: int | None = None,
 ) -> MessageRow:
     """Validate one message given as a dict of the ``save_message`` keyword fields plus ``role``."""
     if not isinstance(message, Mapping):
@@ -439,15 +483,28 @@ def prepare_message_dict(
         raise InvalidInput("role", "is required", index=index)
     get = message.get
     return prepare_message(
-        message["role"], get("content"), tool_name=get("tool_name"), tool_call_id=get("tool_call_id"),
-        tool_calls=get("tool_calls"), metadata=get("metadata"), token_count=get("token_count"),
-        idempotency_key=get("idempotency_key"), usage=get("usage"), max_content_bytes=max_content_bytes,
-        count_tokens=count_tokens, limits=limits, index=index,
+        message["role"],
+        get("content"),
+        tool_name=get("tool_name"),
+        tool_call_id=get("tool_call_id"),
+        tool_calls=get("tool_calls"),
+        metadata=get("metadata"),
+        token_count=get("token_count"),
+        idempotency_key=get("idempotency_key"),
+        usage=get("usage"),
+        max_content_bytes=max_content_bytes,
+        count_tokens=count_tokens,
+        limits=limits,
+        index=index,
     )
 
 
 def prepare_batch(
-    messages: object, *, max_content_bytes: int, count_tokens: TokenCounter, max_batch: int,
+    messages: object,
+    *,
+    max_content_bytes: int,
+    count_tokens: TokenCounter,
+    max_batch: int,
     limits: SizeLimits = DEFAULT_LIMITS,
 ) -> list[MessageRow]:
     if isinstance(messages, str | bytes | Mapping) or not hasattr(messages, "__iter__"):
@@ -455,8 +512,13 @@ def prepare_batch(
     rows: list[MessageRow] = []
     keys: set[str] = set()
     for index, message in enumerate(messages):
-        row = prepare_message_dict(message, max_content_bytes=max_content_bytes,
-                                   count_tokens=count_tokens, limits=limits, index=index)
+        row = prepare_message_dict(
+            message,
+            max_content_bytes=max_content_bytes,
+            count_tokens=count_tokens,
+            limits=limits,
+            index=index,
+        )
         if row.idempotency_key is not None:
             if row.idempotency_key in keys:
                 raise InvalidInput("idempotency_key", "is repeated within the batch", index=index)
@@ -483,8 +545,15 @@ class SummaryRow(NamedTuple):
 
 
 def prepare_summary(
-    content: object, *, through_seq: object, role: object, token_count: object, metadata: object,
-    max_content_bytes: int, count_tokens: TokenCounter, limits: SizeLimits = DEFAULT_LIMITS,
+    content: object,
+    *,
+    through_seq: object,
+    role: object,
+    token_count: object,
+    metadata: object,
+    max_content_bytes: int,
+    count_tokens: TokenCounter,
+    limits: SizeLimits = DEFAULT_LIMITS,
 ) -> SummaryRow:
     seq = check_seq(through_seq, "through_seq")
     if not isinstance(role, str) or role not in SUMMARY_ROLES:

@@ -106,7 +106,8 @@ class AsyncpgRawSystem(System):
 
         async def turn(key: int) -> None:
             # $18 the window's size, $19 the token budget (None: none), $20 summarized, $21 the guard.
-            await self.pool.fetch(turn_sql, conversation_id(key), user_of(key), *args, HISTORY_LIMIT, None,
-                                  False, None)
+            await self.pool.fetch(
+                turn_sql, conversation_id(key), user_of(key), *args, HISTORY_LIMIT, None, False, None
+            )
 
         return Operation(turn, "save_and_get_history: one statement")

@@ -127,9 +127,13 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         elif self.limit is None and self.max_tokens is None:
             stored = await read_all(self.store, self.conversation_id, self.user_id)
         else:
-            stored = await read_window(self.store, self.conversation_id, self.user_id,
-                                       MAX_HISTORY_LIMIT if self.limit is None else self.limit,
-                                       self.max_tokens)
+            stored = await read_window(
+                self.store,
+                self.conversation_id,
+                self.user_id,
+                MAX_HISTORY_LIMIT if self.limit is None else self.limit,
+                self.max_tokens,
+            )
         return [to_langchain(m) for m in stored]
 
     async def _summarized_window(self) -> list[Message]:
@@ -137,8 +141,9 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         # covers and reads as a SystemMessage (or the summary's role); one round trip.
         limit = MAX_HISTORY_LIMIT if self.limit is None else min(self.limit, MAX_HISTORY_LIMIT)
         try:
-            return await self.store.get_history(self.conversation_id, self.user_id, limit=limit,
-                                                max_tokens=self.max_tokens, summarized=True)
+            return await self.store.get_history(
+                self.conversation_id, self.user_id, limit=limit, max_tokens=self.max_tokens, summarized=True
+            )
         except ConversationNotFound:
             return []
 
@@ -183,6 +188,7 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
           thread (``_on_private_connection``).
         - That loop is closed: ``WrongEventLoop``.
         """
+
         def job() -> Awaitable[T]:
             return run(self)
 
@@ -215,7 +221,6 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
             f"on that loop, or keep it running in a thread"
         )
 
-
     def _on_private_connection(self, name: str, run: Callable[[ConvDBChatMessageHistory], Awaitable[T]]) -> T:
         """Serve a sync call made on the owning loop's own thread, which it would deadlock.
 
@@ -239,16 +244,25 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         store = self.store
 
         async def in_worker() -> T:
-            private_pool = await create_pool(*connect_args, min_size=1, max_size=1,
-                                             **{**connect_kwargs, "statement_cache_size":
-                                                connect_kwargs.get("statement_cache_size", 100)})
+            private_pool = await create_pool(
+                *connect_args,
+                min_size=1,
+                max_size=1,
+                **{**connect_kwargs, "statement_cache_size": connect_kwargs.get("statement_cache_size", 100)},
+            )
             try:
                 private = ConversationStore(
-                    private_pool, max_content_bytes=store.max_content_bytes, count_tokens=store.count_tokens,
-                    acquire_timeout=store.acquire_timeout, batch_timeout=store.batch_timeout,
-                    batch_timeout_per_mib=store.batch_timeout_per_mib, max_batch_size=store.max_batch_size,
-                    retry_reads=store.retry_reads, retry_keyed_writes=store.retry_keyed_writes,
-                    row_level_security=store.row_level_security)
+                    private_pool,
+                    max_content_bytes=store.max_content_bytes,
+                    count_tokens=store.count_tokens,
+                    acquire_timeout=store.acquire_timeout,
+                    batch_timeout=store.batch_timeout,
+                    batch_timeout_per_mib=store.batch_timeout_per_mib,
+                    max_batch_size=store.max_batch_size,
+                    retry_reads=store.retry_reads,
+                    retry_keyed_writes=store.retry_keyed_writes,
+                    row_level_security=store.row_level_security,
+                )
                 twin = copy.copy(self)
                 twin.store = private
                 return await run(twin)
@@ -339,8 +353,7 @@ def to_langchain(message: Message) -> BaseMessage:
     if message.role == "system":
         return SystemMessage(content=content)
     if message.role == "tool":
-        return ToolMessage(content=content, tool_call_id=message.tool_call_id or "",
-                           name=message.tool_name)
+        return ToolMessage(content=content, tool_call_id=message.tool_call_id or "", name=message.tool_name)
     return AIMessage(content=content, tool_calls=[_langchain_tool_call(c) for c in message.tool_calls or []])
 
 
@@ -364,8 +377,12 @@ def _langchain_tool_call(call: Any) -> ToolCall:
         args = arguments
     if not isinstance(args, dict):
         args = {"__raw_arguments": args}
-    return ToolCall(name=str(function.get("name", "")), args=args,
-                    id=call.get("id") if isinstance(call, dict) else None, type="tool_call")
+    return ToolCall(
+        name=str(function.get("name", "")),
+        args=args,
+        id=call.get("id") if isinstance(call, dict) else None,
+        type="tool_call",
+    )
 
 
 def _text(content: str | list[str | dict[str, Any]]) -> str | None:

@@ -157,12 +157,15 @@ class ConvDBSession:
                 user, conversation = resolved, self.session_id
             else:
                 raise InvalidInput(
-                    "owner", f"must return a user id (str) or a SessionOwner, got {type(resolved).__name__}")
+                    "owner", f"must return a user id (str) or a SessionOwner, got {type(resolved).__name__}"
+                )
             return check_id(conversation, "session_id"), check_id(user, "user_id")
         if self.user_id is None:
             raise InvalidInput(
-                "wrapper", "this session takes its user from the run context (owner=) and was called "
-                           "without one: call it through the Runner, or pass wrapper=")
+                "wrapper",
+                "this session takes its user from the run context (owner=) and was called "
+                "without one: call it through the Runner, or pass wrapper=",
+            )
         return self.session_id, self.user_id
 
     async def get_items(
@@ -261,19 +264,23 @@ def item_to_message(item: TResponseInputItem) -> dict[str, Any]:
     elif kind == "function_call":
         row["role"] = "assistant"
         row["tool_name"] = data.get("name")
-        row["tool_calls"] = [{
-            "id": call_id,
-            "type": "function",
-            "function": {"name": data.get("name"), "arguments": data.get("arguments")},
-        }]
+        row["tool_calls"] = [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": data.get("name"), "arguments": data.get("arguments")},
+            }
+        ]
     elif kind == "custom_tool_call":
         row["role"] = "assistant"
         row["tool_name"] = data.get("name")
-        row["tool_calls"] = [{
-            "id": call_id,
-            "type": "custom",
-            "custom": {"name": data.get("name"), "input": data.get("input")},
-        }]
+        row["tool_calls"] = [
+            {
+                "id": call_id,
+                "type": "custom",
+                "custom": {"name": data.get("name"), "input": data.get("input")},
+            }
+        ]
     elif kind == "local_shell_call_output" and isinstance(data.get("id"), str):
         # The one output that names its call by "id" rather than "call_id".
         row["role"] = "tool"
@@ -299,9 +306,16 @@ def message_to_items(message: Message) -> list[TResponseInputItem]:
         return [cast(TResponseInputItem, stored)]
     content = message.content if message.content is not None else ""
     if message.role == "tool":
-        return [cast(TResponseInputItem, {
-            "type": "function_call_output", "call_id": message.tool_call_id, "output": content,
-        })]
+        return [
+            cast(
+                TResponseInputItem,
+                {
+                    "type": "function_call_output",
+                    "call_id": message.tool_call_id,
+                    "output": content,
+                },
+            )
+        ]
     items: list[Any] = []
     if message.role != "assistant" or message.content or not message.tool_calls:
         items.append({"role": message.role, "content": content})

@@ -128,8 +128,11 @@ async def _refused(conn: Conn, cid: str, uid: str, row: MessageRow, expected: in
 async def save_guarded(conn: Conn, cid: str, uid: str, row: MessageRow, expected_last_seq: int) -> Message:
     """Append one message only if the newest stored seq is ``expected_last_seq`` (one statement)."""
     try:
-        records = await _keyed(conn, row, lambda: run_fresh(conn, _SAVE_MESSAGE_GUARDED, cid, uid,
-                                                            args=(*row, expected_last_seq)))
+        records = await _keyed(
+            conn,
+            row,
+            lambda: run_fresh(conn, _SAVE_MESSAGE_GUARDED, cid, uid, args=(*row, expected_last_seq)),
+        )
     except asyncpg.UniqueViolationError as exc:
         if row.idempotency_key is None or not is_replayed_key(exc):
             raise
@@ -154,8 +157,14 @@ async def save(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
 
 
 async def save_batch(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], *, time_budget: float,
-    expected_last_seq: int | None = None, begin: Begin = begin
+    conn: Conn,
+    cid: str,
+    uid: str,
+    rows: list[MessageRow],
+    *,
+    time_budget: float,
+    expected_last_seq: int | None = None,
+    begin: Begin = begin,
 ) -> list[Message]:
     """Append a batch in one transaction (opened with ``begin``); ``time_budget`` bounds its inserts.
 
@@ -166,8 +175,9 @@ async def save_batch(
     for attempt in range(_KEYED_BATCH_ATTEMPTS):
         try:
             async with begin(conn):
-                return await _save_batch_in_transaction(conn, cid, uid, rows, keys, time_budget,
-                                                        expected_last_seq)
+                return await _save_batch_in_transaction(
+                    conn, cid, uid, rows, keys, time_budget, expected_last_seq
+                )
         except asyncpg.UniqueViolationError as exc:
             # Another writer stored one of our keys after this transaction's first snapshot.
             if not keys or not is_replayed_key(exc) or attempt + 1 == _KEYED_BATCH_ATTEMPTS:
@@ -175,8 +185,9 @@ async def save_batch(
     raise AssertionError("unreachable")
 
 
-async def _reserve(conn: Conn, cid: str, uid: str, count: int, expected_last_seq: int | None
-                   ) -> asyncpg.Record:
+async def _reserve(
+    conn: Conn, cid: str, uid: str, count: int, expected_last_seq: int | None
+) -> asyncpg.Record:
     if expected_last_seq is None:
         head = await conn.fetchrow(_RESERVE_SEQ_RANGE, cid, uid, count)
         if head is None:
@@ -197,7 +208,12 @@ async def _reserve(conn: Conn, cid: str, uid: str, count: int, expected_last_seq
 
 
 async def _save_batch_in_transaction(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], keys: list[str], time_budget: float,
+    conn: Conn,
+    cid: str,
+    uid: str,
+    rows: list[MessageRow],
+    keys: list[str],
+    time_budget: float,
     expected_last_seq: int | None = None,
 ) -> list[Message]:
     stored: dict[str, Message] = {}
@@ -278,8 +294,14 @@ async def history(
 
 
 async def save_and_get_history(
-    conn: Conn, cid: str, uid: str, row: MessageRow, limit: int, token_budget: int | None,
-    summarized: bool = False, expected_last_seq: int | None = None,
+    conn: Conn,
+    cid: str,
+    uid: str,
+    row: MessageRow,
+    limit: int,
+    token_budget: int | None,
+    summarized: bool = False,
+    expected_last_seq: int | None = None,
 ) -> tuple[Message, list[Message]]:
     """Save one message and return it with the window that ends at it (one statement)."""
     args = (*row, limit, token_budget, summarized, expected_last_seq)
@@ -294,17 +316,23 @@ async def save_and_get_history(
         if row.idempotency_key is None or not is_replayed_key(exc):
             raise
         stored = await _stored_under_key(conn, cid, uid, row)
-        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized)
+        return stored, await window_until(
+            conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized
+        )
     if not records:
         raise ConversationNotFound()
     head = records[0]
     if not head["written"]:
         assert expected_last_seq is not None
         stored = await _refused(conn, cid, uid, row, expected_last_seq, head["last_seq"])
-        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized)
+        return stored, await window_until(
+            conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized
+        )
     saved = next(Message.from_record(cid, r) for r in records if r["is_new"])
     if head["stale"]:
-        return saved, await window_until(conn, cid, uid, saved.seq, limit, token_budget, summarized=summarized)
+        return saved, await window_until(
+            conn, cid, uid, saved.seq, limit, token_budget, summarized=summarized
+        )
     if summarized:
         window = [summary_or_message_from_row(cid, r) for r in records if r["in_window"]]
     else:

@@ -269,7 +269,10 @@ async def test_a_report_is_one_round_trip(logged: tuple[ConversationStore, State
     store, log = logged
     cid = (await store.get_or_create_conversation(None, U)).id
     await store.save_message(cid, U, "assistant", "a", usage=GPT)
-    window: _Range = {"since": datetime.now(UTC) - timedelta(days=1), "until": datetime.now(UTC) + timedelta(days=1)}
+    window: _Range = {
+        "since": datetime.now(UTC) - timedelta(days=1),
+        "until": datetime.now(UTC) + timedelta(days=1),
+    }
     assert len(await _count(log, lambda: store.usage_report(U, **window))) == 1
     assert len(await _count(log, lambda: store.usage_report(U, conversation_id=cid, **window))) == 1
     assert len(await _count(log, lambda: store.save_message(cid, U, "assistant", "b", usage=GPT))) == 1

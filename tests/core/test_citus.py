@@ -76,13 +76,17 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
     # CTE are subplans of their own, each still one task on the conversation's shard.
     "save_message_guarded": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 0), 4),
     "save_and_get_history": (
-        ("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 50, None, True, 0), 9
+        ("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 50, None, True, 0),
+        9,
     ),
     "save_summary": (("c1", "u1", 1, "system", "summary", None, 1), 4),
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
 USER_WIDE = {
-    "erase_list_conversations", "erase_messages_chunk", "erase_lock_conversations", "erase_conversations",
+    "erase_list_conversations",
+    "erase_messages_chunk",
+    "erase_lock_conversations",
+    "erase_conversations",
     "usage_report_user",
 }
 # Not about conversations' rows: the catalog report, the reference-table version, a setting.
@@ -196,7 +200,9 @@ async def test_history_walks_the_shards_primary_key_backwards(
     WindowAgg over it), reading few buffers on the shard."""
     conv = await store.get_or_create_conversation("big", "alice")
     for _ in range(3):
-        await store.save_messages(conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)])
+        await store.save_messages(
+            conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)]
+        )
     await db.execute("ANALYZE conversations; ANALYZE messages")
     types = [t.name for t in (await db.prepare(QUERIES[name])).get_parameters()]
     text = QUERIES[name]
@@ -306,7 +312,11 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "convdb", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -157,11 +157,16 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     called.add("list_summaries")
     summarized = await store.get_history(cid, uid, summarized=True)
     assert [(m.seq, m.summary_through) for m in summarized] == [(2, 2), (4, None), (5, None)]
-    guarded = await store.save_message(cid, uid, "assistant", "g", expected_last_seq=5,
-                                       usage={"model": "m", "input_tokens": 3})
+    guarded = await store.save_message(
+        cid, uid, "assistant", "g", expected_last_seq=5, usage={"model": "m", "input_tokens": 3}
+    )
     assert guarded.usage is not None and guarded.usage.input_tokens == 3
-    report = await store.usage_report(uid, conversation_id=cid, since=datetime(2020, 1, 1, tzinfo=UTC),
-                                      until=datetime(2100, 1, 1, tzinfo=UTC))
+    report = await store.usage_report(
+        uid,
+        conversation_id=cid,
+        since=datetime(2020, 1, 1, tzinfo=UTC),
+        until=datetime(2100, 1, 1, tzinfo=UTC),
+    )
     assert report.total.input_tokens == 3
     called.add("usage_report")
     assert await store.record_usage(cid, uid, 5, {"input_tokens": 2}) is True
