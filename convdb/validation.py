@@ -365,10 +365,14 @@ def check_cost(value: object, field: str = "usage.cost", *, index: int | None = 
     return cost
 
 
-def check_usage(value: object, *, index: int | None = None) -> tuple[object, ...]:
+UsageColumns = tuple[str | None, int | None, int | None, int | None, int | None, Decimal | None, int | None]
+"""The seven usage column values, in MessageRow's order."""
+
+
+def check_usage(value: object, *, index: int | None = None) -> UsageColumns:
     """``usage=``: a ``Usage`` (or a dict of its fields) as the seven column values; all None for None."""
     if value is None:
-        return (None,) * 7
+        return (None, None, None, None, None, None, None)
     if isinstance(value, Mapping):
         unknown = set(value) - USAGE_FIELDS
         if unknown:
@@ -397,15 +401,13 @@ def check_usage(value: object, *, index: int | None = None) -> tuple[object, ...
         raise InvalidInput(
             "usage", f"must be a convdb.Usage, a dict or None, got {type(value).__name__}", index=index
         )
-    model, *counts, cost, latency = fields
+    model, inputs, outputs, cached, reasoning, cost, latency = fields
     return (
         check_optional_id(model, "usage.model", index=index),
-        *(
-            _check_count(v, f"usage.{name}", index)
-            for v, name in zip(
-                counts, ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"), strict=True
-            )
-        ),
+        _check_count(inputs, "usage.input_tokens", index),
+        _check_count(outputs, "usage.output_tokens", index),
+        _check_count(cached, "usage.cached_tokens", index),
+        _check_count(reasoning, "usage.reasoning_tokens", index),
         check_cost(cost, index=index),
         None if latency is None else _check_count(latency, "usage.latency_ms", index),
     )
@@ -462,7 +464,7 @@ def prepare_message(
         return MessageRow(role, text, name, call_id, calls_json, meta_json, tokens, key)
     return MessageRow(
         role, text, name, call_id, calls_json, meta_json, tokens, key, *check_usage(usage, index=index)
-    )  # type: ignore[arg-type]  # checked types
+    )
 
 
 def prepare_message_dict(

@@ -174,7 +174,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- Citus: every relation of a per-conversation statement spells the distribution value
 -- (conversation_id = $1 next to conversation_id = c.id, redundant on one node): Citus prunes
 -- shards per relation from its own quals, and a LATERAL's correlation alone fanned out to all
--- 32 shards. With it, the whole statement is one router task (tests/integration/test_citus.py).
+-- 32 shards. With it, the whole statement is one router task (tests/core/test_citus.py).
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
        m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
        m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms

@@ -529,9 +529,9 @@ async def test_add_items_is_one_atomic_batch(store: ConversationStore) -> None:
         await s.add_items(
             [
                 *numbered(1),
-                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "x": {1, 2}},
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "x": {1, 2}},  # type: ignore[list-item]
             ]
-        )  # type: ignore[list-item]
+        )
     assert await s.get_items() == numbered(2)
 
 

@@ -159,7 +159,7 @@ async def test_check_constraints_refuse_what_validation_refuses(db: asyncpg.Conn
         with pytest.raises(asyncpg.CheckViolationError) as info:
             await db.execute(sql)
         # Through convdb's seam: Citus relays the worker's error without constraint_name, and
-        # translate() reads the name from the message (tests/integration/test_citus.py runs this).
+        # translate() reads the name from the message (tests/core/test_citus.py runs this).
         assert getattr(translate(info.value), "constraint", None) == constraint
 
 
