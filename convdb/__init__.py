@@ -3,6 +3,7 @@
 from ._version import __version__
 from .agent import build_message_array, message_to_dict, to_chat_message
 from .errors import (
+    ConcurrentUpdate,
     ConstraintViolation,
     ConvDBError,
     ConversationExists,
@@ -21,7 +22,18 @@ from .errors import (
 )
 from .keys import KeyProvider, StaticKeys
 from .pool import init_connection
-from .records import Conversation, ErasureCounts, Message, Page, Role, RotationReport
+from .records import (
+    Conversation,
+    ErasureCounts,
+    Message,
+    Page,
+    Role,
+    RotationReport,
+    Summary,
+    Usage,
+    UsageReport,
+    UsageTotals,
+)
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
 from .validation import (
@@ -42,6 +54,7 @@ __all__ = [
     "MAX_HISTORY_LIMIT",
     "SCHEMA_VERSION",
     "UNSET",
+    "ConcurrentUpdate",
     "ConstraintViolation",
     "ConvDBError",
     "Conversation",
@@ -63,8 +76,12 @@ __all__ = [
     "RotationReport",
     "SchemaMismatch",
     "StaticKeys",
+    "Summary",
     "TransientError",
     "UnsupportedIsolation",
+    "Usage",
+    "UsageReport",
+    "UsageTotals",
     "WrongEventLoop",
     "__version__",
     "build_message_array",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import DecryptionError, KeyNotFound
-from .records import Conversation, Message
+from .records import Conversation, Message, Summary
 from .validation import MessageRow
 
 PREFIX: Final = "cdb1:"
@@ -85,6 +85,11 @@ def message_aad(cid: str, seq: int, column: str) -> bytes:
 
 def conversation_aad(cid: str, column: str) -> bytes:
     return json.dumps(["c", cid, column]).encode()
+
+
+def summary_aad(cid: str, through_seq: int, column: str) -> bytes:
+    # Its own tag: a summary's content moved into the message at the same seq (or back) fails.
+    return json.dumps(["s", cid, through_seq, column]).encode()
 
 
 class DataKey:
@@ -183,8 +188,30 @@ class Codec:
     def seal_metadata(self, metadata_json: str | None) -> str:
         return _seal_json_object(self._key(), metadata_json, conversation_aad(self.cid, "metadata"))
 
+    def seal_summary(self, through_seq: int, content: str, metadata_json: str | None) -> tuple[str, str]:
+        key, cid = self._key(), self.cid
+        return (
+            key.seal(content, summary_aad(cid, through_seq, "content")),
+            _seal_json_object(key, metadata_json, summary_aad(cid, through_seq, "metadata")),
+        )
+
+    def open_summary(self, summary: Summary) -> Summary:
+        cid, through, key = summary.conversation_id, summary.through_seq, self.key
+        where = f"summary through {through} of conversation {cid!r}"
+        return dataclasses.replace(
+            summary,
+            content=open_token(
+                key, summary.content, summary_aad(cid, through, "content"), f"{where}: content"
+            ),
+            metadata=_open_object(
+                key, summary.metadata, summary_aad(cid, through, "metadata"), f"{where}: metadata"
+            ),
+        )
+
     def open_message(self, message: Message) -> Message:
         cid, seq, key = message.conversation_id, message.seq, self.key
+        if message.summary_through is not None:  # a summarized window's summary (schema 3)
+            return self._open_summary_message(message)
         where = f"message {seq} of conversation {cid!r}"
         opened: Message = _new(Message)
         for name in Message.__slots__:
@@ -204,6 +231,19 @@ class Codec:
             _open_object(key, message.metadata, message_aad(cid, seq, "metadata"), f"{where}: metadata"),
         )
         return opened
+
+    def _open_summary_message(self, message: Message) -> Message:
+        cid, key = message.conversation_id, self.key
+        through = message.summary_through
+        assert through is not None
+        where = f"summary through {through} of conversation {cid!r}"
+        content = message.content
+        if content is not None:
+            content = open_token(key, content, summary_aad(cid, through, "content"), f"{where}: content")
+        metadata = _open_object(
+            key, message.metadata, summary_aad(cid, through, "metadata"), f"{where}: metadata"
+        )
+        return dataclasses.replace(message, content=content, metadata=metadata)
 
     def open_title(self, cid: str, title: str | None) -> str | None:
         if title is None:
@@ -271,6 +311,7 @@ __all__ = [
     "new_data_key",
     "new_data_key_id",
     "open_token",
+    "summary_aad",
     "token_key_id",
     "wrap_context",
 ]

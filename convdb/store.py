@@ -32,9 +32,21 @@ from .ops import erasure as erasure_ops
 from .ops import keys as key_ops
 from .ops import messages as message_ops
 from .ops import settings as settings_ops
+from .ops import summaries as summary_ops
 from .ops import transfer as transfer_ops
+from .ops import usage as usage_ops
 from .pool import create_pool
-from .records import Conversation, ErasureCounts, JSONValue, Message, Page, RotationReport
+from .records import (
+    Conversation,
+    ErasureCounts,
+    JSONValue,
+    Message,
+    Page,
+    RotationReport,
+    Summary,
+    Usage,
+    UsageReport,
+)
 from .runner import Policy, Runner
 from .validation import (
     DEFAULT_MAX_CONTENT_BYTES,
@@ -46,17 +58,24 @@ from .validation import (
     TokenCounter,
     Unset,
     check_conversation_key,
+    check_expected_last_seq,
     check_flag,
     check_id,
     check_limit,
+    check_optional_id,
     check_seconds,
+    check_seq,
+    check_time_range,
+    check_time_zone,
     check_title,
     check_token_budget,
+    check_usage,
     encode_json,
     estimate_tokens,
     prepare_batch,
     prepare_message,
     prepare_message_dict,
+    prepare_summary,
 )
 
 
@@ -98,7 +117,7 @@ class ConversationStore:
     - ``encryption``: a ``convdb.keys.KeyProvider`` (``StaticKeys``, or your KMS adapter) turns on
       client-side encryption of message content, tool_calls and metadata and of conversation
       titles and metadata (AES-256-GCM under per-user data keys; docs/data-protection.md). Needs
-      schema version 3 (``convdb_user_keys``). Single appends then take the batch path (the seq is
+      schema version 4 (``convdb_user_keys``). Single appends then take the batch path (the seq is
       reserved before the value is sealed, as it is part of the associated data), and listing by
       ``title_contains`` / ``metadata_contains`` is refused. ``key_cache_seconds`` (default 300)
       and ``key_cache_size`` (default 10,000 users) bound the cache of unwrapped data keys.
@@ -399,13 +418,22 @@ class ConversationStore:
         metadata: Mapping[str, JSONValue] | None = None,
         token_count: int | None = None,
         idempotency_key: str | None = None,
+        usage: Usage | Mapping[str, Any] | None = None,
+        expected_last_seq: int | None = None,
     ) -> Message:
         """Append one message in one statement (one round trip) and return it as stored.
 
         The message gets the conversation's next seq (gap-free, in commit order) and touches its
         ``updated_at``. With ``idempotency_key``, a retry of a save that was stored returns the
         stored message and writes nothing; a different role or content under the same key raises
-        IdempotencyConflict.
+        IdempotencyConflict. ``usage`` (a ``Usage``, or a dict of its fields) is stored in typed
+        columns and comes back as ``Message.usage``.
+
+        ``expected_last_seq``: write only if the conversation's newest stored message is still that
+        seq (0: none stored); otherwise ``ConcurrentUpdate`` (carrying the actual ``last_seq``) and
+        nothing is written. Same single statement; five round trips when a writer raced it (BEGIN,
+        lock, the statement again, COMMIT). A retried keyed save whose first attempt was stored
+        returns the stored message instead of failing the guard.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message(
@@ -417,18 +445,32 @@ class ConversationStore:
             metadata=metadata,
             token_count=token_count,
             idempotency_key=idempotency_key,
+            usage=usage,
             max_content_bytes=self.max_content_bytes,
             count_tokens=self.count_tokens,
             limits=self.limits,
         )
+        expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
         if self._keys is not None:
-            return (await self._save_sealed(cid, uid, [row], policy))[0]
-        op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
+            return (await self._save_sealed(cid, uid, [row], policy, expected=expected))[0]
+        if expected is None:
+            op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
+        else:
+            op = functools.partial(
+                message_ops.save_guarded, cid=cid, uid=uid, row=row, expected_last_seq=expected
+            )
         return await self._runner.run(op, policy, user_id=uid)
 
     async def _save_sealed(
-        self, cid: str, uid: str, rows: list[Any], policy: Policy, seconds: float | None = None
+        self,
+        cid: str,
+        uid: str,
+        rows: list[Any],
+        policy: Policy,
+        seconds: float | None = None,
+        *,
+        expected: int | None = None,
     ) -> list[Message]:
         """Encryption on: the batch path, which reserves the seqs before the values are sealed
         (each value's associated data holds its seq). Single appends take it too: BEGIN, reserve,
@@ -436,12 +478,23 @@ class ConversationStore:
         codec = await self._codec(cid, uid, create=True)
         budget = self.batch_timeout if seconds is None else seconds
         op = functools.partial(
-            message_ops.save_batch, cid=cid, uid=uid, rows=rows, time_budget=budget, codec=codec
+            message_ops.save_batch,
+            cid=cid,
+            uid=uid,
+            rows=rows,
+            time_budget=budget,
+            expected_last_seq=expected,
+            codec=codec,
         )
         return await self._runner.run_transactions(op, policy, user_id=uid, guard_seconds=budget)
 
     async def save_messages(
-        self, conversation_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
+        self,
+        conversation_id: str,
+        user_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        expected_last_seq: int | None = None,
     ) -> list[Message]:
         """Append a batch atomically, in order; return the stored messages.
 
@@ -450,6 +503,11 @@ class ConversationStore:
         error or cancellation nothing of the batch is stored. The call is bounded by
         ``batch_timeout`` + ``batch_timeout_per_mib`` per MiB of payload (``QueryTimeout``).
         Messages with idempotency keys already stored come back as stored, not written again.
+        Each message may carry ``usage`` (a ``Usage`` or a dict of its fields).
+
+        ``expected_last_seq``: as for ``save_message``, checked by the batch's first statement (the
+        one that locks the conversation row and reserves the range): ``ConcurrentUpdate`` and
+        nothing written when the newest stored seq differs.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         rows = prepare_batch(
@@ -459,6 +517,7 @@ class ConversationStore:
             max_batch=self.max_batch_size,
             limits=self.limits,
         )
+        expected = check_expected_last_seq(expected_last_seq)
         payload = sum(
             len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "") for r in rows
         )
@@ -466,10 +525,17 @@ class ConversationStore:
         keyed = all(r.idempotency_key is not None for r in rows)
         if self._keys is not None:
             return await self._save_sealed(
-                cid, uid, rows, Policy.KEYED_WRITE if keyed else Policy.WRITE, seconds
+                cid, uid, rows, Policy.KEYED_WRITE if keyed else Policy.WRITE, seconds, expected=expected
             )
 
-        op = functools.partial(message_ops.save_batch, cid=cid, uid=uid, rows=rows, time_budget=seconds)
+        op = functools.partial(
+            message_ops.save_batch,
+            cid=cid,
+            uid=uid,
+            rows=rows,
+            time_budget=seconds,
+            expected_last_seq=expected,
+        )
         return await self._runner.run_transactions(
             op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds
         )
@@ -482,6 +548,7 @@ class ConversationStore:
         limit: int = 50,
         max_tokens: int | None = None,
         trim: bool = True,
+        summarized: bool = False,
     ) -> list[Message]:
         """A model-ready window: the newest ``limit`` messages, oldest first, in one round trip.
 
@@ -493,13 +560,26 @@ class ConversationStore:
         for frameworks that prune a history themselves, such as the OpenAI Agents SDK's Runner).
         Raises ``ConversationNotFound`` for an unknown or foreign id; returns [] for an empty one
         (or when nothing fits the budget).
+
+        ``summarized=True``: the newest summary (``save_summary``) stands in for every message up to
+        its ``through_seq``. The window is then the newest suffix, within ``limit`` and
+        ``max_tokens``, of [that summary, the messages after it]: the summary (a ``Message`` with
+        ``summary_through`` set, positioned at its ``through_seq``) comes first when everything
+        after it fits, and no message it covers is returned. Same single statement.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
         trimmed = check_flag(trim, "trim")
+        summarize = check_flag(summarized, "summarized")
         op = functools.partial(
-            message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget, trim=trimmed
+            message_ops.history,
+            cid=cid,
+            uid=uid,
+            limit=n,
+            token_budget=token_budget,
+            trim=trimmed,
+            summarized=summarize,
         )
         window = await self._runner.run(op, Policy.READ, user_id=uid)
         return window if self._keys is None else await self._open_messages(cid, uid, window)
@@ -520,6 +600,8 @@ class ConversationStore:
         *,
         limit: int = 50,
         max_tokens: int | None = None,
+        summarized: bool = False,
+        expected_last_seq: int | None = None,
     ) -> tuple[Message, list[Message]]:
         """Save ``message`` and return it with the window that ends at it: one statement.
 
@@ -530,6 +612,9 @@ class ConversationStore:
         that is already stored, nothing is written and the stored message is returned with the
         window that ends at it. One round trip; two when another writer committed to the
         conversation during the statement (the window is then re-read) or on a keyed replay.
+
+        ``summarized=True``: the window is ``get_history(summarized=True)``'s. ``expected_last_seq``:
+        ``save_message``'s guard, in the same statement (``ConcurrentUpdate``, nothing written).
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message_dict(
@@ -540,19 +625,145 @@ class ConversationStore:
         )
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
+        summarize = check_flag(summarized, "summarized")
+        expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
         if self._keys is not None:
             # The batch path for the save (see _save_sealed), then the window that ends at it.
-            saved = (await self._save_sealed(cid, uid, [row], policy))[0]
+            saved = (await self._save_sealed(cid, uid, [row], policy, expected=expected))[0]
             window_op = functools.partial(
-                message_ops.window_until, cid=cid, uid=uid, seq=saved.seq, limit=n, token_budget=token_budget
+                message_ops.window_until,
+                cid=cid,
+                uid=uid,
+                seq=saved.seq,
+                limit=n,
+                token_budget=token_budget,
+                summarized=summarize,
             )
             window = await self._runner.run(window_op, Policy.READ, user_id=uid)
             return saved, await self._open_messages(cid, uid, window)
         op = functools.partial(
-            message_ops.save_and_get_history, cid=cid, uid=uid, row=row, limit=n, token_budget=token_budget
+            message_ops.save_and_get_history,
+            cid=cid,
+            uid=uid,
+            row=row,
+            limit=n,
+            token_budget=token_budget,
+            summarized=summarize,
+            expected_last_seq=expected,
         )
         return await self._runner.run(op, policy, user_id=uid)
+
+    # -- summaries and usage -------------------------------------------------------------------
+    async def save_summary(
+        self,
+        conversation_id: str,
+        user_id: str,
+        content: str,
+        *,
+        through_seq: int,
+        role: str = "system",
+        token_count: int | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+    ) -> Summary:
+        """Record that ``content`` stands for every message with ``seq <= through_seq``.
+
+        Nothing is rewritten: the messages stay stored, exported and countable; only
+        ``summarized=True`` windows use the summary. ``role`` is how the window presents it
+        (system, user or assistant); ``token_count`` defaults to the store's ``count_tokens``.
+        A summary through the same seq as the newest one replaces it. Touches ``updated_at``.
+
+        Refused with ``InvalidInput`` and nothing written: bad arguments, before any I/O; and,
+        judged by the statement itself against what is stored (so after one round trip), a
+        ``through_seq`` beyond the newest stored message or older than the newest summary. One
+        round trip (five when a writer races it, as for ``clear_conversation``).
+        """
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        row = prepare_summary(
+            content,
+            through_seq=through_seq,
+            role=role,
+            token_count=token_count,
+            metadata=metadata,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
+        )
+        content, metadata_json = row.content, row.metadata_json
+        codec = await self._codec(cid, uid, create=True)
+        if codec is not None:
+            content, metadata_json = codec.seal_summary(row.through_seq, content, metadata_json)
+        op = functools.partial(
+            summary_ops.save,
+            cid=cid,
+            uid=uid,
+            through_seq=row.through_seq,
+            role=row.role,
+            content=content,
+            metadata_json=metadata_json,
+            token_count=row.token_count,
+        )
+        # An upsert of absolute values: a second run stores the same summary (READ's retry rule).
+        summary = await self._runner.run(op, Policy.READ, user_id=uid)
+        if codec is None:
+            return summary
+        # What was sent, decoded again: the caller's plaintext, never the ciphertext.
+        return dataclasses.replace(
+            summary, content=row.content, metadata=json.loads(row.metadata_json or "{}")
+        )
+
+    async def list_summaries(self, conversation_id: str, user_id: str) -> list[Summary]:
+        """Every summary of the conversation, oldest first. One round trip."""
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(summary_ops.list_all, cid=cid, uid=uid)
+        summaries = await self._runner.run(op, Policy.READ, user_id=uid)
+        if self._keys is None or not summaries:
+            return summaries
+        codec = await self._codec(cid, uid, create=False)
+        assert codec is not None
+        return [codec.open_summary(s) for s in summaries]
+
+    async def usage_report(
+        self,
+        user_id: str,
+        *,
+        since: datetime,
+        until: datetime,
+        conversation_id: str | None = None,
+        model: str | None = None,
+        time_zone: str = "UTC",
+    ) -> UsageReport:
+        """Usage and cost of the messages saved with ``usage=`` in ``[since, until)``, summed in SQL.
+
+        Per (day, model), per day, per model and in total, from one statement (one round trip);
+        days are calendar days in ``time_zone`` (an IANA name). The user's conversations, or only
+        ``conversation_id`` (``ConversationNotFound`` when it is not theirs); only ``model`` when
+        given. Times are the messages' ``created_at`` (the saving transaction's start).
+        """
+        uid = check_id(user_id, "user_id")
+        cid = check_optional_id(conversation_id, "conversation_id")
+        start, end = check_time_range(since, until)
+        model_name = check_optional_id(model, "model")
+        zone = check_time_zone(time_zone)
+        op = functools.partial(
+            usage_ops.report, uid=uid, cid=cid, since=start, until=end, time_zone=zone, model=model_name
+        )
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def record_usage(
+        self, conversation_id: str, user_id: str, seq: int, usage: Usage | Mapping[str, Any]
+    ) -> bool:
+        """Set the usage of stored message ``seq`` when it has none: for usage known only after the
+        save (``usage=`` at save time is the usual way). Never overwrites; returns whether it was
+        recorded (False: no such message, or it already has usage). One round trip."""
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        number = check_seq(seq, "seq")
+        if usage is None:
+            raise InvalidInput("usage", "is required")
+        values = check_usage(usage)
+        op = functools.partial(usage_ops.record, cid=cid, uid=uid, seq=number, usage=values)
+        # Sets absolute values once (a second run finds usage recorded): READ's retry rule.
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- conversation management -------------------------------------------------------------
     async def list_conversations(

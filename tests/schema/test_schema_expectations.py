@@ -23,12 +23,18 @@ async def test_expectations_are_exactly_what_schema_sql_creates(db: asyncpg.Conn
     assert catalog["indexes"] == EXPECTED_INDEXES
 
 
-async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection) -> None:
+async def test_the_catalog_statement_sees_all_five_tables(db: asyncpg.Connection) -> None:
     catalog = json.loads(await db.fetchval(QUERIES["schema_catalog"]))
     tables = {
         name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]
     }
-    assert tables == {"conversations", "messages", "convdb_schema_version", "convdb_user_keys"}
+    assert tables == {
+        "conversations",
+        "messages",
+        "conversation_summaries",
+        "convdb_schema_version",
+        "convdb_user_keys",
+    }
 
 
 BROKEN = [
