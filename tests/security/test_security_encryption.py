@@ -33,6 +33,8 @@ SECRETS = {
     "msg_meta": "MSGMETA-tumtum-tree-031",
     "turn": "TURN-frabjous-day-6614",
     "updated": "UPDATED-calloo-callay-88",
+    "summary": "SUMMARY-mome-raths-4410",
+    "summary_meta": "SUMMETA-slithy-toves-12",
 }
 
 
@@ -62,6 +64,7 @@ async def seed(store: ConversationStore, uid: str, cid: str) -> None:
     )
     await store.save_and_get_history(cid, uid, {"role": "user", "content": s["turn"]})
     await store.update_conversation(cid, uid, metadata={"note": s["updated"], "t": s["title"]})
+    await store.save_summary(cid, uid, s["summary"], through_seq=2, metadata={"m": s["summary_meta"]})
 
 
 def pg_dump(dsn: str) -> str:
@@ -86,6 +89,13 @@ async def test_every_method_works_encrypted_and_the_dump_holds_no_plaintext(
             SECRETS["title"],
             {"note": SECRETS["updated"], "t": SECRETS["title"]},
         )
+        summarized = await store.get_history("conv-a", "alice", summarized=True)
+        assert (summarized[0].summary_through, summarized[0].content) == (2, SECRETS["summary"])
+        assert summarized[0].metadata == {"m": SECRETS["summary_meta"]}
+        # seq 3 (a tool result whose call, seq 2, the summary covers) is trimmed.
+        assert [m.content for m in summarized[1:]] == [SECRETS["turn"]]
+        [summary] = await store.list_summaries("conv-a", "alice")
+        assert (summary.content, summary.metadata) == (SECRETS["summary"], {"m": SECRETS["summary_meta"]})
         # A keyed replay compares the decrypted stored message, so it is a replay, not a conflict.
         replay = await store.save_message("conv-a", "alice", "user", SECRETS["content"], idempotency_key="k")
         assert replay.seq == 1 and replay.content == SECRETS["content"]
@@ -144,6 +154,12 @@ async def test_a_ciphertext_moved_to_another_row_column_or_conversation_fails(
         with pytest.raises(KeyNotFound, match=alice_key) as missing:
             await store.get_history("conv-m", "mallory")
         assert missing.value.key_id == alice_key
+        # A summary's content in the place of the message at its seq (same conversation, same seq).
+        await db.execute(
+            "UPDATE messages SET content = (SELECT content FROM conversation_summaries WHERE conversation_id = 'conv-a') WHERE conversation_id = 'conv-a' AND seq = 2"
+        )
+        with pytest.raises(DecryptionError, match="message 2 of conversation 'conv-a': content"):
+            await store.get_history("conv-a", "alice", limit=3)
         # A tampered ciphertext (one character changed) and a plaintext value are refused too.
         await db.execute(
             "UPDATE messages SET content = overlay(content placing (CASE WHEN substr(content, 40, 1) = 'A' THEN 'B' ELSE 'A' END) from 40 for 1) WHERE conversation_id = 'conv-a' AND seq = 4"
