@@ -341,6 +341,14 @@ async def client_table(dsn: str, calls: int, repeats: int) -> tuple[list[dict[st
     return table, out.getvalue()
 
 
+def _on_uvloop(dsn: str, calls: int, repeats: int) -> list[dict[str, Any]]:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        rows, _ = runner.run(client_table(dsn, calls, repeats))
+    return rows
+
+
 # -- the run ------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _admin(dsn: str | None) -> Iterator[str]:
@@ -380,6 +388,10 @@ async def main_async(args: argparse.Namespace, admin: str) -> dict[str, Any]:
         load_before = load_average()
         server_rows = await asyncio.to_thread(server_table, db.dsn, args.seconds, args.repeats)
         client_rows, profile = await client_table(db.dsn, args.calls, args.repeats)
+        if args.uvloop:
+            # The same client paths on uvloop, in a loop of their own (a thread: one loop each).
+            uv_rows = await asyncio.to_thread(_on_uvloop, db.dsn, args.calls, args.repeats)
+            client_rows += [{**r, "path": r["path"] + " [uvloop]"} for r in uv_rows]
         info = await server.server_info(db.dsn)
     finally:
         await server.drop_database(db)
@@ -409,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calls", type=int, default=2_000, help="get_history calls per client-CPU sample")
     parser.add_argument("--json", dest="json_path", metavar="FILE")
+    parser.add_argument("--uvloop", action="store_true", help="also measure the client paths on uvloop")
     args = parser.parse_args(argv)
     with _admin(args.dsn) as admin:
         doc = asyncio.run(main_async(args, admin))

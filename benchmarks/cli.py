@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the run to compare with (this ÷ previous, per op); default: the published run "
         f"{PUBLISHED.relative_to(PUBLISHED.parents[2])}; 'none' for no comparison",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the client's event loop (uvloop: pip install uvloop); recorded in the JSON",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.mode = args.mode or "default"
@@ -102,6 +108,18 @@ def admin_dsn(args: argparse.Namespace) -> Iterator[str]:
     settings = dict(item.split("=", 1) for item in args.server_setting)
     with server.embedded_server(settings) as dsn:
         yield dsn
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """None for asyncio's default loop; uvloop's when asked for (an optional faster loop)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise SystemExit(f"--loop uvloop needs uvloop (pip install -e '.[bench]'): {exc}") from exc
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def previous_run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
@@ -158,6 +176,7 @@ async def run(
         "server": "given by --dsn" if args.dsn else "embedded (pgserver), in a temp dir",
         "machine": run_meta.machine(),
         "mode": mode.name,
+        "event_loop": args.loop,
         "started": started,
         "finished": run_meta.now(),
         "load_average_before": load_before,
@@ -180,8 +199,8 @@ async def run(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with admin_dsn(args) as admin:
-        doc = asyncio.run(run(args, admin, previous_run(args)))
+    with admin_dsn(args) as admin, asyncio.Runner(loop_factory=loop_factory(args.loop)) as loop_runner:
+        doc = loop_runner.run(run(args, admin, previous_run(args)))
     sys.stdout.write(report.text(doc))
     if args.json_path:
         report.write_json(args.json_path, doc)
