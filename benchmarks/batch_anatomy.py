@@ -9,9 +9,11 @@ statement carries, + the CHECK constraints, + the partial idempotency index (the
 messages' exact shape), + the seq reservation (convdb's own statements on messages itself). The
 first five take seq from a random 62-bit base per transaction (no counter at all); every batch is
 BEGIN, the inserts in one pipeline, COMMIT, as asyncpg's executemany sends them. Variants run
-interleaved, each repeated, and the table gives medians in µs of wall time per inserted row at one
-client (server time plus the client's round trips, which pgbench keeps small). Candidates for a
-cheaper batch follow, measured the same way.
+interleaved, each repeated; the table gives medians of the server's CPU time per inserted row
+(read from /proc for the postmaster and its children, so the server must run on this machine:
+the embedded one does), which another process's turn on a busy machine does not inflate, and
+the wall time per row for reference (that includes waiting for the commit's WAL flush and for
+the CPU). Candidates for a cheaper batch follow, measured the same way.
 
 Client side: the client CPU per get_history call (limit 50) through ConversationStore, against a
 raw fetch of the same statement plus Message construction on a direct connection and on a plain
@@ -112,6 +114,11 @@ def _random_seq_batch(table: str, rows: int, with_json: bool) -> list[str]:
     return [*lines, "BEGIN;", "\\startpipeline", *inserts, "\\endpipeline", "COMMIT;"]
 
 
+# The usage parameters of schema version 3 ($11-$17: model, token counts, cost, latency), absent
+# as in the benchmark's writes, where the statements have them.
+_NO_USAGE = {n: "NULL" for n in range(11, 18) if f"${n}" in QUERIES["insert_message_at"]}
+
+
 def _convdb_batch(rows: int) -> list[str]:
     """convdb's batch today: BEGIN, reserve_seq_range, insert_message_at × rows in a pipeline, COMMIT."""
     lines = ["BEGIN;", bind(QUERIES["reserve_seq_range"], {1: ":cid", 2: ":uid", 3: ":n"}) + " \\gset"]
@@ -119,14 +126,14 @@ def _convdb_batch(rows: int) -> list[str]:
     lines.append("\\startpipeline")
     for i in range(rows):
         values = {1: ":cid", 2: f":s{i}", 3: f":r{i}", 4: f":c{i}", 5: "NULL", 6: "NULL"}
-        values.update({7: "NULL", 8: "NULL", 9: f":t{i}", 10: "NULL"})
+        values.update({7: "NULL", 8: "NULL", 9: f":t{i}", 10: "NULL", **_NO_USAGE})
         lines.append(bind(QUERIES["insert_message_at"], values) + ";")
     return [*lines, "\\endpipeline", "COMMIT;"]
 
 
 def _save_message(i: int) -> str:
     values = {1: ":cid", 2: ":uid", 3: f":r{i}", 4: f":c{i}", 5: "NULL", 6: "NULL", 7: "NULL"}
-    values.update({8: "NULL", 9: f":t{i}", 10: "NULL"})
+    values.update({8: "NULL", 9: f":t{i}", 10: "NULL", **_NO_USAGE})
     return bind(QUERIES["save_message"], values) + ";"
 
 
@@ -216,7 +223,57 @@ def variants() -> list[tuple[str, list[Variant]]]:
     return out
 
 
-def run_pgbench(binary: str, dsn: str, variant: Variant, seconds: int) -> float:
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def postmaster_pid(dsn: str) -> int:
+    """The server's postmaster (the parent of its checkpointer), for its CPU counters in /proc."""
+
+    async def checkpointer() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            pid = await conn.fetchval("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        finally:
+            await conn.close()
+        return int(pid)
+
+    with asyncio.Runner() as runner:
+        pid = runner.run(checkpointer())
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # Fields after "(comm)": state is [0], utime [11], stime [12], cutime [13], cstime [14].
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def server_cpu_s(postmaster: int) -> float:
+    """CPU seconds the whole server has used: the postmaster with its reaped children, plus the
+    live ones. A backend that ends moves from the second sum into the first, so differences
+    count every backend once. Robust to load in a way wall time is not: another process's turn
+    on the CPU is not charged to the server."""
+    fields = _stat_fields(postmaster)
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = _stat_fields(int(entry.name))
+        except (OSError, ValueError):
+            continue
+        if child[1] == str(postmaster):
+            ticks += int(child[11]) + int(child[12])
+    return ticks / _TICK
+
+
+@dataclass(frozen=True)
+class Sample:
+    wall_us_per_row: float
+    server_cpu_us_per_row: float
+
+
+def run_pgbench(binary: str, dsn: str, variant: Variant, seconds: int, postmaster: int) -> Sample:
     folder = Path(tempfile.mkdtemp(prefix="convdb-anatomy-"))
     try:
         path = folder / "script.sql"
@@ -224,45 +281,53 @@ def run_pgbench(binary: str, dsn: str, variant: Variant, seconds: int) -> float:
         args = [binary, "-n", "-M", "prepared", "-c", "1", "-j", "1", "-T", str(seconds), "-f", str(path)]
         for name, value in variant.variables.items():
             args += ["-D", f"{name}={value}"]
+        cpu_before = server_cpu_s(postmaster)
         done = subprocess.run([*args, dsn], capture_output=True, text=True, check=False, cwd=folder)
+        time.sleep(0.2)  # let the postmaster reap the backend, so its CPU is in cutime
+        cpu_after = server_cpu_s(postmaster)
         if done.returncode != 0:
             raise RuntimeError(f"pgbench failed on {variant.name!r}: {done.stderr.strip()[-500:]}")
-        match = _TPS.search(done.stdout)
-        if match is None:
+        tps, processed = _TPS.search(done.stdout), _PROCESSED.search(done.stdout)
+        if tps is None or processed is None:
             raise RuntimeError(f"pgbench printed no tps for {variant.name!r}")
-        return float(match.group(1))
+        rows = int(processed.group(1)) * variant.rows
+        return Sample(1e6 / (float(tps.group(1)) * variant.rows), (cpu_after - cpu_before) * 1e6 / rows)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def server_table(dsn: str, seconds: int, repeats: int) -> list[dict[str, Any]]:
     binary = find_binary("pgbench")
+    postmaster = postmaster_pid(dsn)
     groups = variants()
-    samples: dict[tuple[str, str], list[float]] = {}
+    samples: dict[tuple[str, str], list[Sample]] = {}
     for _ in range(repeats):
         for group, group_variants in groups:
             for variant in group_variants:
-                tps = run_pgbench(binary, dsn, variant, seconds)
-                samples.setdefault((group, variant.name), []).append(1e6 / (tps * variant.rows))
+                sample = run_pgbench(binary, dsn, variant, seconds, postmaster)
+                samples.setdefault((group, variant.name), []).append(sample)
     rows = []
     for group, group_variants in groups:
         previous = None
         for variant in group_variants:
-            us = statistics.median(samples[(group, variant.name)])
+            found = samples[(group, variant.name)]
+            cpu = statistics.median(s.server_cpu_us_per_row for s in found)
+            wall = statistics.median(s.wall_us_per_row for s in found)
             step: float | None = (
-                None if previous is None or not variant.name.startswith("+") else us - previous
+                None if previous is None or not variant.name.startswith("+") else cpu - previous
             )
             rows.append(
                 {
                     "group": group,
                     "variant": variant.name,
-                    "us_per_row": round(us, 1),
+                    "server_cpu_us_per_row": round(cpu, 1),
                     "step_us": None if step is None else round(step, 1),
-                    "samples": [round(x, 1) for x in samples[(group, variant.name)]],
+                    "wall_us_per_row": round(wall, 1),
+                    "server_cpu_samples": [round(s.server_cpu_us_per_row, 1) for s in found],
                 }
             )
             if variant.name.startswith("+") or previous is None:
-                previous = us
+                previous = cpu
     return rows
 
 
@@ -371,10 +436,16 @@ async def _prepare(dsn: str) -> None:
 
 
 def markdown(server_rows: list[dict[str, Any]], client_rows: list[dict[str, Any]]) -> str:
-    lines = ["| write | variant | µs per row (median) | step |", "|---|---|---|---|"]
+    lines = [
+        "| write | variant | server CPU µs per row | step | wall µs per row |",
+        "|---|---|---|---|---|",
+    ]
     for r in server_rows:
         step = "" if r["step_us"] is None else f"{r['step_us']:+.1f}"
-        lines.append(f"| {r['group']} | {r['variant']} | {r['us_per_row']:.1f} | {step} |")
+        lines.append(
+            f"| {r['group']} | {r['variant']} | {r['server_cpu_us_per_row']:.1f} | {step} | "
+            f"{r['wall_us_per_row']:.0f} |"
+        )
     lines += ["", "| get_history (50 rows) | client CPU µs per call | ÷ raw direct |", "|---|---|---|"]
     for r in client_rows:
         lines.append(f"| {r['path']} | {r['client_cpu_us']:.0f} | {r['vs_raw_direct']:.2f} |")

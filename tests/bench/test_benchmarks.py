@@ -244,3 +244,29 @@ def test_modes_default_is_short_and_thorough_keeps_the_long_cells() -> None:
     assert MODES["full"].timing == thorough.timing
     assert MODES["full"].layout.table_sizes
     assert not default.layout.table_sizes
+
+
+def test_batch_anatomy_scripts_are_complete_and_add_one_feature_at_a_time() -> None:
+    from benchmarks.batch_anatomy import _TABLES, variants
+
+    groups = dict(variants())
+    assert set(groups) == {"batch of 100", "single append"}
+    for group, found in groups.items():
+        for variant in found:
+            assert "$" not in variant.script, (group, variant.name)  # every parameter bound
+            names = {
+                token.split("::")[0].strip(";,)") for token in variant.script.split() if token[:1] == ":"
+            }
+            for name in names - {":cid", ":uid", ":n", ":base", ":first_seq", ":client_id"}:
+                bare = name[1:].split("::")[0]
+                assert bare in variant.variables or bare.startswith("s"), (variant.name, name)
+        steps = [v.name for v in found if v.name.startswith("+")]
+        assert steps[0] == "+ foreign key"
+        assert steps[-1].startswith("+ seq reservation = convdb's")
+    # The last step runs convdb's own statements, on messages itself.
+    batch = groups["batch of 100"]
+    convdb_batch = next(v for v in batch if v.name.startswith("+ seq reservation"))
+    assert "UPDATE conversations" in convdb_batch.script
+    assert convdb_batch.script.count("INSERT INTO messages") == 100
+    # Each feature table is created once, from messages' own definition.
+    assert all("LIKE messages" in ddl for ddl in _TABLES.values())
