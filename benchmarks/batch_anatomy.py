@@ -78,6 +78,11 @@ _TABLES = {
     "a_checks": "CREATE TABLE a_checks (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
     "PRIMARY KEY (conversation_id, seq), "
     "FOREIGN KEY (conversation_id) REFERENCES conversations (id) ON DELETE CASCADE)",
+    # The same CHECKs folded into one constraint: executor start-up prepares each CHECK expression
+    # anew for every statement, and a batch of executemany is one statement per row.
+    "a_one_check": "CREATE TABLE a_one_check (LIKE messages INCLUDING DEFAULTS, "
+    "PRIMARY KEY (conversation_id, seq), "
+    "FOREIGN KEY (conversation_id) REFERENCES conversations (id) ON DELETE CASCADE)",
     "a_full": "CREATE TABLE a_full (LIKE messages INCLUDING ALL, "
     "FOREIGN KEY (conversation_id) REFERENCES conversations (id) ON DELETE CASCADE)",
 }
@@ -209,6 +214,12 @@ def variants() -> list[tuple[str, list[Variant]]]:
                 ("+ seq reservation = convdb's batch (BEGIN, reserve, pipeline, COMMIT)", _convdb_batch(rows))
             )
             steps.append(("candidate: one pipeline, no BEGIN/COMMIT (reserve in row 0)", _one_pipeline(rows)))
+            steps.append(
+                (
+                    "candidate: the same CHECKs folded into one constraint",
+                    _random_seq_batch("a_one_check", rows, True),
+                )
+            )
             steps.append(("reference: one INSERT ... SELECT FROM unnest (not executemany)", _unnest(rows)))
         group = f"batch of {rows}" if rows > 1 else "single append"
         out.append(
@@ -296,10 +307,10 @@ def run_pgbench(binary: str, dsn: str, variant: Variant, seconds: int, postmaste
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def server_table(dsn: str, seconds: int, repeats: int) -> list[dict[str, Any]]:
+def server_table(dsn: str, seconds: int, repeats: int, only: str | None = None) -> list[dict[str, Any]]:
     binary = find_binary("pgbench")
     postmaster = postmaster_pid(dsn)
-    groups = variants()
+    groups = [(g, v) for g, v in variants() if only is None or g == only]
     samples: dict[tuple[str, str], list[Sample]] = {}
     for _ in range(repeats):
         for group, group_variants in groups:
@@ -424,6 +435,12 @@ def _admin(dsn: str | None) -> Iterator[str]:
         yield admin
 
 
+_CHECKS_OF_MESSAGES = """
+SELECT string_agg('(' || pg_get_expr(conbin, conrelid) || ')', ' AND ' ORDER BY conname)
+  FROM pg_constraint WHERE conrelid = 'messages'::regclass AND contype = 'c'
+"""
+
+
 async def _prepare(dsn: str) -> None:
     await seed.seed_conversations(dsn, [WORK_FIRST + i for i in range(WORK_KEYS)], 100)
     await seed.seed_conversations(dsn, [HISTORY_KEY], 1_000)
@@ -431,6 +448,8 @@ async def _prepare(dsn: str) -> None:
     try:
         for ddl in _TABLES.values():
             await conn.execute(ddl)
+        combined = await conn.fetchval(_CHECKS_OF_MESSAGES)
+        await conn.execute(f"ALTER TABLE a_one_check ADD CONSTRAINT a_one_check_all CHECK ({combined})")
     finally:
         await conn.close()
 
@@ -457,7 +476,7 @@ async def main_async(args: argparse.Namespace, admin: str) -> dict[str, Any]:
     try:
         await _prepare(db.dsn)
         load_before = load_average()
-        server_rows = await asyncio.to_thread(server_table, db.dsn, args.seconds, args.repeats)
+        server_rows = await asyncio.to_thread(server_table, db.dsn, args.seconds, args.repeats, args.only)
         client_rows, profile = await client_table(db.dsn, args.calls, args.repeats)
         if args.uvloop:
             # The same client paths on uvloop, in a loop of their own (a thread: one loop each).
@@ -492,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calls", type=int, default=2_000, help="get_history calls per client-CPU sample")
     parser.add_argument("--json", dest="json_path", metavar="FILE")
+    parser.add_argument("--only", choices=("batch of 100", "single append"), help="one group of writes")
     parser.add_argument("--uvloop", action="store_true", help="also measure the client paths on uvloop")
     args = parser.parse_args(argv)
     with _admin(args.dsn) as admin:
