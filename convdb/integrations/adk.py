@@ -119,7 +119,7 @@ class ConvDBSessionService(BaseSessionService):
 
     Round trips: ``create_session`` two (one more per scope its state touches);
     ``get_session`` one for the conversation, one for a window (two for the whole history) and
-    two per shared scope; ``append_event`` one (one per shared scope its delta touches, one for
+    two per shared scope; ``append_event`` one (one per shared scope its delta touches, two for
     the state snapshot when it changes session state); ``list_sessions`` one per 100 sessions.
     """
 
