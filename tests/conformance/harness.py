@@ -13,8 +13,9 @@ The database: ``CONVDB_TEST_DSN`` (a superuser DSN) if set, else convdb's embedd
 (``pgserver``); a fresh database with schema.sql applied, as a DBA would, per pytest process.
 
 The suites (and the OpenAI Agents SDK's, in three shards) run as parallel pytest processes,
-``-j N`` at a time (default ``CONVDB_CONFORMANCE_JOBS``, else the core count, at least 2): the
-tests wait on the database and on their own timers much more than they compute. Each process's
+``-j N`` at a time (default ``CONVDB_CONFORMANCE_JOBS``, else all of them): the tests wait on
+the database and on their own timers much more than they compute. The run prints the CPU time
+it used (pytest processes, embedded server) besides its wall time. Each process's
 output goes to a log, printed when it failed or the process ended badly.
 """
 
@@ -24,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -166,15 +168,34 @@ def server() -> Iterator[str]:
     if admin:
         yield admin
         return
+    data = Path(tempfile.mkdtemp(prefix="convdb-conformance-")) / "data"
     embedded = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="convdb-conformance-")) / "data",
+        data,
         settings={"fsync": "off", "synchronous_commit": "off", "max_connections": "200"},
     )
     embedded.start()
     try:
         yield embedded.dsn()
+        seconds = server_cpu_seconds(data)
+        if seconds is not None:
+            print(f"server CPU: {seconds:.0f} s (the embedded PostgreSQL and its backends)")
     finally:
         embedded.destroy()
+
+
+def server_cpu_seconds(data: Path) -> float | None:
+    """CPU time of the embedded server so far: its postmaster and the backends it has reaped.
+
+    Read from /proc (Linux only; None elsewhere). With the pytest processes' own CPU time it
+    says how long the run needs on an unshared machine, whatever the load of this one.
+    """
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -339,8 +360,10 @@ def merge(suite: Suite, parts: list[Result]) -> Result:
 
 
 def default_jobs() -> int:
+    # Every process at once by default: they spend most of their time waiting (measured: about a
+    # sixth of their wall time on CPU), and the slowest shard bounds the run either way.
     configured = os.environ.get("CONVDB_CONFORMANCE_JOBS")
-    return max(1, int(configured)) if configured else max(2, os.cpu_count() or 1)
+    return max(1, int(configured)) if configured else 8
 
 
 def main(argv: list[str]) -> int:
@@ -371,7 +394,9 @@ def main(argv: list[str]) -> int:
         # the plugins key every conversation by the test's node id, so jobs never share a row.
         with ThreadPoolExecutor(max_workers=min(jobs, len(work))) as pool:
             parts = list(pool.map(job, range(len(work))))
-    wall = time.monotonic() - started
+        wall = time.monotonic() - started
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(f"pytest processes' CPU: {children.ru_utime + children.ru_stime:.0f} s")
     results = [
         merge(suite, [p for (s, _), p in zip(work, parts, strict=True) if s is suite]) for suite in suites
     ]
