@@ -34,13 +34,14 @@ calling it again with the same event stores the event once and completes the sha
 exactly once (their keys make them idempotent).
 
 **Stale sessions.** Every session object this service returns carries the seq of the newest event
-it has seen (ADK's ``_storage_update_marker``). ``append_event`` saves the event under the
-idempotency key ``"adk-after:<seq>"``: convdb's unique key lets exactly one writer follow a given
-event, decided inside the insert itself, so two servers holding the same session can never both
-append after the same event (the check-then-write interleaving of ADK #4751). The loser gets ADK's
-``StaleSessionError`` and nothing of its event is stored; re-sending an event that was stored (same
-id) is accepted once. A session object without a marker (built by hand) is checked against the
-stored newest event first.
+it has seen (ADK's ``_storage_update_marker``). ``append_event`` saves the event with convdb's
+guarded write, ``expected_last_seq=<that seq>``: the insert happens only if that event is still
+the newest, checked in the same single statement under the conversation's row lock, so two
+servers holding one session can never both append after the same event (the check-then-write
+interleaving of ADK #4751). The loser gets ADK's ``StaleSessionError`` and nothing of its event
+is stored. The event is also keyed by its id (``"adk-event:<id>"``): re-sending an event that was
+stored (a retry after a timeout or a cancellation) returns it, stored once. A session object
+without a marker (built by hand) is checked against the stored newest event first.
 
 Not supported: ``list_sessions(user_id=None)`` (every user's sessions): convdb lists one user's
 conversations only (``InvalidInput``).
@@ -73,7 +74,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "convdb.integrations.adk needs Google ADK (google-adk >= 2.0): pip install 'convdb[adk]'"
     ) from exc
 
-from ..errors import ConversationNotFound, IdempotencyConflict, InvalidInput
+from ..errors import ConcurrentUpdate, ConversationNotFound, InvalidInput
 from ..records import Conversation, Message
 from ..store import ConversationStore
 from ..validation import check_id
@@ -263,15 +264,20 @@ class ConvDBSessionService(BaseSessionService):
         trusted = marker is not None and marker.isdigit()
         after = int(marker) if trusted and marker is not None else await self._marker_of(session, cid, uid)
         row = event_to_row(event)
-        row["idempotency_key"] = f"adk-after:{after}"
         try:
-            stored = (await self.store.save_messages(cid, uid, [row]))[0]
+            stored = await self.store.save_message(
+                cid,
+                uid,
+                row["role"],
+                row["content"],
+                metadata=row["metadata"],
+                idempotency_key=f"adk-event:{event.id}",
+                expected_last_seq=after,
+            )
         except ConversationNotFound:
             raise SessionNotFoundError(f"Session {session.id} not found.") from None
-        except IdempotencyConflict:
+        except ConcurrentUpdate:
             raise StaleSessionError(_STALE) from None
-        if _event_id(stored) != event.id:  # another event with the same text followed `after`
-            raise StaleSessionError(_STALE)
         delta = event.actions.state_delta if event.actions and event.actions.state_delta else {}
         scoped = split_state(_json_state(delta))
         await self._save_shared(session.app_name, uid, scoped, key=f"{cid}#{event.id}")

@@ -320,7 +320,7 @@ async def test_stale_session_is_refused_and_stores_nothing(store: ConversationSt
 
 
 async def test_concurrent_appends_from_one_revision_have_one_winner(store: ConversationStore) -> None:
-    """No check-then-write interleaving (ADK #4751): the unique key decides inside the insert."""
+    """No check-then-write interleaving (ADK #4751): the guard (expected_last_seq) decides inside the insert."""
     svc = ConvDBSessionService(store)
     await svc.create_session(app_name=APP, user_id=USER, session_id="s1")
     for rounds in range(3):
