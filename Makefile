@@ -10,7 +10,7 @@ help:
 	@echo "make test            the whole test suite (python -m pytest), as the README says"
 	@echo "make test-pgbouncer  the database tests again, every store through PgBouncer"
 	@echo "make test-citus      the database tests again on a 3-node Citus cluster (.ci/citus.sh builds Citus)"
-	@echo "make test-citus-engine  the Citus-only tests on that cluster (what CI runs)"
+	@echo "make test-citus-engine  the Citus-only tests on that cluster (part of test-citus)"
 	@echo "make check           lint, types, test, test-pgbouncer: what CI runs"
 	@echo "make bench-quick     the three-minute benchmark on the embedded server (needs .[bench])"
 	@echo "make conformance     the frameworks' own test suites against the adapters (.[conformance])"
@@ -60,9 +60,8 @@ conformance:
 	python -m pip install -e ".[conformance]"
 	python -m tests.conformance
 
-# What CI runs on Citus for now: the Citus-only tests (one router task per conversation-scoped
-# statement, EXPLAIN twins, user-wide correctness across shards, schema_citus.sql and the command's
-# output, a batch killed on its worker backend). The full rerun above is not yet green on Citus
-# (see docs/citus.md, "Status"), so it is not a CI gate yet.
+# The Citus-only tests alone (one router task per conversation-scoped statement, EXPLAIN twins,
+# user-wide correctness across shards, schema_citus.sql and the command's output, a batch killed on
+# its worker backend): a quick check while working; CI runs them within test-citus.
 test-citus-engine:
 	CONVDB_TEST_CITUS=1 python -m pytest tests/core/test_citus.py
