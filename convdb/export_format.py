@@ -5,8 +5,9 @@ An export is a stream of JSON objects (one per line in a file):
 - first ``{"type": "conversation", "format": "convdb.conversation/1", "id", "title", "metadata",
   "created_at", "updated_at", "next_seq"}``;
 - then one ``{"type": "message", "seq", "role", "content", "tool_name", "tool_call_id",
-  "tool_calls", "metadata", "token_count", "idempotency_key", "created_at"}`` per message, in seq
-  order.
+  "tool_calls", "metadata", "token_count", "idempotency_key", "created_at", "usage"}`` per message,
+  in seq order (``usage``: null, or its fields with ``cost`` as a decimal string; optional on
+  import, so exports of earlier versions import unchanged).
 
 Times are ISO 8601 with offset and microseconds, so a restore is exact. ``user_id`` is not
 exported: the owner of an imported conversation is the ``user_id`` given to
@@ -58,6 +59,7 @@ _MESSAGE_FIELDS: Final = frozenset(
         "idempotency_key",
         "created_at",
         "conversation_id",
+        "usage",
     }
 )
 # The largest seq and next_seq an import accepts. 2**53 is the largest integer every JSON reader
@@ -184,6 +186,7 @@ class MessageParser:
             metadata=record.get("metadata"),
             token_count=token_count,
             idempotency_key=record.get("idempotency_key"),
+            usage=record.get("usage"),
             max_content_bytes=self.max_content_bytes,
             count_tokens=self.count_tokens,
             limits=self.limits,

@@ -8,8 +8,10 @@
 -- Idempotent: running it again on a database it was applied to changes nothing.
 --
 -- What it does:
---   * conversations is distributed by id, messages by conversation_id, co-located: a
---     conversation's row and all its messages live in one shard pair on one worker. The primary
+--   * conversations is distributed by id, messages and conversation_summaries (schema version 3)
+--     by conversation_id, all co-located: a conversation's row, its messages and its summaries
+--     live in one shard group on one worker. After migration 0003 on a distributed database, run
+--     this file again: it distributes the new conversation_summaries table. The primary
 --     keys, the partial unique idempotency index and the ON DELETE CASCADE foreign key are kept on
 --     every shard pair (co-located tables allow all three), so every per-conversation statement
 --     of convdb runs on one shard (router execution; checked by EXPLAIN in the Citus tests).
@@ -25,7 +27,8 @@ BEGIN;
 
 DO $$
 DECLARE
-    wanted constant text[][] := ARRAY[['conversations', 'id'], ['messages', 'conversation_id']];
+    wanted constant text[][] := ARRAY[['conversations', 'id'], ['messages', 'conversation_id'],
+                                      ['conversation_summaries', 'conversation_id']];
     have text;
     i integer;
 BEGIN
@@ -41,7 +44,7 @@ BEGIN
             IF wanted[i][1] = 'conversations' THEN
                 PERFORM create_distributed_table('conversations', 'id', shard_count => 32);
             ELSE
-                PERFORM create_distributed_table('messages', 'conversation_id',
+                PERFORM create_distributed_table(wanted[i][1], 'conversation_id',
                                                  colocate_with => 'conversations');
             END IF;
         ELSIF have IS DISTINCT FROM wanted[i][2] THEN

@@ -52,7 +52,7 @@ async def warm(store: ConversationStore, size: int) -> str:
             await gate.wait()
             await conn.executemany(
                 QUERIES["insert_message_at"],
-                [(conv.id, 1000 + i, "user", "w", None, None, None, None, 0, None)],
+                [(conv.id, 1000 + i, "user", "w", None, None, None, None, 0, None, *(None,) * 7)],
             )
 
     await asyncio.gather(*(hold_and_save(i) for i in range(size)))

@@ -84,11 +84,11 @@ async def test_connect_can_skip_the_check(empty_db: str) -> None:
         ("DROP INDEX messages_idempotency_key", "index messages_idempotency_key on messages is missing"),
         (
             "UPDATE convdb_schema_version SET version = 0",
-            "at schema version 0 and this package needs version 2",
+            "at schema version 0 and this package needs version 3",
         ),
         (
-            "UPDATE convdb_schema_version SET compatible_from = 3",
-            "supports packages built for schema 3 or later",
+            "UPDATE convdb_schema_version SET compatible_from = 4",
+            "supports packages built for schema 4 or later",
         ),
         ("DROP TABLE convdb_schema_version", "no schema version is recorded"),
     ],

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from convdb import SCHEMA_VERSION, __version__
+from convdb.migrations import MIGRATIONS
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from tests.schema.schema_support import ROOT, SCHEMA, NewDatabase, fresh_install_file, new_db
 
@@ -74,10 +75,18 @@ async def test_check_and_migrations_on_a_v1_database(new_db: NewDatabase) -> Non
     printed = cli("migrations", "--from", "1")
     assert printed.returncode == 0 and printed.stderr == ""
     assert printed.stdout.startswith(
-        f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: 0002_compatibility_floor.sql\n"
+        f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: "
+        + ", ".join(m.filename for m in MIGRATIONS[1:])
+        + "\n"
     )
     apply_sql(dsn, printed.stdout)
-    apply_sql(dsn, printed.stdout)  # a second run changes nothing and does not fail
+    applied = await catalog_snapshot(dsn)
+    # Each file re-runs as a no-op; the whole range again stops at its first file (which takes
+    # version 1 only) before changing anything.
+    apply_sql(dsn, MIGRATIONS[-1].sql)
+    with pytest.raises(RuntimeError, match="migration 0002 takes schema version 1 to 2"):
+        apply_sql(dsn, printed.stdout)
+    assert await catalog_snapshot(dsn) == applied
     after = cli("check", "--dsn", dsn)
     assert after.returncode == 0, after
     assert "OK: this package can run on this database." in after.stdout

@@ -23,12 +23,12 @@ async def test_expectations_are_exactly_what_schema_sql_creates(db: asyncpg.Conn
     assert catalog["indexes"] == EXPECTED_INDEXES
 
 
-async def test_the_catalog_statement_sees_all_three_tables(db: asyncpg.Connection) -> None:
+async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection) -> None:
     catalog = json.loads(await db.fetchval(QUERIES["schema_catalog"]))
     tables = {
         name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]
     }
-    assert tables == {"conversations", "messages", "convdb_schema_version"}
+    assert tables == {"conversations", "messages", "conversation_summaries", "convdb_schema_version"}
 
 
 BROKEN = [
@@ -149,7 +149,7 @@ async def test_verify_schema_refuses_a_broken_database(
         await db.execute(statement)
     with pytest.raises(SchemaMismatch, match=expected) as info:
         await store.verify_schema()
-    assert "the database records schema version 2 but differs from it" in str(info.value)
+    assert "the database records schema version 3 but differs from it" in str(info.value)
 
 
 async def test_connect_refuses_a_non_unique_idempotency_index(dsn: str, db: asyncpg.Connection) -> None:
