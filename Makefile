@@ -63,9 +63,8 @@ conformance:
 	python -m pip install -e ".[conformance]"
 	python -m tests.conformance
 
-# What CI runs on Citus for now: the Citus-only tests (one router task per conversation-scoped
-# statement, EXPLAIN twins, user-wide correctness across shards, schema_citus.sql and the command's
-# output, a batch killed on its worker backend). The full rerun above is not yet green on Citus
-# (see docs/citus.md, "Status"), so it is not a CI gate yet.
+# The Citus-only tests alone (one router task per conversation-scoped statement, EXPLAIN twins,
+# user-wide correctness across shards, schema_citus.sql and the command's output, a batch killed on
+# its worker backend): what CI runs (the full test-citus rerun is not yet green: docs/citus.md, Status).
 test-citus-engine:
 	CONVDB_TEST_CITUS=1 python -m pytest tests/core/test_citus.py

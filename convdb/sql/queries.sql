@@ -562,11 +562,21 @@ UPDATE conversations SET next_seq = next_seq WHERE id = ANY($2::text[]) AND user
 -- delete_user_data, step 3b: the (now nearly empty) listed conversations of user $1, and the
 -- count of the conversations and of the messages written concurrently since step 2, which go
 -- with their conversation (ON DELETE CASCADE). Exact because step 3a holds the rows' locks.
-WITH gone AS (
+-- The messages are counted in a CTE of their own, ahead of the DELETE, not after it from `gone`:
+-- on PostgreSQL both see the statement's snapshot (taken after 3a's locks), but Citus runs a
+-- multi-shard statement's CTEs one after the other, as steps, and a count taken after the DELETE
+-- sees the cascade and is 0 (the messages of a batch that committed during 3a's lock wait were
+-- then deleted uncounted).
+WITH counted AS MATERIALIZED (
+    SELECT count(*) AS messages
+      FROM conversations c
+      JOIN messages m ON m.conversation_id = c.id
+     WHERE c.id = ANY($2::text[]) AND c.user_id = $1
+       AND m.conversation_id = ANY($2::text[])  -- Citus: only the listed conversations' shards
+), gone AS (
     DELETE FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 RETURNING id
 )
-SELECT (SELECT count(*) FROM gone) AS conversations,
-       (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) AS messages;
+SELECT (SELECT count(*) FROM gone) AS conversations, (SELECT messages FROM counted) AS messages;
 
 -- name: export_header
 -- export_conversation, first: the conversation row. next_seq bounds the messages exported, so a

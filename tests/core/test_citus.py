@@ -383,7 +383,15 @@ async def test_listing_reads_each_shard_through_the_user_index(
     await db.execute("ANALYZE conversations")
     await db.execute("SET citus.explain_all_tasks = on")
     cursor = (await store.list_conversations("u7", limit=3)).next_cursor
-    for kwargs in ({}, {"cursor": cursor}, {"title_contains": "x", "metadata_contains": {"a": 1}}):
+    searches: list[dict[str, Any]] = [
+        {},
+        {"cursor": cursor},
+        {"title_contains": "x", "metadata_contains": {"a": 1}},
+        # test_hardening_title_search.py's patterns (Unicode case folding on the server)
+        {"title_contains": "école"},
+        {"title_contains": "Été 7"},
+    ]
+    for kwargs in searches:
         query = build_listing("u7", limit=3, **kwargs)
         raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args)
         jobs = _jobs(json.loads(raw) if isinstance(raw, str) else raw)
