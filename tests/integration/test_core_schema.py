@@ -77,8 +77,8 @@ async def test_connect_can_skip_the_check(empty_db: str) -> None:
         ("ALTER TABLE messages DROP COLUMN token_count", "column messages.token_count is missing"),
         ("ALTER TABLE messages ALTER COLUMN seq TYPE integer", "column messages.seq is integer, expected bigint"),
         ("DROP INDEX messages_idempotency_key", "index messages_idempotency_key on messages is missing"),
-        ("UPDATE convdb_schema_version SET version = 0", "at schema version 0 and this package needs version 2"),
-        ("UPDATE convdb_schema_version SET compatible_from = 3", "supports packages built for schema 3 or later"),
+        ("UPDATE convdb_schema_version SET version = 0", "at schema version 0 and this package needs version 4"),
+        ("UPDATE convdb_schema_version SET compatible_from = 5", "supports packages built for schema 5 or later"),
         ("DROP TABLE convdb_schema_version", "no schema version is recorded"),
     ],
 )
@@ -92,7 +92,7 @@ async def test_verify_schema_names_the_difference(
 
 
 async def test_missing_table_at_runtime_is_schema_mismatch(store: ConversationStore, db: asyncpg.Connection) -> None:
-    await db.execute("DROP TABLE messages")
+    await db.execute("DROP TABLE messages CASCADE")  # message_feedback references it
     conv = await store.get_or_create_conversation(None, "alice")
     with pytest.raises(SchemaMismatch, match=r"schema\.sql"):
         await store.save_message(conv.id, "alice", "user", "hi")

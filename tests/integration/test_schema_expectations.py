@@ -23,10 +23,10 @@ async def test_expectations_are_exactly_what_schema_sql_creates(db: asyncpg.Conn
     assert catalog["indexes"] == EXPECTED_INDEXES
 
 
-async def test_the_catalog_statement_sees_all_three_tables(db: asyncpg.Connection) -> None:
+async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection) -> None:
     catalog = json.loads(await db.fetchval(QUERIES["schema_catalog"]))
     tables = {name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]}
-    assert tables == {"conversations", "messages", "convdb_schema_version"}
+    assert tables == {"conversations", "messages", "convdb_schema_version", "message_feedback"}
 
 
 BROKEN = [
@@ -57,7 +57,7 @@ BROKEN = [
                  r"constraint messages_conversation_fkey on messages is .*NOT VALID", id="fk-not-valid"),
     pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_conversation_fkey"],
                  "constraint messages_conversation_fkey on messages is missing", id="fk-missing"),
-    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_pkey"],
+    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_pkey CASCADE"],
                  r"constraint messages_pkey on messages is missing \(expected PRIMARY KEY \(conversation_id, seq\)\)",
                  id="pk-missing"),
     pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_role_known"],
@@ -89,7 +89,7 @@ async def test_verify_schema_refuses_a_broken_database(store: ConversationStore,
         await db.execute(statement)
     with pytest.raises(SchemaMismatch, match=expected) as info:
         await store.verify_schema()
-    assert "the database records schema version 2 but differs from it" in str(info.value)
+    assert "the database records schema version 4 but differs from it" in str(info.value)
 
 
 async def test_connect_refuses_a_non_unique_idempotency_index(dsn: str, db: asyncpg.Connection) -> None:
