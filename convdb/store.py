@@ -26,10 +26,21 @@ from .ops import conversations as conversation_ops
 from .ops import erasure as erasure_ops
 from .ops import feedback as feedback_ops
 from .ops import messages as message_ops
+from .ops import search as search_ops
 from .ops import transfer as transfer_ops
 from .pool import create_pool
-from .records import Conversation, ErasureCounts, Feedback, FeedbackSummary, JSONValue, Message, Page
+from .records import (
+    Conversation,
+    ErasureCounts,
+    Feedback,
+    FeedbackSummary,
+    JSONValue,
+    Message,
+    Page,
+    SearchHit,
+)
 from .runner import Policy, Runner
+from .search import build_search
 from .validation import (
     DEFAULT_MAX_CONTENT_BYTES,
     UNSET,
@@ -648,6 +659,37 @@ class ConversationStore:
         lower = None if after is None else check_aware_datetime(after, "after")
         upper = None if before is None else check_aware_datetime(before, "before")
         op = functools.partial(feedback_ops.summary, uid=uid, cid=cid, after=lower, before=upper)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        conversation_id: str | None = None,
+        role: str | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        config: str = "simple",
+    ) -> Page[SearchHit]:
+        """Full-text search over the user's own messages and conversation titles, best first.
+
+        ``query`` is web-search syntax (``websearch_to_tsquery``: words, "quoted phrases", ``or``,
+        ``-excluded``); any text is accepted and none of it is SQL. ``config`` is the text search
+        configuration (``convdb.search.SEARCH_CONFIGS``; ``simple``, the default, matches exact
+        words of any script; ``english`` etc. stem). Filters: one conversation (``ConversationNotFound``
+        if it is not the caller's), a ``role`` (messages only), and exclusive ``after``/``before``
+        bounds on created_at. Each hit has ``conversation_id``, ``seq`` (None for a title), a
+        highlighted ``snippet`` and ``rank``. Ranked keyset pagination: pass ``next_cursor`` back
+        with the same arguments. One round trip per page. Fast on large histories once the DBA has
+        applied ``schema_search.sql`` (a GIN index; it costs appends, see the docs).
+        """
+        built = build_search(user_id, query, limit=limit, cursor=cursor, conversation_id=conversation_id,
+                             role=role, after=after, before=before, config=config)
+        uid = check_id(user_id, "user_id")
+        op = functools.partial(search_ops.search_page, query=built)
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SQL = resources.files("convdb.sql")
 
 
-@pytest.mark.parametrize("name", ["schema.sql", "schema_rls.sql"])
+@pytest.mark.parametrize("name", ["schema.sql", "schema_rls.sql", "schema_search.sql"])
 def test_packaged_copy_is_byte_equal_to_the_top_level_file(name: str) -> None:
     assert (SQL / name).read_bytes() == (ROOT / name).read_bytes(), (
         f"convdb/sql/{name} must be a copy of the top-level {name}: cp {name} convdb/sql/{name}")

@@ -14,7 +14,8 @@ from pathlib import Path
 import convdb
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ["pyproject.toml", "README.md", "MANIFEST.in", "CHANGELOG.md", "schema.sql", "schema_rls.sql"]
+SOURCES = ["pyproject.toml", "README.md", "MANIFEST.in", "CHANGELOG.md", "schema.sql", "schema_rls.sql",
+           "schema_search.sql"]
 
 
 def _run(args: list[str], cwd: Path) -> None:
@@ -41,7 +42,8 @@ def test_sdist_and_wheel_carry_the_schema_files(tmp_path: Path) -> None:
 
     migrations = sorted(e.name for e in (resources.files("convdb.sql") / "migrations").iterdir())
     assert migrations, "no migrations in the source tree"
-    packaged = {"convdb/sql/schema.sql": ROOT / "schema.sql", "convdb/sql/schema_rls.sql": ROOT / "schema_rls.sql"}
+    packaged = {"convdb/sql/schema.sql": ROOT / "schema.sql", "convdb/sql/schema_rls.sql": ROOT / "schema_rls.sql",
+                "convdb/sql/schema_search.sql": ROOT / "schema_search.sql"}
     packaged |= {f"convdb/sql/migrations/{m}": ROOT / "convdb" / "sql" / "migrations" / m for m in migrations}
 
     with zipfile.ZipFile(wheel) as whl:
