@@ -18,7 +18,15 @@ import asyncpg
 
 from . import schema_check
 from .errors import InvalidInput, translate
-from .export_format import MessageParser, aiter_records, header_record, message_record, numbered, parse_header
+from .export_format import (
+    MessageParser,
+    aiter_records,
+    feedback_record,
+    header_record,
+    message_record,
+    numbered,
+    parse_header,
+)
 from .ids import new_conversation_id as make_conversation_id
 from .listing import build_listing
 from .ops import branches as branch_ops
@@ -491,9 +499,14 @@ class ConversationStore:
 
     async def _export(self, cid: str, uid: str, size: int) -> AsyncIterator[dict[str, Any]]:
         stream = self._export_rows(cid, uid, size)
-        yield header_record(await anext(stream))
+        head = await anext(stream)
+        yield header_record(head)
         async for record in stream:
             yield message_record(Message.from_record(cid, record))
+        # Feedback last, one round trip: records of the messages exported (seq below the bound).
+        feedback = functools.partial(transfer_ops.export_feedback, cid=cid, uid=uid, bound=head["next_seq"])
+        for item in await self._runner.run(feedback, Policy.READ, user_id=uid):
+            yield feedback_record(item)
 
     async def _stream_messages(self, cid: str, uid: str, size: int) -> AsyncIterator[Message]:
         stream = self._export_rows(cid, uid, size)
@@ -553,7 +566,9 @@ class ConversationStore:
         rest = numbered(stream)
         first = []  # validated before any I/O; the rest is validated chunk by chunk
         async for index, record in rest:
-            first.append(parser.parse(record, index))
+            parsed = parser.parse(record, index)
+            if parsed is not None:
+                first.append(parsed)
             if len(first) >= transfer_ops.IMPORT_CHUNK:
                 break
         op = functools.partial(transfer_ops.import_conversation, cid=cid, uid=uid, header=header,
