@@ -554,3 +554,51 @@ INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inher
 SELECT c.id, $2, $3, $4, $5::text[], $6, $7, $8
   FROM conversations c
  WHERE c.id = $1 AND c.user_id = $9;
+
+-- name: fork_create
+-- fork_conversation inside a transaction (row_level_security: the policies' WITH CHECK on messages
+-- looks the new conversation up with the statement's snapshot, which cannot see a row inserted by
+-- the same statement, so the single-statement fork is refused there). First: the new
+-- conversation row, with fork_conversation's rows back; FOR SHARE holds the source's row until
+-- commit, so no writer changes the source's messages before fork_copy reads them.
+WITH source AS (
+    SELECT id, title, metadata, next_seq, COALESCE(root_id, id) AS root_id
+      FROM conversations
+     WHERE id = $1 AND user_id = $2
+       FOR SHARE
+), created AS (
+    INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id)
+    SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
+           s.id, $5::bigint, s.root_id
+      FROM source s
+     WHERE $5::bigint < s.next_seq
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
+)
+SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.created_at, c.updated_at,
+       c.parent_id, c.forked_at_seq, c.root_id
+  FROM source s
+  LEFT JOIN created c ON true;
+
+-- name: fork_copy
+-- Then, in the same transaction: source $1's (of user $2) messages and feedback with seq <= $4
+-- into the new conversation $3 (every column, as fork_conversation).
+WITH copied AS (
+    INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                          metadata, token_count, idempotency_key, created_at)
+    SELECT $3, m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
+           m.token_count, m.idempotency_key, m.created_at
+      FROM conversations c
+      JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.seq <= $4::bigint
+     WHERE c.id = $1 AND c.user_id = $2
+    RETURNING seq
+), copied_feedback AS (
+    INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at,
+                                  updated_at)
+    SELECT $3, f.seq, f.rating, f.comment, f.tags, true, f.created_at, f.updated_at
+      FROM conversations c
+      JOIN message_feedback f ON f.conversation_id = c.id AND f.conversation_id = $1 AND f.seq <= $4::bigint
+     WHERE c.id = $1 AND c.user_id = $2
+    RETURNING seq
+)
+SELECT (SELECT count(*) FROM copied), (SELECT count(*) FROM copied_feedback);
