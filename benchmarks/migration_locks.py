@@ -38,6 +38,10 @@ RELEASES = ROOT / "tests" / "integration" / "schema_releases"
 UNDO = {
     2: "ALTER TABLE convdb_schema_version DROP COLUMN compatible_from; "
        "UPDATE convdb_schema_version SET version = 1",
+    3: "DROP INDEX conversations_forks; DROP INDEX conversations_branches; "
+       "ALTER TABLE conversations DROP CONSTRAINT conversations_fork_lineage, DROP COLUMN parent_id, "
+       "DROP COLUMN forked_at_seq, DROP COLUMN root_id; UPDATE convdb_schema_version SET version = 2",
+    4: "DROP TABLE message_feedback; UPDATE convdb_schema_version SET version = 3",
 }
 
 

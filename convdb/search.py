@@ -35,12 +35,39 @@ from .validation import check_aware_datetime, check_id, check_limit, check_text
 MAX_QUERY_LENGTH: Final = 1000
 MAX_SEARCH_PAGE: Final = 200
 INDEXED_CHARS: Final = 100_000
-SEARCH_CONFIGS: Final = frozenset({
-    "simple", "arabic", "armenian", "basque", "catalan", "danish", "dutch", "english", "finnish",
-    "french", "german", "greek", "hindi", "hungarian", "indonesian", "irish", "italian", "lithuanian",
-    "nepali", "norwegian", "portuguese", "romanian", "russian", "serbian", "spanish", "swedish",
-    "tamil", "turkish", "yiddish",
-})
+SEARCH_CONFIGS: Final = frozenset(
+    {
+        "simple",
+        "arabic",
+        "armenian",
+        "basque",
+        "catalan",
+        "danish",
+        "dutch",
+        "english",
+        "finnish",
+        "french",
+        "german",
+        "greek",
+        "hindi",
+        "hungarian",
+        "indonesian",
+        "irish",
+        "italian",
+        "lithuanian",
+        "nepali",
+        "norwegian",
+        "portuguese",
+        "romanian",
+        "russian",
+        "serbian",
+        "spanish",
+        "swedish",
+        "tamil",
+        "turkish",
+        "yiddish",
+    }
+)
 _CURSOR_VERSION: Final = 1
 _HEADLINE: Final = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=30, MinWords=10, MaxFragments=2"
 
@@ -91,14 +118,21 @@ def decode_cursor(cursor: object, context: str) -> tuple[float, str, int]:
         value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8"))
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise refused from exc
-    if (not isinstance(value, list) or len(value) != 5 or value[0] != _CURSOR_VERSION
-            or type(value[1]) not in (int, float) or not isinstance(value[2], str)
-            or type(value[3]) is not int or not isinstance(value[4], str)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 5
+        or value[0] != _CURSOR_VERSION
+        or type(value[1]) not in (int, float)
+        or not isinstance(value[2], str)
+        or type(value[3]) is not int
+        or not isinstance(value[4], str)
+    ):
         raise refused
     version, rank, conversation_id, seq, check = value
     if check != _digest(json.dumps([version, rank, conversation_id, seq]), context):
-        raise InvalidInput("cursor",
-                           "was altered, or belongs to another search (other user, query or filters)")
+        raise InvalidInput(
+            "cursor", "was altered, or belongs to another search (other user, query or filters)"
+        )
     if not math.isfinite(rank):
         raise refused
     return float(rank), check_id(conversation_id, "cursor"), seq
@@ -130,11 +164,20 @@ def build_search(
     lower = None if after is None else check_aware_datetime(after, "after")
     upper = None if before is None else check_aware_datetime(before, "before")
     if not isinstance(config, str) or config not in SEARCH_CONFIGS:
-        raise InvalidInput("config", f"must be one of PostgreSQL's text search configurations "
-                                     f"{sorted(SEARCH_CONFIGS)}, got {config!r}")
-    context = _digest(uid, text, config, repr(cid), repr(role),
-                      repr(lower and lower.astimezone(UTC).isoformat()),
-                      repr(upper and upper.astimezone(UTC).isoformat()))
+        raise InvalidInput(
+            "config",
+            f"must be one of PostgreSQL's text search configurations "
+            f"{sorted(SEARCH_CONFIGS)}, got {config!r}",
+        )
+    context = _digest(
+        uid,
+        text,
+        config,
+        repr(cid),
+        repr(role),
+        repr(lower and lower.astimezone(UTC).isoformat()),
+        repr(upper and upper.astimezone(UTC).isoformat()),
+    )
     position = None if cursor is None else decode_cursor(cursor, context)
 
     args: list[Any] = [uid, text]
@@ -171,23 +214,31 @@ def build_search(
         branches.append(
             f"SELECT c.id, NULL::bigint, NULL::text, c.created_at, c.title, "
             f"ts_rank({document('c.title', config)}, {tsquery}) "
-            f"FROM conversations c WHERE {' AND '.join(title_filters)}")
+            f"FROM conversations c WHERE {' AND '.join(title_filters)}"
+        )
     keyset = ""
     if position is not None:
-        keyset = (f"WHERE (u.rank, u.conversation_id, coalesce(u.seq, 0)) < "
-                  f"({param(position[0])}::real, {param(position[1])}, {param(position[2])}::bigint) ")
-    hits = (f"SELECT u.conversation_id, u.seq, u.role, u.created_at, u.rank, u.doc "
-            f"FROM ({' UNION ALL '.join(branches)}) u {keyset}"
-            f"ORDER BY {_order('u')} LIMIT {param(n + 1)}")
+        keyset = (
+            f"WHERE (u.rank, u.conversation_id, coalesce(u.seq, 0)) < "
+            f"({param(position[0])}::real, {param(position[1])}, {param(position[2])}::bigint) "
+        )
+    hits = (
+        f"SELECT u.conversation_id, u.seq, u.role, u.created_at, u.rank, u.doc "
+        f"FROM ({' UNION ALL '.join(branches)}) u {keyset}"
+        f"ORDER BY {_order('u')} LIMIT {param(n + 1)}"
+    )
     # ts_headline (costly: it re-parses the text) runs on the page's hits only.
     snippet = f"ts_headline('{config}'::regconfig, left(h.doc, {INDEXED_CHARS}), {tsquery}, '{_HEADLINE}')"
-    outer = (f"SELECT h.conversation_id, h.seq, h.role, h.created_at, h.rank, {snippet} AS snippet "
-             f"FROM ({hits}) h")
+    outer = (
+        f"SELECT h.conversation_id, h.seq, h.role, h.created_at, h.rank, {snippet} AS snippet FROM ({hits}) h"
+    )
     if cid is None:
         sql = f"{outer} ORDER BY {_order('h')}"
     else:
         # No row: not this user's conversation; one row of NULLs: no hits.
-        sql = (f"SELECT s.* FROM conversations o LEFT JOIN LATERAL ({outer}) s ON true "
-               f"WHERE o.id = $3 AND o.user_id = $1 "
-               f"ORDER BY {_order('s')}")
+        sql = (
+            f"SELECT s.* FROM conversations o LEFT JOIN LATERAL ({outer}) s ON true "
+            f"WHERE o.id = $3 AND o.user_id = $1 "
+            f"ORDER BY {_order('s')}"
+        )
     return SearchQuery(sql, tuple(args), n, context, cid)

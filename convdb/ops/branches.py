@@ -23,11 +23,13 @@ async def fork(
     """One statement; inside a transaction (row-level security) two, fork_create and fork_copy
     (queries.sql says why), for one more round trip."""
     if not conn.is_in_transaction():
-        return _forked(await conn.fetchrow(_FORK, cid, uid, new_cid, title, at_seq, metadata_json),
-                       at_seq) or await _taken(conn, new_cid, uid)
+        return _forked(
+            await conn.fetchrow(_FORK, cid, uid, new_cid, title, at_seq, metadata_json), at_seq
+        ) or await _taken(conn, new_cid, uid)
     async with conn.transaction():  # a savepoint: a refused fork leaves the caller's transaction usable
-        forked = _forked(await conn.fetchrow(_FORK_CREATE, cid, uid, new_cid, title, at_seq, metadata_json),
-                         at_seq)
+        forked = _forked(
+            await conn.fetchrow(_FORK_CREATE, cid, uid, new_cid, title, at_seq, metadata_json), at_seq
+        )
         if forked is not None:
             await conn.fetchrow(_FORK_COPY, cid, uid, new_cid, at_seq)
     return forked or await _taken(conn, new_cid, uid)
@@ -46,7 +48,8 @@ def _forked(row: asyncpg.Record | None, at_seq: int) -> Conversation | None:
     if row["id"] is None:
         if at_seq >= row["source_next_seq"]:
             # Known only once the source is read; the statement wrote nothing.
-            raise InvalidInput("at_seq", f"is {at_seq}, past the source's newest seq "
-                                         f"{row['source_next_seq'] - 1}")
+            raise InvalidInput(
+                "at_seq", f"is {at_seq}, past the source's newest seq {row['source_next_seq'] - 1}"
+            )
         return None
     return Conversation.from_record(row)

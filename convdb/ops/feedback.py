@@ -53,8 +53,14 @@ async def get(conn: Conn, cid: str, uid: str) -> list[Feedback]:
 
 
 def _summary(row: asyncpg.Record) -> FeedbackSummary:
-    return FeedbackSummary(count=row["count"], positive=row["positive"], neutral=row["neutral"],
-                           negative=row["negative"], mean=row["mean"], tags=json.loads(row["tags"]))
+    return FeedbackSummary(
+        count=row["count"],
+        positive=row["positive"],
+        neutral=row["neutral"],
+        negative=row["negative"],
+        mean=row["mean"],
+        tags=json.loads(row["tags"]),
+    )
 
 
 async def summary(

@@ -16,8 +16,14 @@ async def search_page(conn: Conn, query: SearchQuery) -> Page[SearchHit]:
             raise ConversationNotFound()
         records = [r for r in records if r["conversation_id"] is not None]
     items = [
-        SearchHit(conversation_id=r["conversation_id"], seq=r["seq"], role=r["role"], snippet=r["snippet"],
-                  rank=r["rank"], created_at=r["created_at"])
+        SearchHit(
+            conversation_id=r["conversation_id"],
+            seq=r["seq"],
+            role=r["role"],
+            snippet=r["snippet"],
+            rank=r["rank"],
+            created_at=r["created_at"],
+        )
         for r in records[: query.limit]
     ]
     last = items[-1] if len(records) > query.limit else None

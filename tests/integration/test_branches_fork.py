@@ -13,24 +13,46 @@ from convdb import ConversationExists, ConversationNotFound, ConversationStore, 
 
 async def seeded(store: ConversationStore, cid: str = "src", uid: str = "alice", n: int = 5) -> None:
     await store.get_or_create_conversation(cid, uid, title="source", metadata={"m": 1})
-    await store.save_messages(cid, uid, [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i + 1}", "idempotency_key": f"k{i + 1}",
-         "token_count": i + 1, "metadata": {"i": i + 1}}
-        for i in range(n)])
+    await store.save_messages(
+        cid,
+        uid,
+        [
+            {
+                "role": "user" if i % 2 == 0 else "assistant",
+                "content": f"m{i + 1}",
+                "idempotency_key": f"k{i + 1}",
+                "token_count": i + 1,
+                "metadata": {"i": i + 1},
+            }
+            for i in range(n)
+        ],
+    )
 
 
 async def test_fork_copies_the_prefix_and_continues_at_at_seq_plus_one(store: ConversationStore) -> None:
     await seeded(store)
     source = {m.seq: m for m in await store.get_history("src", "alice")}
     fork = await store.fork_conversation("src", "alice", at_seq=3, new_conversation_id="f1")
-    assert (fork.id, fork.user_id, fork.parent_id, fork.forked_at_seq, fork.root_id) == ("f1", "alice", "src", 3, "src")
+    assert (fork.id, fork.user_id, fork.parent_id, fork.forked_at_seq, fork.root_id) == (
+        "f1",
+        "alice",
+        "src",
+        3,
+        "src",
+    )
     assert (fork.title, fork.metadata) == ("source", {"m": 1})  # the source's by default
     history = await store.get_history("f1", "alice")
     assert [m.seq for m in history] == [1, 2, 3]
     for m in history:  # every column copied exactly, created_at included
         s = source[m.seq]
         assert (m.role, m.content, m.metadata, m.token_count, m.idempotency_key, m.created_at) == (
-            s.role, s.content, s.metadata, s.token_count, s.idempotency_key, s.created_at)
+            s.role,
+            s.content,
+            s.metadata,
+            s.token_count,
+            s.idempotency_key,
+            s.created_at,
+        )
         assert m.conversation_id == "f1"
     saved = await store.save_message("f1", "alice", "user", "edited m4")
     assert saved.seq == 4
@@ -57,7 +79,9 @@ async def test_a_copied_idempotency_key_replays_to_the_copied_message(store: Con
     # A key of the source's suffix (not copied) is a new message on the fork.
     new = await store.save_message("f", "alice", "assistant", "other", idempotency_key="k4")
     assert new.seq == 3
-    turn, _ = await store.save_and_get_history("f", "alice", {"role": "user", "content": "m1", "idempotency_key": "k1"})
+    turn, _ = await store.save_and_get_history(
+        "f", "alice", {"role": "user", "content": "m1", "idempotency_key": "k1"}
+    )
     assert turn.seq == 1
 
 
@@ -67,22 +91,27 @@ async def test_bad_at_seq_is_refused_before_io(store: ConversationStore, at_seq:
         await store.fork_conversation("never-read", "alice", at_seq=at_seq)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"new_conversation_id": ""}, "new_conversation_id"),
-    ({"new_conversation_id": "x" * 256}, "new_conversation_id"),
-    ({"title": "a\x00b"}, "title"),
-    ({"metadata": ["not", "a", "dict"]}, "metadata"),
-    ({"metadata": {"x": float("nan")}}, "metadata"),
-])
-async def test_bad_fork_arguments_are_refused_before_io(store: ConversationStore, db: asyncpg.Connection,
-                                                        kwargs: dict[str, object], field: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"new_conversation_id": ""}, "new_conversation_id"),
+        ({"new_conversation_id": "x" * 256}, "new_conversation_id"),
+        ({"title": "a\x00b"}, "title"),
+        ({"metadata": ["not", "a", "dict"]}, "metadata"),
+        ({"metadata": {"x": float("nan")}}, "metadata"),
+    ],
+)
+async def test_bad_fork_arguments_are_refused_before_io(
+    store: ConversationStore, db: asyncpg.Connection, kwargs: dict[str, object], field: str
+) -> None:
     with pytest.raises(InvalidInput, match=field):
         await store.fork_conversation("nobody", "alice", at_seq=0, **kwargs)  # type: ignore[arg-type]
     assert await db.fetchval("SELECT count(*) FROM conversations") == 0
 
 
-async def test_at_seq_past_the_newest_is_refused_and_writes_nothing(store: ConversationStore,
-                                                                   db: asyncpg.Connection) -> None:
+async def test_at_seq_past_the_newest_is_refused_and_writes_nothing(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await seeded(store, n=3)
     await store.pop_last_message("src", "alice")  # newest allocated seq stays 3
     fork = await store.fork_conversation("src", "alice", at_seq=3, new_conversation_id="ok")
@@ -151,7 +180,9 @@ async def test_deep_fork_chain_and_delete_user_data_erases_every_branch(store: C
     await seeded(store, n=2)
     parent = "src"
     for depth in range(1, 21):
-        fork = await store.fork_conversation(parent, "alice", at_seq=depth + 1, new_conversation_id=f"d{depth}")
+        fork = await store.fork_conversation(
+            parent, "alice", at_seq=depth + 1, new_conversation_id=f"d{depth}"
+        )
         await store.save_message(fork.id, "alice", "user", f"depth {depth}")
         parent = fork.id
     last = await store.get_history("d20", "alice", limit=100)
@@ -180,4 +211,3 @@ async def test_fork_under_concurrent_appends_copies_a_consistent_prefix(store: C
 
     _, points = await asyncio.gather(writer(), forker())
     assert len(points) == 10
-

@@ -15,15 +15,22 @@ from convdb.errors import MessageNotFound
 
 async def chat(store: ConversationStore, cid: str = "c", uid: str = "alice", n: int = 4) -> None:
     await store.get_or_create_conversation(cid, uid)
-    await store.save_messages(cid, uid, [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i + 1}"}
-                                         for i in range(n)])
+    await store.save_messages(
+        cid, uid, [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i + 1}"} for i in range(n)]
+    )
 
 
 async def test_set_replace_clear_and_read(store: ConversationStore, db: asyncpg.Connection) -> None:
     await chat(store)
     before = await store.get_conversation("c", "alice")
     first = await store.set_feedback("c", "alice", 2, rating=1, comment="great", tags=["helpful", "fast"])
-    assert (first.seq, first.rating, first.comment, first.tags, first.inherited) == (2, 1, "great", ("helpful", "fast"), False)
+    assert (first.seq, first.rating, first.comment, first.tags, first.inherited) == (
+        2,
+        1,
+        "great",
+        ("helpful", "fast"),
+        False,
+    )
     again = await store.set_feedback("c", "alice", 2, rating=-1)  # replaces: comment and tags cleared
     assert (again.rating, again.comment, again.tags, again.created_at) == (-1, None, (), first.created_at)
     assert again.updated_at >= first.updated_at
@@ -39,17 +46,20 @@ async def test_set_replace_clear_and_read(store: ConversationStore, db: asyncpg.
     assert await db.fetchval("SELECT next_seq FROM conversations WHERE id = 'c'") == 5
 
 
-async def test_unknown_message_foreign_and_unknown_conversations(store: ConversationStore,
-                                                                 db: asyncpg.Connection) -> None:
+async def test_unknown_message_foreign_and_unknown_conversations(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await chat(store)
     await chat(store, "bobs", "bob")
     with pytest.raises(MessageNotFound, match="seq 9"):
         await store.set_feedback("c", "alice", 9, rating=1)
-    for call in (lambda: store.set_feedback("bobs", "alice", 1, rating=-1),
-                 lambda: store.clear_feedback("bobs", "alice", 1),
-                 lambda: store.get_feedback("bobs", "alice"),
-                 lambda: store.feedback_summary("alice", conversation_id="bobs"),
-                 lambda: store.set_feedback("nope", "alice", 1, rating=-1)):
+    for call in (
+        lambda: store.set_feedback("bobs", "alice", 1, rating=-1),
+        lambda: store.clear_feedback("bobs", "alice", 1),
+        lambda: store.get_feedback("bobs", "alice"),
+        lambda: store.feedback_summary("alice", conversation_id="bobs"),
+        lambda: store.set_feedback("nope", "alice", 1, rating=-1),
+    ):
         with pytest.raises(ConversationNotFound):
             await call()
     assert await db.fetchval("SELECT count(*) FROM message_feedback") == 0
@@ -64,16 +74,29 @@ async def test_unknown_message_foreign_and_unknown_conversations(store: Conversa
     assert await store.get_feedback("c", "alice") == []
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"rating": 2}, "rating"), ({"rating": -2}, "rating"), ({"rating": True}, "rating"), ({"rating": 1.0}, "rating"),
-    ({"rating": 1, "comment": "x" * 4001}, "comment"), ({"rating": 1, "comment": 5}, "comment"),
-    ({"rating": 1, "comment": "\x00"}, "comment"), ({"rating": 1, "tags": "abc"}, "tags"),
-    ({"rating": 1, "tags": [""]}, "tags"), ({"rating": 1, "tags": ["a", "a"]}, "tags"),
-    ({"rating": 1, "tags": ["x" * 65]}, "tags"), ({"rating": 1, "tags": [str(i) for i in range(17)]}, "tags"),
-    ({"rating": 1, "tags": [1]}, "tags"), ({"rating": 1, "seq": 0}, "seq"), ({"rating": 1, "seq": "1"}, "seq"),
-])
-async def test_bad_feedback_is_refused_before_io(store: ConversationStore, db: asyncpg.Connection,
-                                                 kwargs: dict[str, object], field: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"rating": 2}, "rating"),
+        ({"rating": -2}, "rating"),
+        ({"rating": True}, "rating"),
+        ({"rating": 1.0}, "rating"),
+        ({"rating": 1, "comment": "x" * 4001}, "comment"),
+        ({"rating": 1, "comment": 5}, "comment"),
+        ({"rating": 1, "comment": "\x00"}, "comment"),
+        ({"rating": 1, "tags": "abc"}, "tags"),
+        ({"rating": 1, "tags": [""]}, "tags"),
+        ({"rating": 1, "tags": ["a", "a"]}, "tags"),
+        ({"rating": 1, "tags": ["x" * 65]}, "tags"),
+        ({"rating": 1, "tags": [str(i) for i in range(17)]}, "tags"),
+        ({"rating": 1, "tags": [1]}, "tags"),
+        ({"rating": 1, "seq": 0}, "seq"),
+        ({"rating": 1, "seq": "1"}, "seq"),
+    ],
+)
+async def test_bad_feedback_is_refused_before_io(
+    store: ConversationStore, db: asyncpg.Connection, kwargs: dict[str, object], field: str
+) -> None:
     seq = kwargs.pop("seq", 1)
     with pytest.raises(InvalidInput, match=field):
         await store.set_feedback("never-read", "alice", seq, **kwargs)  # type: ignore[arg-type]
@@ -89,8 +112,9 @@ async def test_bad_summary_and_clear_arguments(store: ConversationStore) -> None
         await store.clear_feedback("c", "alice", -1)
 
 
-async def test_aggregates_per_conversation_and_per_user_over_time(store: ConversationStore,
-                                                                  db: asyncpg.Connection) -> None:
+async def test_aggregates_per_conversation_and_per_user_over_time(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await chat(store, "a")
     await chat(store, "b")
     await chat(store, "bobs", "bob")
@@ -106,10 +130,14 @@ async def test_aggregates_per_conversation_and_per_user_over_time(store: Convers
     assert (user.count, user.positive, user.neutral, user.negative, user.tags["helpful"]) == (4, 2, 1, 1, 2)
     empty = await store.feedback_summary("nobody")
     assert (empty.count, empty.mean, empty.tags) == (0, None, {})
-    assert (await store.feedback_summary("alice", conversation_id="b", after=datetime.now(UTC) + timedelta(1))).count == 0
+    assert (
+        await store.feedback_summary("alice", conversation_id="b", after=datetime.now(UTC) + timedelta(1))
+    ).count == 0
     # The time range is on when the feedback was set.
-    await db.execute("UPDATE message_feedback SET updated_at = now() - interval '10 days' "
-                     "WHERE conversation_id = 'a' AND seq = 3")
+    await db.execute(
+        "UPDATE message_feedback SET updated_at = now() - interval '10 days' "
+        "WHERE conversation_id = 'a' AND seq = 3"
+    )
     week = await store.feedback_summary("alice", after=datetime.now(UTC) - timedelta(days=7))
     assert (week.count, week.negative) == (3, 0)
     old = await store.feedback_summary("alice", before=datetime.now(UTC) - timedelta(days=7))
@@ -141,23 +169,39 @@ async def test_export_carries_feedback_and_import_restores_it(store: Conversatio
     copy = await store.import_conversation("bob", records, conversation_id="copy")
     assert await store.get_feedback(copy.id, "bob") == [
         type(f)(**{**{s: getattr(f, s) for s in f.__slots__}, "conversation_id": "copy"})  # type: ignore[attr-defined]
-        for f in await store.get_feedback("c", "alice")]
+        for f in await store.get_feedback("c", "alice")
+    ]
     # Old exports (no feedback records) import as before.
     plain = await store.import_conversation("bob", records[:5], conversation_id="plain")
     assert await store.get_feedback(plain.id, "bob") == []
     assert [m.content for m in await store.get_history("plain", "bob")] == ["m1", "m2", "m3", "m4"]
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r: r.insert(2, {"type": "feedback", "seq": 3, "rating": 1, "created_at": r[1]["created_at"],
-                            "updated_at": r[1]["created_at"]}), "seq"),
-    (lambda r: r.__setitem__(-1, {**r[-1], "rating": 5}), "rating"),
-    (lambda r: r.append({**r[-1], "seq": 1}), "seq"),
-    (lambda r: r.__setitem__(-1, {**r[-1], "extra": 1}), "extra"),
-    (lambda r: r.insert(6, r.pop(4)), "type"),  # a message after a feedback record
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda r: r.insert(
+                2,
+                {
+                    "type": "feedback",
+                    "seq": 3,
+                    "rating": 1,
+                    "created_at": r[1]["created_at"],
+                    "updated_at": r[1]["created_at"],
+                },
+            ),
+            "seq",
+        ),
+        (lambda r: r.__setitem__(-1, {**r[-1], "rating": 5}), "rating"),
+        (lambda r: r.append({**r[-1], "seq": 1}), "seq"),
+        (lambda r: r.__setitem__(-1, {**r[-1], "extra": 1}), "extra"),
+        (lambda r: r.insert(6, r.pop(4)), "type"),  # a message after a feedback record
+    ],
+)
 async def test_bad_feedback_records_fail_the_import_and_store_nothing(
-        store: ConversationStore, db: asyncpg.Connection, change: object, message: str) -> None:
+    store: ConversationStore, db: asyncpg.Connection, change: object, message: str
+) -> None:
     await chat(store)
     await store.set_feedback("c", "alice", 2, rating=1)
     records = [r async for r in store.export_conversation("c", "alice")]
@@ -167,8 +211,9 @@ async def test_bad_feedback_records_fail_the_import_and_store_nothing(
     assert await db.fetchval("SELECT count(*) FROM conversations WHERE id = 'x'") == 0
 
 
-async def test_feedback_on_a_seq_without_message_fails_the_import(store: ConversationStore,
-                                                                  db: asyncpg.Connection) -> None:
+async def test_feedback_on_a_seq_without_message_fails_the_import(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await chat(store)
     await store.set_feedback("c", "alice", 2, rating=1)
     records = [r async for r in store.export_conversation("c", "alice")]

@@ -21,19 +21,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def corpus(store: ConversationStore) -> None:
     await store.get_or_create_conversation("trip", "alice", title="Holiday planning in Kyoto")
-    await store.save_messages("trip", "alice", [
-        {"role": "user", "content": "Which temples should I visit in Kyoto?"},
-        {"role": "assistant", "content": "Kinkaku-ji and Fushimi Inari; temples are busiest at noon."},
-        {"role": "user", "content": "And the food? Ramen, please."},
-    ])
+    await store.save_messages(
+        "trip",
+        "alice",
+        [
+            {"role": "user", "content": "Which temples should I visit in Kyoto?"},
+            {"role": "assistant", "content": "Kinkaku-ji and Fushimi Inari; temples are busiest at noon."},
+            {"role": "user", "content": "And the food? Ramen, please."},
+        ],
+    )
     await store.get_or_create_conversation("work", "alice", title="Quarterly report")
-    await store.save_messages("work", "alice", [
-        {"role": "user", "content": "Summarise the report for Kyoto office"},
-        {"role": "assistant", "content": "The report says revenue grew."},
-    ])
+    await store.save_messages(
+        "work",
+        "alice",
+        [
+            {"role": "user", "content": "Summarise the report for Kyoto office"},
+            {"role": "assistant", "content": "The report says revenue grew."},
+        ],
+    )
     # Bob uses the same words: none of it may ever reach alice.
     await store.get_or_create_conversation("bobs", "bob", title="Kyoto secrets")
-    await store.save_messages("bobs", "bob", [{"role": "user", "content": "Kyoto temples report ramen secret"}])
+    await store.save_messages(
+        "bobs", "bob", [{"role": "user", "content": "Kyoto temples report ramen secret"}]
+    )
 
 
 async def test_hits_are_ranked_highlighted_and_own_only(store: ConversationStore) -> None:
@@ -50,12 +60,15 @@ async def test_hits_are_ranked_highlighted_and_own_only(store: ConversationStore
     title = next(h for h in page.items if h.seq is None)
     assert (title.role, title.snippet) == (None, f"Holiday planning in {MARK_START}Kyoto{MARK_END}")
     # web-search syntax: phrases, or, exclusion
-    assert {(h.conversation_id, h.seq) for h in (await store.search_messages("alice", '"Fushimi Inari"')).items} \
-        == {("trip", 2)}
-    assert {(h.conversation_id, h.seq) for h in (await store.search_messages("alice", "ramen or revenue")).items} \
-        == {("trip", 3), ("work", 2)}
-    assert {(h.conversation_id, h.seq) for h in (await store.search_messages("alice", "report -revenue")).items} \
-        == {("work", 1), ("work", None)}
+    assert {
+        (h.conversation_id, h.seq) for h in (await store.search_messages("alice", '"Fushimi Inari"')).items
+    } == {("trip", 2)}
+    assert {
+        (h.conversation_id, h.seq) for h in (await store.search_messages("alice", "ramen or revenue")).items
+    } == {("trip", 3), ("work", 2)}
+    assert {
+        (h.conversation_id, h.seq) for h in (await store.search_messages("alice", "report -revenue")).items
+    } == {("work", 1), ("work", None)}
     assert (await store.search_messages("nobody", "kyoto")).items == []
 
 
@@ -97,9 +110,19 @@ async def test_any_script_matches_on_exact_words(store: ConversationStore) -> No
     seq = {k: i + 1 for i, k in enumerate(texts)}
     # Exact words. Case folding of non-ASCII letters follows the database's LC_CTYPE (the test
     # databases use C, which folds ASCII only), so only ASCII case is varied here.
-    for key, word in [("ru", "мир"), ("ru", "Привет"), ("el", "κόσμε"), ("ar", "مرحبا"), ("he", "עולם"),
-                      ("hi", "दुनिया"), ("zh", "你好"), ("ja", "こんにちは"), ("th", "ชาวโลก"),
-                      ("accents", "brûlée"), ("emoji", "PARTY")]:
+    for key, word in [
+        ("ru", "мир"),
+        ("ru", "Привет"),
+        ("el", "κόσμε"),
+        ("ar", "مرحبا"),
+        ("he", "עולם"),
+        ("hi", "दुनिया"),
+        ("zh", "你好"),
+        ("ja", "こんにちは"),
+        ("th", "ชาวโลก"),
+        ("accents", "brûlée"),
+        ("emoji", "PARTY"),
+    ]:
         hits = (await store.search_messages("alice", word)).items
         assert [h.seq for h in hits] == [seq[key]], (key, word, hits)
     both = {h.seq for h in (await store.search_messages("alice", "世界")).items}
@@ -110,7 +133,9 @@ async def test_pagination_walks_every_hit_once_and_cursors_are_checked(store: Co
     await store.get_or_create_conversation("a", "alice", title="needle")
     await store.get_or_create_conversation("b", "alice")
     # Equal ranks on purpose (ties broken by conversation id and seq), and some different ones.
-    await store.save_messages("a", "alice", [{"role": "user", "content": "needle " * (1 + i % 3)} for i in range(23)])
+    await store.save_messages(
+        "a", "alice", [{"role": "user", "content": "needle " * (1 + i % 3)} for i in range(23)]
+    )
     await store.save_messages("b", "alice", [{"role": "user", "content": "hay needle"} for _ in range(9)])
     full = await store.search_messages("alice", "needle", limit=200)
     assert len(full.items) == 23 + 9 + 1 and full.next_cursor is None
@@ -125,8 +150,13 @@ async def test_pagination_walks_every_hit_once_and_cursors_are_checked(store: Co
     assert [(h.conversation_id, h.seq) for h in walked] == [(h.conversation_id, h.seq) for h in full.items]
     assert pages == 7
     assert cursor is not None
-    for other in [{"user_id": "bob"}, {"query": "hay"}, {"role": "user"}, {"config": "english"},
-                  {"conversation_id": "a"}]:
+    for other in [
+        {"user_id": "bob"},
+        {"query": "hay"},
+        {"role": "user"},
+        {"config": "english"},
+        {"conversation_id": "a"},
+    ]:
         args = {"user_id": "alice", "query": "needle", **other}
         with pytest.raises(InvalidInput, match="cursor"):
             await store.search_messages(args.pop("user_id"), args.pop("query"), cursor=cursor, **args)
@@ -137,14 +167,28 @@ async def test_pagination_walks_every_hit_once_and_cursors_are_checked(store: Co
         await store.search_messages("alice", "needle", cursor=forged)
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"query": ""}, "query"), ({"query": "   "}, "query"), ({"query": "x" * 1001}, "query"),
-    ({"query": "a\x00"}, "query"), ({"query": 5}, "query"), ({"user_id": ""}, "user_id"),
-    ({"limit": 0}, "limit"), ({"limit": 201}, "limit"), ({"limit": True}, "limit"),
-    ({"cursor": "bogus"}, "cursor"), ({"cursor": 3}, "cursor"), ({"conversation_id": ""}, "conversation_id"),
-    ({"role": "admin"}, "role"), ({"after": datetime(2020, 1, 1)}, "after"), ({"before": "2020"}, "before"),
-    ({"config": "english'; DROP TABLE messages; --"}, "config"), ({"config": "pg_catalog.english"}, "config"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"query": ""}, "query"),
+        ({"query": "   "}, "query"),
+        ({"query": "x" * 1001}, "query"),
+        ({"query": "a\x00"}, "query"),
+        ({"query": 5}, "query"),
+        ({"user_id": ""}, "user_id"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"cursor": "bogus"}, "cursor"),
+        ({"cursor": 3}, "cursor"),
+        ({"conversation_id": ""}, "conversation_id"),
+        ({"role": "admin"}, "role"),
+        ({"after": datetime(2020, 1, 1)}, "after"),
+        ({"before": "2020"}, "before"),
+        ({"config": "english'; DROP TABLE messages; --"}, "config"),
+        ({"config": "pg_catalog.english"}, "config"),
+    ],
+)
 def test_bad_search_input_is_refused_before_io(kwargs: dict[str, object], field: str) -> None:
     args: dict[str, object] = {"user_id": "alice", "query": "x", **kwargs}
     with pytest.raises(InvalidInput, match=field):
@@ -163,7 +207,15 @@ async def test_no_query_reaches_another_users_messages(store: ConversationStore)
     await store.get_or_create_conversation("mine", "attacker")
     await store.save_messages("mine", "attacker", [{"role": "user", "content": t} for t in INJECTION_CORPUS])
     own_hits = 0
-    for text in [*INJECTION_CORPUS, "secret", "plans", "secret | plans", "!secret", "*:*", "' OR user_id <> '"]:
+    for text in [
+        *INJECTION_CORPUS,
+        "secret",
+        "plans",
+        "secret | plans",
+        "!secret",
+        "*:*",
+        "' OR user_id <> '",
+    ]:
         for config in ("simple", "english"):
             if not text.strip():
                 continue
@@ -174,18 +226,23 @@ async def test_no_query_reaches_another_users_messages(store: ConversationStore)
 
 
 async def test_with_the_optional_index_search_uses_it_and_long_messages_still_append(
-        dsn: str, store: ConversationStore, db: asyncpg.Connection) -> None:
+    dsn: str, store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await corpus(store)
     before = await store.search_messages("alice", "kyoto")
     apply_schema(dsn, ROOT / "schema_search.sql")
-    assert await db.fetchval("SELECT indisvalid FROM pg_index WHERE indexrelid = 'messages_content_search'::regclass")
+    assert await db.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'messages_content_search'::regclass"
+    )
     await store.verify_schema()  # an extra index is fine
     after = await store.search_messages("alice", "kyoto")
     assert after == before
     # Many users, so the planner prefers the index for a rare word.
     for u in range(40):
         await store.get_or_create_conversation(f"c{u}", f"u{u}")
-        await store.save_messages(f"c{u}", f"u{u}", [{"role": "user", "content": f"common words {i}"} for i in range(50)])
+        await store.save_messages(
+            f"c{u}", f"u{u}", [{"role": "user", "content": f"common words {i}"} for i in range(50)]
+        )
     await db.execute("ANALYZE")
     built = build_search("alice", "fushimi")
     async with store.pool.acquire() as conn:
@@ -196,8 +253,10 @@ async def test_with_the_optional_index_search_uses_it_and_long_messages_still_ap
     await store.get_or_create_conversation("big", "alice")
     stored = await store.save_message("big", "alice", "user", big[: 1024 * 1024 - 10])
     assert stored.seq == 1
-    assert [h.seq for h in (await store.search_messages("alice", "w000001", conversation_id="big")).items] == [1]
+    assert [
+        h.seq for h in (await store.search_messages("alice", "w000001", conversation_id="big")).items
+    ] == [1]
     last_word = big[:INDEXED_CHARS].split()[-2]  # the last whole word inside the indexed prefix
-    beyond = big[INDEXED_CHARS + 100:].split()[1]
+    beyond = big[INDEXED_CHARS + 100 :].split()[1]
     assert (await store.search_messages("alice", last_word, conversation_id="big")).items
     assert (await store.search_messages("alice", beyond, conversation_id="big")).items == []
