@@ -162,7 +162,7 @@ async def branches(dsn: str, repeats: int) -> None:
         await store.close()
 
 
-async def appends(dsn: str, seconds: float, runs: int) -> None:
+async def appends(dsn: str, seconds: float, runs: int, chars: int = 200) -> None:
     store = await ConversationStore.connect(dsn, min_size=4, max_size=4)
     conn = await asyncpg.connect(dsn)
     try:
@@ -172,7 +172,7 @@ async def appends(dsn: str, seconds: float, runs: int) -> None:
 
         async def writer(stop: float, counter: list[int]) -> None:
             while time.perf_counter() < stop:
-                text = " ".join(rng.choice(WORDS) for _ in range(35))[:200]
+                text = " ".join(rng.choice(WORDS) for _ in range(chars // 5 + 1))[:chars]
                 await store.save_message(f"a{rng.randrange(200)}", "u", "user", text)
                 counter[0] += 1
 
@@ -194,7 +194,8 @@ async def appends(dsn: str, seconds: float, runs: int) -> None:
             with_index.append(await run())
         ratios = [w / o for w, o in zip(with_index, without, strict=True)]
         print(
-            f"3. appends (save_message, 4 writers, {seconds:.0f} s runs x {runs}, interleaved): "
+            f"3. appends (save_message, 4 writers, {chars}-character messages, "
+            f"{seconds:.0f} s runs x {runs}, interleaved): "
             f"without index median {statistics.median(without):.0f}/s, with GIN index "
             f"{statistics.median(with_index):.0f}/s; per-run ratios {[f'{r:.2f}' for r in ratios]}, "
             f"median {statistics.median(ratios):.2f}x"
@@ -270,12 +271,14 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--append-seconds", type=float, default=5.0)
     parser.add_argument("--append-runs", type=int, default=4)
+    parser.add_argument("--append-chars", type=int, default=200)
     parser.add_argument("--only", choices=["branches", "appends", "search"], default=None)
     args = parser.parse_args()
     if args.only in (None, "branches"):
         await branches(await new_database(args.dsn, "bench_branches"), args.repeats)
     if args.only in (None, "appends"):
-        await appends(await new_database(args.dsn, "bench_appends"), args.append_seconds, args.append_runs)
+        database = await new_database(args.dsn, "bench_appends")
+        await appends(database, args.append_seconds, args.append_runs, args.append_chars)
     if args.only in (None, "search"):
         await search(await new_database(args.dsn, "bench_search"), args.messages, args.repeats)
 
