@@ -92,9 +92,10 @@ async def test_round_trips_of_streaming_and_batched_operations(
     cid = (await store.get_or_create_conversation(None, U)).id
     await store.save_messages(cid, U, [{"role": "user", "content": str(i)} for i in range(25)])
 
-    # export: the conversation row, then one per chunk (the short last chunk ends it)
+    # export: the conversation row, then one per chunk (the short last chunk ends it), then the
+    # conversation's feedback
     statements = await _count(log, lambda: _drain(store.export_conversation(cid, U, chunk_size=10)))
-    assert len(statements) == 1 + 3
+    assert len(statements) == 1 + 3 + 1
 
     # import: BEGIN, the conversation row, one pipelined executemany (25 logged executions), COMMIT
     records = [r async for r in store.export_conversation(cid, U)]
