@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import statistics
 import time
@@ -119,8 +120,8 @@ async def branches(dsn: str, repeats: int) -> None:
         for n in (100, 10_000):
             cid = f"src{n}"
             await fill(store, cid, "u", n)
-            copy = await timed(lambda cid=cid, n=n: store.fork_conversation(cid, "u", at_seq=n), repeats)
-            shared = await timed(lambda cid=cid, n=n: shared_prefix_fork(conn, cid, "u", n), repeats)
+            copy = await timed(functools.partial(store.fork_conversation, cid, "u", at_seq=n), repeats)
+            shared = await timed(functools.partial(shared_prefix_fork, conn, cid, "u", n), repeats)
             print(
                 f"   {n:>6} messages: copy-on-fork {copy * 1000:8.2f} ms"
                 f"   shared prefix {shared * 1000:6.2f} ms"
@@ -148,8 +149,10 @@ async def branches(dsn: str, repeats: int) -> None:
                     [(shared_fork, at + 1 + i, f"d{level} {i}") for i in range(10)],
                 )
                 copy_parent, shared_parent = copy_fork.id, shared_fork
-            copy = await timed(lambda p=copy_parent: store.get_history(p, "u", limit=50), repeats * 4)
-            walk = await timed(lambda p=shared_parent: conn.fetch(ANCESTRY_WINDOW, p, "u", 50), repeats * 4)
+            copy = await timed(functools.partial(store.get_history, copy_parent, "u", limit=50), repeats * 4)
+            walk = await timed(
+                functools.partial(conn.fetch, ANCESTRY_WINDOW, shared_parent, "u", 50), repeats * 4
+            )
             got = [r["content"] for r in await conn.fetch(ANCESTRY_WINDOW, shared_parent, "u", 50)]
             want = [m.content for m in await store.get_history(copy_parent, "u", limit=50)][::-1]
             assert got == want, "the two designs must return the same window"
@@ -249,9 +252,9 @@ async def search(dsn: str, messages: int, repeats: int) -> None:
                 print(f"   index built in {time.perf_counter() - started:.0f} s, size {size}")
             for name, query in cases.items():
                 page = await store.search_messages("u7", query)
-                latency = await timed(lambda q=query: store.search_messages("u7", q), repeats)
+                latency = await timed(functools.partial(store.search_messages, "u7", query), repeats)
                 scoped = await timed(
-                    lambda q=query: store.search_messages("u7", q, conversation_id="c7"), repeats
+                    functools.partial(store.search_messages, "u7", query, conversation_id="c7"), repeats
                 )
                 print(
                     f"   {label:15s} {name:12s}: user-wide {latency * 1000:8.2f} ms ({len(page.items)} hits "

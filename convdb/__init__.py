@@ -13,15 +13,29 @@ from .errors import (
     PoolTimeout,
     QueryTimeout,
     SchemaMismatch,
+    TransientError,
+    UnsupportedIsolation,
+    WrongEventLoop,
 )
 from .pool import init_connection
 from .records import Conversation, ErasureCounts, Message, Page, Role
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
-from .validation import DEFAULT_MAX_CONTENT_BYTES, MAX_HISTORY_LIMIT, UNSET, estimate_tokens
+from .validation import (
+    DEFAULT_MAX_CONTENT_BYTES,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_TITLE_BYTES,
+    DEFAULT_MAX_TOOL_CALLS_BYTES,
+    MAX_HISTORY_LIMIT,
+    UNSET,
+    estimate_tokens,
+)
 
 __all__ = [
     "DEFAULT_MAX_CONTENT_BYTES",
+    "DEFAULT_MAX_METADATA_BYTES",
+    "DEFAULT_MAX_TITLE_BYTES",
+    "DEFAULT_MAX_TOOL_CALLS_BYTES",
     "MAX_HISTORY_LIMIT",
     "SCHEMA_VERSION",
     "UNSET",
@@ -41,6 +55,9 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "TransientError",
+    "UnsupportedIsolation",
+    "WrongEventLoop",
     "__version__",
     "build_message_array",
     "estimate_tokens",

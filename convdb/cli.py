@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--rls", action="store_true",
                         help="append schema_rls.sql: the least-privilege role convdb_app and "
                              "row-level security (apply as the tables' owner)")
+    schema.add_argument("--citus", action="store_true",
+                        help="append schema_citus.sql: distribute the tables over a Citus cluster "
+                             "(apply on the coordinator, the citus extension and workers in place)")
     upgrade = commands.add_parser(
         "migrations", help="print the SQL that upgrades a database from schema version N",
         description="Print, in order, the migrations that take a database from schema version N to "
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "schema":
-            sys.stdout.write(migrations.fresh_install_sql(row_level_security=args.rls))
+            sys.stdout.write(migrations.fresh_install_sql(row_level_security=args.rls, citus=args.citus))
             return EXIT_OK
         if args.command == "migrations":
             _print_migrations(args.from_version, args.to_version, sys.stdout)

@@ -8,12 +8,20 @@ kept as ``__cause__`` for debugging.
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import Final
 
 import asyncpg
 
 
 class ConvDBError(Exception):
-    """Base class of every error raised by convdb."""
+    """Base class of every error raised by convdb.
+
+    ``sqlstate``: the server's SQLSTATE code when the error came from PostgreSQL (for example
+    ``"23505"``), else None.
+    """
+
+    sqlstate: str | None = None
 
 
 class ConversationNotFound(ConvDBError, LookupError):
@@ -77,6 +85,16 @@ class SchemaMismatch(ConvDBError):
     """The database schema is not the one this package was built for."""
 
 
+class UnsupportedIsolation(SchemaMismatch):
+    """The database's default transaction isolation is not READ COMMITTED.
+
+    convdb opens every transaction of its own at READ COMMITTED, but its single-statement calls
+    run in the server's default isolation, and under REPEATABLE READ or SERIALIZABLE concurrent
+    writes to one conversation fail. ``verify_schema`` (run by ``connect``) raises this, naming
+    the setting to change.
+    """
+
+
 class DatabaseUnavailable(ConvDBError):
     """The connection to PostgreSQL failed or was lost.
 
@@ -90,7 +108,27 @@ class PoolTimeout(ConvDBError, TimeoutError):
 
 
 class QueryTimeout(ConvDBError, TimeoutError):
-    """A statement ran past its time limit (statement_timeout or the client-side timeout)."""
+    """A statement ran past its time limit: statement_timeout, lock_timeout or the client-side timeout."""
+
+
+class TransientError(ConvDBError):
+    """The server aborted the call because it conflicted with a concurrent transaction.
+
+    A deadlock (SQLSTATE 40P01) or a serialization failure (40001). The server rolled the
+    statement or transaction back before reporting it, so nothing of the call was committed and
+    calling again is safe, with or without an idempotency key. convdb does not retry these itself:
+    they mean contention the caller may want to see (back off, then retry).
+    """
+
+
+class WrongEventLoop(ConvDBError, RuntimeError):
+    """The store was called from an event loop that does not own its pool, and cannot serve it.
+
+    asyncpg connections belong to the loop that opened them. A call from another loop is served
+    through the owning loop while that loop runs in another thread; this is raised, before the
+    pool is touched, when the owning loop is stopped or closed, when it does not take the call
+    within ``acquire_timeout`` (it is blocked), or when it stops during the call.
+    """
 
 
 class ConstraintViolation(ConvDBError):
@@ -113,14 +151,47 @@ _CONNECTION_ERRORS = (
 )
 
 
+# Citus relays a worker's error without constraint_name; the message still names the constraint,
+# and the shard's relation: 'new row for relation "messages_102066" violates check constraint
+# "no_poison_102066"' (a constraint added after distribution carries the shard id; one defined
+# before, like messages_role_known, does not). The suffix is removed only when it is the
+# relation's, so a constraint named like "foo_2" keeps its name.
+_CONSTRAINT_IN_MESSAGE: Final = re.compile(r'(?:relation "[^"]*?(_[0-9]+)")?[^"]*constraint "([^"]+)"')
+
+
+def _constraint_in_message(message: str) -> str | None:
+    """The constraint a relayed (Citus) error names, without the shard suffix."""
+    found = _CONSTRAINT_IN_MESSAGE.search(message)
+    if found is None:
+        return None
+    shard_suffix, name = found.group(1), found.group(2)
+    if shard_suffix and name.endswith(shard_suffix):
+        name = name[: -len(shard_suffix)]
+    return name
+
+
 def translate(exc: BaseException) -> BaseException:
     """Map a driver or socket error to a ``ConvDBError``; leave anything else unchanged.
 
     The caller raises the result ``from exc``. ``ConvDBError``s, cancellation and programming
-    errors pass through untouched.
+    errors pass through untouched. A ``ConvDBError`` made from a server error carries its
+    ``sqlstate``.
     """
     if isinstance(exc, ConvDBError | asyncio.CancelledError):
         return exc
+    translated = _translate(exc)
+    if isinstance(translated, ConvDBError):
+        translated.sqlstate = getattr(exc, "sqlstate", None)
+    return translated
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncpg.exceptions.LockNotAvailableError):
+        # 55P03: lock_timeout ran out (convdb never uses NOWAIT, the other source of this code).
+        return QueryTimeout(f"gave up waiting for a lock (lock_timeout): {exc}")
+    if isinstance(exc, asyncpg.exceptions.DeadlockDetectedError | asyncpg.exceptions.SerializationError):
+        return TransientError(f"aborted by a conflict with a concurrent transaction; nothing of this "
+                              f"call was committed, it can be retried: {exc}")
     if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
         return QueryTimeout(f"statement cancelled by the server: {exc}")
     if isinstance(exc, TimeoutError):
@@ -134,12 +205,16 @@ def translate(exc: BaseException) -> BaseException:
         # message arrives as an error outside any query) is left in a state asyncpg refuses to use.
         # Nothing was sent; the pool replaces the connection on release.
         return DatabaseUnavailable(f"connection unusable after the server closed it: {exc}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Any other protocol state asyncpg did not expect (e.g. a connection closed under a
+        # running statement): the connection is unusable, and the call's outcome unknown.
+        return DatabaseUnavailable(f"connection in an unexpected protocol state: {exc}")
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.UndefinedColumnError):
         return SchemaMismatch(
             f"{exc}; apply schema.sql with: psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql"
         )
     if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
-        constraint = getattr(exc, "constraint_name", None)
+        constraint = getattr(exc, "constraint_name", None) or _constraint_in_message(str(exc))
         return ConstraintViolation(f"the database refused the write ({constraint}): {exc}", constraint)
     if isinstance(exc, asyncpg.exceptions.PostgresError | asyncpg.exceptions.InterfaceError):
         return ConvDBError(f"database error: {exc}")

@@ -23,16 +23,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, NamedTuple
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .agent import message_to_dict
 from .errors import InvalidInput
 from .records import Conversation, Feedback, Message
 from .validation import (
-    MAX_SEQ,
+    DEFAULT_LIMITS,
     MessageRow,
+    SizeLimits,
     TokenCounter,
     check_aware_datetime,
     check_comment,
@@ -40,11 +39,14 @@ from .validation import (
     check_id,
     check_rating,
     check_tags,
-    check_text,
+    check_title,
     check_token_count,
     encode_json,
     prepare_message,
 )
+
+if TYPE_CHECKING:
+    import asyncpg  # the row type only: nothing here talks to a database
 
 FORMAT: Final = "convdb.conversation/1"
 _HEADER_FIELDS: Final = frozenset(
@@ -66,6 +68,12 @@ _MESSAGE_FIELDS: Final = frozenset(
         "conversation_id",
     }
 )
+# The largest seq and next_seq an import accepts. 2**53 is the largest integer every JSON reader
+# keeps exact (a JavaScript number), and it leaves ~9.2e18 sequence numbers below bigint's
+# 2**63 - 1, so an imported conversation can always take more messages: an import of
+# next_seq = 2**63 - 1 was accepted before, and every later append then failed with
+# "bigint out of range".
+MAX_IMPORT_SEQ: Final = 2**53
 
 
 def header_record(row: asyncpg.Record) -> dict[str, Any]:
@@ -140,12 +148,14 @@ def _check_time(value: object, field: str, index: int | None = None) -> datetime
 
 
 def _check_seq(value: object, field: str, index: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
-        raise InvalidInput(field, f"must be an int between 1 and {MAX_SEQ}, got {value!r}", index=index)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMPORT_SEQ:
+        raise InvalidInput(
+            field, f"must be an int between 1 and {MAX_IMPORT_SEQ} (2**53), got {value!r}", index=index
+        )
     return value
 
 
-def parse_header(record: object) -> ImportHeader:
+def parse_header(record: object, limits: SizeLimits = DEFAULT_LIMITS) -> ImportHeader:
     """Validate the first record of an export (no I/O)."""
     if not isinstance(record, Mapping):
         raise InvalidInput("records", "must start with the conversation record of an export")
@@ -156,14 +166,12 @@ def parse_header(record: object) -> ImportHeader:
     unknown = set(record) - _HEADER_FIELDS
     if unknown:
         raise InvalidInput(sorted(map(str, unknown))[0], "is not a field of the conversation record")
-    title = record.get("title")
-    if title is not None:
-        check_text(title, "title")
+    title = check_title(record.get("title"), limits)
     next_seq = record.get("next_seq")
     return ImportHeader(
         id=check_id(record.get("id"), "id"),
         title=title,
-        metadata_json=encode_json(record.get("metadata"), "metadata", kind=dict),
+        metadata_json=encode_json(record.get("metadata"), "metadata", kind=dict, max_bytes=limits.metadata),
         created_at=_check_time(record.get("created_at"), "created_at"),
         updated_at=_check_time(record.get("updated_at"), "updated_at"),
         next_seq=None if next_seq is None else _check_seq(next_seq, "next_seq"),
@@ -173,10 +181,18 @@ def parse_header(record: object) -> ImportHeader:
 class MessageParser:
     """Validates the message records of one import in order (seq increasing, keys unique)."""
 
-    def __init__(self, header: ImportHeader, *, max_content_bytes: int, count_tokens: TokenCounter):
+    def __init__(
+        self,
+        header: ImportHeader,
+        *,
+        max_content_bytes: int,
+        count_tokens: TokenCounter,
+        limits: SizeLimits = DEFAULT_LIMITS,
+    ):
         self.header = header
         self.max_content_bytes = max_content_bytes
         self.count_tokens = count_tokens
+        self.limits = limits
         self.last_seq = 0
         self.keys: set[str] = set()
         #: The feedback records, validated; imported after every message.
@@ -217,6 +233,7 @@ class MessageParser:
             idempotency_key=record.get("idempotency_key"),
             max_content_bytes=self.max_content_bytes,
             count_tokens=self.count_tokens,
+            limits=self.limits,
             index=index,
         )
         if row.idempotency_key is not None:

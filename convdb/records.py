@@ -84,7 +84,7 @@ MESSAGE_COLUMNS: Final = (
     "idempotency_key", "created_at",
 )
 """The leading result columns of every message-returning statement in queries.sql, in the order
-``Message.from_record`` reads them by position (tests/integration/test_core_column_order.py pins
+``Message.from_record`` reads them by position (tests/core/test_core_column_order.py pins
 both the statements and this order)."""
 
 # Building a Message is the per-row cost of every history read. A frozen dataclass's __init__

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -19,8 +20,8 @@ from typing import Any, Final, Protocol, TypeVar
 
 import asyncpg
 
-from .errors import DatabaseUnavailable, PoolTimeout, QueryTimeout, translate
-from .ops import Begin, Conn, begin
+from .errors import ConvDBError, DatabaseUnavailable, PoolTimeout, QueryTimeout, WrongEventLoop, translate
+from .ops import Begin, Conn, autocommit, begin
 from .sql import QUERIES
 
 T = TypeVar("T")
@@ -28,6 +29,20 @@ T_co = TypeVar("T_co", covariant=True)
 
 _SET_RLS_USER: Final = QUERIES["set_rls_user"]
 _CANCEL_GRACE_SECONDS: Final = 5.0
+# How often a call forwarded to the owning loop checks that the loop still runs: a loop stopped
+# with loop.stop() never completes (nor cancels) the forwarded task, so waiting on it alone would
+# block the caller forever.
+_HOME_POLL_SECONDS: Final = 0.5
+RELEASE_GRACE_SECONDS: Final = 2.0
+"""How long the release of a connection whose operation failed or was cancelled may take.
+
+A cancelled statement leaves its connection waiting for the server to acknowledge the cancel (and
+an open transaction to be rolled back). Against a stalled server (a stopped backend, a black-holed
+network) that never happens, and asyncpg's release would wait with no limit, holding the caller
+past its own timeout. After this grace the connection is terminated and its pool slot reopens
+with a new one. A healthy server acknowledges in milliseconds (the cancellation storm of
+test_reliability_faults.py releases thousands this way), so the grace only ever runs out on a
+stall."""
 
 
 class Policy(enum.Enum):
@@ -46,7 +61,10 @@ class Policy(enum.Enum):
     """Every message carries an idempotency key, so a second run is exactly-once: retried once
     when the store's ``retry_keyed_writes`` is on."""
     ERASE = "erase"
-    """An idempotent delete step of ``delete_user_data`` (resumable by design): always retried once."""
+    """An idempotent delete step of ``delete_user_data`` (resumable by design): a second run
+    deletes only what the first left, so, like a keyed write, it is retried once when the store's
+    ``retry_keyed_writes`` is on (the one switch for "retry writes that cannot duplicate"). The
+    erasure's listing step is a ``READ``."""
 
 
 class TransactionsOp(Protocol[T_co]):
@@ -89,7 +107,9 @@ class _Connection:
         conn, self._conn = self._conn, None
         try:
             if conn is not None:
-                await self._pool.release(conn)
+                # Bounded only after a failure or cancellation: a completed operation leaves nothing
+                # to wait for (no transaction, no cancel in flight), so its release sends nothing.
+                await self._pool.release(conn, timeout=None if exc is None else RELEASE_GRACE_SECONDS)
         except asyncpg.exceptions.InternalClientError:
             # asyncpg race: the server closed the connection between the op's end and this release
             # (a restart, a killed backend), and the pool already took the holder back. Nothing is
@@ -110,7 +130,17 @@ class Runner:
     The attributes are the store's options of the same names (``ConversationStore`` forwards them).
     """
 
-    __slots__ = ("acquire_timeout", "pool", "retry_keyed_writes", "retry_reads", "row_level_security")
+    __slots__ = (
+        "_closing",
+        "_drained",
+        "_in_flight",
+        "_loop",
+        "acquire_timeout",
+        "pool",
+        "retry_keyed_writes",
+        "retry_reads",
+        "row_level_security",
+    )
 
     def __init__(
         self,
@@ -126,25 +156,86 @@ class Runner:
         self.retry_reads = retry_reads
         self.retry_keyed_writes = retry_keyed_writes
         self.row_level_security = row_level_security
+        # The event loop the pool was created in (asyncpg keeps it as Pool._loop). A pool, its
+        # queue and its connections belong to that loop; a call from another loop must not touch
+        # them. Issue 15 (a store usable from several loops) would replace this one loop by one
+        # pool per loop, looked up here, in _check_loop, the only place that needs to know.
+        self._loop: asyncio.AbstractEventLoop | None = getattr(pool, "_loop", None)
+        self._closing = False
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that owns the pool (calls from other loops are served on it, ``on_home``)."""
+        return self._loop
+
+    async def on_home(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()`` run on the loop that owns the pool, whichever loop awaits this.
+
+        On the owning loop it is simply awaited. From another loop (``Runner.run_sync`` of the
+        OpenAI Agents SDK runs the agent on a new loop in a worker thread), it is handed to the
+        owning loop with ``run_coroutine_threadsafe`` while that loop runs in another thread, so
+        the pool is only ever driven by its own loop; cancelling the caller cancels it there.
+        ``WrongEventLoop`` (nothing touched) when the owning loop is not running, or does not
+        start the call within ``acquire_timeout`` seconds (it is blocked, e.g. by a synchronous
+        wait on this very thread), or stops before the call ends. (Issue 15: this replaces a
+        pool per loop, which would open connections per ``run_sync`` thread, never closed.)
+        """
+        home = self._loop
+        if home is None or home is asyncio.get_running_loop():
+            return await work()
+        return await _forward(work, home, self.acquire_timeout)
+
+    def _check_loop(self) -> None:
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise WrongEventLoop(
+                "this ConversationStore belongs to another event loop (the one its pool was created "
+                "in); create a store per event loop, or call it from its own loop "
+                "(asyncio.run_coroutine_threadsafe)"
+            )
+
+    async def drain(self) -> None:
+        """Refuse new operations, then wait until every operation in flight has ended.
+
+        Operations in flight run to their end on the open pool (each is bounded by its own
+        timeouts); a new one raises ``ConvDBError``. Closing the pool under them instead would have
+        asyncpg cancel their statements mid-protocol and raise its internal errors.
+        """
+        self._check_loop()
+        self._closing = True
+        if self._in_flight:
+            if self._drained is None:  # one event for every close() that waits
+                self._drained = asyncio.Event()
+            await self._drained.wait()
 
     def _retries(self, policy: Policy) -> bool:
         if policy is Policy.READ:
             return self.retry_reads
-        if policy is Policy.KEYED_WRITE:
+        if policy is Policy.KEYED_WRITE or policy is Policy.ERASE:
             return self.retry_keyed_writes
-        return policy is Policy.ERASE
+        return False
 
     async def _attempts(self, op: Callable[[Conn], Awaitable[T]], policy: Policy) -> T:
         """``op`` on a pooled connection, once more on a fresh one if the first was lost and the
         policy allows it."""
+        self._check_loop()
+        if self._closing:
+            raise ConvDBError("the store is closed (close() was called)")
+        self._in_flight += 1
         try:
+            try:
+                async with _Connection(self.pool, self.acquire_timeout) as conn:
+                    return await op(conn)
+            except DatabaseUnavailable:
+                if not self._retries(policy):
+                    raise
             async with _Connection(self.pool, self.acquire_timeout) as conn:
                 return await op(conn)
-        except DatabaseUnavailable:
-            if not self._retries(policy):
-                raise
-        async with _Connection(self.pool, self.acquire_timeout) as conn:
-            return await op(conn)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
 
     async def run(
         self, op: Callable[[Conn], Awaitable[T]], policy: Policy, *, user_id: str | None = None
@@ -157,7 +248,9 @@ class Runner:
         """
         if user_id is not None and self.row_level_security:
             op = _as_user(op, user_id)
-        return await self._attempts(op, policy)
+        if asyncio.get_running_loop() is self._loop:
+            return await self._attempts(op, policy)
+        return await self.on_home(lambda: self._attempts(op, policy))
 
     async def run_transactions(
         self,
@@ -166,44 +259,100 @@ class Runner:
         *,
         user_id: str,
         guard_seconds: float | None = None,
+        single_statements: bool = False,
     ) -> T:
         """Run ``op``, which opens its own transactions with the ``Begin`` it is given.
 
         With ``row_level_security`` each of those transactions first sets ``convdb.user_id`` (one
-        round trip more per transaction, none per statement). With ``guard_seconds`` the op runs
+        round trip more per transaction, none per statement). ``single_statements``: the op's
+        transactions are one statement each, so without row-level security they are sent bare
+        (``ops.autocommit``: no BEGIN/COMMIT round trips). With ``guard_seconds`` the op runs
         guarded (``guarded``): cancellation, a lost connection, or running past that bound plus a
         grace ends it and the connection, rolling back what it had not committed.
         """
-        begin_as = _user_begin(user_id) if self.row_level_security else begin
+        if self.row_level_security:
+            begin_as = _user_begin(user_id)
+        else:
+            begin_as = autocommit if single_statements else begin
 
         async def bound(conn: Conn) -> T:
             if guard_seconds is None:
                 return await op(conn, begin=begin_as)
             return await guarded(conn, op(conn, begin=begin_as), guard_seconds)
 
-        return await self._attempts(bound, policy)
+        return await self.on_home(lambda: self._attempts(bound, policy))
+
+
+def _not_running(home: asyncio.AbstractEventLoop) -> WrongEventLoop:
+    state = "closed" if home.is_closed() else "not running"
+    return WrongEventLoop(
+        f"this ConversationStore was called from an event loop that does not own its pool, and the "
+        f"loop that does is {state}: asyncpg connections cannot move between loops. Keep the "
+        f"store's loop running for as long as the store is used (e.g. in a background thread, "
+        f"see docs/adapters.md 'Event loops'), or call the store from its own loop"
+    )
+
+
+async def _forward(work: Callable[[], Awaitable[T]], home: asyncio.AbstractEventLoop,
+                   start_timeout: float | None) -> T:
+    """``work()`` on ``home`` (running in another thread), awaited from the running loop."""
+    if home.is_closed() or not home.is_running():
+        raise _not_running(home)
+    started = False
+
+    async def on_home() -> T:
+        nonlocal started
+        started = True
+        return await work()
+
+    try:
+        future = asyncio.run_coroutine_threadsafe(on_home(), home)
+    except RuntimeError as exc:  # closed between the check and the hand-over
+        raise _not_running(home) from exc
+    waiter = asyncio.wrap_future(future)
+    deadline = None if start_timeout is None else time.monotonic() + start_timeout
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=_HOME_POLL_SECONDS)
+            if done:
+                break
+            if not home.is_running():
+                waiter.cancel()
+                raise WrongEventLoop(
+                    "the event loop that owns this ConversationStore's pool stopped during the call; "
+                    "its outcome is unknown (a write may have committed)")
+            if not started and deadline is not None and time.monotonic() > deadline:
+                waiter.cancel()
+                raise WrongEventLoop(
+                    f"the event loop that owns this ConversationStore's pool did not take the call "
+                    f"within {start_timeout} s (acquire_timeout): it is blocked, e.g. by a "
+                    f"synchronous call (such as Runner.run_sync) made on its thread, which waits "
+                    f"for this one; nothing was sent")
+    except asyncio.CancelledError:
+        waiter.cancel()
+        raise
+    if waiter.cancelled():
+        # Cancelled on the owning loop (it is shutting down: asyncio.run cancels what is left).
+        raise WrongEventLoop(
+            "the event loop that owns this ConversationStore's pool cancelled the call (it is shutting "
+            "down); its outcome is unknown (a write may have committed)")
+    return waiter.result()
+
 
 
 def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:
     """``op`` in a transaction that first sets ``convdb.user_id`` (transaction-local) for RLS.
 
-    Transactions ``op`` opens itself become savepoints. If the connection was closed under the op
-    (a terminated batch, a lost server) the server has rolled back already: nothing more is sent,
-    so the op's own error, or the caller's cancellation, is what propagates.
+    Transactions ``op`` opens itself become savepoints. The transaction is ``ops.begin``'s: on a
+    cancellation or a connection closed under the op (a terminated batch, a lost server) nothing
+    more is sent, so the op's own error, or the caller's cancellation, is what propagates, and
+    the release rolls back within its grace.
     """
 
     async def run(conn: Conn) -> T:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
+        async with begin(conn):
             await conn.execute(_SET_RLS_USER, user_id)
-            result = await op(conn)
-        except BaseException:
-            if not conn.is_closed():
-                await transaction.rollback()
-            raise
-        await transaction.commit()
-        return result
+            return await op(conn)
 
     return run
 
@@ -214,7 +363,7 @@ def _user_begin(user_id: str) -> Begin:
     @contextlib.asynccontextmanager
     async def begin_as(conn: Conn) -> AsyncIterator[None]:
         nested = conn.is_in_transaction()
-        async with conn.transaction():
+        async with begin(conn):
             if not nested:
                 await conn.execute(_SET_RLS_USER, user_id)
             yield

@@ -8,6 +8,7 @@ translates driver errors. Ownership is checked by the statements themselves, in 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
@@ -29,12 +30,14 @@ from .export_format import (
 )
 from .ids import new_conversation_id as make_conversation_id
 from .listing import build_listing
+from .ops import Conn
 from .ops import branches as branch_ops
 from .ops import conversations as conversation_ops
 from .ops import erasure as erasure_ops
 from .ops import feedback as feedback_ops
 from .ops import messages as message_ops
 from .ops import search as search_ops
+from .ops import settings as settings_ops
 from .ops import transfer as transfer_ops
 from .pool import create_pool
 from .records import (
@@ -51,7 +54,11 @@ from .runner import Policy, Runner
 from .search import build_search
 from .validation import (
     DEFAULT_MAX_CONTENT_BYTES,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_TITLE_BYTES,
+    DEFAULT_MAX_TOOL_CALLS_BYTES,
     UNSET,
+    SizeLimits,
     TokenCounter,
     Unset,
     check_aware_datetime,
@@ -61,9 +68,10 @@ from .validation import (
     check_id,
     check_limit,
     check_rating,
+    check_seconds,
     check_seq,
     check_tags,
-    check_text,
+    check_title,
     check_token_budget,
     encode_json,
     estimate_tokens,
@@ -93,13 +101,17 @@ class ConversationStore:
     owns one. Options:
 
     - ``max_content_bytes``: the largest message content accepted, in UTF-8 bytes (default 1 MiB).
+    - ``max_title_bytes`` (default 64 KiB), ``max_metadata_bytes`` and ``max_tool_calls_bytes``
+      (default 4 MiB each): the largest title (UTF-8) and metadata / tool_calls (their JSON text)
+      accepted; larger ones raise ``InvalidInput`` before any I/O.
     - ``count_tokens``: maps text to a token count, stored per message when the caller gives none.
     - ``acquire_timeout``: seconds to wait for a pooled connection before ``PoolTimeout``.
     - ``batch_timeout`` + ``batch_timeout_per_mib``: the bound on a ``save_messages`` call, scaled
       to its payload. The bound is what keeps a stalled batch from waiting forever.
     - ``retry_reads``: retry a read once when its connection was lost (safe: reads change nothing).
     - ``retry_keyed_writes``: retry a write once when its connection was lost, if every message
-      carries an idempotency key (the key makes the retry exactly-once).
+      carries an idempotency key (the key makes the retry exactly-once); also the delete steps of
+      ``delete_user_data``, which are idempotent deletes.
     - ``row_level_security``: for databases with ``schema_rls.sql`` applied. Every operation runs
       in a transaction that first sets ``convdb.user_id`` transaction-locally (``set_config(...,
       true)``), which the policies key on: three more round trips per single-statement operation
@@ -120,6 +132,9 @@ class ConversationStore:
         pool: asyncpg.Pool,
         *,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        max_title_bytes: int = DEFAULT_MAX_TITLE_BYTES,
+        max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+        max_tool_calls_bytes: int = DEFAULT_MAX_TOOL_CALLS_BYTES,
         count_tokens: TokenCounter = estimate_tokens,
         acquire_timeout: float | None = 30.0,
         batch_timeout: float = 30.0,
@@ -135,6 +150,7 @@ class ConversationStore:
         self._runner = Runner(pool, acquire_timeout=acquire_timeout, retry_reads=retry_reads,
                               retry_keyed_writes=retry_keyed_writes, row_level_security=row_level_security)
         self.max_content_bytes = max_content_bytes
+        self.limits = SizeLimits(max_title_bytes, max_metadata_bytes, max_tool_calls_bytes)
         self.count_tokens = count_tokens
         self.batch_timeout = batch_timeout
         self.batch_timeout_per_mib = batch_timeout_per_mib
@@ -151,6 +167,9 @@ class ConversationStore:
         statement_cache_size: int = 100,
         verify_schema: bool = True,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        max_title_bytes: int = DEFAULT_MAX_TITLE_BYTES,
+        max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+        max_tool_calls_bytes: int = DEFAULT_MAX_TOOL_CALLS_BYTES,
         count_tokens: TokenCounter = estimate_tokens,
         acquire_timeout: float | None = 30.0,
         batch_timeout: float = 30.0,
@@ -171,7 +190,9 @@ class ConversationStore:
                                      statement_cache_size=statement_cache_size, **pool_options)
         except Exception as exc:
             raise translate(exc) from exc
-        store = cls(pool, max_content_bytes=max_content_bytes, count_tokens=count_tokens,
+        store = cls(pool, max_content_bytes=max_content_bytes, max_title_bytes=max_title_bytes,
+                    max_metadata_bytes=max_metadata_bytes, max_tool_calls_bytes=max_tool_calls_bytes,
+                    count_tokens=count_tokens,
                     acquire_timeout=acquire_timeout, batch_timeout=batch_timeout,
                     batch_timeout_per_mib=batch_timeout_per_mib, max_batch_size=max_batch_size,
                     retry_reads=retry_reads, retry_keyed_writes=retry_keyed_writes,
@@ -188,10 +209,28 @@ class ConversationStore:
     def pool(self) -> asyncpg.Pool:
         return self._pool
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that owns the pool (asyncpg binds a pool to the loop that created it).
+
+        The store may be awaited from any loop: a call from another one is served on this loop
+        while it runs in another thread, and raises ``WrongEventLoop`` when it is not running.
+        """
+        return self._runner.loop
+
     async def close(self) -> None:
-        """Close the pool if the store created it; a borrowed pool stays open."""
+        """Close the pool if the store created it; a borrowed pool stays open (and so does the store).
+
+        Graceful: calls in flight finish on the open pool (each within its own bounds), calls made
+        after ``close()`` began raise ``ConvDBError``, then the pool closes. Whatever happens to a
+        call in flight, what it raises is a ``ConvDBError``.
+        """
         if self._owns_pool:
-            await self._pool.close()
+            async def close_on_home() -> None:
+                await self._runner.drain()
+                await self._pool.close()
+
+            await self._runner.on_home(close_on_home)
 
     async def __aenter__(self) -> ConversationStore:
         return self
@@ -200,8 +239,21 @@ class ConversationStore:
         await self.close()
 
     async def verify_schema(self) -> None:
-        """Raise ``SchemaMismatch`` naming what differs between the database and this package."""
-        await self._runner.run(schema_check.verify, Policy.READ)
+        """Raise ``SchemaMismatch`` naming what differs between the database and this package.
+
+        Also ``UnsupportedIsolation`` (a ``SchemaMismatch``) when the server's default transaction
+        isolation is not READ COMMITTED and ``row_level_security`` is off: convdb's single
+        statements run at that default (with ``row_level_security`` every call is a READ COMMITTED
+        transaction of its own). One connection, one round trip more than the schema check.
+        """
+        check_isolation = not self.row_level_security
+
+        async def verify(conn: Conn) -> None:
+            await schema_check.verify(conn)
+            if check_isolation:
+                await settings_ops.check_isolation(conn)
+
+        await self._runner.run(verify, Policy.READ)
 
     # -- conversations -----------------------------------------------------------------------
     async def get_or_create_conversation(
@@ -216,16 +268,16 @@ class ConversationStore:
 
         An id that belongs to another user raises ``ConversationNotFound``; ``title`` and
         ``metadata`` apply only when the conversation is created. Racing creators of one id get
-        one row. One round trip (two when a concurrent creator committed first).
+        one row, and racing a delete never tells the owner "not found". One round trip (two when a
+        concurrent creator or delete changed the row first: the fallback decides under the row lock).
         """
         if conversation_id is None:
             cid = make_conversation_id()
         else:
             cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
-        if title is not None:
-            check_text(title, "title")
-        meta_json = encode_json(metadata, "metadata", kind=dict)
+        check_title(title, self.limits)
+        meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
         op = functools.partial(conversation_ops.get_or_create, cid=cid, uid=uid, title=title,
                                metadata_json=meta_json)
         return await self._runner.run(op, Policy.READ, user_id=uid)
@@ -262,7 +314,7 @@ class ConversationStore:
         row = prepare_message(
             role, content, tool_name=tool_name, tool_call_id=tool_call_id, tool_calls=tool_calls,
             metadata=metadata, token_count=token_count, idempotency_key=idempotency_key,
-            max_content_bytes=self.max_content_bytes, count_tokens=self.count_tokens,
+            max_content_bytes=self.max_content_bytes, count_tokens=self.count_tokens, limits=self.limits,
         )
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
         op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
@@ -281,7 +333,8 @@ class ConversationStore:
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         rows = prepare_batch(messages, max_content_bytes=self.max_content_bytes,
-                             count_tokens=self.count_tokens, max_batch=self.max_batch_size)
+                             count_tokens=self.count_tokens, max_batch=self.max_batch_size,
+                             limits=self.limits)
         payload = sum(len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "")
                       for r in rows)
         seconds = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
@@ -292,7 +345,13 @@ class ConversationStore:
             op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds)
 
     async def get_history(
-        self, conversation_id: str, user_id: str, *, limit: int = 50, max_tokens: int | None = None
+        self,
+        conversation_id: str,
+        user_id: str,
+        *,
+        limit: int = 50,
+        max_tokens: int | None = None,
+        trim: bool = True,
     ) -> list[Message]:
         """A model-ready window: the newest ``limit`` messages, oldest first, in one round trip.
 
@@ -300,13 +359,17 @@ class ConversationStore:
         ``max_tokens`` (``limit`` still applies); the sum is computed in SQL, in the same
         ownership-checked statement. Leading ``tool`` results whose assistant ``tool_calls``
         message fell outside the window are trimmed (see ``convdb.windows``), so the window can
-        hold fewer than ``limit`` messages. Raises ``ConversationNotFound`` for an unknown or
-        foreign id; returns [] for an empty one (or when nothing fits the budget).
+        hold fewer than ``limit`` messages; ``trim=False`` keeps them (the newest messages exactly,
+        for frameworks that prune a history themselves, such as the OpenAI Agents SDK's Runner).
+        Raises ``ConversationNotFound`` for an unknown or foreign id; returns [] for an empty one
+        (or when nothing fits the budget).
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
-        op = functools.partial(message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget)
+        trimmed = check_flag(trim, "trim")
+        op = functools.partial(message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget,
+                               trim=trimmed)
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- agent turns -------------------------------------------------------------------------
@@ -331,7 +394,7 @@ class ConversationStore:
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message_dict(message, max_content_bytes=self.max_content_bytes,
-                                   count_tokens=self.count_tokens)
+                                   count_tokens=self.count_tokens, limits=self.limits)
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
@@ -356,8 +419,9 @@ class ConversationStore:
         """This user's conversations, most recently updated first (ties by id), a page at a time.
 
         Keyset pagination: pass ``next_cursor`` back as ``cursor`` with the same filters; a cursor
-        that was altered or made for other filters raises ``InvalidInput``. ``title_contains`` is
-        a case-insensitive substring match (``%`` and ``_`` match themselves);
+        that was altered or made for other filters raises ``InvalidInput``. ``title_contains`` (at
+        most 1,000 characters) is a case-insensitive substring match by Unicode lowercase, one
+        character at a time, whatever the database's LC_CTYPE (``%`` and ``_`` match themselves);
         ``metadata_contains`` keeps conversations whose metadata contains that JSON object
         (``@>``); ``updated_after``/``updated_before`` are exclusive bounds (timezone-aware).
         ``parent_id`` keeps the forks made from that conversation, ``root_id`` every branch of that
@@ -387,8 +451,9 @@ class ConversationStore:
         cid, uid = check_conversation_key(conversation_id, user_id)
         if isinstance(title, Unset) and isinstance(metadata, Unset):
             raise InvalidInput("title", "nothing to update: pass title= and/or metadata=")
-        new_title = None if isinstance(title, Unset) or title is None else check_text(title, "title")
-        meta_json = None if isinstance(metadata, Unset) else encode_json(metadata, "metadata", kind=dict)
+        new_title = None if isinstance(title, Unset) else check_title(title, self.limits)
+        meta_json = None if isinstance(metadata, Unset) else encode_json(
+            metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
         op = functools.partial(conversation_ops.update, cid=cid, uid=uid,
                                set_title=not isinstance(title, Unset), title=new_title,
                                set_metadata=not isinstance(metadata, Unset), metadata_json=meta_json)
@@ -398,8 +463,10 @@ class ConversationStore:
     async def delete_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete the conversation and its messages in one statement; returns the messages deleted.
 
-        One transaction whatever the size: for a conversation of millions of messages,
-        ``delete_user_data`` shows the chunked way.
+        The count is exact: it includes messages a concurrent writer committed while the delete
+        waited for the conversation's lock. One transaction whatever the size: for a conversation
+        of millions of messages, ``delete_user_data`` shows the chunked way. One round trip (five
+        when a writer races it, as for ``clear_conversation``).
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         op = functools.partial(conversation_ops.delete, cid=cid, uid=uid)
@@ -446,25 +513,27 @@ class ConversationStore:
         never holds one long transaction or lock. Resumable: if it is interrupted (cancelled,
         connection lost, process killed), what was deleted stays deleted and calling it again
         finishes the job, returning what that call deleted. Each step is an idempotent delete, so
-        a lost connection is retried. An unknown user deletes nothing (counts 0).
+        a step whose connection was lost is retried once when ``retry_keyed_writes`` is on (the
+        listing step, a read, when ``retry_reads`` is); the counts include what the interrupted
+        attempt had committed. Messages a concurrent writer adds meanwhile are deleted and
+        counted too. An unknown user deletes nothing (counts 0).
         """
         uid = check_id(user_id, "user_id")
         per_batch = check_limit(conversations_per_batch, "conversations_per_batch")
         chunk = check_limit(messages_per_batch, "messages_per_batch", maximum=100_000)
-        deleted_conversations = deleted_messages = 0
+        progress = erasure_ops.ErasureProgress()
         after = ""
         while True:
             take = functools.partial(erasure_ops.next_conversations, uid=uid, after=after, count=per_batch)
-            ids = await self._runner.run(take, Policy.ERASE, user_id=uid)
+            ids = await self._runner.run(take, Policy.READ, user_id=uid)
             if not ids:
                 if after == "":
-                    return ErasureCounts(deleted_conversations, deleted_messages)
+                    return ErasureCounts(progress.conversations, progress.messages)
                 after = ""  # one more look from the start (see below)
                 continue
-            erase = functools.partial(erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk)
-            done = await self._runner.run(erase, Policy.ERASE, user_id=uid)
-            deleted_conversations += done[0]
-            deleted_messages += done[1]
+            erase = functools.partial(erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk,
+                                      progress=progress)
+            await self._runner.run_transactions(erase, Policy.ERASE, user_id=uid, single_statements=True)
             # After the last batch, one more look from the start: it finds conversations created
             # meanwhile below the cursor, and otherwise ends the loop.
             after = ids[-1] if len(ids) == per_batch else ""
@@ -558,11 +627,12 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         override = None if conversation_id is None else check_id(conversation_id, "conversation_id")
         overwrite = check_flag(replace, "replace")
+        time_limit = check_seconds(time_limit, "time_limit")
         stream = aiter_records(records)
-        header = parse_header(await anext(stream, None))
+        header = parse_header(await anext(stream, None), self.limits)
         cid = override or header.id
         parser = MessageParser(header, max_content_bytes=self.max_content_bytes,
-                               count_tokens=self.count_tokens)
+                               count_tokens=self.count_tokens, limits=self.limits)
         rest = numbered(stream)
         first = []  # validated before any I/O; the rest is validated chunk by chunk
         async for index, record in rest:
@@ -610,9 +680,8 @@ class ConversationStore:
         point = check_seq(at_seq, "at_seq", minimum=0)
         new_cid = make_conversation_id() if new_conversation_id is None else check_id(
             new_conversation_id, "new_conversation_id")
-        if title is not None:
-            check_text(title, "title")
-        meta_json = encode_json(metadata, "metadata", kind=dict)
+        check_title(title, self.limits)
+        meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
         op = functools.partial(branch_ops.fork, cid=cid, uid=uid, new_cid=new_cid, at_seq=point, title=title,
                                metadata_json=meta_json)
         return await self._runner.run(op, Policy.WRITE, user_id=uid)

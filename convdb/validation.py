@@ -12,7 +12,8 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final, NamedTuple
 
@@ -21,6 +22,15 @@ from .records import ROLES
 
 MAX_ID_LENGTH: Final = 255
 DEFAULT_MAX_CONTENT_BYTES: Final = 1024 * 1024
+# Caps on the other free-form fields, measured on their encoded form (UTF-8 bytes of the text, or of
+# the JSON text convdb sends). Without them a caller could send a 256 MB document that jsonb then
+# refuses (its limit is 2**28 - 1 bytes) with an error after the whole upload. Metadata gets room
+# for what the framework adapters keep there: the LangChain adapter stores the whole message,
+# content included, so a message at the 1 MiB content cap needs ~1 MiB of metadata, more when the
+# text has quotes, backslashes or control characters to escape.
+DEFAULT_MAX_TITLE_BYTES: Final = 64 * 1024
+DEFAULT_MAX_METADATA_BYTES: Final = 4 * 1024 * 1024
+DEFAULT_MAX_TOOL_CALLS_BYTES: Final = 4 * 1024 * 1024
 MAX_HISTORY_LIMIT: Final = 10_000
 MAX_JSON_DEPTH: Final = 200
 # The largest bigint: the range of seq, and "up to the newest" for get_history_window.
@@ -48,6 +58,28 @@ class MessageRow(NamedTuple):
     metadata_json: str | None
     token_count: int
     idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SizeLimits:
+    """The largest title, metadata and tool_calls accepted, in bytes of their encoded form.
+
+    The store's ``max_title_bytes``, ``max_metadata_bytes`` and ``max_tool_calls_bytes``; content
+    has its own ``max_content_bytes``.
+    """
+
+    title: int = DEFAULT_MAX_TITLE_BYTES
+    metadata: int = DEFAULT_MAX_METADATA_BYTES
+    tool_calls: int = DEFAULT_MAX_TOOL_CALLS_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("title", "metadata", "tool_calls"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"max_{name}_bytes", f"must be a positive int, got {value!r}")
+
+
+DEFAULT_LIMITS: Final = SizeLimits()
 
 
 def estimate_tokens(text: str) -> int:
@@ -84,16 +116,39 @@ def check_optional_id(value: object, field: str, *, index: int | None = None) ->
     return None if value is None else check_id(value, field, index=index)
 
 
+def _too_large(text: str, max_bytes: int) -> bool:
+    # Avoid encoding on the common path: 4 bytes per character is UTF-8's worst case.
+    return len(text) * 4 > max_bytes and (len(text) > max_bytes or len(text.encode("utf-8")) > max_bytes)
+
+
 def check_content(value: object, max_bytes: int, *, index: int | None = None) -> str | None:
     if value is None:
         return None
     text = check_text(value, "content", index=index)
-    # Avoid encoding on the common path: 4 bytes per character is UTF-8's worst case.
-    if len(text) * 4 > max_bytes and (len(text) > max_bytes or len(text.encode("utf-8")) > max_bytes):
+    if _too_large(text, max_bytes):
         raise InvalidInput(
             "content", f"is larger than the {max_bytes}-byte limit (max_content_bytes)", index=index
         )
     return text
+
+
+def check_title(value: object, limits: SizeLimits = DEFAULT_LIMITS, field: str = "title") -> str | None:
+    """An optional conversation title, at most ``limits.title`` bytes of UTF-8."""
+    if value is None:
+        return None
+    text = check_text(value, field)
+    if _too_large(text, limits.title):
+        raise InvalidInput(field, f"is larger than the {limits.title}-byte limit (max_title_bytes)")
+    return text
+
+
+def check_seconds(value: object, field: str) -> float:
+    """A positive, finite number of seconds (an int or a float; not a bool, not a str)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(field, f"must be a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidInput(field, f"must be a positive, finite number of seconds, got {value!r}")
+    return float(value)
 
 
 def check_limit(value: object, field: str = "limit", *, maximum: int = MAX_HISTORY_LIMIT) -> int:
@@ -142,8 +197,12 @@ _EXPONENT_FLOAT: Final = 1e16
 _BIG_INT_BITS: Final = 14_000
 
 
-def _check_json_value(value: object, field: str, index: int | None, depth: int) -> bool:
-    """Raise InvalidInput unless ``value`` is storable JSON; True if it holds a float >= 1e16."""
+def _check_json_value(value: object, field: str, index: int | None, depth: int, max_bytes: int) -> bool:
+    """Raise InvalidInput unless ``value`` is storable JSON; True if it holds a float >= 1e16.
+
+    A single string longer than ``max_bytes`` characters is refused here, before anything is
+    encoded; the encoded size of the whole document is checked afterwards.
+    """
     if depth > MAX_JSON_DEPTH:
         raise InvalidInput(field, f"is nested deeper than {MAX_JSON_DEPTH} levels", index=index)
     if value is None or isinstance(value, bool):
@@ -158,6 +217,8 @@ def _check_json_value(value: object, field: str, index: int | None, depth: int) 
         return False
     if isinstance(value, str):
         check_text(value, field, index=index)
+        if len(value) > max_bytes:
+            raise _json_too_large(field, max_bytes, index)
         return False
     positional = False
     if isinstance(value, float):
@@ -169,10 +230,12 @@ def _check_json_value(value: object, field: str, index: int | None, depth: int) 
             if not isinstance(key, str):
                 raise InvalidInput(field, f"has a non-str key {key!r}", index=index)
             check_text(key, field, index=index)
-            positional = _check_json_value(item, field, index, depth + 1) or positional
+            if len(key) > max_bytes:
+                raise _json_too_large(field, max_bytes, index)
+            positional = _check_json_value(item, field, index, depth + 1, max_bytes) or positional
     elif isinstance(value, list):
         for item in value:
-            positional = _check_json_value(item, field, index, depth + 1) or positional
+            positional = _check_json_value(item, field, index, depth + 1, max_bytes) or positional
     else:
         raise InvalidInput(field, f"holds a {type(value).__name__}, which is not JSON", index=index)
     return positional
@@ -191,16 +254,31 @@ def _dumps_positional(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def encode_json(value: object, field: str, *, kind: type, index: int | None = None) -> str | None:
-    """Validate a JSON document of the given top-level kind (dict or list) and encode it once."""
+def _json_too_large(field: str, max_bytes: int, index: int | None) -> InvalidInput:
+    return InvalidInput(field, f"is larger than the {max_bytes}-byte limit (max_{field}_bytes) as JSON",
+                        index=index)
+
+
+def encode_json(
+    value: object, field: str, *, kind: type, max_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+    index: int | None = None,
+) -> str | None:
+    """Validate a JSON document of the given top-level kind (dict or list) and encode it once.
+
+    ``max_bytes`` bounds the UTF-8 size of the JSON text sent (``InvalidInput`` beyond it).
+    """
     if value is None:
         return None
     if not isinstance(value, kind):
         raise InvalidInput(field, f"must be a {kind.__name__} or None, got {type(value).__name__}",
                            index=index)
-    if _check_json_value(value, field, index, 0):
-        return _dumps_positional(value)
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if _check_json_value(value, field, index, 0, max_bytes):
+        text = _dumps_positional(value)
+    else:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if _too_large(text, max_bytes):
+        raise _json_too_large(field, max_bytes, index)
+    return text
 
 
 def check_aware_datetime(value: object, field: str, *, index: int | None = None) -> datetime:
@@ -209,6 +287,13 @@ def check_aware_datetime(value: object, field: str, *, index: int | None = None)
         raise InvalidInput(field, f"must be a datetime, got {type(value).__name__}", index=index)
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInput(field, "must be timezone-aware (for example datetime.now(UTC))", index=index)
+    try:
+        # The driver sends the UTC instant: year 1 with a positive offset, or 9999 with a negative
+        # one, has none a datetime can hold (asyncpg would fail with OverflowError or DataError).
+        value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(field, f"{value.isoformat()} is outside the range of a datetime once "
+                           "converted to UTC", index=index) from None
     return value
 
 
@@ -232,6 +317,7 @@ def prepare_message(
     idempotency_key: object = None,
     max_content_bytes: int,
     count_tokens: TokenCounter,
+    limits: SizeLimits = DEFAULT_LIMITS,
     index: int | None = None,
 ) -> MessageRow:
     if not isinstance(role, str) or role not in ROLES:
@@ -241,8 +327,8 @@ def prepare_message(
     call_id = check_optional_id(tool_call_id, "tool_call_id", index=index)
     if role == "tool" and call_id is None:
         raise InvalidInput("tool_call_id", "is required for a tool message", index=index)
-    calls_json = encode_json(tool_calls, "tool_calls", kind=list, index=index)
-    meta_json = encode_json(metadata, "metadata", kind=dict, index=index)
+    calls_json = encode_json(tool_calls, "tool_calls", kind=list, max_bytes=limits.tool_calls, index=index)
+    meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=limits.metadata, index=index)
     key = check_optional_id(idempotency_key, "idempotency_key", index=index)
     if token_count is None:
         tokens = count_tokens(text) if text else 0
@@ -254,7 +340,8 @@ def prepare_message(
 
 
 def prepare_message_dict(
-    message: object, *, max_content_bytes: int, count_tokens: TokenCounter, index: int | None = None
+    message: object, *, max_content_bytes: int, count_tokens: TokenCounter,
+    limits: SizeLimits = DEFAULT_LIMITS, index: int | None = None,
 ) -> MessageRow:
     """Validate one message given as a dict of the ``save_message`` keyword fields plus ``role``."""
     if not isinstance(message, Mapping):
@@ -269,12 +356,13 @@ def prepare_message_dict(
         message["role"], get("content"), tool_name=get("tool_name"), tool_call_id=get("tool_call_id"),
         tool_calls=get("tool_calls"), metadata=get("metadata"), token_count=get("token_count"),
         idempotency_key=get("idempotency_key"), max_content_bytes=max_content_bytes,
-        count_tokens=count_tokens, index=index,
+        count_tokens=count_tokens, limits=limits, index=index,
     )
 
 
 def prepare_batch(
-    messages: object, *, max_content_bytes: int, count_tokens: TokenCounter, max_batch: int
+    messages: object, *, max_content_bytes: int, count_tokens: TokenCounter, max_batch: int,
+    limits: SizeLimits = DEFAULT_LIMITS,
 ) -> list[MessageRow]:
     if isinstance(messages, str | bytes | Mapping) or not hasattr(messages, "__iter__"):
         raise InvalidInput("messages", "must be a list of message dicts")
@@ -282,7 +370,7 @@ def prepare_batch(
     keys: set[str] = set()
     for index, message in enumerate(messages):
         row = prepare_message_dict(message, max_content_bytes=max_content_bytes,
-                                   count_tokens=count_tokens, index=index)
+                                   count_tokens=count_tokens, limits=limits, index=index)
         if row.idempotency_key is not None:
             if row.idempotency_key in keys:
                 raise InvalidInput("idempotency_key", "is repeated within the batch", index=index)

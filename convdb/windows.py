@@ -34,10 +34,14 @@ def trim_orphan_tool_results(window: list[Message]) -> list[Message]:
     return window[start:] if start else window
 
 
-def history_from_records(conversation_id: str, records: Sequence[asyncpg.Record]) -> list[Message] | None:
-    """Rows of a get_history-shaped statement as a trimmed window; None when no row (not found)."""
+def history_from_records(
+    conversation_id: str, records: Sequence[asyncpg.Record], *, trim: bool = True
+) -> list[Message] | None:
+    """Rows of a get_history-shaped statement as a window (trimmed unless ``trim`` is False);
+    None when no row (not found)."""
     if not records:
         return None
     if records[0][0] is None:
         return []
-    return trim_orphan_tool_results([Message.from_record(conversation_id, r) for r in records])
+    window = [Message.from_record(conversation_id, r) for r in records]
+    return trim_orphan_tool_results(window) if trim else window

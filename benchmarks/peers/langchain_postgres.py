@@ -81,7 +81,7 @@ class LangchainPostgresSystem(System):
                     messages = await PostgresChatMessageHistory(
                         TABLE, uuid_of(key), async_connection=conn
                     ).aget_messages()
-                return messages[-HISTORY_LIMIT:]
+                return list(messages[-HISTORY_LIMIT:])
 
             return Operation(history, "no limit in the API: reads the whole conversation, keeps the last 50")
         if op == "get_or_create":
@@ -93,7 +93,7 @@ class LangchainPostgresSystem(System):
                 async with self._pool.connection() as conn:
                     history = PostgresChatMessageHistory(TABLE, uuid_of(key), async_connection=conn)
                     await history.aadd_messages(message)
-                    return (await history.aget_messages())[-HISTORY_LIMIT:]
+                    return list((await history.aget_messages())[-HISTORY_LIMIT:])
 
             return Operation(turn, "aadd_messages + aget_messages (whole conversation), keeps the last 50")
         raise Unsupported(f"unknown operation {op}")

@@ -26,7 +26,7 @@ def models() -> tuple[Any, Any]:
         from sqlalchemy import DateTime
         from sqlmodel import Field, SQLModel
 
-        class SeedConversation(SQLModel, table=True):
+        class SeedConversation(SQLModel, table=True):  # type: ignore[call-arg]  # SQLModel is Any without the bench extra
             __tablename__ = "seed_conversations"
             id: str = Field(primary_key=True)
             user_id: str = Field(index=True)
@@ -34,7 +34,7 @@ def models() -> tuple[Any, Any]:
             created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
             updated_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
 
-        class SeedMessage(SQLModel, table=True):
+        class SeedMessage(SQLModel, table=True):  # type: ignore[call-arg]
             __tablename__ = "seed_messages"
             id: int | None = Field(default=None, primary_key=True)
             conversation_id: str = Field(foreign_key="seed_conversations.id", index=True)

@@ -57,20 +57,24 @@ async def read_window(
     user_id: str,
     limit: int,
     max_tokens: int | None = None,
+    *,
+    trim: bool = True,
 ) -> list[Message]:
-    """The newest ``limit`` messages (within ``max_tokens``) as a model-ready ``get_history`` window.
+    """The newest ``limit`` messages (within ``max_tokens``) as a ``get_history`` window.
 
-    Leading tool results whose call fell outside the window are trimmed, so the window may hold
-    fewer than ``limit`` messages (``convdb.windows``). One round trip up to
+    With ``trim`` (convdb's own windows) leading tool results whose call fell outside the window
+    are left out, so the window may hold fewer than ``limit`` messages (``convdb.windows``);
+    without it the newest messages come back exactly. One round trip up to
     ``MAX_HISTORY_LIMIT`` messages; a larger window without a token budget is cut from the whole
     history, and one with a budget is capped at ``MAX_HISTORY_LIMIT`` messages.
     """
     if limit <= 0:
         return []
     if limit > MAX_HISTORY_LIMIT and max_tokens is None:
-        return trim_orphan_tool_results((await read_all(store, conversation_id, user_id))[-limit:])
+        newest = (await read_all(store, conversation_id, user_id))[-limit:]
+        return trim_orphan_tool_results(newest) if trim else newest
     try:
         return await store.get_history(conversation_id, user_id, limit=min(limit, MAX_HISTORY_LIMIT),
-                                       max_tokens=max_tokens)
+                                       max_tokens=max_tokens, trim=trim)
     except ConversationNotFound:
         return []

@@ -1,11 +1,12 @@
 """LangChain chat message history stored in convdb (``pip install 'convdb[langchain]'``).
 
 ``ConvDBChatMessageHistory(store, conversation_id, user_id)`` implements ``langchain_core``'s
-``BaseChatMessageHistory``. Use the async methods (``aget_messages``, ``aadd_messages``,
-``aclear``): convdb is asyncpg, and its pool belongs to one event loop. The sync ``messages``,
-``add_messages`` and ``clear`` work from another thread while that loop runs (LangChain runs sync
-code in worker threads); called on the loop's own thread, or with no loop, they raise
-``RuntimeError`` saying to use the async methods, instead of deadlocking.
+``BaseChatMessageHistory``. The async methods (``aget_messages``, ``aadd_messages``,
+``aclear``) work from any event loop (the store serves other loops through the loop that owns its
+pool). The sync ``messages``, ``add_messages`` and ``clear`` work from any thread, async code on
+other loops included, while that loop runs, and from a sync program whose store's loop is idle;
+called inside a coroutine on the owning loop, where waiting for it would deadlock, they run on a
+private connection in a worker thread (see ``ConvDBChatMessageHistory._sync``).
 
 Each LangChain message becomes one convdb message; the message itself, as ``message_to_dict``
 gives it (``{"type": ..., "data": message.model_dump()}``), is kept in the metadata under
@@ -29,7 +30,9 @@ equivalent ``HumanMessage`` / ``AIMessage`` (with tool calls) / ``ToolMessage`` 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import copy
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -54,7 +57,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "convdb.integrations.langchain needs langchain-core (>= 0.3): pip install 'convdb[langchain]'"
     ) from exc
 
-from ..errors import ConversationNotFound
+from ..errors import ConversationNotFound, WrongEventLoop
+from ..pool import create_pool
 from ..records import ROLES, Message
 from ..store import ConversationStore
 from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit, check_token_budget
@@ -72,9 +76,9 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
     The conversation is created (with ``title``) on the first write; an id owned by another user
     reads as empty and refuses writes with ``ConversationNotFound``. ``limit`` and ``max_tokens``
     turn ``aget_messages`` into a window of the newest messages (default: the whole history, which
-    is what LangChain's interface means, but costs a full read per turn). ``loop`` is the event loop
-    that owns the store's pool, needed only by the sync methods; it defaults to the loop running
-    when the history is created, and follows the loop of each async call.
+    is what LangChain's interface means, but costs a full read per turn). ``loop`` is no longer
+    needed (the store knows the loop that owns its pool, ``ConversationStore.loop``); it is used
+    only for a store without one.
 
     Round trips: ``aget_messages`` two (one more per further 10,000 messages, streamed),
     ``aadd_messages`` one atomic batch (two more the first time, to create the conversation),
@@ -134,46 +138,137 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         with contextlib.suppress(ConversationNotFound):  # never written: nothing to clear
             await self.store.clear_conversation(self.conversation_id, self.user_id)
 
-    # -- sync: bridged to the store's loop from other threads --------------------------------
+    # -- sync: bridged to the store's loop ---------------------------------------------------
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]  # the base declares a plain attribute
-        return self._sync("messages", self.aget_messages)
+        return self._sync("messages", lambda h: h.aget_messages())
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         batch = list(messages)
-        self._sync("add_messages", lambda: self.aadd_messages(batch))
+        self._sync("add_messages", lambda h: h.aadd_messages(batch))
 
     def clear(self) -> None:
-        self._sync("clear", self.aclear)
+        self._sync("clear", lambda h: h.aclear())
 
     def _remember_loop(self) -> None:
-        # The loop of the latest async call is the one whose pool the store is using.
+        # Kept for the loop= argument's users; the store itself knows the loop that owns its pool.
         self._loop = asyncio.get_running_loop()
 
-    def _sync(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        loop = self._loop
+    def _sync(self, name: str, run: Callable[[ConvDBChatMessageHistory], Awaitable[T]]) -> T:
+        """Run ``run(self)`` to completion from synchronous code, on the loop that owns the pool.
+
+        - That loop runs in another thread (an async app calling sync LangChain code in a worker
+          thread; LangChain's own async tests): the call is handed to it and waited for. If the
+          loop stops meanwhile, ``WrongEventLoop`` is raised instead of waiting forever.
+        - That loop exists but is idle and this thread runs no loop (a sync script that created
+          the store with ``loop.run_until_complete``): it is run here until the call completes.
+        - This thread is running that loop (sync code called from a coroutine on it): waiting
+          for it would deadlock, so the call is served on a private connection in a worker
+          thread (``_on_private_connection``).
+        - That loop is closed: ``WrongEventLoop``.
+        """
+        def job() -> Awaitable[T]:
+            return run(self)
+
+        home = self.store.loop or self._loop
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if loop is not None and loop is running:
+        if home is not None and home is running:
+            return self._on_private_connection(name, run)
+        if home is None or home.is_closed():
+            raise WrongEventLoop(
+                f"ConvDBChatMessageHistory.{name} needs the event loop that owns convdb's asyncpg pool, "
+                f"and it is {'closed' if home is not None else 'unknown'}; use the async method "
+                f"({_ASYNC_NAMES[name]}) on a running loop, or keep the store's loop running"
+            )
+        if home.is_running():
+            return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(job), home), home, name)
+        if running is None:
+            try:
+                return home.run_until_complete(_as_coroutine(job))
+            except RuntimeError as exc:
+                if "already running" not in str(exc):
+                    raise
+                # Another thread started the loop meanwhile: hand the call to it instead.
+                return _wait(asyncio.run_coroutine_threadsafe(_as_coroutine(job), home), home, name)
+        raise WrongEventLoop(
+            f"ConvDBChatMessageHistory.{name} was called on an event loop that does not own convdb's "
+            f"pool, and the loop that does is not running; use the async method ({_ASYNC_NAMES[name]}) "
+            f"on that loop, or keep it running in a thread"
+        )
+
+
+    def _on_private_connection(self, name: str, run: Callable[[ConvDBChatMessageHistory], Awaitable[T]]) -> T:
+        """Serve a sync call made on the owning loop's own thread, which it would deadlock.
+
+        The call runs to completion in a worker thread, on a loop of its own, through a private
+        one-connection pool opened with the store's connection arguments, and with a copy of
+        this history bound to a store with the same options. This blocks the calling loop for a
+        connection set-up plus the call (a sync call inside a coroutine blocks its loop anyway);
+        prefer the async method. A pool whose connection arguments are unknown raises
+        ``RuntimeError`` naming the async method.
+        """
+        pool = self.store.pool
+        connect_args = getattr(pool, "_connect_args", None)
+        connect_kwargs = getattr(pool, "_connect_kwargs", None)
+        if not isinstance(connect_args, list | tuple) or not isinstance(connect_kwargs, dict):
             raise RuntimeError(
                 f"ConvDBChatMessageHistory.{name} is synchronous and was called on the event loop "
                 f"that runs convdb's pool, where it would deadlock; use the async method instead "
-                f"({_ASYNC_NAMES[name]})"
+                f"({_ASYNC_NAMES[name]}), or call the sync one from a worker thread "
+                f"(await asyncio.to_thread(...))"
             )
-        if loop is None or loop.is_closed() or not loop.is_running():
-            raise RuntimeError(
-                f"ConvDBChatMessageHistory.{name} needs the event loop that owns convdb's asyncpg pool "
-                f"to be running in another thread, and none is; use the async method instead "
-                f"({_ASYNC_NAMES[name]}), or pass loop= when the history is created outside that loop"
-            )
+        store = self.store
 
-        async def run() -> T:
-            return await call()
+        async def in_worker() -> T:
+            private_pool = await create_pool(*connect_args, min_size=1, max_size=1,
+                                             **{**connect_kwargs, "statement_cache_size":
+                                                connect_kwargs.get("statement_cache_size", 100)})
+            try:
+                private = ConversationStore(
+                    private_pool, max_content_bytes=store.max_content_bytes, count_tokens=store.count_tokens,
+                    acquire_timeout=store.acquire_timeout, batch_timeout=store.batch_timeout,
+                    batch_timeout_per_mib=store.batch_timeout_per_mib, max_batch_size=store.max_batch_size,
+                    retry_reads=store.retry_reads, retry_keyed_writes=store.retry_keyed_writes,
+                    row_level_security=store.row_level_security)
+                twin = copy.copy(self)
+                twin.store = private
+                return await run(twin)
+            finally:
+                await private_pool.close()
 
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convdb-sync") as worker:
+            return worker.submit(asyncio.run, in_worker()).result()
 
+
+async def _as_coroutine(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
+
+
+def _wait(future: concurrent.futures.Future[T], home: asyncio.AbstractEventLoop, name: str) -> T:
+    """The result of a call handed to ``home``, without waiting forever if ``home`` stops."""
+    while True:
+        try:
+            return future.result(timeout=_POLL_SECONDS)
+        except concurrent.futures.TimeoutError:
+            if not home.is_running():
+                future.cancel()
+                raise WrongEventLoop(
+                    f"ConvDBChatMessageHistory.{name}: the event loop that owns convdb's pool stopped "
+                    f"while the call waited; its outcome is unknown"
+                ) from None
+        except concurrent.futures.CancelledError:
+            raise WrongEventLoop(
+                f"ConvDBChatMessageHistory.{name}: the event loop that owns convdb's pool cancelled the "
+                f"call (it is shutting down); its outcome is unknown"
+            ) from None
+
+
+# How often a sync call waiting on the store's loop checks that the loop still runs (a loop
+# stopped with loop.stop() never completes nor cancels what it was handed).
+_POLL_SECONDS: Final = 0.5
 
 _ASYNC_NAMES: Final[Mapping[str, str]] = {
     "messages": "await history.aget_messages()",

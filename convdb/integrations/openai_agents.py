@@ -38,20 +38,23 @@ call, ``function_call_output`` for tool messages.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
 try:
     from agents.items import TResponseInputItem
     from agents.memory import Session, SessionSettings
+    from agents.run_context import RunContextWrapper
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "convdb.integrations.openai_agents needs the OpenAI Agents SDK (openai-agents >= 0.8): "
         "pip install 'convdb[openai-agents]'"
     ) from exc
 
-from ..errors import ConversationExists, ConversationNotFound
+from ..errors import ConversationExists, ConversationNotFound, InvalidInput
 from ..records import Message
 from ..store import ConversationStore
 from ..validation import MAX_HISTORY_LIMIT, check_id, check_token_budget
@@ -74,15 +77,42 @@ _TEXT_PART_FIELDS: Final[Mapping[str, str]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class SessionOwner:
+    """Whom a call of a ``ConvDBSession`` acts for, as an ``owner`` resolver returns it."""
+
+    #: The convdb user the call reads and writes as: only that user's conversation is reachable.
+    user_id: str
+    #: The conversation (the SDK's session id) to use; None: the session's own ``session_id``.
+    session_id: str | None = None
+
+
+OwnerResolver = Callable[["RunContextWrapper[Any]"], "str | SessionOwner"]
+"""``owner(wrapper) -> user_id | SessionOwner``: the user (and optionally the conversation) a call
+made by the SDK's Runner acts for, taken from its run context (``wrapper.context``)."""
+
+
 class ConvDBSession:
     """The OpenAI Agents SDK ``Session`` protocol on a convdb conversation.
 
     ``session_id`` is the convdb conversation id and ``user_id`` its owner; the conversation is
     created (with ``title``) on the first write. An id that belongs to another user behaves as
     an empty session that refuses writes with ``ConversationNotFound``: as everywhere in convdb,
-    nothing tells it apart from an unknown id. ``session_settings.limit`` is the default window
-    of ``get_items`` (``None``: the whole history), as in the SDK's own sessions; ``max_tokens``
-    (a convdb extension) bounds every read to the newest items that fit that many tokens.
+    nothing tells it apart from an unknown id. ``session_settings`` (a ``SessionSettings`` or a
+    dict of its fields, normalised; unknown keys raise ``TypeError``, as in the SDK's sessions)
+    gives the default ``limit`` of ``get_items`` (``None``: the whole history); ``max_tokens`` (a
+    convdb extension) bounds every read to the newest items that fit that many tokens.
+
+    **One session object for many users.** With ``owner=`` (an ``OwnerResolver``), each call the
+    SDK's Runner makes passes its run context (the ``wrapper`` keyword, SDK #4209) and the call
+    acts for ``owner(wrapper)``: a user id, or a ``SessionOwner`` naming the user and the
+    conversation. Ownership is then checked by convdb in SQL as for any call, so a context naming
+    another user reads an empty session and cannot write to this user's conversation. A call
+    without a context (your own code calling ``get_items()``) acts for ``user_id``; with
+    ``owner=`` and no ``user_id`` it raises ``InvalidInput``, before any I/O.
+
+    Event loops: the session may be used from any loop (``Runner.run_sync`` runs on its own loop
+    in a worker thread): see ``ConversationStore.loop``.
 
     Round trips: ``get_items(limit)`` one; ``get_items()`` two (plus one per further 10,000
     items, streamed); ``add_items`` one atomic batch (two more the first time, to create the
@@ -96,52 +126,77 @@ class ConvDBSession:
         self,
         store: ConversationStore,
         session_id: str,
-        user_id: str,
+        user_id: str | None = None,
         *,
-        session_settings: SessionSettings | None = None,
+        session_settings: SessionSettings | Mapping[str, Any] | None = None,
         max_tokens: int | None = None,
         title: str | None = None,
+        owner: OwnerResolver | None = None,
     ) -> None:
         self.store = store
         self.session_id = check_id(session_id, "session_id")
-        self.user_id = check_id(user_id, "user_id")
-        self.session_settings = session_settings if session_settings is not None else SessionSettings()
+        if user_id is None and owner is None:
+            raise InvalidInput("user_id", "required unless owner= takes the user from the run context")
+        self.user_id = None if user_id is None else check_id(user_id, "user_id")
+        if owner is not None and not callable(owner):
+            raise InvalidInput("owner", f"must be callable, got {type(owner).__name__}")
+        self.owner = owner
+        self.session_settings = (
+            SessionSettings() if session_settings is None else coerce_settings(session_settings)
+        )
         self.max_tokens = check_token_budget(max_tokens)
         self.title = title
 
-    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+    def _key(self, wrapper: RunContextWrapper[Any] | None) -> tuple[str, str]:
+        """(conversation id, user id) of one call, validated before any I/O."""
+        if self.owner is not None and wrapper is not None:
+            resolved = self.owner(wrapper)
+            if isinstance(resolved, SessionOwner):
+                user, conversation = resolved.user_id, resolved.session_id or self.session_id
+            elif isinstance(resolved, str):
+                user, conversation = resolved, self.session_id
+            else:
+                raise InvalidInput(
+                    "owner", f"must return a user id (str) or a SessionOwner, got {type(resolved).__name__}")
+            return check_id(conversation, "session_id"), check_id(user, "user_id")
+        if self.user_id is None:
+            raise InvalidInput(
+                "wrapper", "this session takes its user from the run context (owner=) and was called "
+                           "without one: call it through the Runner, or pass wrapper=")
+        return self.session_id, self.user_id
+
+    async def get_items(
+        self, limit: int | None = None, *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> list[TResponseInputItem]:
         """The newest ``limit`` items in chronological order; every item when ``limit`` is None.
 
         ``limit=None`` falls back to ``session_settings.limit``; a limit of 0 or less returns [].
-        The whole history comes back exactly as written. A limited read, or any read when the
-        session has ``max_tokens``, is a convdb window: the newest items whose stored token counts
-        fit the budget, without the tool outputs at its start whose call is older than the window
-        (the Responses API rejects an output without its call), so it can hold fewer than
-        ``limit`` items.
+        As the SDK's contract says, a limited read is the raw newest ``limit`` items, exactly as
+        written, tool outputs whose call is older included: the SDK's Runner prunes those itself,
+        and hands the raw history to ``session_input_callback``. With ``max_tokens`` the read is
+        further bounded to the newest items whose stored token counts fit the budget.
         """
+        cid, uid = self._key(wrapper)
         effective = limit
         if effective is None and self.session_settings is not None:
-            effective = self.session_settings.limit
+            effective = coerce_settings(self.session_settings).limit
+        if effective is not None and effective <= 0:
+            return []
         if effective is None and self.max_tokens is None:
-            messages = await read_all(self.store, self.session_id, self.user_id)
-            return [item for message in messages for item in message_to_items(message)]
-        window = MAX_HISTORY_LIMIT if effective is None else effective
-        messages = await read_window(self.store, self.session_id, self.user_id, window, self.max_tokens)
-        groups = [message_to_items(message) for message in messages]
-        start, count = 0, sum(map(len, groups))
-        if effective is not None and count > effective:
-            # Only messages written by other clients stand for several items (an assistant turn
-            # with several tool calls). Whole messages are dropped, never part of one, and then
-            # the results that lost their call, so no output is ever left without its call.
-            while count > effective:
-                count -= len(groups[start])
-                start += 1
-            while start < len(messages) and messages[start].role == "tool":
-                start += 1
-        return [item for group in groups[start:] for item in group]
+            messages = await read_all(self.store, cid, uid)
+        else:
+            window = MAX_HISTORY_LIMIT if effective is None else effective
+            messages = await read_window(self.store, cid, uid, window, self.max_tokens, trim=False)
+        items = [item for message in messages for item in message_to_items(message)]
+        # Only messages written by other clients stand for several items (an assistant turn with
+        # several tool calls), so the newest `effective` items may start inside one of them.
+        return items if effective is None else items[-effective:]
 
-    async def add_items(self, items: list[TResponseInputItem]) -> None:
+    async def add_items(
+        self, items: list[TResponseInputItem], *, wrapper: RunContextWrapper[Any] | None = None
+    ) -> None:
         """Append the items in order, all or nothing, in one ``save_messages`` batch."""
+        cid, uid = self._key(wrapper)
         rows = [item_to_message(item) for item in items]
         for row in rows:
             if row.get("content") is None and not row.get("tool_calls"):
@@ -150,15 +205,16 @@ class ConvDBSession:
                 row["token_count"] = self.store.count_tokens(
                     json.dumps(row["metadata"][METADATA_KEY], ensure_ascii=False, default=str)
                 )
-        await append(self.store, self.session_id, self.user_id, rows, title=self.title)
+        await append(self.store, cid, uid, rows, title=self.title)
 
-    async def pop_item(self) -> TResponseInputItem | None:
+    async def pop_item(self, *, wrapper: RunContextWrapper[Any] | None = None) -> TResponseInputItem | None:
         """Remove and return the newest item (None when the session is empty).
 
         Safe under concurrent pops: each stored message is returned by at most one of them.
         """
+        cid, uid = self._key(wrapper)
         try:
-            message = await self.store.pop_last_message(self.session_id, self.user_id)
+            message = await self.store.pop_last_message(cid, uid)
         except ConversationNotFound:
             return None
         if message is None:
@@ -167,10 +223,28 @@ class ConvDBSession:
         # with several tool calls); popping removes the whole message and returns its last item.
         return message_to_items(message)[-1]
 
-    async def clear_session(self) -> None:
+    async def clear_session(self, *, wrapper: RunContextWrapper[Any] | None = None) -> None:
         """Delete every item of the session; the conversation row itself stays."""
+        cid, uid = self._key(wrapper)
         with contextlib.suppress(ConversationNotFound):  # never written: nothing to clear
-            await self.store.clear_conversation(self.session_id, self.user_id)
+            await self.store.clear_conversation(cid, uid)
+
+
+def coerce_settings(value: object) -> SessionSettings:
+    """``SessionSettings`` from itself or a dict of its fields, as the SDK's own sessions take them.
+
+    Unknown keys and other types raise ``TypeError`` (the SDK's behaviour, so code written for
+    its sessions behaves the same here).
+    """
+    if isinstance(value, SessionSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"session must be a SessionSettings instance or a dict, got {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(SessionSettings) if f.init}
+    unknown = sorted(str(name) for name in value if name not in known)
+    if unknown:
+        raise TypeError(f"Unknown session settings: {', '.join(unknown)}")
+    return SessionSettings(**dict(value))
 
 
 # -- mapping ---------------------------------------------------------------------------------
@@ -284,7 +358,12 @@ class ConvDBBranchingSession(ConvDBSession):
     MAIN: Final = "main"
 
     def __init__(self, store: ConversationStore, session_id: str, user_id: str, **options: Any) -> None:
+        # One user per branching session: the branch operations take no run context, and a
+        # resolver naming another conversation would bypass current_branch_id.
+        if options.get("owner") is not None:
+            raise InvalidInput("owner", "a branching session acts for one user: pass user_id, not owner=")
         super().__init__(store, session_id, user_id, **options)
+        self.branch_user_id: str = check_id(user_id, "user_id")
         self.root_id = self.session_id
         self.current_branch_id = self.MAIN
 
@@ -304,7 +383,7 @@ class ConvDBBranchingSession(ConvDBSession):
             raise ValueError(f"Turn {turn_number} does not exist")
         source = self._conversation(self.current_branch_id)
         turn, at_seq = 0, None
-        async for message in self.store.export_messages(source, self.user_id):
+        async for message in self.store.export_messages(source, self.branch_user_id):
             if message.role == "user":
                 turn += 1
                 if turn == turn_number:
@@ -313,7 +392,7 @@ class ConvDBBranchingSession(ConvDBSession):
         if at_seq is None:
             raise ValueError(f"Turn {turn_number} does not contain a user message")
         try:
-            fork = await self.store.fork_conversation(source, self.user_id, at_seq=at_seq,
+            fork = await self.store.fork_conversation(source, self.branch_user_id, at_seq=at_seq,
                                                       new_conversation_id=branch_name)
         except ConversationExists as exc:
             raise ValueError(f"Branch {branch_name!r} already exists") from exc
@@ -324,7 +403,7 @@ class ConvDBBranchingSession(ConvDBSession):
         """Make ``branch_id`` current; ``ValueError`` if it is not a branch of this session."""
         if branch_id != self.MAIN:
             try:
-                conversation = await self.store.get_conversation(branch_id, self.user_id)
+                conversation = await self.store.get_conversation(branch_id, self.branch_user_id)
             except ConversationNotFound:
                 conversation = None
             if conversation is None or conversation.root_id != self.root_id:
@@ -337,11 +416,11 @@ class ConvDBBranchingSession(ConvDBSession):
         convdb's ``parent_id`` and ``forked_at_seq`` (None for main)."""
         result: list[dict[str, Any]] = []
         with contextlib.suppress(ConversationNotFound):  # the root was never written
-            root = await self.store.get_conversation(self.root_id, self.user_id)
+            root = await self.store.get_conversation(self.root_id, self.branch_user_id)
             result.append({"branch_id": self.MAIN, "conversation": root})
         cursor = None
         while True:
-            page = await self.store.list_conversations(self.user_id, root_id=self.root_id, limit=1000,
+            page = await self.store.list_conversations(self.branch_user_id, root_id=self.root_id, limit=1000,
                                                        cursor=cursor)
             result += [{"branch_id": c.id, "conversation": c} for c in page.items]
             if page.next_cursor is None:
@@ -352,7 +431,7 @@ class ConvDBBranchingSession(ConvDBSession):
             conversation = entry.pop("conversation")
             branches.append({
                 **entry,
-                "message_count": await self.store.count_messages(conversation.id, self.user_id),
+                "message_count": await self.store.count_messages(conversation.id, self.branch_user_id),
                 "is_current": entry["branch_id"] == self.current_branch_id,
                 "created_at": conversation.created_at.isoformat(),
                 "parent_id": conversation.parent_id,
@@ -373,9 +452,9 @@ class ConvDBBranchingSession(ConvDBSession):
                                  "branches first")
             await self.switch_to_branch(self.MAIN)
         try:
-            conversation = await self.store.get_conversation(branch_id, self.user_id)
+            conversation = await self.store.get_conversation(branch_id, self.branch_user_id)
         except ConversationNotFound:
             conversation = None
         if conversation is None or conversation.root_id != self.root_id:
             raise ValueError(f"Branch {branch_id!r} does not exist")
-        await self.store.delete_conversation(branch_id, self.user_id)
+        await self.store.delete_conversation(branch_id, self.branch_user_id)

@@ -1,7 +1,7 @@
 """Messages: append (one, a batch, a turn), history windows, pop, count.
 
 Positional row access (``r[0]``, ``head[1]``) follows the column order of the statements in
-``queries.sql``; tests/integration/test_core_column_order.py pins it for every message-returning
+``queries.sql``; tests/core/test_core_column_order.py pins it for every message-returning
 statement (it is the order ``Message.from_record`` reads, measured to matter on history reads).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Final, TypeVar
 
@@ -96,22 +96,24 @@ async def _stored_under_key(conn: Conn, cid: str, uid: str, row: MessageRow) -> 
     return _check_same(Message.from_record(cid, found), row)
 
 
-async def _keyed(conn: Conn, row: MessageRow, statement: Awaitable[T]) -> T:
+async def _keyed(conn: Conn, row: MessageRow, statement: Callable[[], Awaitable[T]]) -> T:
     """Run a keyed save so that a replayed key can still be looked up afterwards.
 
     Outside a transaction (the default) the duplicate-key error ends only its own statement. Inside
     one (row_level_security) it would abort the transaction, so the save runs in a savepoint.
+    ``statement`` is called, not passed as a coroutine, so that a cancellation during the
+    savepoint's start leaves no coroutine behind never awaited.
     """
     if row.idempotency_key is None or not conn.is_in_transaction():
-        return await statement
-    async with conn.transaction():
-        return await statement
+        return await statement()
+    async with begin(conn):
+        return await statement()
 
 
 async def save(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
     """Append one message (one statement); a replayed idempotency key returns the stored one."""
     try:
-        stored = await _keyed(conn, row, conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row))
+        stored = await _keyed(conn, row, lambda: conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row))
     except asyncpg.UniqueViolationError as exc:
         if row.idempotency_key is None or not is_replayed_key(exc):
             raise
@@ -171,24 +173,28 @@ async def _save_batch_in_transaction(
 
 
 async def window_until(
-    conn: Conn, cid: str, uid: str, seq: int, limit: int, token_budget: int | None
+    conn: Conn, cid: str, uid: str, seq: int, limit: int, token_budget: int | None, *, trim: bool = True
 ) -> list[Message]:
-    """The trimmed window of at most ``limit`` messages ending at ``seq``, within ``token_budget``.
+    """The window of at most ``limit`` messages ending at ``seq``, within ``token_budget``, trimmed
+    unless ``trim`` is False.
 
     One round trip (get_history_window); ``seq=MAX_SEQ`` is "up to the newest".
     """
     records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, seq, limit, token_budget)
-    window = history_from_records(cid, records)
+    window = history_from_records(cid, records, trim=trim)
     if window is None:
         raise ConversationNotFound()
     return window
 
 
-async def history(conn: Conn, cid: str, uid: str, limit: int, token_budget: int | None) -> list[Message]:
-    """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed."""
+async def history(
+    conn: Conn, cid: str, uid: str, limit: int, token_budget: int | None, trim: bool = True
+) -> list[Message]:
+    """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed unless
+    ``trim`` is False."""
     if token_budget is not None:
-        return await window_until(conn, cid, uid, MAX_SEQ, limit, token_budget)
-    window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit))
+        return await window_until(conn, cid, uid, MAX_SEQ, limit, token_budget, trim=trim)
+    window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit), trim=trim)
     if window is None:
         raise ConversationNotFound()
     return window
@@ -200,7 +206,7 @@ async def save_and_get_history(
     """Save one message and return it with the window that ends at it (one statement)."""
     try:
         records = await _keyed(
-            conn, row, conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, limit, token_budget)
+            conn, row, lambda: conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, limit, token_budget)
         )
     except asyncpg.UniqueViolationError as exc:
         if row.idempotency_key is None or not is_replayed_key(exc):

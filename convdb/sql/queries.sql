@@ -7,7 +7,8 @@
 -- name: get_or_create_conversation
 -- One round trip for both "load" and "create". ON CONFLICT DO NOTHING waits for a concurrent
 -- creator to commit; if that creator was this same user, the fallback SELECT cannot see its row
--- (statement snapshot), so the caller re-reads with get_conversation.
+-- (statement snapshot), so no row comes back and the caller runs
+-- get_or_create_conversation_locked.
 WITH inserted AS (
     INSERT INTO conversations (id, user_id, title, metadata)
     VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
@@ -22,6 +23,22 @@ SELECT id, user_id, title, metadata, created_at, updated_at, false, parent_id, f
   FROM conversations
  WHERE id = $1 AND user_id = $2
    AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: get_or_create_conversation_locked
+-- The fallback when get_or_create_conversation returned nothing: another user owns the id, or
+-- a concurrent creator committed the row after that statement's snapshot, or a concurrent delete
+-- removed it since. Re-reading with a new snapshot is not enough (the row can be deleted between
+-- the two statements: ~45 of 1,800 racing calls then told the owner "not found"). ON CONFLICT
+-- DO UPDATE decides on the newest row version under its lock instead: a row being deleted is
+-- waited for and then created anew; this user's row is locked and returned (the SET changes no
+-- value, it only makes the lock a statement outcome); another user's row fails the WHERE and
+-- nothing comes back (the WHERE is evaluated before row-level security's UPDATE check, so under
+-- RLS a foreign id is not an error either).
+INSERT INTO conversations (id, user_id, title, metadata)
+VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
+ON CONFLICT (id) DO UPDATE SET title = conversations.title
+ WHERE conversations.user_id = EXCLUDED.user_id
+RETURNING id, user_id, title, metadata, created_at, updated_at, (xmax = 0) AS created;
 
 -- name: get_conversation
 SELECT id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
@@ -47,11 +64,12 @@ RETURNING seq, created_at;
 -- name: reserve_seq_range
 -- First statement of a batch: checks ownership, locks the conversation row until commit, reserves
 -- $3 sequence numbers and touches updated_at. now() is the transaction time, the created_at every
--- row of the batch receives.
+-- row of the batch receives; it is returned as the updated_at just set to it, because Citus
+-- refuses a non-immutable function (now()) in the RETURNING of a distributed table.
 UPDATE conversations
    SET next_seq = next_seq + $3, updated_at = now()
  WHERE id = $1 AND user_id = $2
-RETURNING next_seq - $3 AS first_seq, now() AS created_at;
+RETURNING next_seq - $3 AS first_seq, updated_at AS created_at;
 
 -- name: lock_conversation_with_keys
 -- First statement of a batch that carries idempotency keys: checks ownership, locks the row and
@@ -61,7 +79,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
        m.token_count, m.idempotency_key, m.created_at
   FROM (SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE) c
   LEFT JOIN messages m
-    ON m.conversation_id = c.id AND m.idempotency_key = ANY($3::text[]);
+    ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.idempotency_key = ANY($3::text[]);
 
 -- name: insert_message_at
 -- The executemany body of a batch: the seq was reserved by reserve_seq_range in this transaction.
@@ -81,6 +99,11 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- The newest $3 messages, oldest first, in one ownership-checked JOIN. The LATERAL subquery walks
 -- messages_pkey backwards and stops after $3 rows. No row back: not this user's conversation;
 -- one row with a NULL seq: the conversation is empty.
+--
+-- Citus: every relation of a per-conversation statement spells the distribution value
+-- (conversation_id = $1 next to conversation_id = c.id, redundant on one node): Citus prunes
+-- shards per relation from its own quals, and a LATERAL's correlation alone fanned out to all
+-- 32 shards. With it, the whole statement is one router task (tests/integration/test_citus.py).
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
        m.token_count, m.idempotency_key, m.created_at
   FROM conversations c
@@ -88,7 +111,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
         SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
                token_count, idempotency_key, created_at
           FROM messages
-         WHERE conversation_id = c.id
+         WHERE conversation_id = c.id AND conversation_id = $1
          ORDER BY seq DESC
          LIMIT $3
   ) m ON true
@@ -174,7 +197,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
                        token_count, idempotency_key, created_at,
                        sum(token_count) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) AS running
                   FROM messages
-                 WHERE conversation_id = c.id AND seq <= $3
+                 WHERE conversation_id = c.id AND conversation_id = $1 AND seq <= $3
                  ORDER BY seq DESC
                  LIMIT $4
                ) w
@@ -192,7 +215,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- (is_new); in_window says whether it fits the budget. stale: a writer committed to this
 -- conversation after the snapshot, so the older rows may be incomplete and the caller re-reads
 -- them with get_history_window. No row back: not this user's conversation.
-WITH snapshot AS (
+WITH snapshot AS MATERIALIZED (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
 ), locked AS (
     SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
@@ -200,7 +223,7 @@ WITH snapshot AS (
     UPDATE conversations c
        SET next_seq = c.next_seq + 1, updated_at = now()
       FROM locked l
-     WHERE c.id = l.id
+     WHERE c.id = l.id AND c.id = $1
  RETURNING c.id, c.next_seq - 1 AS seq, l.version
 ), inserted AS (
     INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
@@ -221,7 +244,7 @@ WITH snapshot AS (
             SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
                    token_count, idempotency_key, created_at
               FROM messages
-             WHERE conversation_id = r.id AND seq < r.seq
+             WHERE conversation_id = r.id AND conversation_id = $1 AND seq < r.seq
              ORDER BY seq DESC
              LIMIT $11::integer - 1
            ) o
@@ -256,10 +279,24 @@ RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forke
 
 -- name: delete_conversation
 -- Messages go with it (ON DELETE CASCADE), in the same transaction; the count is for the caller.
-WITH gone AS (
-    DELETE FROM conversations WHERE id = $1 AND user_id = $2 RETURNING id
+-- A "fresh view" statement (see above): the count is read from the statement's snapshot, and the
+-- cascade deletes from the newest state, so a batch that committed while this waited for the
+-- row lock would be deleted uncounted (it returned 3 while 8 messages went). Only when the
+-- snapshot is fresh does it delete; otherwise nothing is done and the caller re-runs it behind
+-- the row lock. Rows back: none = not this user's conversation; fresh = false: re-run.
+WITH snapshot AS (
+    SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+), checked AS (
+    SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
+), gone AS (
+    DELETE FROM conversations c USING checked k
+     WHERE k.fresh AND c.id = k.id AND c.id = $1
+    RETURNING c.id
 )
-SELECT (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) FROM gone;
+SELECT k.fresh, (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id AND m.conversation_id = $1) AS deleted
+  FROM checked k;
 
 -- name: clear_conversation
 -- Deletes every message and keeps the conversation (and its next_seq: seq is never reused).
@@ -273,12 +310,12 @@ WITH snapshot AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), cleared AS (
     DELETE FROM messages m USING checked k
-     WHERE k.fresh AND m.conversation_id = k.id
+     WHERE k.fresh AND m.conversation_id = k.id AND m.conversation_id = $1
     RETURNING m.seq
 ), touched AS (
     UPDATE conversations c SET updated_at = now()
       FROM checked k
-     WHERE k.fresh AND c.id = k.id
+     WHERE k.fresh AND c.id = k.id AND c.id = $1
     RETURNING c.id
 )
 SELECT k.fresh, (SELECT count(*) FROM cleared) AS deleted FROM checked k;
@@ -297,14 +334,14 @@ WITH snapshot AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), popped AS (
     DELETE FROM messages m USING checked k
-     WHERE k.fresh AND m.conversation_id = k.id
-       AND m.seq = (SELECT max(seq) FROM messages WHERE conversation_id = k.id)
+     WHERE k.fresh AND m.conversation_id = k.id AND m.conversation_id = $1
+       AND m.seq = (SELECT max(seq) FROM messages WHERE conversation_id = k.id AND conversation_id = $1)
     RETURNING m.conversation_id, m.seq, m.role, m.content, m.tool_name, m.tool_call_id,
               m.tool_calls, m.metadata, m.token_count, m.idempotency_key, m.created_at
 ), touched AS (
     UPDATE conversations c SET updated_at = now()
       FROM popped p
-     WHERE c.id = p.conversation_id
+     WHERE c.id = p.conversation_id AND c.id = $1
     RETURNING c.id
 )
 SELECT p.seq, p.role, p.content, p.tool_name, p.tool_call_id, p.tool_calls, p.metadata,
@@ -329,17 +366,31 @@ WITH doomed AS (
 ), gone AS (
     DELETE FROM messages m USING doomed d
      WHERE m.conversation_id = d.conversation_id AND m.seq = d.seq
+       AND m.conversation_id = ANY($2::text[])  -- Citus: only the listed conversations' shards
     RETURNING 1
 )
 SELECT count(*) FROM gone;
 
+-- name: erase_lock_conversations
+-- delete_user_data, step 3a, in the transaction of step 3b: lock the listed conversations of
+-- user $1. Once this returns, no writer can add a message to them, and the next statement's
+-- snapshot holds every message the cascade will delete. An UPDATE that changes nothing rather
+-- than SELECT ... FOR UPDATE: Citus refuses FOR UPDATE in a query over several shards ("could not
+-- run distributed query with FOR UPDATE/SHARE commands") but runs a multi-shard UPDATE, which
+-- takes the same row locks. The price: rows are locked in no fixed order, so two erasures of the
+-- same user at once can deadlock; PostgreSQL then fails one with TransientError (nothing of that
+-- step committed; calling again finishes the job).
+UPDATE conversations SET next_seq = next_seq WHERE id = ANY($2::text[]) AND user_id = $1;
+
 -- name: erase_conversations
--- delete_user_data, step 3: the (now empty) listed conversations of user $1. A message written
--- concurrently since step 2 goes with its conversation (ON DELETE CASCADE).
+-- delete_user_data, step 3b: the (now nearly empty) listed conversations of user $1, and the
+-- count of the conversations and of the messages written concurrently since step 2, which go
+-- with their conversation (ON DELETE CASCADE). Exact because step 3a holds the rows' locks.
 WITH gone AS (
     DELETE FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 RETURNING id
 )
-SELECT count(*) FROM gone;
+SELECT (SELECT count(*) FROM gone) AS conversations,
+       (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) AS messages;
 
 -- name: export_header
 -- export_conversation, first: the conversation row. next_seq bounds the messages exported, so a
@@ -359,7 +410,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
         SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
                token_count, idempotency_key, created_at
           FROM messages
-         WHERE conversation_id = c.id AND seq > $3 AND seq < $4
+         WHERE conversation_id = c.id AND conversation_id = $1 AND seq > $3 AND seq < $4
          ORDER BY seq
          LIMIT $5
   ) m ON true
@@ -386,7 +437,7 @@ SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2);
 -- name: import_clear_messages
 DELETE FROM messages m
  USING conversations c
- WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id;
+ WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id AND m.conversation_id = $1;
 
 -- name: import_message
 -- The executemany body of an import: every column as exported, created_at included. Ownership
@@ -407,6 +458,11 @@ UPDATE conversations SET next_seq = GREATEST(next_seq, $3)
 -- Inside a transaction: hold the conversation row's lock, so the next statement's snapshot is
 -- the newest state (the contended path of the "fresh view" statements).
 SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE;
+
+-- name: default_isolation
+-- verify_schema: the isolation convdb's single statements (no BEGIN of their own) run at. They
+-- need 'read committed' (see convdb.ops.ISOLATION); every transaction convdb opens names it.
+SELECT current_setting('default_transaction_isolation');
 
 -- =============================================================================================
 -- Branches (forks), feedback on messages. Ownership in the same statement, as everywhere.
@@ -459,15 +515,16 @@ SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.cr
 -- name: set_feedback
 -- Insert or replace the feedback on message $3 of conversation $1 (of user $2). Rows back: none =
 -- not this user's conversation; a NULL seq = no such message. Not a message write: next_seq and
--- updated_at are left alone.
+-- updated_at are left alone. $1 is spelled on every relation and is the inserted distribution
+-- value, so on Citus every step runs on the conversation's shard.
 WITH target AS (
-    SELECT m.conversation_id, m.seq
+    SELECT m.seq
       FROM conversations c
-      JOIN messages m ON m.conversation_id = c.id AND m.seq = $3
+      JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.seq = $3
      WHERE c.id = $1 AND c.user_id = $2
 ), saved AS (
     INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags)
-    SELECT t.conversation_id, t.seq, $4, $5, $6::text[] FROM target t
+    SELECT $1, t.seq, $4, $5, $6::text[] FROM target t
     ON CONFLICT (conversation_id, seq) DO UPDATE
        SET rating = EXCLUDED.rating, comment = EXCLUDED.comment, tags = EXCLUDED.tags,
            inherited = false, updated_at = now()

@@ -35,8 +35,11 @@ def _pgserver_bin() -> Path | None:
     return Path(commands.POSTGRES_BIN_PATH)
 
 
-def find_binary(name: str) -> str:
-    """Path of a PostgreSQL client or server program: pgserver's bundled copy first, then PATH."""
+def find_binary(name: str, bin_dir: str | Path | None = None) -> str:
+    """Path of a PostgreSQL client or server program: from ``bin_dir`` when given (a Citus
+    installation's PostgreSQL, see convdb.testing.citus), else pgserver's bundled copy, then PATH."""
+    if bin_dir is not None:
+        return str(Path(bin_dir) / name)
     bundled = _pgserver_bin()
     if bundled is not None and (bundled / name).exists():
         return str(bundled / name)
@@ -67,8 +70,9 @@ class EmbeddedPostgres:
     """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1:``port``."""
 
     def __init__(self, data_dir: str | Path, *, port: int | None = None,
-                 settings: Mapping[str, str] | None = None) -> None:
+                 settings: Mapping[str, str] | None = None, bin_dir: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.bin_dir = bin_dir
         self.port = port or _free_port()
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self._run_as = _SERVER_USER if os.geteuid() == 0 else None
@@ -76,7 +80,7 @@ class EmbeddedPostgres:
     # -- lifecycle ---------------------------------------------------------------------------
     def _run(self, program: str, args: Sequence[str], *, timeout: float = 120) -> str:
         result = subprocess.run(
-            [find_binary(program), *args], check=False, capture_output=True, text=True,
+            [find_binary(program, self.bin_dir), *args], check=False, capture_output=True, text=True,
             timeout=timeout, user=self._run_as,
         )
         if result.returncode != 0:
@@ -140,8 +144,9 @@ class EmbeddedPostgres:
         self.start()
 
     def is_running(self) -> bool:
-        result = subprocess.run([find_binary("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                                capture_output=True, check=False)
+        result = subprocess.run(
+            [find_binary("pg_isready", self.bin_dir), "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True, check=False)
         return result.returncode == 0
 
     def destroy(self) -> None:

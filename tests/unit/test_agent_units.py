@@ -9,28 +9,22 @@ import pytest
 from convdb.errors import InvalidInput
 from convdb.export import FORMAT, MessageParser, parse_header
 from convdb.listing import build_listing, decode_cursor, encode_cursor, escape_like
-from convdb.records import Message
 from convdb.validation import estimate_tokens
 from convdb.windows import trim_orphan_tool_results
+from tests.support.factories import make_message
 
 T = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def _m(seq: int, role: str, **kw: object) -> Message:
-    return Message(conversation_id="c", seq=seq, role=role, content="x", tool_name=None,  # type: ignore[arg-type]
-                   tool_call_id=kw.get("tool_call_id"), tool_calls=kw.get("tool_calls"),  # type: ignore[arg-type]
-                   metadata={}, created_at=T)
 
 
 # -- windows ------------------------------------------------------------------------------------
 def test_trim_drops_only_leading_tool_results() -> None:
     call = [{"id": "a"}]
-    window = [_m(3, "tool", tool_call_id="a"), _m(4, "tool", tool_call_id="b"), _m(5, "assistant"),
-              _m(6, "assistant", tool_calls=call), _m(7, "tool", tool_call_id="a")]
+    window = [make_message(3, "tool", tool_call_id="a"), make_message(4, "tool", tool_call_id="b"), make_message(5, "assistant"),
+              make_message(6, "assistant", tool_calls=call), make_message(7, "tool", tool_call_id="a")]
     assert [m.seq for m in trim_orphan_tool_results(window)] == [5, 6, 7]
-    assert trim_orphan_tool_results([_m(1, "tool", tool_call_id="a")]) == []
+    assert trim_orphan_tool_results([make_message(1, "tool", tool_call_id="a")]) == []
     assert trim_orphan_tool_results([]) == []
-    whole = [_m(1, "assistant", tool_calls=call), _m(2, "tool", tool_call_id="a")]
+    whole = [make_message(1, "assistant", tool_calls=call), make_message(2, "tool", tool_call_id="a")]
     assert trim_orphan_tool_results(whole) == whole
 
 
@@ -44,7 +38,7 @@ def test_listing_sql_uses_only_parameters() -> None:
     assert "2026" not in q.sql
     assert q.sql.count("$") == len(q.args) == 6
     assert q.args[0] == "u'; DROP TABLE x; --"
-    assert q.args[1] == "%50\\%\\_off'%"
+    assert q.args[1] == "50\\%\\_[oO][fF][fF]\\'"  # title_contains as a case-folding regex (fold_pattern)
     assert q.args[3] is T
     assert q.args[-1] == 6
     assert 'ORDER BY "updated_at" DESC,"id" DESC' in q.sql
@@ -109,10 +103,12 @@ def test_message_parsing_keeps_or_computes_token_counts() -> None:
     parser = MessageParser(parse_header(HEADER), max_content_bytes=100, count_tokens=estimate_tokens)
     rec = {"type": "message", "seq": 2, "role": "user", "content": "hello world",
            "created_at": "2026-01-01T00:00:00.5+00:00"}
-    seq, row, created = parser.parse(rec, 0)
+    parsed = parser.parse(rec, 0)
+    assert parsed is not None  # a message record (None is a feedback record)
+    seq, row, created = parsed
     assert (seq, row.token_count, created.microsecond) == (2, estimate_tokens("hello world"), 500000)
-    _, row, _ = parser.parse({**rec, "seq": 3, "token_count": 0}, 1)
-    assert row.token_count == 0
+    parsed = parser.parse({**rec, "seq": 3, "token_count": 0}, 1)
+    assert parsed is not None and parsed[1].token_count == 0
     with pytest.raises(InvalidInput, match="increase"):
         parser.parse({**rec, "seq": 3}, 2)
     with pytest.raises(InvalidInput, match="next_seq"):

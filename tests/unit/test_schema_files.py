@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SQL = resources.files("convdb.sql")
 
 
-@pytest.mark.parametrize("name", ["schema.sql", "schema_rls.sql", "schema_search.sql"])
+@pytest.mark.parametrize("name", ["schema.sql", "schema_rls.sql", "schema_citus.sql", "schema_search.sql"])
 def test_packaged_copy_is_byte_equal_to_the_top_level_file(name: str) -> None:
     assert (SQL / name).read_bytes() == (ROOT / name).read_bytes(), (
         f"convdb/sql/{name} must be a copy of the top-level {name}: cp {name} convdb/sql/{name}")
@@ -55,6 +55,8 @@ def test_fresh_install_sql_is_schema_sql_with_optional_rls() -> None:
     assert fresh_install_sql() == (ROOT / "schema.sql").read_text()
     assert fresh_install_sql(row_level_security=True) == (
         (ROOT / "schema.sql").read_text() + "\n" + (ROOT / "schema_rls.sql").read_text())
+    assert fresh_install_sql(citus=True) == (
+        (ROOT / "schema.sql").read_text() + "\n" + (ROOT / "schema_citus.sql").read_text())
 
 
 def _file(kind: str = "additive", floor: str | None = None, body: str = "BEGIN;\nCOMMIT;\n") -> str:

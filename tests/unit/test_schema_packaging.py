@@ -15,7 +15,7 @@ import convdb
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["pyproject.toml", "README.md", "MANIFEST.in", "CHANGELOG.md", "schema.sql", "schema_rls.sql",
-           "schema_search.sql"]
+           "schema_citus.sql", "schema_search.sql"]
 
 
 def _run(args: list[str], cwd: Path) -> None:
@@ -42,8 +42,8 @@ def test_sdist_and_wheel_carry_the_schema_files(tmp_path: Path) -> None:
 
     migrations = sorted(e.name for e in (resources.files("convdb.sql") / "migrations").iterdir())
     assert migrations, "no migrations in the source tree"
-    packaged = {"convdb/sql/schema.sql": ROOT / "schema.sql", "convdb/sql/schema_rls.sql": ROOT / "schema_rls.sql",
-                "convdb/sql/schema_search.sql": ROOT / "schema_search.sql"}
+    packaged = {f"convdb/sql/{name}": ROOT / name
+                for name in ("schema.sql", "schema_rls.sql", "schema_citus.sql", "schema_search.sql")}
     packaged |= {f"convdb/sql/migrations/{m}": ROOT / "convdb" / "sql" / "migrations" / m for m in migrations}
 
     with zipfile.ZipFile(wheel) as whl:
@@ -58,8 +58,8 @@ def test_sdist_and_wheel_carry_the_schema_files(tmp_path: Path) -> None:
 
     top = f"convdb-{convdb.__version__}"
     with tarfile.open(sdist) as tar:
-        in_sdist = {f"{top}/schema.sql": ROOT / "schema.sql", f"{top}/schema_rls.sql": ROOT / "schema_rls.sql",
-                    f"{top}/CHANGELOG.md": ROOT / "CHANGELOG.md"}
+        in_sdist = {f"{top}/{name}": ROOT / name
+                    for name in ("schema.sql", "schema_rls.sql", "schema_citus.sql", "CHANGELOG.md")}
         in_sdist |= {f"{top}/{inside}": source for inside, source in packaged.items()}
         for inside, source in in_sdist.items():
             member = tar.extractfile(inside)

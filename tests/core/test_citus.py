@@ -1,0 +1,450 @@
+"""convdb on a Citus cluster: one shard per conversation-scoped statement, user-wide statements
+correct across shards, and schema_citus.sql's distribution (issue 16).
+
+Engine-specific: these run only in the Citus mode of the suite (CONVDB_TEST_CITUS=1 or
+CONVDB_TEST_CITUS_DSN; .ci/run runs it), where they are the twins of the single-node plan tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from convdb import ConvDBError, ConversationStore
+from convdb.listing import build_listing
+from convdb.sql import QUERIES
+from convdb.testing import apply_schema, apply_sql, catalog_snapshot
+from tests.support.fix_server import ROOT, SCHEMA_CITUS, Server
+
+citus_only = pytest.mark.engine_specific("citus", "EXPLAIN shapes and catalogs of a Citus cluster")
+
+_NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+# Statements that concern one conversation, with arguments naming conversation "c1" of user "u1".
+# ROUTER: the whole statement is one task on one shard (Citus router / fast-path execution).
+ROUTER: dict[str, tuple[Any, ...]] = {
+    "get_conversation": ("c1", "u1"),
+    "reserve_seq_range": ("c1", "u1", 3),
+    "lock_conversation_with_keys": ("c1", "u1", ["k1", "k2"]),
+    "insert_message_at": ("c1", 1, "user", "hi", None, None, None, None, 1, None),
+    "get_message_by_key": ("c1", "u1", "k1"),
+    "get_history": ("c1", "u1", 50),
+    "get_history_window": ("c1", "u1", 100, 50, None),
+    "count_messages": ("c1", "u1"),
+    "update_conversation": ("c1", "u1", True, "t", False, None),
+    "delete_conversation": ("c1", "u1"),
+    "clear_conversation": ("c1", "u1"),
+    "pop_last_message": ("c1", "u1"),
+    "export_header": ("c1", "u1"),
+    "export_messages": ("c1", "u1", 0, 100, 50),
+    "import_conversation_row": ("c1", "u1", "t", None, 1, _NOW, _NOW, True),
+    "import_owner_check": ("c1", "u1"),
+    "import_clear_messages": ("c1", "u1"),
+    "import_message": ("c1", 1, "user", "hi", None, None, None, None, 1, None, _NOW, "u1"),
+    "import_finish": ("c1", "u1", 5),
+    "lock_conversation": ("c1", "u1"),
+    "get_or_create_conversation_locked": ("c1", "u1", None, None),
+    "clear_feedback": ("c1", "u1", 1),
+    "get_feedback": ("c1", "u1"),
+    "feedback_summary_conversation": ("c1", "u1", None, None),
+    "export_feedback": ("c1", "u1", 100),
+    "import_feedback": ("c1", 1, 1, None, [], False, _NOW, _NOW, "u1"),
+}
+# ONE_SHARD_STEPS: an INSERT inside a CTE (or INSERT ... SELECT from one). Citus 13.2's router
+# planner refuses INSERT common table expressions ("Router planner doesn't support INSERT common
+# table expressions", multi_router_planner.c), so the statement runs as several steps from the
+# coordinator (subplans, or INSERT ... SELECT "pull to coordinator"); each step is one task on
+# the conversation's shard. Value: the most steps seen, so a rewrite that adds hops fails here.
+ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
+    "get_or_create_conversation": (("c1", "u1", None, None), 3),
+    "save_message": (("c1", "u1", "user", "hi", None, None, None, None, 1, None), 2),
+    "save_and_get_history": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, 50, None), 7),
+    "set_feedback": (("c1", "u1", 1, 1, None, []), 2),
+}
+# By user_id (not the distribution column): they fan out, and must still be correct (see below).
+USER_WIDE = {
+    "erase_list_conversations",
+    "erase_messages_chunk",
+    "erase_lock_conversations",
+    "erase_conversations",
+    "feedback_summary_user",
+}
+# Two conversations: a fork reads its source's shard and writes the new conversation's, which is
+# in general another shard (and worker). Multi-shard, and correct across shards (see below); rare
+# next to the hot path, which on the fork is single-shard again (the copy lives with the fork).
+TWO_CONVERSATIONS = {"fork_conversation", "fork_create", "fork_copy"}
+# Not about conversations' rows: the catalog report, the reference-table version, a setting.
+NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation", "set_rls_user"}
+
+
+def test_every_statement_is_classified() -> None:
+    """A new statement in queries.sql must be added to one of the sets above (and so be checked)."""
+    classified = set(ROUTER) | set(ONE_SHARD_STEPS) | USER_WIDE | TWO_CONVERSATIONS | NOT_DISTRIBUTED
+    assert set(QUERIES) == classified, set(QUERIES) ^ classified
+
+
+def _literal(value: Any, type_name: str) -> str:
+    if value is None:
+        text = "NULL"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, list):
+        text = "ARRAY[" + ",".join(_literal(v, "text") for v in value) + "]"
+    elif isinstance(value, datetime):
+        text = f"'{value.isoformat()}'"
+    else:
+        text = "'" + str(value).replace("'", "''") + "'"
+    sql_type = {"_text": "text[]"}.get(type_name, type_name)
+    return f"({text})::{sql_type}"
+
+
+async def _citus_plan(db: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+    """EXPLAIN (FORMAT JSON) of ``sql`` with ``args`` spelled as typed literals.
+
+    Literals, not parameters: Citus cannot EXPLAIN a parametrised INSERT ... SELECT ("could not
+    create distributed plan ... parameters"), and with literals every statement is explained the
+    same way, as the custom plan that plan_cache_mode=auto gives it at run time.
+    """
+    types = [t.name for t in (await db.prepare(sql)).get_parameters()]
+    assert len(types) == len(args), (len(types), args)
+    text = sql
+    for i in range(len(args), 0, -1):
+        text = re.sub(rf"\${i}(?![0-9])", _literal(args[i - 1], types[i - 1]).replace("\\", "\\\\"), text)
+    async with db.transaction():
+        raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + text)
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
+def _jobs(plan: Any) -> list[dict[str, Any]]:
+    """Every distributed job in a Citus plan (subplans included), depth first."""
+    found: list[dict[str, Any]] = []
+    if isinstance(plan, dict):
+        if "Job" in plan:
+            found.append(plan["Job"])
+        for value in plan.values():
+            found += _jobs(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            found += _jobs(value)
+    return found
+
+
+async def _worker_nodes(db: asyncpg.Connection, jobs: list[dict[str, Any]]) -> set[str]:
+    """The workers the jobs' tasks run on; a step the coordinator runs itself (reading the
+    intermediate results of earlier steps) is not a shard access."""
+    port = await db.fetchval("SELECT nodeport FROM pg_dist_node WHERE groupid = 0")
+    nodes = {task["Node"] for job in jobs for task in job.get("Tasks", []) if "Node" in task}
+    return {n for n in nodes if not re.search(rf"\bport={port}\b", n)}
+
+
+async def _shard_node(db: asyncpg.Connection, conversation_id: str) -> str:
+    row = await db.fetchrow(
+        "SELECT nodename, nodeport FROM citus_shards "
+        "WHERE table_name = 'conversations'::regclass "
+        "AND shardid = get_shard_id_for_distribution_column('conversations', $1::text)",
+        conversation_id,
+    )
+    assert row is not None
+    return f"host={row[0]} port={row[1]} "
+
+
+@citus_only
+@pytest.mark.parametrize("name", sorted(ROUTER))
+async def test_conversation_statement_is_one_router_task(db: asyncpg.Connection, name: str) -> None:
+    jobs = _jobs(await _citus_plan(db, QUERIES[name], ROUTER[name]))
+    assert [job["Task Count"] for job in jobs] == [1], f"{name}: {jobs}"
+    nodes = await _worker_nodes(db, jobs)
+    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, "c1")), nodes
+
+
+@citus_only
+@pytest.mark.parametrize("name", sorted(ONE_SHARD_STEPS))
+async def test_insert_statement_runs_each_step_on_the_one_shard(db: asyncpg.Connection, name: str) -> None:
+    args, most_steps = ONE_SHARD_STEPS[name]
+    jobs = _jobs(await _citus_plan(db, QUERIES[name], args))
+    assert 1 <= len(jobs) <= most_steps, f"{name}: {len(jobs)} steps"
+    assert all(job["Task Count"] == 1 for job in jobs), f"{name}: {[j['Task Count'] for j in jobs]}"
+    nodes = await _worker_nodes(db, jobs)
+    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, "c1")), nodes
+
+
+@citus_only
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [("get_history", ("big", "alice", 50)), ("get_history_window", ("big", "alice", 2**63 - 1, 50, 100))],
+)
+async def test_history_walks_the_shards_primary_key_backwards(
+    store: ConversationStore, db: asyncpg.Connection, name: str, args: tuple[Any, ...]
+) -> None:
+    """Twin of the single-node EXPLAIN tests (test_core_plans_and_round_trips.py,
+    test_agent_windows.py): one task, and on its shard get_history / get_history_window is a
+    backward scan of messages_pkey that stops after ``limit`` rows (the window's running sum a
+    WindowAgg over it), reading few buffers on the shard."""
+    conv = await store.get_or_create_conversation("big", "alice")
+    for _ in range(3):
+        await store.save_messages(conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)])
+    await db.execute("ANALYZE conversations; ANALYZE messages")
+    types = [t.name for t in (await db.prepare(QUERIES[name])).get_parameters()]
+    text = QUERIES[name]
+    for i in range(len(args), 0, -1):
+        text = re.sub(rf"\${i}(?![0-9])", _literal(args[i - 1], types[i - 1]).replace("\\", "\\\\"), text)
+    raw = await db.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + text)
+    jobs = _jobs(json.loads(raw) if isinstance(raw, str) else raw)
+    assert [job["Task Count"] for job in jobs] == [1]
+    remote = json.dumps(jobs[0]["Tasks"][0]["Remote Plan"])
+    shard_plan = jobs[0]["Tasks"][0]["Remote Plan"]
+    while isinstance(shard_plan, list):
+        shard_plan = shard_plan[0]
+    top = shard_plan["Plan"]
+    touched = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+    assert touched < 50, f"{touched} buffers on the shard for 50 rows: not reading only the newest rows"
+    scans = re.findall(r'\{[^{}]*"Relation Name": "messages_[0-9]+"[^{}]*\}', remote)
+    assert len(scans) == 1, remote
+    scan = json.loads(scans[0])
+    assert scan["Node Type"] in {"Index Scan", "Index Only Scan"}
+    assert re.fullmatch(r"messages_pkey_[0-9]+", scan["Index Name"]), scan
+    assert scan["Scan Direction"] == "Backward"
+    # The window's LIMIT sits above its WindowAgg, which reads one row ahead.
+    assert scan["Actual Rows"] <= (51 if name == "get_history_window" else 50)
+    if name == "get_history_window":
+        assert '"Node Type": "WindowAgg"' in remote
+
+
+@citus_only
+async def test_user_wide_listing_and_erasure_are_correct_across_shards(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """list_conversations and delete_user_data read by user_id, so they fan out to every shard:
+    every page is complete and ordered, and erasure removes all of one user's rows, on every
+    worker, and nothing of another user's."""
+    ids = [f"conv-{n:03d}" for n in range(40)]
+    for n, cid in enumerate(ids):
+        await store.get_or_create_conversation(cid, "alice", title=f"t{n}")
+        await store.save_messages(
+            cid, "alice", [{"role": "user", "content": str(i)} for i in range(n % 4 + 1)]
+        )
+    await store.get_or_create_conversation("bob-1", "bob")
+    await store.save_message("bob-1", "bob", "user", "keep me")
+    workers = await db.fetchval(
+        "SELECT count(DISTINCT (nodename, nodeport)) FROM citus_shards "
+        "WHERE table_name = 'conversations'::regclass "
+        "AND shardid IN (SELECT get_shard_id_for_distribution_column('conversations', x) "
+        "FROM unnest($1::text[]) x)",
+        ids,
+    )
+    assert workers >= 2, "the conversations should live on more than one worker"
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_conversations("alice", limit=7, cursor=cursor)
+        seen += [c.id for c in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    # Newest updated first: conversations were written in id order, one after the other.
+    assert seen == list(reversed(ids))
+
+    counts = await store.delete_user_data("alice", conversations_per_batch=9, messages_per_batch=7)
+    assert (counts.conversations, counts.messages) == (40, sum(n % 4 + 1 for n in range(40)))
+    assert await db.fetchval("SELECT count(*) FROM conversations WHERE user_id = 'alice'") == 0
+    assert (
+        await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = ANY($1::text[])", ids) == 0
+    )
+    assert [m.content for m in await store.get_history("bob-1", "bob")] == ["keep me"]
+
+
+async def _distribution(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    rows = await db.fetch(
+        "SELECT table_name::text, citus_table_type, distribution_column, colocation_id, shard_count "
+        "FROM citus_tables ORDER BY 1"
+    )
+    return [tuple(r) for r in rows]
+
+
+@citus_only
+async def test_schema_citus_distributes_colocated_and_is_idempotent(
+    pg_server: Server, db: asyncpg.Connection, db_name: str
+) -> None:
+    before = await _distribution(db)
+    by_name = {r[0]: r for r in before}
+    assert by_name["conversations"][1:3] == ("distributed", "id")
+    assert by_name["messages"][1:3] == ("distributed", "conversation_id")
+    assert by_name["conversations"][3] == by_name["messages"][3], "co-located"
+    assert by_name["conversations"][4] == 32
+    assert by_name["convdb_schema_version"][1] == "reference"
+    shards = await db.fetchval("SELECT count(*) FROM pg_dist_shard")
+    fkeys = await db.fetchval(
+        "SELECT count(*) FROM pg_constraint WHERE conname = 'messages_conversation_fkey'"
+    )
+
+    apply_schema(pg_server.dsn(db_name), SCHEMA_CITUS)  # again: changes nothing
+
+    assert await _distribution(db) == before
+    assert await db.fetchval("SELECT count(*) FROM pg_dist_shard") == shards
+    assert fkeys == 1
+    assert (
+        await db.fetchval("SELECT count(*) FROM pg_constraint WHERE conname = 'messages_conversation_fkey'")
+        == 1
+    )
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "convdb", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+@citus_only
+async def test_schema_citus_command_output_builds_a_database_check_accepts(
+    pg_server: Server, db: asyncpg.Connection, db_name: str
+) -> None:
+    """`python -m convdb schema --citus` applied with psql on a new distributed database (the
+    extension on every node, the workers registered, nothing else) gives the tests' template:
+    same catalog, same distribution; `check` accepts it and connect() verifies it."""
+    assert pg_server.citus is not None
+    printed = await asyncio.to_thread(_cli, "schema", "--citus")
+    assert printed.returncode == 0 and printed.stderr == "", printed
+    assert printed.stdout.endswith(SCHEMA_CITUS.read_text())
+    name = f"cli_{uuid.uuid4().hex[:12]}"
+    await pg_server.citus.create_database(name)
+    try:
+        dsn = pg_server.dsn(name)
+        apply_sql(dsn, printed.stdout)
+        assert await catalog_snapshot(dsn) == await catalog_snapshot(pg_server.dsn(db_name))
+        built = await asyncpg.connect(dsn)
+        try:
+            assert await _distribution(built) == await _distribution(db)
+        finally:
+            await built.close()
+        checked = await asyncio.to_thread(_cli, "check", "--dsn", dsn)
+        assert checked.returncode == 0, checked
+        assert checked.stdout.endswith("OK: this package can run on this database.\n")
+        store = await ConversationStore.connect(dsn, min_size=1, max_size=1)
+        try:
+            await store.verify_schema()
+            conv = await store.get_or_create_conversation("cli-1", "alice")
+            assert (await store.save_message(conv.id, "alice", "user", "hi")).seq == 1
+        finally:
+            await store.close()
+    finally:
+        await pg_server.citus.drop_database(name)
+
+
+@citus_only
+async def test_idempotent_replay_is_recognised_without_constraint_name(store: ConversationStore) -> None:
+    """Citus relays the worker's unique violation without constraint_name; a replayed key must
+    still return the stored message (one stored), and a batch replay likewise."""
+    conv = await store.get_or_create_conversation("keys", "alice")
+    first = await store.save_message(conv.id, "alice", "user", "once", idempotency_key="k")
+    again = await store.save_message(conv.id, "alice", "user", "once", idempotency_key="k")
+    assert again == first
+    batch = [{"role": "user", "content": str(i), "idempotency_key": f"b{i}"} for i in range(3)]
+    stored = await store.save_messages(conv.id, "alice", batch)
+    assert await store.save_messages(conv.id, "alice", batch) == stored
+    assert await store.count_messages(conv.id, "alice") == 4
+
+
+@citus_only
+async def test_listing_reads_each_shard_through_the_user_index(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """Twin of the single-node listing plan test: the listing fans out (user_id is not the
+    distribution column), and on every shard it reads only the user's rows through
+    conversations_user_id, never a sequential scan."""
+    await db.execute("""INSERT INTO conversations (id, user_id, updated_at)
+                        SELECT 'c' || g, 'u' || (g % 2000), now() - g * interval '1 second'
+                          FROM generate_series(1, 40000) g""")
+    await db.execute("ANALYZE conversations")
+    await db.execute("SET citus.explain_all_tasks = on")
+    cursor = (await store.list_conversations("u7", limit=3)).next_cursor
+    for kwargs in ({}, {"cursor": cursor}, {"title_contains": "x", "metadata_contains": {"a": 1}}):
+        query = build_listing("u7", limit=3, **kwargs)
+        raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args)
+        jobs = _jobs(json.loads(raw) if isinstance(raw, str) else raw)
+        assert [job["Task Count"] for job in jobs] == [32]
+        remote = json.dumps([task["Remote Plan"] for task in jobs[0]["Tasks"]])
+        assert '"Seq Scan"' not in remote
+        indexes = set(re.findall(r'"Index Name": "([^"]+)"', remote))
+        assert len(indexes) == 32 and all(re.fullmatch(r"conversations_user_id_[0-9]+", i) for i in indexes)
+    page = await store.list_conversations("u7", limit=30)
+    assert [c.id for c in page.items] == [f"c{g}" for g in range(7, 40001, 2000)][:20]
+
+
+async def _worker_of(db: asyncpg.Connection, pg_server: Server, conversation_id: str) -> tuple[int, str]:
+    """The index (in ``Server.citus.workers``) of the worker holding ``conversation_id``'s messages
+    shard, and that shard's table name on it."""
+    assert pg_server.citus is not None
+    row = await db.fetchrow(
+        "SELECT s.shard_name::text AS shard, s.nodeport FROM citus_shards s "
+        "WHERE s.shardid = get_shard_id_for_distribution_column('messages', $1::text)",
+        conversation_id,
+    )
+    assert row is not None
+    ports = [w.port for w in pg_server.citus.workers]
+    return ports.index(row["nodeport"]), str(row["shard"])
+
+
+@citus_only
+@pytest.mark.guarantee(4)
+async def test_batch_is_all_or_nothing_when_its_worker_backend_is_killed(
+    pg_server: Server, db: asyncpg.Connection, db_name: str
+) -> None:
+    """The worker's backend running the batch's INSERT on the shard is terminated while it waits
+    (a session on that worker holds a SHARE lock on the shard): the call fails with a typed error,
+    nothing of the batch is stored, and every pool slot works again afterwards."""
+    assert pg_server.citus is not None
+    async with await ConversationStore.connect(pg_server.dsn(db_name), min_size=2, max_size=2) as store:
+        conv = await store.get_or_create_conversation(None, "alice")
+        index, shard = await _worker_of(db, pg_server, conv.id)
+        worker = await asyncpg.connect(pg_server.citus.worker_dsn(index, db_name))
+        locker = await asyncpg.connect(pg_server.citus.worker_dsn(index, db_name))
+        try:
+            # Shards are hidden from a worker's catalog by default, and refused to manual changes.
+            await locker.execute(
+                "SET citus.override_table_visibility = off; SET citus.enable_manual_changes_to_shards = on"
+            )
+            await locker.execute(f"BEGIN; LOCK TABLE {shard} IN SHARE MODE")
+            batch = [{"role": "user", "content": f"m{i}"} for i in range(50)]
+            task = asyncio.create_task(store.save_messages(conv.id, "alice", batch))
+            deadline = time.monotonic() + 60
+            pid = None
+            while pid is None and time.monotonic() < deadline and not task.done():
+                pid = await worker.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO %messages%'"
+                )
+                if pid is None:
+                    await asyncio.sleep(0.05)
+            assert pid is not None, "the batch's INSERT never waited on the worker"
+            assert await worker.fetchval("SELECT pg_terminate_backend($1::integer)", pid)
+            with pytest.raises(ConvDBError):
+                await asyncio.wait_for(task, 60)
+            await locker.execute("ROLLBACK")
+        finally:
+            await locker.close()
+            await worker.close()
+        assert await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", conv.id) == 0
+        assert await db.fetchval("SELECT next_seq FROM conversations WHERE id = $1", conv.id) == 1
+        held = [await store.pool.acquire(timeout=30) for _ in range(2)]
+        try:
+            assert [await c.fetchval("SELECT 1") for c in held] == [1, 1]
+        finally:
+            for c in held:
+                await store.pool.release(c)
+        saved = await store.save_messages(conv.id, "alice", batch[:3])
+        assert [m.seq for m in saved] == [1, 2, 3]
