@@ -37,10 +37,10 @@ RELEASES = ROOT / "tests" / "integration" / "schema_releases"
 # How to take the database back to the version before each migration, so that it can run again.
 UNDO = {
     2: "ALTER TABLE convdb_schema_version DROP COLUMN compatible_from; "
-       "UPDATE convdb_schema_version SET version = 1",
+    "UPDATE convdb_schema_version SET version = 1",
     3: "DROP INDEX conversations_forks; DROP INDEX conversations_branches; "
-       "ALTER TABLE conversations DROP CONSTRAINT conversations_fork_lineage, DROP COLUMN parent_id, "
-       "DROP COLUMN forked_at_seq, DROP COLUMN root_id; UPDATE convdb_schema_version SET version = 2",
+    "ALTER TABLE conversations DROP CONSTRAINT conversations_fork_lineage, DROP COLUMN parent_id, "
+    "DROP COLUMN forked_at_seq, DROP COLUMN root_id; UPDATE convdb_schema_version SET version = 2",
     4: "DROP TABLE message_feedback; UPDATE convdb_schema_version SET version = 3",
 }
 
@@ -65,13 +65,17 @@ async def _seed(dsn: str, messages: int, per_conversation: int) -> None:
         await conn.execute(
             "INSERT INTO conversations (id, user_id, next_seq) "
             "SELECT 'c' || g, 'u' || (g % 1000), $2::bigint + 1 FROM generate_series(1, $1) g",
-            conversations, per_conversation)
+            conversations,
+            per_conversation,
+        )
         await conn.execute(
             "INSERT INTO messages (conversation_id, seq, role, content, token_count) "
             "SELECT 'c' || c, s, CASE WHEN s % 2 = 0 THEN 'assistant' ELSE 'user' END, "
             "       repeat('lorem ipsum ', 8), 24 "
             "  FROM generate_series(1, $1) c, generate_series(1, $2) s",
-            conversations, per_conversation)
+            conversations,
+            per_conversation,
+        )
         await conn.execute("VACUUM ANALYZE conversations")
         await conn.execute("VACUUM ANALYZE messages")
     finally:
@@ -115,8 +119,10 @@ def _ms(values: list[float]) -> str:
         return "no calls"
     ordered = sorted(values)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return (f"n={len(values)} median {statistics.median(values) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, "
-            f"max {max(values) * 1000:.2f} ms")
+    return (
+        f"n={len(values)} median {statistics.median(values) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, "
+        f"max {max(values) * 1000:.2f} ms"
+    )
 
 
 async def measure(dsn: str, version: int, runs: int, conversations: int) -> None:
@@ -130,19 +136,25 @@ async def measure(dsn: str, version: int, runs: int, conversations: int) -> None
     psql_times: list[float] = []
     locks: list[tuple[str, str]] = []
     try:
-        tasks = [asyncio.create_task(_writer(store, conversations, stop, writes)),
-                 asyncio.create_task(_writer(store, conversations, stop, writes)),
-                 asyncio.create_task(_version_reader(dsn, stop, reads))]
+        tasks = [
+            asyncio.create_task(_writer(store, conversations, stop, writes)),
+            asyncio.create_task(_writer(store, conversations, stop, writes)),
+            asyncio.create_task(_version_reader(dsn, stop, reads)),
+        ]
         await asyncio.sleep(2.0)
         for _ in range(runs):
             start = time.perf_counter()
             async with conn.transaction():
                 await conn.execute(_body(migration.sql))
-                locks = [(r["relation"], r["mode"]) for r in await conn.fetch(
-                    "SELECT coalesce(c.relname, l.relation::text) AS relation, l.mode FROM pg_locks l "
-                    "LEFT JOIN pg_class c ON c.oid = l.relation WHERE l.pid = pg_backend_pid() "
-                    "AND l.locktype = 'relation' AND l.granted AND c.relname NOT LIKE 'pg\\_%' "
-                    "ORDER BY 1, 2")]
+                locks = [
+                    (r["relation"], r["mode"])
+                    for r in await conn.fetch(
+                        "SELECT coalesce(c.relname, l.relation::text) AS relation, l.mode FROM pg_locks l "
+                        "LEFT JOIN pg_class c ON c.oid = l.relation WHERE l.pid = pg_backend_pid() "
+                        "AND l.locktype = 'relation' AND l.granted AND c.relname NOT LIKE 'pg\\_%' "
+                        "ORDER BY 1, 2"
+                    )
+                ]
             end = time.perf_counter()
             windows.append((start, end))
             tx_times.append(end - start)
@@ -150,8 +162,19 @@ async def measure(dsn: str, version: int, runs: int, conversations: int) -> None
             await asyncio.sleep(1.0)
             start = time.perf_counter()
             psql = await asyncio.create_subprocess_exec(
-                find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "-",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                find_binary("psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                dsn,
+                "-f",
+                "-",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             _, err = await psql.communicate(migration.sql.encode())
             if psql.returncode != 0:
                 raise RuntimeError(f"psql failed: {err.decode()}")
@@ -169,18 +192,23 @@ async def measure(dsn: str, version: int, runs: int, conversations: int) -> None
     print("locks held at COMMIT (relation, mode):")
     for relation, mode in locks:
         print(f"    {relation:40s} {mode}")
-    print(f"transaction (= lock hold time): median {statistics.median(tx_times) * 1000:.2f} ms, "
-          f"max {max(tx_times) * 1000:.2f} ms")
-    print(f"whole file through psql (connect included): "
-          f"median {statistics.median(psql_times) * 1000:.1f} ms, max {max(psql_times) * 1000:.1f} ms")
+    print(
+        f"transaction (= lock hold time): median {statistics.median(tx_times) * 1000:.2f} ms, "
+        f"max {max(tx_times) * 1000:.2f} ms"
+    )
+    print(
+        f"whole file through psql (connect included): "
+        f"median {statistics.median(psql_times) * 1000:.1f} ms, max {max(psql_times) * 1000:.1f} ms"
+    )
     for name, timeline in (("writer (save_message)", writes), ("version-table reader", reads)):
         during, outside = _split(timeline, windows)
         print(f"{name}: during a migration {_ms(during)}; otherwise {_ms(outside)}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--per-conversation", type=int, default=100)
     parser.add_argument("--runs", type=int, default=5)
@@ -196,8 +224,10 @@ def main() -> None:
             apply_schema(dsn, RELEASES / f"schema_v{args.migration - 1}.sql")
             started = time.perf_counter()
             asyncio.run(_seed(dsn, args.messages, args.per_conversation))
-            print(f"seeded {args.messages} messages in {time.perf_counter() - started:.0f} s "
-                  f"(PostgreSQL at {server.data_dir}, default durability settings)")
+            print(
+                f"seeded {args.messages} messages in {time.perf_counter() - started:.0f} s "
+                f"(PostgreSQL at {server.data_dir}, default durability settings)"
+            )
             conversations = max(1, args.messages // args.per_conversation)
             asyncio.run(measure(dsn, args.migration, args.runs, conversations))
         finally:

@@ -190,8 +190,10 @@ def _translate(exc: BaseException) -> BaseException:
         # 55P03: lock_timeout ran out (convdb never uses NOWAIT, the other source of this code).
         return QueryTimeout(f"gave up waiting for a lock (lock_timeout): {exc}")
     if isinstance(exc, asyncpg.exceptions.DeadlockDetectedError | asyncpg.exceptions.SerializationError):
-        return TransientError(f"aborted by a conflict with a concurrent transaction; nothing of this "
-                              f"call was committed, it can be retried: {exc}")
+        return TransientError(
+            f"aborted by a conflict with a concurrent transaction; nothing of this "
+            f"call was committed, it can be retried: {exc}"
+        )
     if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
         return QueryTimeout(f"statement cancelled by the server: {exc}")
     if isinstance(exc, TimeoutError):

@@ -244,15 +244,15 @@ class MessageParser:
         self.last_seq = seq
         return seq, row, created_at
 
-
     def _feedback(self, record: Mapping[str, Any], index: int) -> FeedbackRow:
         unknown = set(record) - _FEEDBACK_FIELDS
         if unknown:
             raise InvalidInput(sorted(map(str, unknown))[0], "is not a feedback field", index=index)
         seq = _check_seq(record.get("seq"), "seq", index)
         if seq > self.last_seq or (self.feedback and seq <= self.feedback[-1].seq):
-            raise InvalidInput("seq", f"feedback on seq {seq} must follow its message, in seq order",
-                               index=index)
+            raise InvalidInput(
+                "seq", f"feedback on seq {seq} must follow its message, in seq order", index=index
+            )
         try:
             rating = check_rating(record.get("rating"))
             comment = check_comment(record.get("comment"))
@@ -260,9 +260,15 @@ class MessageParser:
             inherited = check_flag(record.get("inherited", False), "inherited")
         except InvalidInput as exc:
             raise InvalidInput(exc.field, exc.problem, index=index) from None
-        return FeedbackRow(seq, rating, comment, tags, inherited,
-                           _check_time(record.get("created_at"), "created_at", index),
-                           _check_time(record.get("updated_at"), "updated_at", index))
+        return FeedbackRow(
+            seq,
+            rating,
+            comment,
+            tags,
+            inherited,
+            _check_time(record.get("created_at"), "created_at", index),
+            _check_time(record.get("updated_at"), "updated_at", index),
+        )
 
 
 async def aiter_records(records: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

@@ -41,8 +41,17 @@ MAX_PAGE_SIZE: Final = 1000
 MAX_TITLE_SEARCH: Final = 1000
 _CURSOR_VERSION: Final = 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_COLUMNS: Final = ("id", "user_id", "title", "metadata", "created_at", "updated_at", "parent_id",
-                   "forked_at_seq", "root_id")
+_COLUMNS: Final = (
+    "id",
+    "user_id",
+    "title",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "parent_id",
+    "forked_at_seq",
+    "root_id",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +73,13 @@ class _Match(Comparator):
 # Ohm sign. With them, "every x with x.lower() == c.lower()" is c.lower(), c.lower().upper(),
 # c.lower().title() and this table (checked over all of Unicode by
 # tests/unit/test_hardening_title_fold.py).
-_EXTRA_UPPER: Final[Mapping[str, str]] = {"\u00df": "\u1e9e", "k": "\u212a", "\u00e5": "\u212b",
-                                          "\u03b8": "\u03f4", "\u03c9": "\u2126"}
+_EXTRA_UPPER: Final[Mapping[str, str]] = {
+    "\u00df": "\u1e9e",
+    "k": "\u212a",
+    "\u00e5": "\u212b",
+    "\u03b8": "\u03f4",
+    "\u03c9": "\u2126",
+}
 
 
 def case_variants(char: str) -> str:
@@ -135,8 +149,12 @@ def decode_cursor(cursor: object, context: str) -> tuple[datetime, str]:
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("cursor", "is not a cursor returned by list_conversations") from exc
     if (
-        not isinstance(value, list) or len(value) != 4 or value[0] != _CURSOR_VERSION
-        or type(value[1]) is not int or not isinstance(value[2], str) or not isinstance(value[3], str)
+        not isinstance(value, list)
+        or len(value) != 4
+        or value[0] != _CURSOR_VERSION
+        or type(value[1]) is not int
+        or not isinstance(value[2], str)
+        or not isinstance(value[3], str)
     ):
         raise InvalidInput("cursor", "is not a cursor returned by list_conversations")
     version, micros, conversation_id, check = value
@@ -168,17 +186,22 @@ def build_listing(
     n = check_limit(limit, maximum=MAX_PAGE_SIZE)
     title = None if title_contains is None else check_text(title_contains, "title_contains")
     if title is not None and len(title) > MAX_TITLE_SEARCH:
-        raise InvalidInput("title_contains",
-                           f"is {len(title)} characters long; the limit is {MAX_TITLE_SEARCH}")
+        raise InvalidInput(
+            "title_contains", f"is {len(title)} characters long; the limit is {MAX_TITLE_SEARCH}"
+        )
     meta_json = encode_json(metadata_contains, "metadata_contains", kind=dict)
     after = None if updated_after is None else check_aware_datetime(updated_after, "updated_after")
     before = None if updated_before is None else check_aware_datetime(updated_before, "updated_before")
     parent = None if parent_id is None else check_id(parent_id, "parent_id")
     root = None if root_id is None else check_id(root_id, "root_id")
-    context = _digest(uid, repr(title), meta_json or "",
-                      repr(after and after.astimezone(UTC).isoformat()),
-                      repr(before and before.astimezone(UTC).isoformat()),
-                      *(() if parent is None and root is None else (repr(parent), repr(root))))
+    context = _digest(
+        uid,
+        repr(title),
+        meta_json or "",
+        repr(after and after.astimezone(UTC).isoformat()),
+        repr(before and before.astimezone(UTC).isoformat()),
+        *(() if parent is None and root is None else (repr(parent), repr(root))),
+    )
     position = None if cursor is None else decode_cursor(cursor, context)
 
     t = Table("conversations")

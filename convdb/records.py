@@ -80,8 +80,16 @@ class Message:
 
 
 MESSAGE_COLUMNS: Final = (
-    "seq", "role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata", "token_count",
-    "idempotency_key", "created_at",
+    "seq",
+    "role",
+    "content",
+    "tool_name",
+    "tool_call_id",
+    "tool_calls",
+    "metadata",
+    "token_count",
+    "idempotency_key",
+    "created_at",
 )
 """The leading result columns of every message-returning statement in queries.sql, in the order
 ``Message.from_record`` reads them by position (tests/core/test_core_column_order.py pins

@@ -84,38 +84,28 @@ EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
     "convdb_schema_version.convdb_schema_version_singleton_check": "CHECK (singleton)",
     "conversations.conversations_pkey": "PRIMARY KEY (id)",
     "conversations.conversations_id_length": "CHECK (((length(id) >= 1) AND (length(id) <= 255)))",
-    "conversations.conversations_user_id_length":
-        "CHECK (((length(user_id) >= 1) AND (length(user_id) <= 255)))",
+    "conversations.conversations_user_id_length": "CHECK (((length(user_id) >= 1) AND (length(user_id) <= 255)))",
     "conversations.conversations_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
     "conversations.conversations_next_seq_positive": "CHECK ((next_seq >= 1))",
     "messages.messages_pkey": "PRIMARY KEY (conversation_id, seq)",
-    "messages.messages_conversation_fkey":
-        "FOREIGN KEY (conversation_id) REFERENCES conversations(id) ON DELETE CASCADE",
+    "messages.messages_conversation_fkey": "FOREIGN KEY (conversation_id) REFERENCES conversations(id) ON DELETE CASCADE",
     "messages.messages_seq_positive": "CHECK ((seq >= 1))",
-    "messages.messages_role_known":
-        "CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text, 'tool'::text])))",
+    "messages.messages_role_known": "CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text, 'tool'::text])))",
     "messages.messages_tool_has_call_id": "CHECK (((role <> 'tool'::text) OR (tool_call_id IS NOT NULL)))",
-    "messages.messages_tool_name_length":
-        "CHECK (((tool_name IS NULL) OR ((length(tool_name) >= 1) AND (length(tool_name) <= 255))))",
-    "messages.messages_tool_call_id_length":
-        "CHECK (((tool_call_id IS NULL) OR ((length(tool_call_id) >= 1) AND (length(tool_call_id) <= 255))))",
-    "messages.messages_idempotency_key_length":
-        "CHECK (((idempotency_key IS NULL) OR ((length(idempotency_key) >= 1) "
-        "AND (length(idempotency_key) <= 255))))",
-    "messages.messages_tool_calls_array":
-        "CHECK (((tool_calls IS NULL) OR (jsonb_typeof(tool_calls) = 'array'::text)))",
+    "messages.messages_tool_name_length": "CHECK (((tool_name IS NULL) OR ((length(tool_name) >= 1) AND (length(tool_name) <= 255))))",
+    "messages.messages_tool_call_id_length": "CHECK (((tool_call_id IS NULL) OR ((length(tool_call_id) >= 1) AND (length(tool_call_id) <= 255))))",
+    "messages.messages_idempotency_key_length": "CHECK (((idempotency_key IS NULL) OR ((length(idempotency_key) >= 1) "
+    "AND (length(idempotency_key) <= 255))))",
+    "messages.messages_tool_calls_array": "CHECK (((tool_calls IS NULL) OR (jsonb_typeof(tool_calls) = 'array'::text)))",
     "messages.messages_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
     "messages.messages_token_count_nonnegative": "CHECK ((token_count >= 0))",
-    "conversations.conversations_fork_lineage":
-        "CHECK ((((parent_id IS NULL) AND (forked_at_seq IS NULL) AND (root_id IS NULL)) OR "
-        "((parent_id IS NOT NULL) AND (forked_at_seq >= 0) AND (root_id IS NOT NULL))))",
+    "conversations.conversations_fork_lineage": "CHECK ((((parent_id IS NULL) AND (forked_at_seq IS NULL) AND (root_id IS NULL)) OR "
+    "((parent_id IS NOT NULL) AND (forked_at_seq >= 0) AND (root_id IS NOT NULL))))",
     # The cascade is what keeps pop, clear, delete and erasure working on rated messages.
     "message_feedback.message_feedback_pkey": "PRIMARY KEY (conversation_id, seq)",
-    "message_feedback.message_feedback_message_fkey":
-        "FOREIGN KEY (conversation_id, seq) REFERENCES messages(conversation_id, seq) ON DELETE CASCADE",
+    "message_feedback.message_feedback_message_fkey": "FOREIGN KEY (conversation_id, seq) REFERENCES messages(conversation_id, seq) ON DELETE CASCADE",
     "message_feedback.message_feedback_rating_range": "CHECK (((rating >= '-1'::integer) AND (rating <= 1)))",
-    "message_feedback.message_feedback_comment_length":
-        "CHECK (((comment IS NULL) OR (length(comment) <= 4000)))",
+    "message_feedback.message_feedback_comment_length": "CHECK (((comment IS NULL) OR (length(comment) <= 4000)))",
     "message_feedback.message_feedback_tags_count": "CHECK ((cardinality(tags) <= 16))",
 }
 
@@ -129,8 +119,7 @@ EXPECTED_INDEXES: Final[dict[str, str]] = {
     "conversations.conversations_pkey": "UNIQUE USING btree (id)",
     "conversations.conversations_user_id": "USING btree (user_id, id)",
     "messages.messages_pkey": "UNIQUE USING btree (conversation_id, seq)",
-    "messages.messages_idempotency_key":
-        "UNIQUE USING btree (conversation_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)",
+    "messages.messages_idempotency_key": "UNIQUE USING btree (conversation_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)",
     # list_conversations(parent_id=...) and (root_id=...) read forks through these.
     "conversations.conversations_forks": "USING btree (parent_id, user_id) WHERE (parent_id IS NOT NULL)",
     "conversations.conversations_branches": "USING btree (root_id, user_id) WHERE (root_id IS NOT NULL)",
@@ -178,13 +167,18 @@ def _structure_problems(catalog: dict[str, Any]) -> list[str]:
         if got["type"] != want.type:
             problems.append(f"column {name} is {got['type']}, expected {want.type}")
         if bool(got["not_null"]) != want.not_null:
-            problems.append(f"column {name} is {'NOT NULL' if got['not_null'] else 'nullable'}, "
-                            f"expected {'NOT NULL' if want.not_null else 'nullable'}")
+            problems.append(
+                f"column {name} is {'NOT NULL' if got['not_null'] else 'nullable'}, "
+                f"expected {'NOT NULL' if want.not_null else 'nullable'}"
+            )
         if got["default"] != want.default:
-            problems.append(f"column {name} has default {got['default'] or '(none)'}, "
-                            f"expected {want.default or '(none)'}")
-    for kind, key, expected in (("constraint", "constraints", EXPECTED_CONSTRAINTS),
-                                ("index", "indexes", EXPECTED_INDEXES)):
+            problems.append(
+                f"column {name} has default {got['default'] or '(none)'}, expected {want.default or '(none)'}"
+            )
+    for kind, key, expected in (
+        ("constraint", "constraints", EXPECTED_CONSTRAINTS),
+        ("index", "indexes", EXPECTED_INDEXES),
+    ):
         found: dict[str, str] = catalog.get(key) or {}
         for name, definition in expected.items():
             table, _, short = name.partition(".")
@@ -195,9 +189,13 @@ def _structure_problems(catalog: dict[str, Any]) -> list[str]:
     return problems
 
 
-def assess(catalog: dict[str, Any], version_row: dict[str, Any] | None, *,
-           package_version: int | None = None,
-           migrations: tuple[_migrations.Migration, ...] | None = None) -> SchemaReport:
+def assess(
+    catalog: dict[str, Any],
+    version_row: dict[str, Any] | None,
+    *,
+    package_version: int | None = None,
+    migrations: tuple[_migrations.Migration, ...] | None = None,
+) -> SchemaReport:
     """Compare what the database holds with what a package built for ``package_version`` needs.
 
     ``package_version`` and ``migrations`` default to this package's (looked up at call time, so
@@ -211,29 +209,33 @@ def assess(catalog: dict[str, Any], version_row: dict[str, Any] | None, *,
     missing: tuple[str, ...] = ()
     if version is None:
         problems.extend(_structure_problems(catalog))
-        problems.append("no schema version is recorded (table convdb_schema_version); "
-                        + FRESH_INSTALL)
+        problems.append("no schema version is recorded (table convdb_schema_version); " + FRESH_INSTALL)
     elif version < wanted:
         missing = tuple(m.filename for m in known if version < m.version <= wanted)
         problems.append(
             f"the database is at schema version {version} and this package needs version {wanted}: "
             f"apply, in order, {', '.join(missing) or '(no migration known for that range)'} with: "
-            f"python -m convdb migrations --from {version} | psql -v ON_ERROR_STOP=1 -d <database> -f -")
+            f"python -m convdb migrations --from {version} | psql -v ON_ERROR_STOP=1 -d <database> -f -"
+        )
     elif floor is not None and floor > wanted:
         problems.append(
             f"the database is at schema version {version} and supports packages built for schema "
-            f"{floor} or later; this package is built for schema {wanted}: it is too old, upgrade convdb")
+            f"{floor} or later; this package is built for schema {wanted}: it is too old, upgrade convdb"
+        )
     else:
         drift = _structure_problems(catalog)
         if drift:
-            drift[-1] += (f" (the database records schema version {version} but differs from it; compare "
-                          "with python -m convdb schema and repair it, or rebuild it)")
+            drift[-1] += (
+                f" (the database records schema version {version} but differs from it; compare "
+                "with python -m convdb schema and repair it, or rebuild it)"
+            )
         problems.extend(drift)
     return SchemaReport(wanted, version, floor, missing, tuple(problems))
 
 
-async def inspect(conn: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-                  ) -> SchemaReport:
+async def inspect(
+    conn: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record],
+) -> SchemaReport:
     """Read the catalog (and the version row when its table exists) and assess them.
 
     Two statements: the version row cannot be read in the catalog statement, which must also run on

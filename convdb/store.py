@@ -147,8 +147,13 @@ class ConversationStore:
     ) -> None:
         self._pool = pool
         self._owns_pool = _owns_pool
-        self._runner = Runner(pool, acquire_timeout=acquire_timeout, retry_reads=retry_reads,
-                              retry_keyed_writes=retry_keyed_writes, row_level_security=row_level_security)
+        self._runner = Runner(
+            pool,
+            acquire_timeout=acquire_timeout,
+            retry_reads=retry_reads,
+            retry_keyed_writes=retry_keyed_writes,
+            row_level_security=row_level_security,
+        )
         self.max_content_bytes = max_content_bytes
         self.limits = SizeLimits(max_title_bytes, max_metadata_bytes, max_tool_calls_bytes)
         self.count_tokens = count_tokens
@@ -186,17 +191,31 @@ class ConversationStore:
         when the schema differs (the pool is then closed again).
         """
         try:
-            pool = await create_pool(dsn, min_size=min_size, max_size=max_size,
-                                     statement_cache_size=statement_cache_size, **pool_options)
+            pool = await create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                statement_cache_size=statement_cache_size,
+                **pool_options,
+            )
         except Exception as exc:
             raise translate(exc) from exc
-        store = cls(pool, max_content_bytes=max_content_bytes, max_title_bytes=max_title_bytes,
-                    max_metadata_bytes=max_metadata_bytes, max_tool_calls_bytes=max_tool_calls_bytes,
-                    count_tokens=count_tokens,
-                    acquire_timeout=acquire_timeout, batch_timeout=batch_timeout,
-                    batch_timeout_per_mib=batch_timeout_per_mib, max_batch_size=max_batch_size,
-                    retry_reads=retry_reads, retry_keyed_writes=retry_keyed_writes,
-                    row_level_security=row_level_security, _owns_pool=True)
+        store = cls(
+            pool,
+            max_content_bytes=max_content_bytes,
+            max_title_bytes=max_title_bytes,
+            max_metadata_bytes=max_metadata_bytes,
+            max_tool_calls_bytes=max_tool_calls_bytes,
+            count_tokens=count_tokens,
+            acquire_timeout=acquire_timeout,
+            batch_timeout=batch_timeout,
+            batch_timeout_per_mib=batch_timeout_per_mib,
+            max_batch_size=max_batch_size,
+            retry_reads=retry_reads,
+            retry_keyed_writes=retry_keyed_writes,
+            row_level_security=row_level_security,
+            _owns_pool=True,
+        )
         if verify_schema:
             try:
                 await store.verify_schema()
@@ -226,6 +245,7 @@ class ConversationStore:
         call in flight, what it raises is a ``ConvDBError``.
         """
         if self._owns_pool:
+
             async def close_on_home() -> None:
                 await self._runner.drain()
                 await self._pool.close()
@@ -278,8 +298,9 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         check_title(title, self.limits)
         meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
-        op = functools.partial(conversation_ops.get_or_create, cid=cid, uid=uid, title=title,
-                               metadata_json=meta_json)
+        op = functools.partial(
+            conversation_ops.get_or_create, cid=cid, uid=uid, title=title, metadata_json=meta_json
+        )
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
     async def get_conversation(self, conversation_id: str, user_id: str) -> Conversation:
@@ -312,9 +333,17 @@ class ConversationStore:
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message(
-            role, content, tool_name=tool_name, tool_call_id=tool_call_id, tool_calls=tool_calls,
-            metadata=metadata, token_count=token_count, idempotency_key=idempotency_key,
-            max_content_bytes=self.max_content_bytes, count_tokens=self.count_tokens, limits=self.limits,
+            role,
+            content,
+            tool_name=tool_name,
+            tool_call_id=tool_call_id,
+            tool_calls=tool_calls,
+            metadata=metadata,
+            token_count=token_count,
+            idempotency_key=idempotency_key,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
         )
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
         op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
@@ -332,17 +361,23 @@ class ConversationStore:
         Messages with idempotency keys already stored come back as stored, not written again.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        rows = prepare_batch(messages, max_content_bytes=self.max_content_bytes,
-                             count_tokens=self.count_tokens, max_batch=self.max_batch_size,
-                             limits=self.limits)
-        payload = sum(len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "")
-                      for r in rows)
+        rows = prepare_batch(
+            messages,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            max_batch=self.max_batch_size,
+            limits=self.limits,
+        )
+        payload = sum(
+            len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "") for r in rows
+        )
         seconds = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
         keyed = all(r.idempotency_key is not None for r in rows)
 
         op = functools.partial(message_ops.save_batch, cid=cid, uid=uid, rows=rows, time_budget=seconds)
         return await self._runner.run_transactions(
-            op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds)
+            op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds
+        )
 
     async def get_history(
         self,
@@ -368,8 +403,9 @@ class ConversationStore:
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
         trimmed = check_flag(trim, "trim")
-        op = functools.partial(message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget,
-                               trim=trimmed)
+        op = functools.partial(
+            message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget, trim=trimmed
+        )
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- agent turns -------------------------------------------------------------------------
@@ -393,13 +429,18 @@ class ConversationStore:
         conversation during the statement (the window is then re-read) or on a keyed replay.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        row = prepare_message_dict(message, max_content_bytes=self.max_content_bytes,
-                                   count_tokens=self.count_tokens, limits=self.limits)
+        row = prepare_message_dict(
+            message,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
+        )
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
-        op = functools.partial(message_ops.save_and_get_history, cid=cid, uid=uid, row=row, limit=n,
-                               token_budget=token_budget)
+        op = functools.partial(
+            message_ops.save_and_get_history, cid=cid, uid=uid, row=row, limit=n, token_budget=token_budget
+        )
         return await self._runner.run(op, policy, user_id=uid)
 
     # -- conversation management -------------------------------------------------------------
@@ -428,9 +469,17 @@ class ConversationStore:
         lineage root (forks of forks included; the root itself is not one of them). One round
         trip per page.
         """
-        query = build_listing(user_id, limit=limit, cursor=cursor, title_contains=title_contains,
-                              metadata_contains=metadata_contains, updated_after=updated_after,
-                              updated_before=updated_before, parent_id=parent_id, root_id=root_id)
+        query = build_listing(
+            user_id,
+            limit=limit,
+            cursor=cursor,
+            title_contains=title_contains,
+            metadata_contains=metadata_contains,
+            updated_after=updated_after,
+            updated_before=updated_before,
+            parent_id=parent_id,
+            root_id=root_id,
+        )
         uid = check_id(user_id, "user_id")  # validated by build_listing; named for row-level security
         op = functools.partial(conversation_ops.list_page, query=query)
         return await self._runner.run(op, Policy.READ, user_id=uid)
@@ -452,11 +501,20 @@ class ConversationStore:
         if isinstance(title, Unset) and isinstance(metadata, Unset):
             raise InvalidInput("title", "nothing to update: pass title= and/or metadata=")
         new_title = None if isinstance(title, Unset) else check_title(title, self.limits)
-        meta_json = None if isinstance(metadata, Unset) else encode_json(
-            metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
-        op = functools.partial(conversation_ops.update, cid=cid, uid=uid,
-                               set_title=not isinstance(title, Unset), title=new_title,
-                               set_metadata=not isinstance(metadata, Unset), metadata_json=meta_json)
+        meta_json = (
+            None
+            if isinstance(metadata, Unset)
+            else encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
+        )
+        op = functools.partial(
+            conversation_ops.update,
+            cid=cid,
+            uid=uid,
+            set_title=not isinstance(title, Unset),
+            title=new_title,
+            set_metadata=not isinstance(metadata, Unset),
+            metadata_json=meta_json,
+        )
         # Absolute values: a second run sets the same ones (READ's retry rule).
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
@@ -531,8 +589,9 @@ class ConversationStore:
                     return ErasureCounts(progress.conversations, progress.messages)
                 after = ""  # one more look from the start (see below)
                 continue
-            erase = functools.partial(erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk,
-                                      progress=progress)
+            erase = functools.partial(
+                erasure_ops.erase_conversations, uid=uid, ids=ids, chunk=chunk, progress=progress
+            )
             await self._runner.run_transactions(erase, Policy.ERASE, user_id=uid, single_statements=True)
             # After the last batch, one more look from the start: it finds conversations created
             # meanwhile below the cursor, and otherwise ends the loop.
@@ -590,8 +649,9 @@ class ConversationStore:
         yield head
         after, bound = 0, head["next_seq"]
         while True:
-            chunk = functools.partial(transfer_ops.export_chunk, cid=cid, uid=uid, after=after, bound=bound,
-                                      size=size)
+            chunk = functools.partial(
+                transfer_ops.export_chunk, cid=cid, uid=uid, after=after, bound=bound, size=size
+            )
             records = await self._runner.run(chunk, Policy.READ, user_id=uid)
             for record in records:
                 yield record
@@ -631,8 +691,12 @@ class ConversationStore:
         stream = aiter_records(records)
         header = parse_header(await anext(stream, None), self.limits)
         cid = override or header.id
-        parser = MessageParser(header, max_content_bytes=self.max_content_bytes,
-                               count_tokens=self.count_tokens, limits=self.limits)
+        parser = MessageParser(
+            header,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
+        )
         rest = numbered(stream)
         first = []  # validated before any I/O; the rest is validated chunk by chunk
         async for index, record in rest:
@@ -641,14 +705,26 @@ class ConversationStore:
                 first.append(parsed)
             if len(first) >= transfer_ops.IMPORT_CHUNK:
                 break
-        op = functools.partial(transfer_ops.import_conversation, cid=cid, uid=uid, header=header,
-                               parser=parser, first=first, rest=rest, replace=overwrite,
-                               chunk_seconds=time_limit)
+        op = functools.partial(
+            transfer_ops.import_conversation,
+            cid=cid,
+            uid=uid,
+            header=header,
+            parser=parser,
+            first=first,
+            rest=rest,
+            replace=overwrite,
+            chunk_seconds=time_limit,
+        )
         await self._runner.run_transactions(op, Policy.WRITE, user_id=uid, guard_seconds=time_limit)
-        return Conversation(id=cid, user_id=uid, title=header.title,
-                            metadata=json.loads(header.metadata_json or "{}"),
-                            created_at=header.created_at, updated_at=header.updated_at)
-
+        return Conversation(
+            id=cid,
+            user_id=uid,
+            title=header.title,
+            metadata=json.loads(header.metadata_json or "{}"),
+            created_at=header.created_at,
+            updated_at=header.updated_at,
+        )
 
     # -- branches, feedback, search ----------------------------------------------------------
     async def fork_conversation(
@@ -678,12 +754,22 @@ class ConversationStore:
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         point = check_seq(at_seq, "at_seq", minimum=0)
-        new_cid = make_conversation_id() if new_conversation_id is None else check_id(
-            new_conversation_id, "new_conversation_id")
+        new_cid = (
+            make_conversation_id()
+            if new_conversation_id is None
+            else check_id(new_conversation_id, "new_conversation_id")
+        )
         check_title(title, self.limits)
         meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
-        op = functools.partial(branch_ops.fork, cid=cid, uid=uid, new_cid=new_cid, at_seq=point, title=title,
-                               metadata_json=meta_json)
+        op = functools.partial(
+            branch_ops.fork,
+            cid=cid,
+            uid=uid,
+            new_cid=new_cid,
+            at_seq=point,
+            title=title,
+            metadata_json=meta_json,
+        )
         return await self._runner.run(op, Policy.WRITE, user_id=uid)
 
     async def set_feedback(
@@ -707,8 +793,9 @@ class ConversationStore:
         value = check_rating(rating)
         text = check_comment(comment)
         labels = check_tags(tags)
-        op = functools.partial(feedback_ops.set_, cid=cid, uid=uid, seq=n, rating=value, comment=text,
-                               tags=labels)
+        op = functools.partial(
+            feedback_ops.set_, cid=cid, uid=uid, seq=n, rating=value, comment=text, tags=labels
+        )
         # Absolute values: a second run sets the same ones (READ's retry rule).
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
@@ -770,8 +857,17 @@ class ConversationStore:
         with the same arguments. One round trip per page. Fast on large histories once the DBA has
         applied ``schema_search.sql`` (a GIN index; it costs appends, see the docs).
         """
-        built = build_search(user_id, query, limit=limit, cursor=cursor, conversation_id=conversation_id,
-                             role=role, after=after, before=before, config=config)
+        built = build_search(
+            user_id,
+            query,
+            limit=limit,
+            cursor=cursor,
+            conversation_id=conversation_id,
+            role=role,
+            after=after,
+            before=before,
+            config=config,
+        )
         uid = check_id(user_id, "user_id")
         op = functools.partial(search_ops.search_page, query=built)
         return await self._runner.run(op, Policy.READ, user_id=uid)

@@ -42,8 +42,16 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 TokenCounter = Callable[[str], int]
 
 MESSAGE_FIELDS: Final = frozenset(
-    {"role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata", "token_count",
-     "idempotency_key"}
+    {
+        "role",
+        "content",
+        "tool_name",
+        "tool_call_id",
+        "tool_calls",
+        "metadata",
+        "token_count",
+        "idempotency_key",
+    }
 )
 
 
@@ -102,8 +110,9 @@ def check_id(value: object, field: str, *, index: int | None = None) -> str:
     if not text:
         raise InvalidInput(field, "must not be empty", index=index)
     if len(text) > MAX_ID_LENGTH:
-        raise InvalidInput(field, f"is {len(text)} characters long; the limit is {MAX_ID_LENGTH}",
-                           index=index)
+        raise InvalidInput(
+            field, f"is {len(text)} characters long; the limit is {MAX_ID_LENGTH}", index=index
+        )
     return text
 
 
@@ -212,8 +221,9 @@ def _check_json_value(value: object, field: str, index: int | None, depth: int, 
             try:
                 str(value)
             except ValueError:
-                raise InvalidInput(field, "holds an integer too long to write as decimal text",
-                                   index=index) from None
+                raise InvalidInput(
+                    field, "holds an integer too long to write as decimal text", index=index
+                ) from None
         return False
     if isinstance(value, str):
         check_text(value, field, index=index)
@@ -255,12 +265,17 @@ def _dumps_positional(value: object) -> str:
 
 
 def _json_too_large(field: str, max_bytes: int, index: int | None) -> InvalidInput:
-    return InvalidInput(field, f"is larger than the {max_bytes}-byte limit (max_{field}_bytes) as JSON",
-                        index=index)
+    return InvalidInput(
+        field, f"is larger than the {max_bytes}-byte limit (max_{field}_bytes) as JSON", index=index
+    )
 
 
 def encode_json(
-    value: object, field: str, *, kind: type, max_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+    value: object,
+    field: str,
+    *,
+    kind: type,
+    max_bytes: int = DEFAULT_MAX_METADATA_BYTES,
     index: int | None = None,
 ) -> str | None:
     """Validate a JSON document of the given top-level kind (dict or list) and encode it once.
@@ -270,8 +285,9 @@ def encode_json(
     if value is None:
         return None
     if not isinstance(value, kind):
-        raise InvalidInput(field, f"must be a {kind.__name__} or None, got {type(value).__name__}",
-                           index=index)
+        raise InvalidInput(
+            field, f"must be a {kind.__name__} or None, got {type(value).__name__}", index=index
+        )
     if _check_json_value(value, field, index, 0, max_bytes):
         text = _dumps_positional(value)
     else:
@@ -292,8 +308,11 @@ def check_aware_datetime(value: object, field: str, *, index: int | None = None)
         # one, has none a datetime can hold (asyncpg would fail with OverflowError or DataError).
         value.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput(field, f"{value.isoformat()} is outside the range of a datetime once "
-                           "converted to UTC", index=index) from None
+        raise InvalidInput(
+            field,
+            f"{value.isoformat()} is outside the range of a datetime once converted to UTC",
+            index=index,
+        ) from None
     return value
 
 
@@ -340,8 +359,12 @@ def prepare_message(
 
 
 def prepare_message_dict(
-    message: object, *, max_content_bytes: int, count_tokens: TokenCounter,
-    limits: SizeLimits = DEFAULT_LIMITS, index: int | None = None,
+    message: object,
+    *,
+    max_content_bytes: int,
+    count_tokens: TokenCounter,
+    limits: SizeLimits = DEFAULT_LIMITS,
+    index: int | None = None,
 ) -> MessageRow:
     """Validate one message given as a dict of the ``save_message`` keyword fields plus ``role``."""
     if not isinstance(message, Mapping):
@@ -353,15 +376,27 @@ def prepare_message_dict(
         raise InvalidInput("role", "is required", index=index)
     get = message.get
     return prepare_message(
-        message["role"], get("content"), tool_name=get("tool_name"), tool_call_id=get("tool_call_id"),
-        tool_calls=get("tool_calls"), metadata=get("metadata"), token_count=get("token_count"),
-        idempotency_key=get("idempotency_key"), max_content_bytes=max_content_bytes,
-        count_tokens=count_tokens, limits=limits, index=index,
+        message["role"],
+        get("content"),
+        tool_name=get("tool_name"),
+        tool_call_id=get("tool_call_id"),
+        tool_calls=get("tool_calls"),
+        metadata=get("metadata"),
+        token_count=get("token_count"),
+        idempotency_key=get("idempotency_key"),
+        max_content_bytes=max_content_bytes,
+        count_tokens=count_tokens,
+        limits=limits,
+        index=index,
     )
 
 
 def prepare_batch(
-    messages: object, *, max_content_bytes: int, count_tokens: TokenCounter, max_batch: int,
+    messages: object,
+    *,
+    max_content_bytes: int,
+    count_tokens: TokenCounter,
+    max_batch: int,
     limits: SizeLimits = DEFAULT_LIMITS,
 ) -> list[MessageRow]:
     if isinstance(messages, str | bytes | Mapping) or not hasattr(messages, "__iter__"):
@@ -369,8 +404,13 @@ def prepare_batch(
     rows: list[MessageRow] = []
     keys: set[str] = set()
     for index, message in enumerate(messages):
-        row = prepare_message_dict(message, max_content_bytes=max_content_bytes,
-                                   count_tokens=count_tokens, limits=limits, index=index)
+        row = prepare_message_dict(
+            message,
+            max_content_bytes=max_content_bytes,
+            count_tokens=count_tokens,
+            limits=limits,
+            index=index,
+        )
         if row.idempotency_key is not None:
             if row.idempotency_key in keys:
                 raise InvalidInput("idempotency_key", "is repeated within the batch", index=index)

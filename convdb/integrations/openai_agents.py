@@ -157,12 +157,15 @@ class ConvDBSession:
                 user, conversation = resolved, self.session_id
             else:
                 raise InvalidInput(
-                    "owner", f"must return a user id (str) or a SessionOwner, got {type(resolved).__name__}")
+                    "owner", f"must return a user id (str) or a SessionOwner, got {type(resolved).__name__}"
+                )
             return check_id(conversation, "session_id"), check_id(user, "user_id")
         if self.user_id is None:
             raise InvalidInput(
-                "wrapper", "this session takes its user from the run context (owner=) and was called "
-                           "without one: call it through the Runner, or pass wrapper=")
+                "wrapper",
+                "this session takes its user from the run context (owner=) and was called "
+                "without one: call it through the Runner, or pass wrapper=",
+            )
         return self.session_id, self.user_id
 
     async def get_items(
@@ -261,19 +264,23 @@ def item_to_message(item: TResponseInputItem) -> dict[str, Any]:
     elif kind == "function_call":
         row["role"] = "assistant"
         row["tool_name"] = data.get("name")
-        row["tool_calls"] = [{
-            "id": call_id,
-            "type": "function",
-            "function": {"name": data.get("name"), "arguments": data.get("arguments")},
-        }]
+        row["tool_calls"] = [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": data.get("name"), "arguments": data.get("arguments")},
+            }
+        ]
     elif kind == "custom_tool_call":
         row["role"] = "assistant"
         row["tool_name"] = data.get("name")
-        row["tool_calls"] = [{
-            "id": call_id,
-            "type": "custom",
-            "custom": {"name": data.get("name"), "input": data.get("input")},
-        }]
+        row["tool_calls"] = [
+            {
+                "id": call_id,
+                "type": "custom",
+                "custom": {"name": data.get("name"), "input": data.get("input")},
+            }
+        ]
     elif kind == "local_shell_call_output" and isinstance(data.get("id"), str):
         # The one output that names its call by "id" rather than "call_id".
         row["role"] = "tool"
@@ -299,9 +306,16 @@ def message_to_items(message: Message) -> list[TResponseInputItem]:
         return [cast(TResponseInputItem, stored)]
     content = message.content if message.content is not None else ""
     if message.role == "tool":
-        return [cast(TResponseInputItem, {
-            "type": "function_call_output", "call_id": message.tool_call_id, "output": content,
-        })]
+        return [
+            cast(
+                TResponseInputItem,
+                {
+                    "type": "function_call_output",
+                    "call_id": message.tool_call_id,
+                    "output": content,
+                },
+            )
+        ]
     items: list[Any] = []
     if message.role != "assistant" or message.content or not message.tool_calls:
         items.append({"role": message.role, "content": content})
@@ -392,8 +406,9 @@ class ConvDBBranchingSession(ConvDBSession):
         if at_seq is None:
             raise ValueError(f"Turn {turn_number} does not contain a user message")
         try:
-            fork = await self.store.fork_conversation(source, self.branch_user_id, at_seq=at_seq,
-                                                      new_conversation_id=branch_name)
+            fork = await self.store.fork_conversation(
+                source, self.branch_user_id, at_seq=at_seq, new_conversation_id=branch_name
+            )
         except ConversationExists as exc:
             raise ValueError(f"Branch {branch_name!r} already exists") from exc
         self.current_branch_id = self.session_id = fork.id
@@ -420,8 +435,9 @@ class ConvDBBranchingSession(ConvDBSession):
             result.append({"branch_id": self.MAIN, "conversation": root})
         cursor = None
         while True:
-            page = await self.store.list_conversations(self.branch_user_id, root_id=self.root_id, limit=1000,
-                                                       cursor=cursor)
+            page = await self.store.list_conversations(
+                self.branch_user_id, root_id=self.root_id, limit=1000, cursor=cursor
+            )
             result += [{"branch_id": c.id, "conversation": c} for c in page.items]
             if page.next_cursor is None:
                 break
@@ -429,14 +445,16 @@ class ConvDBBranchingSession(ConvDBSession):
         branches = []
         for entry in sorted(result, key=lambda e: e["conversation"].created_at):
             conversation = entry.pop("conversation")
-            branches.append({
-                **entry,
-                "message_count": await self.store.count_messages(conversation.id, self.branch_user_id),
-                "is_current": entry["branch_id"] == self.current_branch_id,
-                "created_at": conversation.created_at.isoformat(),
-                "parent_id": conversation.parent_id,
-                "forked_at_seq": conversation.forked_at_seq,
-            })
+            branches.append(
+                {
+                    **entry,
+                    "message_count": await self.store.count_messages(conversation.id, self.branch_user_id),
+                    "is_current": entry["branch_id"] == self.current_branch_id,
+                    "created_at": conversation.created_at.isoformat(),
+                    "parent_id": conversation.parent_id,
+                    "forked_at_seq": conversation.forked_at_seq,
+                }
+            )
         return branches
 
     async def delete_branch(self, branch_id: str, force: bool = False) -> None:
@@ -448,8 +466,9 @@ class ConvDBBranchingSession(ConvDBSession):
             raise ValueError("Cannot delete the main branch")
         if branch_id == self.current_branch_id:
             if not force:
-                raise ValueError(f"Cannot delete current branch {branch_id!r}. Use force=True or switch "
-                                 "branches first")
+                raise ValueError(
+                    f"Cannot delete current branch {branch_id!r}. Use force=True or switch branches first"
+                )
             await self.switch_to_branch(self.MAIN)
         try:
             conversation = await self.store.get_conversation(branch_id, self.branch_user_id)

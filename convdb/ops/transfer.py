@@ -99,8 +99,9 @@ async def import_conversation(
             await conn.execute(_IMPORT_FINISH, cid, uid, parser.last_seq + 1)
         if parser.feedback:
             try:
-                await conn.executemany(_IMPORT_FEEDBACK, [(cid, *f, uid) for f in parser.feedback],
-                                       timeout=chunk_seconds)
+                await conn.executemany(
+                    _IMPORT_FEEDBACK, [(cid, *f, uid) for f in parser.feedback], timeout=chunk_seconds
+                )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise InvalidInput("seq", "a feedback record names a seq with no message record") from exc
 

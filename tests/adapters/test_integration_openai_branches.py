@@ -35,7 +35,9 @@ async def test_branch_from_a_turn_switch_list_delete(store: ConversationStore) -
     assert contents(await session.get_items()) == ["q1", "a1", "q2 edited", "a2'"]
     listed = await session.list_branches()
     assert [(b["branch_id"], b["message_count"], b["is_current"]) for b in listed] == [
-        ("main", 4, False), ("chat-edit", 4, True)]
+        ("main", 4, False),
+        ("chat-edit", 4, True),
+    ]
     assert listed[1]["parent_id"] == "chat" and listed[1]["forked_at_seq"] == 2
     await session.switch_to_branch("main")
     assert contents(await session.get_items()) == ["q1", "a1", "q2", "a2"]

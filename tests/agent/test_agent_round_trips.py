@@ -38,8 +38,9 @@ class StatementLog:
     async def since_mark(self) -> list[str]:
         await asyncio.sleep(0.1)
         size = await self._size()
-        text: str = await self.db.fetchval("SELECT pg_read_file(pg_current_logfile(), $1, $2)",
-                                           self.offset, size - self.offset)
+        text: str = await self.db.fetchval(
+            "SELECT pg_read_file(pg_current_logfile(), $1, $2)", self.offset, size - self.offset
+        )
         return [m.group(2) for m in _ENTRY.finditer(text) if m.group(1) == self.name]
 
 
@@ -47,9 +48,11 @@ class StatementLog:
 async def logged(dsn: str, db: asyncpg.Connection) -> AsyncIterator[tuple[ConversationStore, StatementLog]]:
     name = await db.fetchval("SELECT current_database()")
     if await db.fetchval("SELECT pg_current_logfile()") is None:
-        pytest.fail("the test server has no logging collector: run it with logging_collector=on "
-                    "(the embedded test server does)")
-    await db.execute(f'ALTER DATABASE "{name}" SET log_statement = \'all\'')
+        pytest.fail(
+            "the test server has no logging collector: run it with logging_collector=on "
+            "(the embedded test server does)"
+        )
+    await db.execute(f"ALTER DATABASE \"{name}\" SET log_statement = 'all'")
     async with await ConversationStore.connect(dsn, min_size=1, max_size=1) as store:
         yield store, StatementLog(db, name)
 
@@ -89,7 +92,8 @@ async def test_one_round_trip_per_call(logged: tuple[ConversationStore, Statemen
 
 @pytest.mark.engine_specific("postgresql", "counts the server log of one node")
 async def test_round_trips_of_streaming_and_batched_operations(
-        logged: tuple[ConversationStore, StatementLog]) -> None:
+    logged: tuple[ConversationStore, StatementLog],
+) -> None:
     store, log = logged
     cid = (await store.get_or_create_conversation(None, U)).id
     await store.save_messages(cid, U, [{"role": "user", "content": str(i)} for i in range(25)])
@@ -126,7 +130,9 @@ async def _drain(iterator: AsyncIterator[Any]) -> list[Any]:
 
 
 # Issue 11's methods (branches, feedback, search), by the same steady-state method.
-async def test_one_round_trip_each_branch_feedback_search_call(logged: tuple[ConversationStore, StatementLog]) -> None:
+async def test_one_round_trip_each_branch_feedback_search_call(
+    logged: tuple[ConversationStore, StatementLog],
+) -> None:
     store, log = logged
     cid = (await store.get_or_create_conversation(None, U, title="needle title")).id
     await store.save_messages(cid, U, [{"role": "user", "content": f"needle {i}"} for i in range(30)])

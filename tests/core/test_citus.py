@@ -194,7 +194,9 @@ async def test_history_walks_the_shards_primary_key_backwards(
     WindowAgg over it), reading few buffers on the shard."""
     conv = await store.get_or_create_conversation("big", "alice")
     for _ in range(3):
-        await store.save_messages(conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)])
+        await store.save_messages(
+            conv.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)]
+        )
     await db.execute("ANALYZE conversations; ANALYZE messages")
     types = [t.name for t in (await db.prepare(QUERIES[name])).get_parameters()]
     text = QUERIES[name]
@@ -304,7 +306,11 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "convdb", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -40,11 +40,20 @@ from tests.support.fix_server import TEMPLATE, Server
 
 T = TypeVar("T")
 
-settings.register_profile("convdb-ci", max_examples=150, stateful_step_count=30, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                 HealthCheck.function_scoped_fixture])
-settings.register_profile("convdb-thorough", parent=settings.get_profile("convdb-ci"), max_examples=2000,
-                          stateful_step_count=60)
+settings.register_profile(
+    "convdb-ci",
+    max_examples=150,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+settings.register_profile(
+    "convdb-thorough", parent=settings.get_profile("convdb-ci"), max_examples=2000, stateful_step_count=60
+)
 PROFILE_NAME = os.environ.get("CONVDB_HYPOTHESIS_PROFILE", "convdb-ci")
 PROFILE = settings.get_profile(PROFILE_NAME)
 MACHINE_EXAMPLES = max(20, PROFILE.max_examples // 4)
@@ -80,8 +89,9 @@ def env(pg_server: Server, template_db: str) -> Iterator[Env]:
     else:
         runner.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
     dsn = pg_server.dsn(name)
-    store = runner.run(ConversationStore.connect(dsn, min_size=1, max_size=4,
-                                                 max_content_bytes=MAX_CONTENT_BYTES))
+    store = runner.run(
+        ConversationStore.connect(dsn, min_size=1, max_size=4, max_content_bytes=MAX_CONTENT_BYTES)
+    )
     try:
         yield Env(runner, store, dsn)
     finally:
@@ -101,11 +111,19 @@ def count(name: str) -> None:
 STORABLE = st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00")
 texts = st.text(STORABLE, max_size=300)
 ids = st.text(STORABLE, min_size=1, max_size=40)
-json_scalars = (st.none() | st.booleans() | st.integers()
-                | st.integers(min_value=-(10**40), max_value=10**40)
-                | st.floats(allow_nan=False, allow_infinity=False) | texts)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(texts, inner, max_size=4), max_leaves=12)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
 json_objects = st.dictionaries(texts, json_values, max_size=5)
 json_lists = st.lists(json_values, max_size=5)
 
@@ -130,12 +148,30 @@ def fresh(prefix: str) -> str:
 
 # -- round trips ---------------------------------------------------------------------------------
 @settings(PROFILE)
-@given(title=texts, metadata=json_objects, content=texts, tool_calls=json_lists, message_meta=json_objects,
-       user=ids, key=ids, tool_name=ids, batch=st.lists(st.tuples(texts, json_objects), min_size=1, max_size=4))
+@given(
+    title=texts,
+    metadata=json_objects,
+    content=texts,
+    tool_calls=json_lists,
+    message_meta=json_objects,
+    user=ids,
+    key=ids,
+    tool_name=ids,
+    batch=st.lists(st.tuples(texts, json_objects), min_size=1, max_size=4),
+)
 @pytest.mark.guarantee(7)
-def test_text_and_json_round_trip_exactly(env: Env, title: str, metadata: dict[str, Any], content: str,
-                                          tool_calls: list[Any], message_meta: dict[str, Any], user: str,
-                                          key: str, tool_name: str, batch: list[tuple[str, dict[str, Any]]]) -> None:
+def test_text_and_json_round_trip_exactly(
+    env: Env,
+    title: str,
+    metadata: dict[str, Any],
+    content: str,
+    tool_calls: list[Any],
+    message_meta: dict[str, Any],
+    user: str,
+    key: str,
+    tool_name: str,
+    batch: list[tuple[str, dict[str, Any]]],
+) -> None:
     count("round trip")
     store = env.store
     cid = fresh(user[:20])
@@ -145,10 +181,19 @@ def test_text_and_json_round_trip_exactly(env: Env, title: str, metadata: dict[s
         assert conv.title == title and same_json(conv.metadata, metadata)
         again = await store.get_conversation(cid, user)
         assert again.title == title and same_json(again.metadata, metadata)
-        saved = await store.save_message(cid, user, "assistant", content, tool_calls=tool_calls,
-                                         metadata=message_meta, tool_name=tool_name, idempotency_key=key)
-        stored = await store.save_messages(cid, user, [{"role": "user", "content": c, "metadata": m}
-                                                       for c, m in batch])
+        saved = await store.save_message(
+            cid,
+            user,
+            "assistant",
+            content,
+            tool_calls=tool_calls,
+            metadata=message_meta,
+            tool_name=tool_name,
+            idempotency_key=key,
+        )
+        stored = await store.save_messages(
+            cid, user, [{"role": "user", "content": c, "metadata": m} for c, m in batch]
+        )
         history = await store.get_history(cid, user, limit=100)
         first = history[0]
         assert (first.content, first.tool_name, first.idempotency_key) == (content, tool_name, key)
@@ -168,12 +213,15 @@ class Weird:
 
 
 bad_text = st.one_of(
-    st.tuples(texts, st.sampled_from(["\x00", "\ud800", "\udfff", "\udc80x\ud83d"]), texts).map(lambda t: "".join(t)),
+    st.tuples(texts, st.sampled_from(["\x00", "\ud800", "\udfff", "\udc80x\ud83d"]), texts).map(
+        lambda t: "".join(t)
+    ),
     st.sampled_from([b"bytes", 1, 2.5, ["list"], {"a": 1}, Weird()]),
 )
 bad_id = bad_text | st.sampled_from(["", "x" * 256]) | st.text(STORABLE, min_size=256, max_size=300)
-bad_json_leaf = st.sampled_from([float("nan"), float("inf"), -float("inf"), {1, 2}, b"x", Weird(), 1j,
-                                 (1, 2), 10**5000]) | bad_text.filter(lambda v: isinstance(v, str))
+bad_json_leaf = st.sampled_from(
+    [float("nan"), float("inf"), -float("inf"), {1, 2}, b"x", Weird(), 1j, (1, 2), 10**5000]
+) | bad_text.filter(lambda v: isinstance(v, str))
 
 
 def nest(leaf: Any, path: list[str]) -> Any:
@@ -184,16 +232,21 @@ def nest(leaf: Any, path: list[str]) -> Any:
 
 bad_object = st.one_of(
     st.sampled_from([[], "text", 1, True, ["a"], Weird()]),
-    st.tuples(bad_json_leaf, st.lists(st.sampled_from(["k", "[]"]), max_size=3)).map(lambda t: nest(t[0], ["k", *t[1]])),
+    st.tuples(bad_json_leaf, st.lists(st.sampled_from(["k", "[]"]), max_size=3)).map(
+        lambda t: nest(t[0], ["k", *t[1]])
+    ),
     st.sampled_from([{1: "int key"}, {("t",): 1}, {None: 1}, {"\x00": 1}, {"ok": {"\ud800": 1}}]),
     st.just(nest(1, ["k"] * 205)),
 )
 bad_list = st.one_of(
     st.sampled_from([{}, "text", 1, {"a": 1}]),
-    st.tuples(bad_json_leaf, st.lists(st.sampled_from(["k", "[]"]), max_size=3)).map(lambda t: [nest(t[0], t[1])]),
+    st.tuples(bad_json_leaf, st.lists(st.sampled_from(["k", "[]"]), max_size=3)).map(
+        lambda t: [nest(t[0], t[1])]
+    ),
 )
 bad_role = st.sampled_from(["", "User", "admin", "system ", None, 1, b"user"]) | texts.filter(
-    lambda r: r not in ("system", "user", "assistant", "tool"))
+    lambda r: r not in ("system", "user", "assistant", "tool")
+)
 bad_token_count = st.sampled_from([-1, 2**31, True, 1.5, "3", 10**20])
 bad_limit = st.sampled_from([0, -1, 10_001, True, 1.5, "5", None])
 bad_content = bad_text | st.just("é" * (MAX_CONTENT_BYTES // 2 + 1))
@@ -204,16 +257,48 @@ GOOD = {"role": "user", "content": "fine"}
 @st.composite
 def invalid_calls(draw: st.DrawFn) -> tuple[str, list[Any], dict[str, Any]]:
     """(method, args, kwargs) with exactly one invalid argument; conversation "c"/user "u" exist."""
-    slot = draw(st.sampled_from([
-        "cid", "uid", "role", "content", "tool_name", "tool_call_id", "tool_calls", "metadata", "token_count",
-        "key", "tool_without_call_id", "batch_shape", "title", "conv_metadata", "limit",
-        "update_title", "update_metadata", "turn_message"]))
+    slot = draw(
+        st.sampled_from(
+            [
+                "cid",
+                "uid",
+                "role",
+                "content",
+                "tool_name",
+                "tool_call_id",
+                "tool_calls",
+                "metadata",
+                "token_count",
+                "key",
+                "tool_without_call_id",
+                "batch_shape",
+                "title",
+                "conv_metadata",
+                "limit",
+                "update_title",
+                "update_metadata",
+                "turn_message",
+            ]
+        )
+    )
     msg: dict[str, Any] = dict(GOOD)
     if slot in ("cid", "uid"):
         value = draw(bad_id)
-        method = draw(st.sampled_from(["save_message", "save_messages", "get_history", "get_conversation",
-                                       "count_messages", "clear_conversation", "delete_conversation",
-                                       "pop_last_message", "get_or_create_conversation"]))
+        method = draw(
+            st.sampled_from(
+                [
+                    "save_message",
+                    "save_messages",
+                    "get_history",
+                    "get_conversation",
+                    "count_messages",
+                    "clear_conversation",
+                    "delete_conversation",
+                    "pop_last_message",
+                    "get_or_create_conversation",
+                ]
+            )
+        )
         cid, uid = (value, "u") if slot == "cid" else ("c", value)
         if method == "save_message":
             return method, [cid, uid, "user", "x"], {}
@@ -243,13 +328,28 @@ def invalid_calls(draw: st.DrawFn) -> tuple[str, list[Any], dict[str, Any]]:
     elif slot == "tool_without_call_id":
         msg = {"role": "tool", "content": "result"}
     elif slot == "batch_shape":
-        shape = draw(st.sampled_from(["empty", "str", "dict", "unknown_field", "duplicate_keys", "not_a_dict",
-                                      "no_role", "too_many"]))
+        shape = draw(
+            st.sampled_from(
+                [
+                    "empty",
+                    "str",
+                    "dict",
+                    "unknown_field",
+                    "duplicate_keys",
+                    "not_a_dict",
+                    "no_role",
+                    "too_many",
+                ]
+            )
+        )
         batch: Any = {
-            "empty": [], "str": "messages", "dict": {"role": "user"},
+            "empty": [],
+            "str": "messages",
+            "dict": {"role": "user"},
             "unknown_field": [GOOD, {"role": "user", "content": "x", "colour": "red"}],
             "duplicate_keys": [{**GOOD, "idempotency_key": "d"}, {**GOOD, "idempotency_key": "d"}],
-            "not_a_dict": [GOOD, "message"], "no_role": [GOOD, {"content": "x"}],
+            "not_a_dict": [GOOD, "message"],
+            "no_role": [GOOD, {"content": "x"}],
             "too_many": [GOOD] * 10_001,
         }[shape]
         return "save_messages", ["c", "u", batch], {}
@@ -268,9 +368,12 @@ def invalid_calls(draw: st.DrawFn) -> tuple[str, list[Any], dict[str, Any]]:
 async def snapshot(dsn: str) -> list[Any]:
     conn = await asyncpg.connect(dsn)
     try:
-        return list(await conn.fetch(
-            "SELECT (SELECT count(*) FROM messages), (SELECT coalesce(sum(next_seq), 0) FROM conversations), "
-            "(SELECT count(*) FROM conversations), (SELECT max(updated_at) FROM conversations)"))
+        return list(
+            await conn.fetch(
+                "SELECT (SELECT count(*) FROM messages), (SELECT coalesce(sum(next_seq), 0) FROM conversations), "
+                "(SELECT count(*) FROM conversations), (SELECT max(updated_at) FROM conversations)"
+            )
+        )
     finally:
         await conn.close()
 
@@ -279,7 +382,8 @@ async def snapshot(dsn: str) -> list[Any]:
 @given(call=invalid_calls())
 @pytest.mark.guarantee(7)
 def test_every_invalid_input_raises_invalid_input_and_writes_nothing(
-        env: Env, call: tuple[str, list[Any], dict[str, Any]]) -> None:
+    env: Env, call: tuple[str, list[Any], dict[str, Any]]
+) -> None:
     count("invalid input")
     method, args, kwargs = call
     try:
@@ -388,8 +492,9 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(cid=conversations, owner=st.booleans(), role=roles, content=small_text, key=keys)
     def save(self, cid: str, owner: bool, role: str, content: str, key: str | None) -> None:
         uid = self.owner_or_other(cid, owner)
-        status, message = self.outcome(lambda: self.store.save_message(cid, uid, role, content,
-                                                                       idempotency_key=key))
+        status, message = self.outcome(
+            lambda: self.store.save_message(cid, uid, role, content, idempotency_key=key)
+        )
         if self.expect_not_found(cid, uid, status):
             return
         model = self.model[cid]
@@ -404,18 +509,29 @@ class StoreMachine(RuleBasedStateMachine):
         model.messages.append(ModelMessage(model.next_seq, role, content, key))
         model.next_seq += 1
 
-    @rule(cid=conversations, owner=st.booleans(),
-          batch=st.lists(st.tuples(roles, small_text, keys), min_size=1, max_size=5,
-                         unique_by=lambda m: m[2] if m[2] is not None else object()))
+    @rule(
+        cid=conversations,
+        owner=st.booleans(),
+        batch=st.lists(
+            st.tuples(roles, small_text, keys),
+            min_size=1,
+            max_size=5,
+            unique_by=lambda m: m[2] if m[2] is not None else object(),
+        ),
+    )
     def save_batch(self, cid: str, owner: bool, batch: list[tuple[str, str, str | None]]) -> None:
         uid = self.owner_or_other(cid, owner)
-        status, stored = self.outcome(lambda: self.store.save_messages(
-            cid, uid, [{"role": r, "content": c, "idempotency_key": k} for r, c, k in batch]))
+        status, stored = self.outcome(
+            lambda: self.store.save_messages(
+                cid, uid, [{"role": r, "content": c, "idempotency_key": k} for r, c, k in batch]
+            )
+        )
         if self.expect_not_found(cid, uid, status):
             return
         model = self.model[cid]
-        conflict = any((old := model.by_key(k)) is not None and (old.role, old.content) != (r, c)
-                       for r, c, k in batch)
+        conflict = any(
+            (old := model.by_key(k)) is not None and (old.role, old.content) != (r, c) for r, c, k in batch
+        )
         if conflict:
             assert status == "conflict"
             return
@@ -433,8 +549,9 @@ class StoreMachine(RuleBasedStateMachine):
     def turn(self, cid: str, role: str, content: str, limit: int) -> None:
         model = self.model.get(cid)
         uid = model.user if model else self.users[0]
-        status, result = self.outcome(lambda: self.store.save_and_get_history(
-            cid, uid, {"role": role, "content": content}, limit=limit))
+        status, result = self.outcome(
+            lambda: self.store.save_and_get_history(cid, uid, {"role": role, "content": content}, limit=limit)
+        )
         if self.expect_not_found(cid, uid, status):
             return
         assert model is not None
@@ -451,8 +568,9 @@ class StoreMachine(RuleBasedStateMachine):
         return model.user if owner else next(u for u in self.users if u != model.user)
 
     def compare(self, got: list[Any], expected: list[ModelMessage]) -> None:
-        assert [(m.seq, m.role, m.content, m.idempotency_key) for m in got] == \
-               [(m.seq, m.role, m.content, m.key) for m in expected]
+        assert [(m.seq, m.role, m.content, m.idempotency_key) for m in got] == [
+            (m.seq, m.role, m.content, m.key) for m in expected
+        ]
 
     @rule(cid=conversations, owner=st.booleans(), limit=st.integers(1, 10), trim=st.booleans())
     def history(self, cid: str, owner: bool, limit: int, trim: bool) -> None:
@@ -524,12 +642,18 @@ class StoreMachine(RuleBasedStateMachine):
             return f"{self.prefix}-nofork-{uuid.uuid4().hex[:8]}"  # unknown to everyone, like a foreign id
         assert model is not None and (got.parent_id, got.forked_at_seq) == (cid, at_seq)
         kept = [ModelMessage(m.seq, m.role, m.content, m.key) for m in model.messages if m.seq <= at_seq]
-        self.model[got.id] = ModelConversation(uid, model.title, kept, at_seq + 1,
-                                               {k: v for k, v in model.feedback.items() if k <= at_seq})
+        self.model[got.id] = ModelConversation(
+            uid, model.title, kept, at_seq + 1, {k: v for k, v in model.feedback.items() if k <= at_seq}
+        )
         return str(got.id)
 
-    @rule(cid=conversations, owner=st.booleans(), pick=st.integers(0, 5), rating=st.sampled_from([-1, 0, 1]),
-          clear=st.booleans())
+    @rule(
+        cid=conversations,
+        owner=st.booleans(),
+        pick=st.integers(0, 5),
+        rating=st.sampled_from([-1, 0, 1]),
+        clear=st.booleans(),
+    )
     def feedback(self, cid: str, owner: bool, pick: int, rating: int, clear: bool) -> None:
         uid = self.owner_or_other(cid, owner)
         model = self.model.get(cid)

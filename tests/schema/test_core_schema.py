@@ -42,7 +42,8 @@ async def _snapshot(dsn: str) -> list[tuple[str, ...]]:
                SELECT 'index', indexname, indexdef, '' FROM pg_indexes WHERE schemaname = 'public'
                UNION ALL
                SELECT 'version', version::text, '', '' FROM convdb_schema_version
-               ORDER BY 1, 2""")
+               ORDER BY 1, 2"""
+        )
         return [tuple(r) for r in rows]
     finally:
         await conn.close()
@@ -76,10 +77,19 @@ async def test_connect_can_skip_the_check(empty_db: str) -> None:
     ("ddl", "expected"),
     [
         ("ALTER TABLE messages DROP COLUMN token_count", "column messages.token_count is missing"),
-        ("ALTER TABLE messages ALTER COLUMN seq TYPE integer", "column messages.seq is integer, expected bigint"),
+        (
+            "ALTER TABLE messages ALTER COLUMN seq TYPE integer",
+            "column messages.seq is integer, expected bigint",
+        ),
         ("DROP INDEX messages_idempotency_key", "index messages_idempotency_key on messages is missing"),
-        ("UPDATE convdb_schema_version SET version = 0", "at schema version 0 and this package needs version 4"),
-        ("UPDATE convdb_schema_version SET compatible_from = 5", "supports packages built for schema 5 or later"),
+        (
+            "UPDATE convdb_schema_version SET version = 0",
+            "at schema version 0 and this package needs version 4",
+        ),
+        (
+            "UPDATE convdb_schema_version SET compatible_from = 5",
+            "supports packages built for schema 5 or later",
+        ),
         ("DROP TABLE convdb_schema_version", "no schema version is recorded"),
     ],
 )
@@ -92,7 +102,9 @@ async def test_verify_schema_names_the_difference(
         await store.verify_schema()
 
 
-async def test_missing_table_at_runtime_is_schema_mismatch(store: ConversationStore, db: asyncpg.Connection) -> None:
+async def test_missing_table_at_runtime_is_schema_mismatch(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await db.execute("DROP TABLE messages CASCADE")  # message_feedback references it
     conv = await store.get_or_create_conversation(None, "alice")
     with pytest.raises(SchemaMismatch, match=r"schema\.sql"):
@@ -113,17 +125,35 @@ async def test_check_constraints_refuse_what_validation_refuses(db: asyncpg.Conn
     """Another client writing directly cannot store what convdb would refuse."""
     await db.execute("INSERT INTO conversations (id, user_id) VALUES ('c', 'u')")
     bad_rows = [
-        ("INSERT INTO messages (conversation_id, seq, role) VALUES ('c', 1, 'wizard')", "messages_role_known"),
-        ("INSERT INTO messages (conversation_id, seq, role) VALUES ('c', 1, 'tool')", "messages_tool_has_call_id"),
-        ("INSERT INTO messages (conversation_id, seq, role) VALUES ('c', 0, 'user')", "messages_seq_positive"),
-        ("INSERT INTO messages (conversation_id, seq, role, tool_call_id) VALUES ('c', 1, 'tool', '')",
-         "messages_tool_call_id_length"),
-        ("INSERT INTO messages (conversation_id, seq, role, metadata) VALUES ('c', 1, 'user', '[]')",
-         "messages_metadata_object"),
-        ("INSERT INTO messages (conversation_id, seq, role, tool_calls) VALUES ('c', 1, 'user', '{}')",
-         "messages_tool_calls_array"),
+        (
+            "INSERT INTO messages (conversation_id, seq, role) VALUES ('c', 1, 'wizard')",
+            "messages_role_known",
+        ),
+        (
+            "INSERT INTO messages (conversation_id, seq, role) VALUES ('c', 1, 'tool')",
+            "messages_tool_has_call_id",
+        ),
+        (
+            "INSERT INTO messages (conversation_id, seq, role) VALUES ('c', 0, 'user')",
+            "messages_seq_positive",
+        ),
+        (
+            "INSERT INTO messages (conversation_id, seq, role, tool_call_id) VALUES ('c', 1, 'tool', '')",
+            "messages_tool_call_id_length",
+        ),
+        (
+            "INSERT INTO messages (conversation_id, seq, role, metadata) VALUES ('c', 1, 'user', '[]')",
+            "messages_metadata_object",
+        ),
+        (
+            "INSERT INTO messages (conversation_id, seq, role, tool_calls) VALUES ('c', 1, 'user', '{}')",
+            "messages_tool_calls_array",
+        ),
         ("INSERT INTO conversations (id, user_id) VALUES ('', 'u')", "conversations_id_length"),
-        ("INSERT INTO conversations (id, user_id) VALUES ('d', repeat('u', 256))", "conversations_user_id_length"),
+        (
+            "INSERT INTO conversations (id, user_id) VALUES ('d', repeat('u', 256))",
+            "conversations_user_id_length",
+        ),
     ]
     for sql, constraint in bad_rows:
         with pytest.raises(asyncpg.CheckViolationError) as info:
@@ -133,7 +163,9 @@ async def test_check_constraints_refuse_what_validation_refuses(db: asyncpg.Conn
         assert getattr(translate(info.value), "constraint", None) == constraint
 
 
-async def test_messages_cascade_with_their_conversation(store: ConversationStore, db: asyncpg.Connection) -> None:
+async def test_messages_cascade_with_their_conversation(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     conv = await store.get_or_create_conversation(None, "alice")
     await store.save_messages(conv.id, "alice", [{"role": "user", "content": "x"}] * 3)
     await db.execute("DELETE FROM conversations WHERE id = $1", conv.id)

@@ -20,8 +20,14 @@ __all__ = ["new_db"]  # the fixture, imported for pytest
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "convdb", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "convdb", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -47,7 +53,10 @@ async def test_schema_output_applied_with_psql_is_accepted_by_check(new_db: NewD
         checked = cli("check", "--dsn", dsn)
         assert checked.returncode == 0, checked
         assert checked.stdout.endswith("OK: this package can run on this database.\n")
-        assert f"schema version {SCHEMA_VERSION}, supports packages built for schema 1 or later" in checked.stdout
+        assert (
+            f"schema version {SCHEMA_VERSION}, supports packages built for schema 1 or later"
+            in checked.stdout
+        )
 
 
 async def test_check_and_migrations_on_a_v1_database(new_db: NewDatabase) -> None:
@@ -58,13 +67,18 @@ async def test_check_and_migrations_on_a_v1_database(new_db: NewDatabase) -> Non
     assert before.stderr == ""
     assert "schema version 1, supports packages built for schema 1 or later" in before.stdout
     assert "NOT COMPATIBLE" in before.stdout
-    assert ("Migrations to apply, in order: 0002_compatibility_floor.sql, 0003_branches.sql, "
-            "0004_feedback.sql") in before.stdout
-    assert "python -m convdb migrations --from 1 | psql -v ON_ERROR_STOP=1 -d <database> -f -" in before.stdout
+    assert (
+        "Migrations to apply, in order: 0002_compatibility_floor.sql, 0003_branches.sql, 0004_feedback.sql"
+    ) in before.stdout
+    assert (
+        "python -m convdb migrations --from 1 | psql -v ON_ERROR_STOP=1 -d <database> -f -" in before.stdout
+    )
     printed = cli("migrations", "--from", "1")
     assert printed.returncode == 0 and printed.stderr == ""
-    assert printed.stdout.startswith(f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: "
-                                     "0002_compatibility_floor.sql, 0003_branches.sql, 0004_feedback.sql\n")
+    assert printed.stdout.startswith(
+        f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: "
+        "0002_compatibility_floor.sql, 0003_branches.sql, 0004_feedback.sql\n"
+    )
     apply_sql(dsn, printed.stdout)
     # A second run of the last migration changes nothing and does not fail (each guard admits its
     # own version; the earlier ones refuse a database that is past them, so the whole output is
@@ -97,7 +111,9 @@ async def test_check_refuses_an_empty_database(new_db: NewDatabase) -> None:
     assert "python -m convdb schema | psql" in result.stdout
 
 
-@pytest.mark.parametrize("args", [[], ["schema"], ["migrations"], ["check"]], ids=lambda a: " ".join(a) or "main")
+@pytest.mark.parametrize(
+    "args", [[], ["schema"], ["migrations"], ["check"]], ids=lambda a: " ".join(a) or "main"
+)
 def test_help(args: list[str]) -> None:
     result = cli(*args, "--help")
     assert result.returncode == 0 and result.stderr == ""
@@ -116,26 +132,30 @@ def _closed_port() -> int:
         return port
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["migrations", "--from", "99"], "unknown schema version 99 (--from)"),
-    (["migrations", "--from", "-1"], "unknown schema version -1"),
-    (["migrations", "--from", "two"], "invalid int value: 'two'"),
-    (["migrations"], "the following arguments are required: --from"),
-    (["migrations", "--from", "2", "--to", "1"], "migrations only upgrade"),
-    (["check"], "the following arguments are required: --dsn"),
-    ([], "the following arguments are required: COMMAND"),
-    (["drop-everything"], "invalid choice: 'drop-everything'"),
-    (["check", "--dsn", "nonsense"], "invalid DSN"),
-    (["check", "--dsn", "postgresql://[oops"], "invalid DSN"),
-    (["check", "--dsn", "postgresql://postgres@127.0.0.1:1/x?sslmode=maybe"], "invalid DSN"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["migrations", "--from", "99"], "unknown schema version 99 (--from)"),
+        (["migrations", "--from", "-1"], "unknown schema version -1"),
+        (["migrations", "--from", "two"], "invalid int value: 'two'"),
+        (["migrations"], "the following arguments are required: --from"),
+        (["migrations", "--from", "2", "--to", "1"], "migrations only upgrade"),
+        (["check"], "the following arguments are required: --dsn"),
+        ([], "the following arguments are required: COMMAND"),
+        (["drop-everything"], "invalid choice: 'drop-everything'"),
+        (["check", "--dsn", "nonsense"], "invalid DSN"),
+        (["check", "--dsn", "postgresql://[oops"], "invalid DSN"),
+        (["check", "--dsn", "postgresql://postgres@127.0.0.1:1/x?sslmode=maybe"], "invalid DSN"),
+    ],
+)
 def test_errors_are_one_line(args: list[str], expected: str) -> None:
     assert expected in one_line_error(cli(*args))
 
 
 def test_unreachable_server_is_one_line_without_the_password() -> None:
-    line = one_line_error(cli("check", "--dsn", f"postgresql://u:hunter2@127.0.0.1:{_closed_port()}/db",
-                              "--timeout", "5"))
+    line = one_line_error(
+        cli("check", "--dsn", f"postgresql://u:hunter2@127.0.0.1:{_closed_port()}/db", "--timeout", "5")
+    )
     assert "cannot check 127.0.0.1:" in line and "could not open a connection" in line
     assert "hunter2" not in line
 

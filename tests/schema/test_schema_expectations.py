@@ -25,68 +25,125 @@ async def test_expectations_are_exactly_what_schema_sql_creates(db: asyncpg.Conn
 
 async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection) -> None:
     catalog = json.loads(await db.fetchval(QUERIES["schema_catalog"]))
-    tables = {name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]}
+    tables = {
+        name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]
+    }
     assert tables == {"conversations", "messages", "convdb_schema_version", "message_feedback"}
 
 
 BROKEN = [
-    pytest.param(["DROP INDEX messages_idempotency_key",
-                  "CREATE INDEX messages_idempotency_key ON messages (conversation_id, idempotency_key) "
-                  "WHERE idempotency_key IS NOT NULL"],
-                 r"index messages_idempotency_key on messages is USING btree .*expected UNIQUE USING btree",
-                 id="idempotency-index-not-unique"),
-    pytest.param(["DROP INDEX messages_idempotency_key",
-                  "CREATE UNIQUE INDEX messages_idempotency_key ON messages (conversation_id, idempotency_key)"],
-                 r"index messages_idempotency_key on messages is UNIQUE USING btree \(conversation_id, "
-                 r"idempotency_key\), expected .* WHERE \(idempotency_key IS NOT NULL\)",
-                 id="idempotency-index-without-predicate"),
-    pytest.param(["DROP INDEX messages_idempotency_key",
-                  "CREATE UNIQUE INDEX messages_idempotency_key ON messages (idempotency_key) "
-                  "WHERE idempotency_key IS NOT NULL"],
-                 r"index messages_idempotency_key on messages is UNIQUE USING btree \(idempotency_key\)",
-                 id="idempotency-index-other-columns",
-                 # Citus cannot even build this broken index ("unique indexes on non-partition
-                 # columns unsupported"): the distribution itself refuses what verify_schema would.
-                 marks=pytest.mark.engine_specific("postgresql", "Citus refuses a unique index without the distribution column")),
-    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_conversation_fkey",
-                  "ALTER TABLE messages ADD CONSTRAINT messages_conversation_fkey FOREIGN KEY (conversation_id) "
-                  "REFERENCES conversations (id)"],
-                 r"constraint messages_conversation_fkey on messages is FOREIGN KEY \(conversation_id\) "
-                 r"REFERENCES conversations\(id\), expected .* ON DELETE CASCADE",
-                 id="fk-without-cascade"),
-    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_conversation_fkey",
-                  "ALTER TABLE messages ADD CONSTRAINT messages_conversation_fkey FOREIGN KEY (conversation_id) "
-                  "REFERENCES conversations (id) ON DELETE CASCADE NOT VALID"],
-                 r"constraint messages_conversation_fkey on messages is .*NOT VALID", id="fk-not-valid"),
-    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_conversation_fkey"],
-                 "constraint messages_conversation_fkey on messages is missing", id="fk-missing"),
-    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_pkey CASCADE"],
-                 r"constraint messages_pkey on messages is missing \(expected PRIMARY KEY \(conversation_id, seq\)\)",
-                 id="pk-missing"),
-    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_role_known"],
-                 "constraint messages_role_known on messages is missing", id="check-missing"),
-    pytest.param(["ALTER TABLE messages DROP CONSTRAINT messages_role_known",
-                  "ALTER TABLE messages ADD CONSTRAINT messages_role_known CHECK (role IN ('system', 'user', "
-                  "'assistant', 'tool', 'wizard'))"],
-                 r"constraint messages_role_known on messages is CHECK .*'wizard'", id="check-changed"),
-    pytest.param(["ALTER TABLE conversations DROP CONSTRAINT conversations_user_id_length"],
-                 "constraint conversations_user_id_length on conversations is missing", id="check-missing-conv"),
-    pytest.param(["ALTER TABLE convdb_schema_version DROP CONSTRAINT convdb_schema_version_singleton_check"],
-                 "constraint convdb_schema_version_singleton_check", id="version-table-singleton"),
-    pytest.param(["ALTER TABLE messages ALTER COLUMN metadata DROP NOT NULL"],
-                 "column messages.metadata is nullable, expected NOT NULL", id="column-nullable"),
-    pytest.param(["ALTER TABLE conversations ALTER COLUMN next_seq SET DEFAULT 0"],
-                 "column conversations.next_seq has default 0, expected 1", id="column-default"),
-    pytest.param(["ALTER TABLE conversations ALTER COLUMN created_at DROP DEFAULT"],
-                 r"column conversations.created_at has default \(none\), expected now\(\)", id="column-no-default"),
-    pytest.param(["ALTER TABLE messages ALTER COLUMN role TYPE varchar(20)"],
-                 r"column messages.role is character varying\(20\), expected text", id="column-type"),
+    pytest.param(
+        [
+            "DROP INDEX messages_idempotency_key",
+            "CREATE INDEX messages_idempotency_key ON messages (conversation_id, idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL",
+        ],
+        r"index messages_idempotency_key on messages is USING btree .*expected UNIQUE USING btree",
+        id="idempotency-index-not-unique",
+    ),
+    pytest.param(
+        [
+            "DROP INDEX messages_idempotency_key",
+            "CREATE UNIQUE INDEX messages_idempotency_key ON messages (conversation_id, idempotency_key)",
+        ],
+        r"index messages_idempotency_key on messages is UNIQUE USING btree \(conversation_id, "
+        r"idempotency_key\), expected .* WHERE \(idempotency_key IS NOT NULL\)",
+        id="idempotency-index-without-predicate",
+    ),
+    pytest.param(
+        [
+            "DROP INDEX messages_idempotency_key",
+            "CREATE UNIQUE INDEX messages_idempotency_key ON messages (idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL",
+        ],
+        r"index messages_idempotency_key on messages is UNIQUE USING btree \(idempotency_key\)",
+        id="idempotency-index-other-columns",
+        # Citus cannot even build this broken index ("unique indexes on non-partition
+        # columns unsupported"): the distribution itself refuses what verify_schema would.
+        marks=pytest.mark.engine_specific(
+            "postgresql", "Citus refuses a unique index without the distribution column"
+        ),
+    ),
+    pytest.param(
+        [
+            "ALTER TABLE messages DROP CONSTRAINT messages_conversation_fkey",
+            "ALTER TABLE messages ADD CONSTRAINT messages_conversation_fkey FOREIGN KEY (conversation_id) "
+            "REFERENCES conversations (id)",
+        ],
+        r"constraint messages_conversation_fkey on messages is FOREIGN KEY \(conversation_id\) "
+        r"REFERENCES conversations\(id\), expected .* ON DELETE CASCADE",
+        id="fk-without-cascade",
+    ),
+    pytest.param(
+        [
+            "ALTER TABLE messages DROP CONSTRAINT messages_conversation_fkey",
+            "ALTER TABLE messages ADD CONSTRAINT messages_conversation_fkey FOREIGN KEY (conversation_id) "
+            "REFERENCES conversations (id) ON DELETE CASCADE NOT VALID",
+        ],
+        r"constraint messages_conversation_fkey on messages is .*NOT VALID",
+        id="fk-not-valid",
+    ),
+    pytest.param(
+        ["ALTER TABLE messages DROP CONSTRAINT messages_conversation_fkey"],
+        "constraint messages_conversation_fkey on messages is missing",
+        id="fk-missing",
+    ),
+    pytest.param(
+        ["ALTER TABLE messages DROP CONSTRAINT messages_pkey CASCADE"],
+        r"constraint messages_pkey on messages is missing \(expected PRIMARY KEY \(conversation_id, seq\)\)",
+        id="pk-missing",
+    ),
+    pytest.param(
+        ["ALTER TABLE messages DROP CONSTRAINT messages_role_known"],
+        "constraint messages_role_known on messages is missing",
+        id="check-missing",
+    ),
+    pytest.param(
+        [
+            "ALTER TABLE messages DROP CONSTRAINT messages_role_known",
+            "ALTER TABLE messages ADD CONSTRAINT messages_role_known CHECK (role IN ('system', 'user', "
+            "'assistant', 'tool', 'wizard'))",
+        ],
+        r"constraint messages_role_known on messages is CHECK .*'wizard'",
+        id="check-changed",
+    ),
+    pytest.param(
+        ["ALTER TABLE conversations DROP CONSTRAINT conversations_user_id_length"],
+        "constraint conversations_user_id_length on conversations is missing",
+        id="check-missing-conv",
+    ),
+    pytest.param(
+        ["ALTER TABLE convdb_schema_version DROP CONSTRAINT convdb_schema_version_singleton_check"],
+        "constraint convdb_schema_version_singleton_check",
+        id="version-table-singleton",
+    ),
+    pytest.param(
+        ["ALTER TABLE messages ALTER COLUMN metadata DROP NOT NULL"],
+        "column messages.metadata is nullable, expected NOT NULL",
+        id="column-nullable",
+    ),
+    pytest.param(
+        ["ALTER TABLE conversations ALTER COLUMN next_seq SET DEFAULT 0"],
+        "column conversations.next_seq has default 0, expected 1",
+        id="column-default",
+    ),
+    pytest.param(
+        ["ALTER TABLE conversations ALTER COLUMN created_at DROP DEFAULT"],
+        r"column conversations.created_at has default \(none\), expected now\(\)",
+        id="column-no-default",
+    ),
+    pytest.param(
+        ["ALTER TABLE messages ALTER COLUMN role TYPE varchar(20)"],
+        r"column messages.role is character varying\(20\), expected text",
+        id="column-type",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("ddl", "expected"), BROKEN)
-async def test_verify_schema_refuses_a_broken_database(store: ConversationStore, db: asyncpg.Connection,
-                                                       ddl: list[str], expected: str) -> None:
+async def test_verify_schema_refuses_a_broken_database(
+    store: ConversationStore, db: asyncpg.Connection, ddl: list[str], expected: str
+) -> None:
     await store.verify_schema()
     for statement in ddl:
         await db.execute(statement)
@@ -97,29 +154,42 @@ async def test_verify_schema_refuses_a_broken_database(store: ConversationStore,
 
 async def test_connect_refuses_a_non_unique_idempotency_index(dsn: str, db: asyncpg.Connection) -> None:
     await db.execute("DROP INDEX messages_idempotency_key")
-    await db.execute("CREATE INDEX messages_idempotency_key ON messages (conversation_id, idempotency_key) "
-                     "WHERE idempotency_key IS NOT NULL")
+    await db.execute(
+        "CREATE INDEX messages_idempotency_key ON messages (conversation_id, idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL"
+    )
     with pytest.raises(SchemaMismatch, match="messages_idempotency_key"):
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
 
 
-async def test_an_invalid_index_left_by_a_failed_concurrent_build_is_refused(store: ConversationStore,
-                                                                             db: asyncpg.Connection) -> None:
+async def test_an_invalid_index_left_by_a_failed_concurrent_build_is_refused(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await db.execute("DROP INDEX messages_idempotency_key")
     conv = await store.get_or_create_conversation(None, "alice")
     await store.save_messages(conv.id, "alice", [{"role": "user", "content": "x", "idempotency_key": "k"}])
-    await db.execute("INSERT INTO messages (conversation_id, seq, role, idempotency_key) VALUES ($1, 9, 'user', 'k')",
-                     conv.id)
+    await db.execute(
+        "INSERT INTO messages (conversation_id, seq, role, idempotency_key) VALUES ($1, 9, 'user', 'k')",
+        conv.id,
+    )
     with pytest.raises(asyncpg.UniqueViolationError):
-        await db.execute("CREATE UNIQUE INDEX CONCURRENTLY messages_idempotency_key ON messages "
-                         "(conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL")
-    with pytest.raises(SchemaMismatch, match=r"index messages_idempotency_key on messages is UNIQUE .* \(INVALID\)"):
+        await db.execute(
+            "CREATE UNIQUE INDEX CONCURRENTLY messages_idempotency_key ON messages "
+            "(conversation_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
+        )
+    with pytest.raises(
+        SchemaMismatch, match=r"index messages_idempotency_key on messages is UNIQUE .* \(INVALID\)"
+    ):
         await store.verify_schema()
 
 
-async def test_what_an_additive_migration_adds_is_accepted(store: ConversationStore, db: asyncpg.Connection) -> None:
+async def test_what_an_additive_migration_adds_is_accepted(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await db.execute("ALTER TABLE messages ADD COLUMN note text")
     await db.execute("CREATE INDEX messages_note ON messages (note)")
-    await db.execute("ALTER TABLE conversations ADD CONSTRAINT conversations_title_short CHECK (length(title) < 10000)")
+    await db.execute(
+        "ALTER TABLE conversations ADD CONSTRAINT conversations_title_short CHECK (length(title) < 10000)"
+    )
     await db.execute("CREATE TABLE convdb_extra (id int PRIMARY KEY)")
     await store.verify_schema()

@@ -39,8 +39,9 @@ def test_every_released_version_has_its_fresh_install_sql() -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("rls", [False, True], ids=["plain", "rls"])
-async def test_migrations_give_the_catalog_of_the_fresh_install(new_db: NewDatabase, version: int,
-                                                                rls: bool) -> None:
+async def test_migrations_give_the_catalog_of_the_fresh_install(
+    new_db: NewDatabase, version: int, rls: bool
+) -> None:
     fresh = await new_db()
     apply_schema(fresh, fresh_install_file(version))
     stepped = await migrated(new_db, version)
@@ -67,7 +68,8 @@ async def test_an_old_release_upgraded_by_migrations_equals_schema_sql(new_db: N
 
 @pytest.mark.parametrize("migration", MIGRATIONS, ids=lambda m: m.filename)
 async def test_each_migration_stamps_its_version_and_floor_and_reruns_as_a_no_op(
-        new_db: NewDatabase, migration: object) -> None:
+    new_db: NewDatabase, migration: object
+) -> None:
     from convdb.migrations import Migration
 
     assert isinstance(migration, Migration)
@@ -82,15 +84,20 @@ async def test_each_migration_stamps_its_version_and_floor_and_reruns_as_a_no_op
 
 
 @pytest.mark.parametrize("migration", MIGRATIONS[1:], ids=lambda m: m.filename)
-async def test_a_migration_out_of_order_fails_and_changes_nothing(new_db: NewDatabase, migration: object) -> None:
+async def test_a_migration_out_of_order_fails_and_changes_nothing(
+    new_db: NewDatabase, migration: object
+) -> None:
     from convdb.migrations import Migration
 
     assert isinstance(migration, Migration)
     # Too early: the database is two versions behind (or empty).
     behind = await migrated(new_db, migration.version - 2)
     before = await catalog_snapshot(behind)
-    with pytest.raises(RuntimeError, match=rf"convdb migration {migration.version:04d} takes schema version "
-                                           rf"{migration.version - 1} to {migration.version}"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"convdb migration {migration.version:04d} takes schema version "
+        rf"{migration.version - 1} to {migration.version}",
+    ):
         apply_sql(behind, migration.sql)
     assert await catalog_snapshot(behind) == before
 
@@ -99,12 +106,16 @@ async def test_0001_refuses_a_newer_database(new_db: NewDatabase) -> None:
     dsn = await new_db()
     apply_schema(dsn, SCHEMA)
     before = await catalog_snapshot(dsn)
-    with pytest.raises(RuntimeError, match=f"creates schema version 1, but this database is at version {SCHEMA_VERSION}"):
+    with pytest.raises(
+        RuntimeError, match=f"creates schema version 1, but this database is at version {SCHEMA_VERSION}"
+    ):
         apply_sql(dsn, MIGRATIONS[0].sql)
     assert await catalog_snapshot(dsn) == before
 
 
-async def test_schema_sql_refuses_an_older_database_instead_of_skipping_its_tables(new_db: NewDatabase) -> None:
+async def test_schema_sql_refuses_an_older_database_instead_of_skipping_its_tables(
+    new_db: NewDatabase,
+) -> None:
     """The issue's v1 hazard: CREATE TABLE IF NOT EXISTS would skip every changed table and the
     stamp would claim version 2."""
     dsn = await new_db()
@@ -138,20 +149,36 @@ async def test_the_snapshot_sees_what_the_equivalence_relies_on(new_db: NewDatab
     conn = await asyncpg.connect(dsn)
     try:
         for change, undo in [
-            ("ALTER TABLE messages ALTER COLUMN token_count SET DEFAULT 1",
-             "ALTER TABLE messages ALTER COLUMN token_count SET DEFAULT 0"),
-            ("ALTER TABLE messages ALTER COLUMN content SET NOT NULL",
-             "ALTER TABLE messages ALTER COLUMN content DROP NOT NULL"),
-            ("ALTER INDEX conversations_user_id RENAME TO x", "ALTER INDEX x RENAME TO conversations_user_id"),
-            ("ALTER TABLE messages RENAME CONSTRAINT messages_seq_positive TO x",
-             "ALTER TABLE messages RENAME CONSTRAINT x TO messages_seq_positive"),
+            (
+                "ALTER TABLE messages ALTER COLUMN token_count SET DEFAULT 1",
+                "ALTER TABLE messages ALTER COLUMN token_count SET DEFAULT 0",
+            ),
+            (
+                "ALTER TABLE messages ALTER COLUMN content SET NOT NULL",
+                "ALTER TABLE messages ALTER COLUMN content DROP NOT NULL",
+            ),
+            (
+                "ALTER INDEX conversations_user_id RENAME TO x",
+                "ALTER INDEX x RENAME TO conversations_user_id",
+            ),
+            (
+                "ALTER TABLE messages RENAME CONSTRAINT messages_seq_positive TO x",
+                "ALTER TABLE messages RENAME CONSTRAINT x TO messages_seq_positive",
+            ),
             ("REVOKE DELETE ON messages FROM convdb_app", "GRANT DELETE ON messages TO convdb_app"),
-            ("ALTER POLICY convdb_conversations_owner ON conversations USING (true)",
-             "ALTER POLICY convdb_conversations_owner ON conversations "
-             "USING (user_id = current_setting('convdb.user_id', true))"),
-            ("ALTER TABLE messages DISABLE ROW LEVEL SECURITY", "ALTER TABLE messages ENABLE ROW LEVEL SECURITY"),
-            ("UPDATE convdb_schema_version SET compatible_from = 2",
-             "UPDATE convdb_schema_version SET compatible_from = 1"),
+            (
+                "ALTER POLICY convdb_conversations_owner ON conversations USING (true)",
+                "ALTER POLICY convdb_conversations_owner ON conversations "
+                "USING (user_id = current_setting('convdb.user_id', true))",
+            ),
+            (
+                "ALTER TABLE messages DISABLE ROW LEVEL SECURITY",
+                "ALTER TABLE messages ENABLE ROW LEVEL SECURITY",
+            ),
+            (
+                "UPDATE convdb_schema_version SET compatible_from = 2",
+                "UPDATE convdb_schema_version SET compatible_from = 1",
+            ),
         ]:
             await conn.execute(change)
             assert await catalog_snapshot(dsn) != base, change
@@ -180,16 +207,29 @@ async def test_two_runs_of_a_migration_at_once_serialise(new_db: NewDatabase) ->
         body = "\n".join(line for line in MIGRATIONS[1].sql.splitlines() if line not in ("BEGIN;", "COMMIT;"))
         await first.execute(body)  # holds its locks until COMMIT
         second = await asyncio.create_subprocess_exec(
-            find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "-",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            find_binary("psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            dsn,
+            "-f",
+            "-",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         assert second.stdin is not None
         second.stdin.write(MIGRATIONS[1].sql.encode())
         await second.stdin.drain()
         second.stdin.close()
         for _ in range(1000):
             # A fresh transaction each time: pg_stat_activity is a snapshot per transaction.
-            if await monitor.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                      "AND datname = current_database()"):
+            if await monitor.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ):
                 break
             await asyncio.sleep(0.01)
         else:

@@ -36,8 +36,9 @@ async def exercise(store: ConversationStore, user: str) -> None:
     conv = await store.get_or_create_conversation(None, user, title="t")
     await store.save_message(conv.id, user, "user", "hello", idempotency_key="k1")
     await store.save_message(conv.id, user, "user", "hello", idempotency_key="k1")  # the retry
-    await store.save_messages(conv.id, user, [{"role": "assistant", "content": "hi"},
-                                              {"role": "user", "content": "bye"}])
+    await store.save_messages(
+        conv.id, user, [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "bye"}]
+    )
     history = await store.get_history(conv.id, user)
     assert [(m.seq, m.content) for m in history] == [(1, "hello"), (2, "hi"), (3, "bye")]
     assert [c.id for c in (await store.list_conversations(user)).items] == [conv.id]
@@ -51,7 +52,9 @@ async def test_this_package_keeps_working_on_an_additively_migrated_database(new
         await exercise(running, "before")
         apply_sql(dsn, ADDITIVE.sql)  # under a running server
         await exercise(running, "running")
-    async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as restarted:  # connect() accepts V=5
+    async with await ConversationStore.connect(
+        dsn, min_size=1, max_size=2
+    ) as restarted:  # connect() accepts V=5
         await exercise(restarted, "restarted")
 
 
@@ -66,8 +69,10 @@ async def test_a_breaking_migration_raises_the_floor_and_this_package_refuses(ne
             await running.save_message(conv.id, "alice", "user", "x")
     with pytest.raises(SchemaMismatch) as info:
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
-    assert ("the database is at schema version 6 and supports packages built for schema 5 or later; this "
-            "package is built for schema 4: it is too old, upgrade convdb") in str(info.value)
+    assert (
+        "the database is at schema version 6 and supports packages built for schema 5 or later; this "
+        "package is built for schema 4: it is too old, upgrade convdb"
+    ) in str(info.value)
 
 
 @pytest.fixture
@@ -82,17 +87,23 @@ def later_package(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 
 
 async def test_a_later_package_refuses_a_database_without_its_migrations_and_names_them(
-        new_db: NewDatabase, later_package: Callable[[int], None]) -> None:
+    new_db: NewDatabase, later_package: Callable[[int], None]
+) -> None:
     later_package(6)
     dsn = await current_database(new_db)
     with pytest.raises(SchemaMismatch) as info:
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
-    assert ("the database is at schema version 4 and this package needs version 6: apply, in order, "
-            "0005_test_label.sql, 0006_test_label_required.sql with: python -m convdb migrations --from 4 "
-            "| psql -v ON_ERROR_STOP=1 -d <database> -f -") in str(info.value)
+    assert (
+        "the database is at schema version 4 and this package needs version 6: apply, in order, "
+        "0005_test_label.sql, 0006_test_label_required.sql with: python -m convdb migrations --from 4 "
+        "| psql -v ON_ERROR_STOP=1 -d <database> -f -"
+    ) in str(info.value)
     apply_sql(dsn, ADDITIVE.sql)
-    with pytest.raises(SchemaMismatch, match=r"at schema version 5 .* apply, in order, 0006_test_label_required\.sql "
-                                             r"with: python -m convdb migrations --from 5"):
+    with pytest.raises(
+        SchemaMismatch,
+        match=r"at schema version 5 .* apply, in order, 0006_test_label_required\.sql "
+        r"with: python -m convdb migrations --from 5",
+    ):
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
     apply_sql(dsn, BREAKING.sql)
     async with await ConversationStore.connect(dsn, min_size=1, max_size=1) as store:
@@ -102,21 +113,28 @@ async def test_a_later_package_refuses_a_database_without_its_migrations_and_nam
         await store.verify_schema()
 
 
-@pytest.mark.parametrize(("applied", "migration"), [
-    pytest.param(4, BREAKING, id="0006-on-version-4"),
-    pytest.param(6, ADDITIVE, id="0005-on-version-6"),
-    pytest.param(5, ALL[1], id="0002-on-version-5"),
-    pytest.param(6, ALL[1], id="0002-on-version-6"),
-])
-async def test_out_of_order_fails_and_changes_nothing(new_db: NewDatabase, applied: int,
-                                                      migration: Migration) -> None:
+@pytest.mark.parametrize(
+    ("applied", "migration"),
+    [
+        pytest.param(4, BREAKING, id="0006-on-version-4"),
+        pytest.param(6, ADDITIVE, id="0005-on-version-6"),
+        pytest.param(5, ALL[1], id="0002-on-version-5"),
+        pytest.param(6, ALL[1], id="0002-on-version-6"),
+    ],
+)
+async def test_out_of_order_fails_and_changes_nothing(
+    new_db: NewDatabase, applied: int, migration: Migration
+) -> None:
     dsn = await current_database(new_db)
     for m in ALL[4:applied]:
         apply_sql(dsn, m.sql)
     before = await catalog_snapshot(dsn)
-    with pytest.raises(RuntimeError, match=rf"convdb migration {migration.version:04d} takes schema version "
-                                           rf"{migration.version - 1} to {migration.version}, but this "
-                                           rf"database is at version {applied}"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"convdb migration {migration.version:04d} takes schema version "
+        rf"{migration.version - 1} to {migration.version}, but this "
+        rf"database is at version {applied}",
+    ):
         apply_sql(dsn, migration.sql)
     assert await catalog_snapshot(dsn) == before
 

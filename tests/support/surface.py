@@ -160,7 +160,11 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     assert [m.content for m in await store.get_history(copy.id, uid)] == ["hello", None, "42", "done"]
     called.add("import_conversation")
     fork = await store.fork_conversation(cid, uid, at_seq=2, title="branch")
-    assert (fork.parent_id, fork.forked_at_seq, [m.seq for m in await store.get_history(fork.id, uid)]) == (cid, 2, [1, 2])
+    assert (fork.parent_id, fork.forked_at_seq, [m.seq for m in await store.get_history(fork.id, uid)]) == (
+        cid,
+        2,
+        [1, 2],
+    )
     called.add("fork_conversation")
     rated = await store.set_feedback(cid, uid, 4, rating=1, comment="ok", tags=["t"])
     assert (rated.seq, rated.rating, rated.tags) == (4, 1, ("t",))

@@ -19,8 +19,13 @@ T = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 # -- windows ------------------------------------------------------------------------------------
 def test_trim_drops_only_leading_tool_results() -> None:
     call = [{"id": "a"}]
-    window = [make_message(3, "tool", tool_call_id="a"), make_message(4, "tool", tool_call_id="b"), make_message(5, "assistant"),
-              make_message(6, "assistant", tool_calls=call), make_message(7, "tool", tool_call_id="a")]
+    window = [
+        make_message(3, "tool", tool_call_id="a"),
+        make_message(4, "tool", tool_call_id="b"),
+        make_message(5, "assistant"),
+        make_message(6, "assistant", tool_calls=call),
+        make_message(7, "tool", tool_call_id="a"),
+    ]
     assert [m.seq for m in trim_orphan_tool_results(window)] == [5, 6, 7]
     assert trim_orphan_tool_results([make_message(1, "tool", tool_call_id="a")]) == []
     assert trim_orphan_tool_results([]) == []
@@ -30,8 +35,14 @@ def test_trim_drops_only_leading_tool_results() -> None:
 
 # -- listing --------------------------------------------------------------------------------------
 def test_listing_sql_uses_only_parameters() -> None:
-    q = build_listing("u'; DROP TABLE x; --", limit=5, title_contains="50%_off'",
-                      metadata_contains={"k": "v'"}, updated_after=T, updated_before=T + timedelta(days=1))
+    q = build_listing(
+        "u'; DROP TABLE x; --",
+        limit=5,
+        title_contains="50%_off'",
+        metadata_contains={"k": "v'"},
+        updated_after=T,
+        updated_before=T + timedelta(days=1),
+    )
     assert "DROP" not in q.sql
     assert "50" not in q.sql
     assert "'v" not in q.sql
@@ -46,8 +57,11 @@ def test_listing_sql_uses_only_parameters() -> None:
 
 
 def test_each_filter_combination_is_its_own_statement() -> None:
-    texts = {build_listing("u", title_contains=t, metadata_contains=m).sql
-             for t in (None, "a") for m in (None, {"a": 1})}
+    texts = {
+        build_listing("u", title_contains=t, metadata_contains=m).sql
+        for t in (None, "a")
+        for m in (None, {"a": 1})
+    }
     assert len(texts) == 4
     assert build_listing("u", title_contains="a").sql == build_listing("v", title_contains="b").sql
 
@@ -81,19 +95,30 @@ def test_listing_validation() -> None:
 
 
 # -- export records -------------------------------------------------------------------------------
-HEADER = {"type": "conversation", "format": FORMAT, "id": "c1", "title": None, "metadata": {"a": 1},
-          "created_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:00:01+00:00",
-          "next_seq": 5}
+HEADER = {
+    "type": "conversation",
+    "format": FORMAT,
+    "id": "c1",
+    "title": None,
+    "metadata": {"a": 1},
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "updated_at": "2026-01-01T00:00:01+00:00",
+    "next_seq": 5,
+}
 
 
 def test_header_parsing() -> None:
     h = parse_header(HEADER)
     assert (h.id, h.next_seq, h.metadata_json) == ("c1", 5, '{"a":1}')
     assert h.updated_at == datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
-    for bad, field in (({**HEADER, "type": "message"}, "type"), ({**HEADER, "format": "v9"}, "format"),
-                       ({**HEADER, "extra": 1}, "extra"), ({**HEADER, "next_seq": 0}, "next_seq"),
-                       ({**HEADER, "created_at": "yesterday"}, "created_at"),
-                       ({**HEADER, "metadata": []}, "metadata")):
+    for bad, field in (
+        ({**HEADER, "type": "message"}, "type"),
+        ({**HEADER, "format": "v9"}, "format"),
+        ({**HEADER, "extra": 1}, "extra"),
+        ({**HEADER, "next_seq": 0}, "next_seq"),
+        ({**HEADER, "created_at": "yesterday"}, "created_at"),
+        ({**HEADER, "metadata": []}, "metadata"),
+    ):
         with pytest.raises(InvalidInput) as err:
             parse_header(bad)
         assert err.value.field == field
@@ -101,8 +126,13 @@ def test_header_parsing() -> None:
 
 def test_message_parsing_keeps_or_computes_token_counts() -> None:
     parser = MessageParser(parse_header(HEADER), max_content_bytes=100, count_tokens=estimate_tokens)
-    rec = {"type": "message", "seq": 2, "role": "user", "content": "hello world",
-           "created_at": "2026-01-01T00:00:00.5+00:00"}
+    rec = {
+        "type": "message",
+        "seq": 2,
+        "role": "user",
+        "content": "hello world",
+        "created_at": "2026-01-01T00:00:00.5+00:00",
+    }
     parsed = parser.parse(rec, 0)
     assert parsed is not None  # a message record (None is a feedback record)
     seq, row, created = parsed

@@ -22,7 +22,8 @@ SQL = resources.files("convdb.sql")
 @pytest.mark.parametrize("name", ["schema.sql", "schema_rls.sql", "schema_citus.sql", "schema_search.sql"])
 def test_packaged_copy_is_byte_equal_to_the_top_level_file(name: str) -> None:
     assert (SQL / name).read_bytes() == (ROOT / name).read_bytes(), (
-        f"convdb/sql/{name} must be a copy of the top-level {name}: cp {name} convdb/sql/{name}")
+        f"convdb/sql/{name} must be a copy of the top-level {name}: cp {name} convdb/sql/{name}"
+    )
 
 
 def test_schema_version_is_the_last_migration_and_schema_sql_installs_it() -> None:
@@ -54,9 +55,11 @@ def test_version_constants() -> None:
 def test_fresh_install_sql_is_schema_sql_with_optional_rls() -> None:
     assert fresh_install_sql() == (ROOT / "schema.sql").read_text()
     assert fresh_install_sql(row_level_security=True) == (
-        (ROOT / "schema.sql").read_text() + "\n" + (ROOT / "schema_rls.sql").read_text())
+        (ROOT / "schema.sql").read_text() + "\n" + (ROOT / "schema_rls.sql").read_text()
+    )
     assert fresh_install_sql(citus=True) == (
-        (ROOT / "schema.sql").read_text() + "\n" + (ROOT / "schema_citus.sql").read_text())
+        (ROOT / "schema.sql").read_text() + "\n" + (ROOT / "schema_citus.sql").read_text()
+    )
 
 
 def _file(kind: str = "additive", floor: str | None = None, body: str = "BEGIN;\nCOMMIT;\n") -> str:
@@ -65,29 +68,49 @@ def _file(kind: str = "additive", floor: str | None = None, body: str = "BEGIN;\
 
 
 def test_the_loader_reads_kind_and_floor() -> None:
-    parsed = parse_migrations({"0001_a.sql": _file(), "0002_b.sql": _file(), "0003_c.sql": _file("breaking", "2"),
-                               "0004_d.sql": _file(), "0005_e.sql": _file("breaking", "4")})
+    parsed = parse_migrations(
+        {
+            "0001_a.sql": _file(),
+            "0002_b.sql": _file(),
+            "0003_c.sql": _file("breaking", "2"),
+            "0004_d.sql": _file(),
+            "0005_e.sql": _file("breaking", "4"),
+        }
+    )
     assert [(m.version, m.filename, m.kind, m.floor) for m in parsed] == [
-        (1, "0001_a.sql", "additive", 1), (2, "0002_b.sql", "additive", 1), (3, "0003_c.sql", "breaking", 2),
-        (4, "0004_d.sql", "additive", 2), (5, "0005_e.sql", "breaking", 4)]
+        (1, "0001_a.sql", "additive", 1),
+        (2, "0002_b.sql", "additive", 1),
+        (3, "0003_c.sql", "breaking", 2),
+        (4, "0004_d.sql", "additive", 2),
+        (5, "0005_e.sql", "breaking", 4),
+    ]
 
 
-@pytest.mark.parametrize(("files", "problem"), [
-    ({"0001_a.sql": _file(), "2_b.sql": _file()}, "is not NNNN_name.sql"),
-    ({"0001_a.sql": _file(), "0002_B.sql": _file()}, "is not NNNN_name.sql"),
-    ({"0001_a.sql": _file(), "0003_c.sql": _file()}, "without holes"),
-    ({"0002_b.sql": _file()}, "without holes"),
-    ({"0001_a.sql": _file(), "0001_b.sql": _file()}, "two migrations for version 1"),
-    ({"0001_a.sql": "-- no header\nBEGIN;\nCOMMIT;\n"}, "exactly once"),
-    ({"0001_a.sql": _file("sideways")}, "exactly once"),
-    ({"0001_a.sql": "-- kind: additive\n-- kind: additive\nBEGIN;\n"}, "exactly once"),
-    ({"0001_a.sql": "-- header\nBEGIN;\n-- kind: additive\nCOMMIT;\n"}, "exactly once"),  # not in the header
-    ({"0001_a.sql": _file(), "0002_b.sql": _file("additive", "1")}, "keeps the floor"),
-    ({"0001_a.sql": _file(), "0002_b.sql": _file("breaking")}, "declares its new floor"),
-    ({"0001_a.sql": _file(), "0002_b.sql": _file("breaking", "x")}, "declares its new floor"),
-    ({"0001_a.sql": _file(), "0002_b.sql": _file("breaking", "2")}, "stay below 2"),
-    ({"0001_a.sql": _file(), "0002_b.sql": _file(), "0003_c.sql": _file("breaking", "1")}, "rise above 1"),
-])
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"0001_a.sql": _file(), "2_b.sql": _file()}, "is not NNNN_name.sql"),
+        ({"0001_a.sql": _file(), "0002_B.sql": _file()}, "is not NNNN_name.sql"),
+        ({"0001_a.sql": _file(), "0003_c.sql": _file()}, "without holes"),
+        ({"0002_b.sql": _file()}, "without holes"),
+        ({"0001_a.sql": _file(), "0001_b.sql": _file()}, "two migrations for version 1"),
+        ({"0001_a.sql": "-- no header\nBEGIN;\nCOMMIT;\n"}, "exactly once"),
+        ({"0001_a.sql": _file("sideways")}, "exactly once"),
+        ({"0001_a.sql": "-- kind: additive\n-- kind: additive\nBEGIN;\n"}, "exactly once"),
+        (
+            {"0001_a.sql": "-- header\nBEGIN;\n-- kind: additive\nCOMMIT;\n"},
+            "exactly once",
+        ),  # not in the header
+        ({"0001_a.sql": _file(), "0002_b.sql": _file("additive", "1")}, "keeps the floor"),
+        ({"0001_a.sql": _file(), "0002_b.sql": _file("breaking")}, "declares its new floor"),
+        ({"0001_a.sql": _file(), "0002_b.sql": _file("breaking", "x")}, "declares its new floor"),
+        ({"0001_a.sql": _file(), "0002_b.sql": _file("breaking", "2")}, "stay below 2"),
+        (
+            {"0001_a.sql": _file(), "0002_b.sql": _file(), "0003_c.sql": _file("breaking", "1")},
+            "rise above 1",
+        ),
+    ],
+)
 def test_the_loader_refuses_malformed_migrations(files: dict[str, str], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_migrations(files)
@@ -100,10 +123,15 @@ def test_plan_picks_the_files_between_two_versions() -> None:
     assert plan(0, 1) == (MIGRATIONS[0],)
 
 
-@pytest.mark.parametrize(("start", "end", "problem"), [
-    (-1, 2, "unknown schema version -1"), (SCHEMA_VERSION + 1, SCHEMA_VERSION + 1, "unknown schema version"),
-    (0, SCHEMA_VERSION + 5, r"unknown schema version \d+ \(--to\)"), (2, 1, "migrations only upgrade"),
-])
+@pytest.mark.parametrize(
+    ("start", "end", "problem"),
+    [
+        (-1, 2, "unknown schema version -1"),
+        (SCHEMA_VERSION + 1, SCHEMA_VERSION + 1, "unknown schema version"),
+        (0, SCHEMA_VERSION + 5, r"unknown schema version \d+ \(--to\)"),
+        (2, 1, "migrations only upgrade"),
+    ],
+)
 def test_plan_refuses_unknown_versions(start: int, end: int, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         migrations.plan(start, end)
