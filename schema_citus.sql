@@ -8,12 +8,14 @@
 -- Idempotent: running it again on a database it was applied to changes nothing.
 --
 -- What it does:
---   * conversations is distributed by id, messages and message_feedback by conversation_id, all
---     co-located: a conversation's row, its messages and their feedback live in one group of
---     shards on one worker. The primary keys, the partial unique idempotency index and the ON
---     DELETE CASCADE foreign keys are kept on every shard group (co-located tables allow them), so
---     every per-conversation statement of convdb runs on one shard (router execution; checked by
---     EXPLAIN in the Citus tests).
+--   * conversations is distributed by id; messages, conversation_summaries (schema version 3)
+--     and message_feedback (schema version 5) by conversation_id, all co-located: a
+--     conversation's row, its messages, its summaries and their feedback live in one shard group
+--     on one worker. After migration 0003 or 0005 on a distributed database, run this file again:
+--     it distributes the new table. The primary keys, the partial unique idempotency index and
+--     the ON DELETE CASCADE foreign keys are kept on every shard group (co-located tables allow
+--     them), so every per-conversation statement of convdb runs on one shard (router execution;
+--     checked by EXPLAIN in the Citus tests).
 --   * convdb_schema_version becomes a reference table (a copy on every node), so the version
 --     check at connect() is answered locally wherever it runs.
 --   * What fans out to every shard: listing a user's conversations, searching their messages,
@@ -30,6 +32,7 @@ BEGIN;
 DO $$
 DECLARE
     wanted constant text[][] := ARRAY[['conversations', 'id'], ['messages', 'conversation_id'],
+                                      ['conversation_summaries', 'conversation_id'],
                                       ['message_feedback', 'conversation_id']];
     have text;
     i integer;

@@ -12,7 +12,7 @@
 --
 -- What it gives:
 --   * convdb_app (NOLOGIN; grant it to the login role your servers use): SELECT, INSERT, UPDATE,
---     DELETE on convdb's two tables and SELECT on the version table. No DDL: it owns nothing, gets
+--     DELETE on convdb's tables (conversations, messages, conversation_summaries) and SELECT on the version table. No DDL: it owns nothing, gets
 --     no TRUNCATE, no REFERENCES, no TRIGGER, no CREATE on the schema (PostgreSQL 15+ revokes
 --     CREATE on schema public from PUBLIC by default; on 14 and older run
 --     REVOKE CREATE ON SCHEMA public FROM PUBLIC yourself).
@@ -83,8 +83,33 @@ CREATE POLICY convdb_messages_owner ON messages
                            AND c.user_id = current_setting('convdb.user_id', true)));
 
 -- ---------------------------------------------------------------------------------------------
--- R4. Feedback (schema version 4 and later): the same rule as messages. Skipped on older schema
--- versions, so this file applies to every version; re-apply it after migrating to version 4.
+-- R4. conversation_summaries (schema version 3 and later): the same grants and rule as messages.
+-- ---------------------------------------------------------------------------------------------
+-- Skipped on an older database, so that this file stays applicable to every schema version; apply
+-- it again after migration 0003.
+DO $$
+BEGIN
+    IF to_regclass('conversation_summaries') IS NULL THEN
+        RETURN;
+    END IF;
+    REVOKE ALL ON conversation_summaries FROM convdb_app;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON conversation_summaries TO convdb_app;
+    ALTER TABLE conversation_summaries ENABLE ROW LEVEL SECURITY;
+    DROP POLICY IF EXISTS convdb_summaries_owner ON conversation_summaries;
+    CREATE POLICY convdb_summaries_owner ON conversation_summaries
+        FOR ALL TO convdb_app
+        USING (EXISTS (SELECT FROM conversations c
+                        WHERE c.id = conversation_summaries.conversation_id
+                          AND c.user_id = current_setting('convdb.user_id', true)))
+        WITH CHECK (EXISTS (SELECT FROM conversations c
+                             WHERE c.id = conversation_summaries.conversation_id
+                               AND c.user_id = current_setting('convdb.user_id', true)));
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- R5. Feedback (schema version 5 and later): the same rule as messages. Skipped on older schema
+-- versions, so this file applies to every version; re-apply it after migrating to version 5.
 -- ---------------------------------------------------------------------------------------------
 DO $$
 BEGIN

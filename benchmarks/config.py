@@ -63,6 +63,7 @@ MODES: dict[str, Mode] = {
 }
 # Default plus the table-size sweep: convdb's messages table grown to 10 million rows.
 MODES["full"] = replace(
-    MODES["default"], name="full",
+    MODES["default"],
+    name="full",
     layout=replace(MODES["default"].layout, table_sizes=(1_000_000, 3_000_000, 10_000_000)),
 )

@@ -3,6 +3,7 @@
 from ._version import __version__
 from .agent import build_message_array, message_to_dict, to_chat_message
 from .errors import (
+    ConcurrentUpdate,
     ConstraintViolation,
     ConvDBError,
     ConversationExists,
@@ -18,7 +19,17 @@ from .errors import (
     WrongEventLoop,
 )
 from .pool import init_connection
-from .records import Conversation, ErasureCounts, Message, Page, Role
+from .records import (
+    Conversation,
+    ErasureCounts,
+    Message,
+    Page,
+    Role,
+    Summary,
+    Usage,
+    UsageReport,
+    UsageTotals,
+)
 from .schema_check import SCHEMA_VERSION
 from .store import ConversationStore
 from .validation import (
@@ -39,6 +50,7 @@ __all__ = [
     "MAX_HISTORY_LIMIT",
     "SCHEMA_VERSION",
     "UNSET",
+    "ConcurrentUpdate",
     "ConstraintViolation",
     "ConvDBError",
     "Conversation",
@@ -55,8 +67,12 @@ __all__ = [
     "QueryTimeout",
     "Role",
     "SchemaMismatch",
+    "Summary",
     "TransientError",
     "UnsupportedIsolation",
+    "Usage",
+    "UsageReport",
+    "UsageTotals",
     "WrongEventLoop",
     "__version__",
     "build_message_array",

@@ -5,12 +5,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .records import Message
+from .records import Message, Usage
+
+
+def usage_to_dict(usage: Usage | None) -> dict[str, Any] | None:
+    """A message's usage, JSON-serialisable (cost as a decimal string, so that it stays exact)."""
+    if usage is None:
+        return None
+    return {
+        "model": usage.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost": None if usage.cost is None else str(usage.cost),
+        "latency_ms": usage.latency_ms,
+    }
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
-    """Every field of a message, JSON-serialisable (created_at as ISO 8601)."""
-    return {
+    """Every field of a message, JSON-serialisable (created_at as ISO 8601).
+
+    ``summary_through`` appears only on a summary of a ``summarized=True`` window.
+    """
+    out = {
         "conversation_id": message.conversation_id,
         "seq": message.seq,
         "role": message.role,
@@ -22,11 +40,19 @@ def message_to_dict(message: Message) -> dict[str, Any]:
         "token_count": message.token_count,
         "idempotency_key": message.idempotency_key,
         "created_at": message.created_at.isoformat(),
+        "usage": usage_to_dict(message.usage),
     }
+    if message.summary_through is not None:
+        out["summary_through"] = message.summary_through
+    return out
 
 
 def to_chat_message(message: Message) -> dict[str, Any]:
-    """One stored message in the OpenAI chat-completions shape."""
+    """One stored message in the OpenAI chat-completions shape.
+
+    A summary (``summary_through`` set) is rendered as an ordinary message of its role with its
+    content: the summariser wrote it to be read by the model as it is.
+    """
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.role == "assistant" and message.tool_calls:
         out["tool_calls"] = message.tool_calls
@@ -48,8 +74,11 @@ def build_message_array(
     out: list[dict[str, Any]] = []
     if system_prompt is not None:
         out.append({"role": "system", "content": system_prompt})
-    out.extend(to_chat_message(m) for m in history
-               if not (m.role == "assistant" and m.content is None and not m.tool_calls))
+    out.extend(
+        to_chat_message(m)
+        for m in history
+        if not (m.role == "assistant" and m.content is None and not m.tool_calls)
+    )
     if user_message is not None:
         out.append({"role": "user", "content": user_message})
     return out

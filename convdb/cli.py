@@ -38,45 +38,72 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m convdb",
         description=f"convdb {__version__} (schema version {schema_check.SCHEMA_VERSION}): print the "
-                    "schema SQL for a DBA to apply, or check a database. Never applies anything.",
+        "schema SQL for a DBA to apply, or check a database. Never applies anything.",
     )
-    parser.add_argument("--version", action="version",
-                        version=f"convdb {__version__}, schema version {schema_check.SCHEMA_VERSION}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_Parser)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"convdb {__version__}, schema version {schema_check.SCHEMA_VERSION}",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     schema = commands.add_parser(
-        "schema", help="print the fresh-install SQL (schema.sql)",
+        "schema",
+        help="print the fresh-install SQL (schema.sql)",
         description="Print the fresh-install SQL of this package's schema version (schema.sql), "
-                    f"for an empty database:  python -m convdb schema | {_APPLY}")
-    schema.add_argument("--rls", action="store_true",
-                        help="append schema_rls.sql: the least-privilege role convdb_app and "
-                             "row-level security (apply as the tables' owner)")
-    schema.add_argument("--citus", action="store_true",
-                        help="append schema_citus.sql: distribute the tables over a Citus cluster "
-                             "(apply on the coordinator, the citus extension and workers in place)")
+        f"for an empty database:  python -m convdb schema | {_APPLY}",
+    )
+    schema.add_argument(
+        "--rls",
+        action="store_true",
+        help="append schema_rls.sql: the least-privilege role convdb_app and "
+        "row-level security (apply as the tables' owner)",
+    )
+    schema.add_argument(
+        "--citus",
+        action="store_true",
+        help="append schema_citus.sql: distribute the tables over a Citus cluster "
+        "(apply on the coordinator, the citus extension and workers in place)",
+    )
     upgrade = commands.add_parser(
-        "migrations", help="print the SQL that upgrades a database from schema version N",
+        "migrations",
+        help="print the SQL that upgrades a database from schema version N",
         description="Print, in order, the migrations that take a database from schema version N to "
-                    f"this package's version:  python -m convdb migrations --from N | {_APPLY}  "
-                    "Each migration is one transaction, refuses to run out of order, and is "
-                    "idempotent. Breaking ones (header '-- kind: breaking') run only after every "
-                    "server is upgraded: see docs/upgrading.md.")
-    upgrade.add_argument("--from", dest="from_version", type=int, required=True, metavar="N",
-                         help="the database's schema version (python -m convdb check tells it; "
-                              "0 for an empty database)")
-    upgrade.add_argument("--to", dest="to_version", type=int, default=None, metavar="M",
-                         help=f"stop at schema version M (default: {schema_check.SCHEMA_VERSION}, "
-                              "this package's); e.g. to apply the additive migrations before a "
-                              "breaking one")
+        f"this package's version:  python -m convdb migrations --from N | {_APPLY}  "
+        "Each migration is one transaction, refuses to run out of order, and is "
+        "idempotent. Breaking ones (header '-- kind: breaking') run only after every "
+        "server is upgraded: see docs/upgrading.md.",
+    )
+    upgrade.add_argument(
+        "--from",
+        dest="from_version",
+        type=int,
+        required=True,
+        metavar="N",
+        help="the database's schema version (python -m convdb check tells it; 0 for an empty database)",
+    )
+    upgrade.add_argument(
+        "--to",
+        dest="to_version",
+        type=int,
+        default=None,
+        metavar="M",
+        help=f"stop at schema version M (default: {schema_check.SCHEMA_VERSION}, "
+        "this package's); e.g. to apply the additive migrations before a "
+        "breaking one",
+    )
     check = commands.add_parser(
-        "check", help="say whether this package can run on a database (exit 0) or not (exit 1)",
+        "check",
+        help="say whether this package can run on a database (exit 0) or not (exit 1)",
         description="Connect, read the schema version and the catalog, and say in words whether this "
-                    "package can run there (exit status 0) or what to do (exit status 1). Errors "
-                    "(bad DSN, unreachable server) exit with status 2.")
-    check.add_argument("--dsn", required=True,
-                       help="a libpq connection URI, e.g. postgresql://user@host:5432/database")
-    check.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="connect timeout (default 10)")
+        "package can run there (exit status 0) or what to do (exit status 1). Errors "
+        "(bad DSN, unreachable server) exit with status 2.",
+    )
+    check.add_argument(
+        "--dsn", required=True, help="a libpq connection URI, e.g. postgresql://user@host:5432/database"
+    )
+    check.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="connect timeout (default 10)"
+    )
     return parser
 
 
@@ -84,12 +111,16 @@ def _print_migrations(from_version: int, to_version: int | None, out: TextIO) ->
     target = schema_check.SCHEMA_VERSION if to_version is None else to_version
     steps = migrations.plan(from_version, target)
     if not steps:
-        out.write(f"-- convdb {__version__}: a database at schema version {from_version} needs no "
-                  f"migration to reach version {target}.\n")
+        out.write(
+            f"-- convdb {__version__}: a database at schema version {from_version} needs no "
+            f"migration to reach version {target}.\n"
+        )
         return
     names = ", ".join(m.filename for m in steps)
-    out.write(f"-- convdb {__version__}: schema version {from_version} to {target}: {names}\n"
-              f"-- Apply with: {_APPLY}\n")
+    out.write(
+        f"-- convdb {__version__}: schema version {from_version} to {target}: {names}\n"
+        f"-- Apply with: {_APPLY}\n"
+    )
     for m in steps:
         out.write(f"\n-- ===== {m.filename} ({m.kind}; floor {m.floor} afterwards) =====\n")
         out.write(m.sql if m.sql.endswith("\n") else m.sql + "\n")
@@ -130,8 +161,10 @@ def describe(report: schema_check.SchemaReport, where: str) -> str:
     if report.version is None:
         lines.append(f"database: {where}: no convdb schema version recorded")
     else:
-        lines.append(f"database: {where}: schema version {report.version}, supports packages built "
-                     f"for schema {report.compatible_from} or later")
+        lines.append(
+            f"database: {where}: schema version {report.version}, supports packages built "
+            f"for schema {report.compatible_from} or later"
+        )
     if report.compatible:
         lines.append("OK: this package can run on this database.")
     else:

@@ -60,6 +60,22 @@ class IdempotencyConflict(ConvDBError):
         self.key = key
 
 
+class ConcurrentUpdate(ConvDBError):
+    """A guarded write (``expected_last_seq=``) found another newest message: nothing was written.
+
+    ``last_seq`` is the seq of the conversation's newest stored message when the write was refused
+    (0: none). Re-read the history, decide again, and retry with ``expected_last_seq=last_seq``.
+    """
+
+    def __init__(self, expected_last_seq: int, last_seq: int) -> None:
+        super().__init__(
+            f"the conversation's newest message is seq {last_seq}, not the expected {expected_last_seq}: "
+            "another writer got there first; nothing was written"
+        )
+        self.expected_last_seq = expected_last_seq
+        self.last_seq = last_seq
+
+
 class ConversationExists(ConvDBError):
     """``import_conversation`` found a conversation of this user under the id (use ``replace=True``)."""
 

@@ -62,7 +62,8 @@ async def write_jsonl(records: AsyncIterable[Mapping[str, Any]], path: str | Pat
     """
     target = Path(path)
     fd, temporary = await asyncio.to_thread(
-        tempfile.mkstemp, dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        tempfile.mkstemp, dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
+    )
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
@@ -108,8 +109,9 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             except ValueError as exc:
                 raise InvalidInput("records", f"line {number} of {path} is not JSON: {exc}") from exc
             except RecursionError:
-                raise InvalidInput("records", f"line {number} of {path} is nested too deeply to parse"
-                                   ) from None
+                raise InvalidInput(
+                    "records", f"line {number} of {path} is nested too deeply to parse"
+                ) from None
             if not isinstance(record, dict):
                 raise InvalidInput("records", f"line {number} of {path} is not a JSON object")
             yield record
@@ -131,5 +133,6 @@ async def import_from_file(
     replace: bool = False,
 ) -> Conversation:
     """Restore a conversation from a JSON Lines export (read as it is imported)."""
-    return await store.import_conversation(user_id, read_jsonl(path), conversation_id=conversation_id,
-                                           replace=replace)
+    return await store.import_conversation(
+        user_id, read_jsonl(path), conversation_id=conversation_id, replace=replace
+    )

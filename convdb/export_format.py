@@ -5,9 +5,10 @@ An export is a stream of JSON objects (one per line in a file):
 - first ``{"type": "conversation", "format": "convdb.conversation/1", "id", "title", "metadata",
   "created_at", "updated_at", "next_seq"}``;
 - then one ``{"type": "message", "seq", "role", "content", "tool_name", "tool_call_id",
-  "tool_calls", "metadata", "token_count", "idempotency_key", "created_at"}`` per message, in seq
-  order;
-- then (optional, since schema version 4) one ``{"type": "feedback", "seq", "rating", "comment",
+  "tool_calls", "metadata", "token_count", "idempotency_key", "created_at", "usage"}`` per message,
+  in seq order (``usage``: null, or its fields with ``cost`` as a decimal string; optional on
+  import, so exports of earlier versions import unchanged);
+- then (optional, since schema version 5) one ``{"type": "feedback", "seq", "rating", "comment",
   "tags", "inherited", "created_at", "updated_at"}`` per rated message, after every message
   record. Exports without feedback records (older ones) import unchanged; an older convdb refuses
   an export that has them ("must be 'message'").
@@ -66,6 +67,7 @@ _MESSAGE_FIELDS: Final = frozenset(
         "idempotency_key",
         "created_at",
         "conversation_id",
+        "usage",
     }
 )
 # The largest seq and next_seq an import accepts. 2**53 is the largest integer every JSON reader
@@ -231,6 +233,7 @@ class MessageParser:
             metadata=record.get("metadata"),
             token_count=token_count,
             idempotency_key=record.get("idempotency_key"),
+            usage=record.get("usage"),
             max_content_bytes=self.max_content_bytes,
             count_tokens=self.count_tokens,
             limits=self.limits,

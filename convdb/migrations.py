@@ -78,22 +78,27 @@ def parse_migrations(files: dict[str, str]) -> tuple[Migration, ...]:
         kinds = _KIND.findall(header)
         floors = _FLOOR.findall(header)
         if len(kinds) != 1 or kinds[0] not in ("additive", "breaking"):
-            raise ValueError(f"{filename}: the header must say exactly once '-- kind: additive' or "
-                             f"'-- kind: breaking'; found {kinds}")
+            raise ValueError(
+                f"{filename}: the header must say exactly once '-- kind: additive' or "
+                f"'-- kind: breaking'; found {kinds}"
+            )
         kind: Kind = "additive" if kinds[0] == "additive" else "breaking"
         if kind == "additive":
             if floors:
                 raise ValueError(f"{filename}: an additive migration keeps the floor; remove '-- floor:'")
         else:
             if len(floors) != 1 or not floors[0].isdigit():
-                raise ValueError(f"{filename}: a breaking migration declares its new floor once: "
-                                 f"'-- floor: N'; found {floors}")
+                raise ValueError(
+                    f"{filename}: a breaking migration declares its new floor once: "
+                    f"'-- floor: N'; found {floors}"
+                )
             new_floor = int(floors[0])
             if not floor < new_floor < version:
                 raise ValueError(
                     f"{filename}: the floor must rise above {floor} and stay below {version} (a package "
                     f"built for schema {new_floor} must already be deployable before this runs); "
-                    f"found {new_floor}")
+                    f"found {new_floor}"
+                )
             floor = new_floor
         result.append(Migration(version, filename, kind, floor, text))
     return tuple(result)
@@ -101,8 +106,11 @@ def parse_migrations(files: dict[str, str]) -> tuple[Migration, ...]:
 
 def load_migrations(directory: Traversable) -> tuple[Migration, ...]:
     """Every ``*.sql`` file of ``directory``, checked and in order (see ``parse_migrations``)."""
-    files = {entry.name: entry.read_text(encoding="utf-8")
-             for entry in directory.iterdir() if entry.name.endswith(".sql")}
+    files = {
+        entry.name: entry.read_text(encoding="utf-8")
+        for entry in directory.iterdir()
+        if entry.name.endswith(".sql")
+    }
     return parse_migrations(files)
 
 
@@ -124,8 +132,9 @@ def fresh_install_sql(*, row_level_security: bool = False, citus: bool = False) 
     return text
 
 
-def plan(from_version: int, to_version: int, migrations: tuple[Migration, ...] | None = None
-         ) -> tuple[Migration, ...]:
+def plan(
+    from_version: int, to_version: int, migrations: tuple[Migration, ...] | None = None
+) -> tuple[Migration, ...]:
     """The migrations that take a database from ``from_version`` to ``to_version``, in order.
 
     ``from_version`` 0 is an empty database. Raises ``ValueError`` for a version the package does
@@ -135,9 +144,12 @@ def plan(from_version: int, to_version: int, migrations: tuple[Migration, ...] |
     latest = known[-1].version if known else 0
     for name, value in (("from", from_version), ("to", to_version)):
         if not 0 <= value <= latest:
-            raise ValueError(f"unknown schema version {value} (--{name}): this package knows versions "
-                             f"0 (an empty database) to {latest}")
+            raise ValueError(
+                f"unknown schema version {value} (--{name}): this package knows versions "
+                f"0 (an empty database) to {latest}"
+            )
     if from_version > to_version:
-        raise ValueError(f"cannot go from schema version {from_version} down to {to_version}: "
-                         "migrations only upgrade")
+        raise ValueError(
+            f"cannot go from schema version {from_version} down to {to_version}: migrations only upgrade"
+        )
     return tuple(m for m in known if from_version < m.version <= to_version)

@@ -27,8 +27,9 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     once before any I/O, so its statements never use this encoder; it passes text through for
     callers who bind jsonb parameters on the same pool.
     """
-    await conn.set_type_codec("jsonb", encoder=_identity, decoder=_decode_json, schema="pg_catalog",
-                              format="text")
+    await conn.set_type_codec(
+        "jsonb", encoder=_identity, decoder=_decode_json, schema="pg_catalog", format="text"
+    )
 
 
 async def skip_reset(conn: asyncpg.Connection) -> None:

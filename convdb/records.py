@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Final, Generic, Literal, TypeVar
 
 import asyncpg
@@ -60,6 +61,26 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What producing one message cost: given at save time (``usage=``), stored in typed columns.
+
+    Token counts default to 0; ``cost`` is a decimal in the application's own unit (convdb knows no
+    currency); ``latency_ms`` is how long the model took, in milliseconds.
+    """
+
+    #: The model that produced the message (1 to 255 characters), or None.
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    #: Input tokens served from the provider's prompt cache (part of ``input_tokens``).
+    cached_tokens: int = 0
+    #: Output tokens spent on reasoning (part of ``output_tokens``).
+    reasoning_tokens: int = 0
+    cost: Decimal | None = None
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     conversation_id: str
     seq: int
@@ -72,6 +93,15 @@ class Message:
     created_at: datetime
     token_count: int = 0
     idempotency_key: str | None = None
+    #: What producing the message cost (``save_message(usage=...)``); None when none was recorded.
+    usage: Usage | None = None
+    #: Set only on a summary in a ``summarized=True`` window: the last seq the summary stands for
+    #: (equal to ``seq``, where the summary is positioned). None on every stored message.
+    summary_through: int | None = None
+
+    @property
+    def is_summary(self) -> bool:
+        return self.summary_through is not None
 
     @classmethod
     def from_record(cls, conversation_id: str, row: asyncpg.Record) -> Message:
@@ -90,6 +120,13 @@ MESSAGE_COLUMNS: Final = (
     "token_count",
     "idempotency_key",
     "created_at",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost",
+    "latency_ms",
 )
 """The leading result columns of every message-returning statement in queries.sql, in the order
 ``Message.from_record`` reads them by position (tests/core/test_core_column_order.py pins
@@ -111,6 +148,23 @@ _set_metadata = Message.__dict__["metadata"].__set__
 _set_token_count = Message.__dict__["token_count"].__set__
 _set_idempotency_key = Message.__dict__["idempotency_key"].__set__
 _set_created_at = Message.__dict__["created_at"].__set__
+_set_usage = Message.__dict__["usage"].__set__
+_set_summary_through = Message.__dict__["summary_through"].__set__
+
+
+def usage_from_row(row: asyncpg.Record, start: int = 10) -> Usage | None:
+    """The usage columns of a message row (``MESSAGE_COLUMNS`` from ``start``); None when absent."""
+    if row[start + 1] is None:  # input_tokens: NULL means no usage recorded (a CHECK keeps them together)
+        return None
+    return Usage(
+        row[start],
+        row[start + 1],
+        row[start + 2],
+        row[start + 3],
+        row[start + 4],
+        row[start + 5],
+        row[start + 6],
+    )
 
 
 def _message_from_row(conversation_id: str, row: asyncpg.Record) -> Message:
@@ -127,6 +181,17 @@ def _message_from_row(conversation_id: str, row: asyncpg.Record) -> Message:
     _set_token_count(message, row[7])
     _set_idempotency_key(message, row[8])
     _set_created_at(message, row[9])
+    _set_usage(message, None if row[11] is None else usage_from_row(row))
+    _set_summary_through(message, None)
+    return message
+
+
+def summary_or_message_from_row(conversation_id: str, row: asyncpg.Record) -> Message:
+    """A row of a summarized window: ``MESSAGE_COLUMNS`` then ``summary_through`` (NULL for messages)."""
+    message = _message_from_row(conversation_id, row)
+    through = row[len(MESSAGE_COLUMNS)]
+    if through is not None:
+        _set_summary_through(message, through)
     return message
 
 
@@ -150,6 +215,53 @@ class ErasureCounts:
 
     conversations: int
     messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A stored summary (``save_summary``): ``content`` stands for the messages up to ``through_seq``."""
+
+    conversation_id: str
+    through_seq: int
+    role: Role
+    content: str
+    token_count: int
+    metadata: dict[str, JSONValue]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Usage summed over the messages of one group of a ``usage_report`` (computed in SQL)."""
+
+    #: The day (in the report's time zone), or None in a total over every day.
+    day: date | None
+    #: The model, or None in a total over every model (also the group of messages saved without one).
+    model: str | None
+    #: Messages that carry usage in the group.
+    messages: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    #: The sum of the known costs; None when no message of the group has one.
+    cost: Decimal | None
+    #: The sum of the known latencies, in milliseconds (divide by ``messages`` for a mean).
+    latency_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """A ``usage_report``: the same rows grouped four ways, from one statement (GROUPING SETS)."""
+
+    #: One row per (day, model) that has usage, in day then model order.
+    by_day_and_model: list[UsageTotals]
+    #: One row per day (``model`` None), in day order.
+    by_day: list[UsageTotals]
+    #: One row per model (``day`` None), in model order.
+    by_model: list[UsageTotals]
+    #: Everything in the range (``day`` and ``model`` None); zeros when nothing matched.
+    total: UsageTotals
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,8 +293,9 @@ def _not_running(home: asyncio.AbstractEventLoop) -> WrongEventLoop:
     )
 
 
-async def _forward(work: Callable[[], Awaitable[T]], home: asyncio.AbstractEventLoop,
-                   start_timeout: float | None) -> T:
+async def _forward(
+    work: Callable[[], Awaitable[T]], home: asyncio.AbstractEventLoop, start_timeout: float | None
+) -> T:
     """``work()`` on ``home`` (running in another thread), awaited from the running loop."""
     if home.is_closed() or not home.is_running():
         raise _not_running(home)
@@ -320,14 +321,16 @@ async def _forward(work: Callable[[], Awaitable[T]], home: asyncio.AbstractEvent
                 waiter.cancel()
                 raise WrongEventLoop(
                     "the event loop that owns this ConversationStore's pool stopped during the call; "
-                    "its outcome is unknown (a write may have committed)")
+                    "its outcome is unknown (a write may have committed)"
+                )
             if not started and deadline is not None and time.monotonic() > deadline:
                 waiter.cancel()
                 raise WrongEventLoop(
                     f"the event loop that owns this ConversationStore's pool did not take the call "
                     f"within {start_timeout} s (acquire_timeout): it is blocked, e.g. by a "
                     f"synchronous call (such as Runner.run_sync) made on its thread, which waits "
-                    f"for this one; nothing was sent")
+                    f"for this one; nothing was sent"
+                )
     except asyncio.CancelledError:
         waiter.cancel()
         raise
@@ -335,9 +338,9 @@ async def _forward(work: Callable[[], Awaitable[T]], home: asyncio.AbstractEvent
         # Cancelled on the owning loop (it is shutting down: asyncio.run cancels what is left).
         raise WrongEventLoop(
             "the event loop that owns this ConversationStore's pool cancelled the call (it is shutting "
-            "down); its outcome is unknown (a write may have committed)")
+            "down); its outcome is unknown (a write may have committed)"
+        )
     return waiter.result()
-
 
 
 def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:

@@ -38,7 +38,9 @@ from .ops import feedback as feedback_ops
 from .ops import messages as message_ops
 from .ops import search as search_ops
 from .ops import settings as settings_ops
+from .ops import summaries as summary_ops
 from .ops import transfer as transfer_ops
+from .ops import usage as usage_ops
 from .pool import create_pool
 from .records import (
     Conversation,
@@ -49,6 +51,9 @@ from .records import (
     Message,
     Page,
     SearchHit,
+    Summary,
+    Usage,
+    UsageReport,
 )
 from .runner import Policy, Runner
 from .search import build_search
@@ -57,6 +62,7 @@ from .validation import (
     DEFAULT_MAX_METADATA_BYTES,
     DEFAULT_MAX_TITLE_BYTES,
     DEFAULT_MAX_TOOL_CALLS_BYTES,
+    MAX_SEQ,
     UNSET,
     SizeLimits,
     TokenCounter,
@@ -64,20 +70,26 @@ from .validation import (
     check_aware_datetime,
     check_comment,
     check_conversation_key,
+    check_expected_last_seq,
     check_flag,
     check_id,
     check_limit,
+    check_optional_id,
     check_rating,
     check_seconds,
     check_seq,
     check_tags,
+    check_time_range,
+    check_time_zone,
     check_title,
     check_token_budget,
+    check_usage,
     encode_json,
     estimate_tokens,
     prepare_batch,
     prepare_message,
     prepare_message_dict,
+    prepare_summary,
 )
 
 
@@ -323,13 +335,22 @@ class ConversationStore:
         metadata: Mapping[str, JSONValue] | None = None,
         token_count: int | None = None,
         idempotency_key: str | None = None,
+        usage: Usage | Mapping[str, Any] | None = None,
+        expected_last_seq: int | None = None,
     ) -> Message:
         """Append one message in one statement (one round trip) and return it as stored.
 
         The message gets the conversation's next seq (gap-free, in commit order) and touches its
         ``updated_at``. With ``idempotency_key``, a retry of a save that was stored returns the
         stored message and writes nothing; a different role or content under the same key raises
-        IdempotencyConflict.
+        IdempotencyConflict. ``usage`` (a ``Usage``, or a dict of its fields) is stored in typed
+        columns and comes back as ``Message.usage``.
+
+        ``expected_last_seq``: write only if the conversation's newest stored message is still that
+        seq (0: none stored); otherwise ``ConcurrentUpdate`` (carrying the actual ``last_seq``) and
+        nothing is written. Same single statement; five round trips when a writer raced it (BEGIN,
+        lock, the statement again, COMMIT). A retried keyed save whose first attempt was stored
+        returns the stored message instead of failing the guard.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message(
@@ -341,16 +362,28 @@ class ConversationStore:
             metadata=metadata,
             token_count=token_count,
             idempotency_key=idempotency_key,
+            usage=usage,
             max_content_bytes=self.max_content_bytes,
             count_tokens=self.count_tokens,
             limits=self.limits,
         )
+        expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
-        op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
+        if expected is None:
+            op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
+        else:
+            op = functools.partial(
+                message_ops.save_guarded, cid=cid, uid=uid, row=row, expected_last_seq=expected
+            )
         return await self._runner.run(op, policy, user_id=uid)
 
     async def save_messages(
-        self, conversation_id: str, user_id: str, messages: Iterable[Mapping[str, Any]]
+        self,
+        conversation_id: str,
+        user_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        expected_last_seq: int | None = None,
     ) -> list[Message]:
         """Append a batch atomically, in order; return the stored messages.
 
@@ -359,6 +392,11 @@ class ConversationStore:
         error or cancellation nothing of the batch is stored. The call is bounded by
         ``batch_timeout`` + ``batch_timeout_per_mib`` per MiB of payload (``QueryTimeout``).
         Messages with idempotency keys already stored come back as stored, not written again.
+        Each message may carry ``usage`` (a ``Usage`` or a dict of its fields).
+
+        ``expected_last_seq``: as for ``save_message``, checked by the batch's first statement (the
+        one that locks the conversation row and reserves the range): ``ConcurrentUpdate`` and
+        nothing written when the newest stored seq differs.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         rows = prepare_batch(
@@ -368,13 +406,21 @@ class ConversationStore:
             max_batch=self.max_batch_size,
             limits=self.limits,
         )
+        expected = check_expected_last_seq(expected_last_seq)
         payload = sum(
             len(r.content or "") + len(r.tool_calls_json or "") + len(r.metadata_json or "") for r in rows
         )
         seconds = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
         keyed = all(r.idempotency_key is not None for r in rows)
 
-        op = functools.partial(message_ops.save_batch, cid=cid, uid=uid, rows=rows, time_budget=seconds)
+        op = functools.partial(
+            message_ops.save_batch,
+            cid=cid,
+            uid=uid,
+            rows=rows,
+            time_budget=seconds,
+            expected_last_seq=expected,
+        )
         return await self._runner.run_transactions(
             op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds
         )
@@ -387,6 +433,7 @@ class ConversationStore:
         limit: int = 50,
         max_tokens: int | None = None,
         trim: bool = True,
+        summarized: bool = False,
     ) -> list[Message]:
         """A model-ready window: the newest ``limit`` messages, oldest first, in one round trip.
 
@@ -398,13 +445,26 @@ class ConversationStore:
         for frameworks that prune a history themselves, such as the OpenAI Agents SDK's Runner).
         Raises ``ConversationNotFound`` for an unknown or foreign id; returns [] for an empty one
         (or when nothing fits the budget).
+
+        ``summarized=True``: the newest summary (``save_summary``) stands in for every message up to
+        its ``through_seq``. The window is then the newest suffix, within ``limit`` and
+        ``max_tokens``, of [that summary, the messages after it]: the summary (a ``Message`` with
+        ``summary_through`` set, positioned at its ``through_seq``) comes first when everything
+        after it fits, and no message it covers is returned. Same single statement.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
         trimmed = check_flag(trim, "trim")
+        summarize = check_flag(summarized, "summarized")
         op = functools.partial(
-            message_ops.history, cid=cid, uid=uid, limit=n, token_budget=token_budget, trim=trimmed
+            message_ops.history,
+            cid=cid,
+            uid=uid,
+            limit=n,
+            token_budget=token_budget,
+            trim=trimmed,
+            summarized=summarize,
         )
         return await self._runner.run(op, Policy.READ, user_id=uid)
 
@@ -417,6 +477,8 @@ class ConversationStore:
         *,
         limit: int = 50,
         max_tokens: int | None = None,
+        summarized: bool = False,
+        expected_last_seq: int | None = None,
     ) -> tuple[Message, list[Message]]:
         """Save ``message`` and return it with the window that ends at it: one statement.
 
@@ -427,6 +489,9 @@ class ConversationStore:
         that is already stored, nothing is written and the stored message is returned with the
         window that ends at it. One round trip; two when another writer committed to the
         conversation during the statement (the window is then re-read) or on a keyed replay.
+
+        ``summarized=True``: the window is ``get_history(summarized=True)``'s. ``expected_last_seq``:
+        ``save_message``'s guard, in the same statement (``ConcurrentUpdate``, nothing written).
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         row = prepare_message_dict(
@@ -437,11 +502,116 @@ class ConversationStore:
         )
         n = check_limit(limit)
         token_budget = check_token_budget(max_tokens)
+        summarize = check_flag(summarized, "summarized")
+        expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
         op = functools.partial(
-            message_ops.save_and_get_history, cid=cid, uid=uid, row=row, limit=n, token_budget=token_budget
+            message_ops.save_and_get_history,
+            cid=cid,
+            uid=uid,
+            row=row,
+            limit=n,
+            token_budget=token_budget,
+            summarized=summarize,
+            expected_last_seq=expected,
         )
         return await self._runner.run(op, policy, user_id=uid)
+
+    # -- summaries and usage -------------------------------------------------------------------
+    async def save_summary(
+        self,
+        conversation_id: str,
+        user_id: str,
+        content: str,
+        *,
+        through_seq: int,
+        role: str = "system",
+        token_count: int | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+    ) -> Summary:
+        """Record that ``content`` stands for every message with ``seq <= through_seq``.
+
+        Nothing is rewritten: the messages stay stored, exported and countable; only
+        ``summarized=True`` windows use the summary. ``role`` is how the window presents it
+        (system, user or assistant); ``token_count`` defaults to the store's ``count_tokens``.
+        A summary through the same seq as the newest one replaces it. Touches ``updated_at``.
+
+        Refused with ``InvalidInput`` and nothing written: bad arguments, before any I/O; and,
+        judged by the statement itself against what is stored (so after one round trip), a
+        ``through_seq`` beyond the newest stored message or older than the newest summary. One
+        round trip (five when a writer races it, as for ``clear_conversation``).
+        """
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        row = prepare_summary(
+            content,
+            through_seq=through_seq,
+            role=role,
+            token_count=token_count,
+            metadata=metadata,
+            max_content_bytes=self.max_content_bytes,
+            count_tokens=self.count_tokens,
+            limits=self.limits,
+        )
+        op = functools.partial(
+            summary_ops.save,
+            cid=cid,
+            uid=uid,
+            through_seq=row.through_seq,
+            role=row.role,
+            content=row.content,
+            metadata_json=row.metadata_json,
+            token_count=row.token_count,
+        )
+        # An upsert of absolute values: a second run stores the same summary (READ's retry rule).
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def list_summaries(self, conversation_id: str, user_id: str) -> list[Summary]:
+        """Every summary of the conversation, oldest first. One round trip."""
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(summary_ops.list_all, cid=cid, uid=uid)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def usage_report(
+        self,
+        user_id: str,
+        *,
+        since: datetime,
+        until: datetime,
+        conversation_id: str | None = None,
+        model: str | None = None,
+        time_zone: str = "UTC",
+    ) -> UsageReport:
+        """Usage and cost of the messages saved with ``usage=`` in ``[since, until)``, summed in SQL.
+
+        Per (day, model), per day, per model and in total, from one statement (one round trip);
+        days are calendar days in ``time_zone`` (an IANA name). The user's conversations, or only
+        ``conversation_id`` (``ConversationNotFound`` when it is not theirs); only ``model`` when
+        given. Times are the messages' ``created_at`` (the saving transaction's start).
+        """
+        uid = check_id(user_id, "user_id")
+        cid = check_optional_id(conversation_id, "conversation_id")
+        start, end = check_time_range(since, until)
+        model_name = check_optional_id(model, "model")
+        zone = check_time_zone(time_zone)
+        op = functools.partial(
+            usage_ops.report, uid=uid, cid=cid, since=start, until=end, time_zone=zone, model=model_name
+        )
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def record_usage(
+        self, conversation_id: str, user_id: str, seq: int, usage: Usage | Mapping[str, Any]
+    ) -> bool:
+        """Set the usage of stored message ``seq`` when it has none: for usage known only after the
+        save (``usage=`` at save time is the usual way). Never overwrites; returns whether it was
+        recorded (False: no such message, or it already has usage). One round trip."""
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        number = check_seq(seq, "seq")
+        if usage is None:
+            raise InvalidInput("usage", "is required")
+        values = check_usage(usage)
+        op = functools.partial(usage_ops.record, cid=cid, uid=uid, seq=number, usage=values)
+        # Sets absolute values once (a second run finds usage recorded): READ's retry rule.
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
     # -- conversation management -------------------------------------------------------------
     async def list_conversations(
@@ -753,7 +923,9 @@ class ConversationStore:
         trip (two when the new id is taken); the cost grows with the messages copied.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        point = check_seq(at_seq, "at_seq", minimum=0)
+        point = check_seq(at_seq, "at_seq", allow_zero=True)
+        if point == MAX_SEQ:  # the fork's next seq, at_seq + 1, must still be a bigint
+            raise InvalidInput("at_seq", f"must be between 0 and {MAX_SEQ - 1}, got {point}")
         new_cid = (
             make_conversation_id()
             if new_conversation_id is None
@@ -789,7 +961,7 @@ class ConversationStore:
         windows and turns are unchanged, and ``updated_at`` is not touched.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        n = check_seq(seq)
+        n = check_seq(seq, "seq")
         value = check_rating(rating)
         text = check_comment(comment)
         labels = check_tags(tags)
@@ -802,7 +974,7 @@ class ConversationStore:
     async def clear_feedback(self, conversation_id: str, user_id: str, seq: int) -> bool:
         """Remove the feedback on message ``seq``; True if there was some. One round trip."""
         cid, uid = check_conversation_key(conversation_id, user_id)
-        n = check_seq(seq)
+        n = check_seq(seq, "seq")
         op = functools.partial(feedback_ops.clear, cid=cid, uid=uid, seq=n)
         return await self._runner.run(op, Policy.READ, user_id=uid)
 

@@ -25,9 +25,7 @@ def tiktoken_counter(encoding: str | tiktoken.Encoding = "o200k_base") -> TokenC
     try:
         import tiktoken
     except ImportError as exc:
-        raise ImportError(
-            "tiktoken_counter needs tiktoken: pip install 'convdb[tiktoken]'"
-        ) from exc
+        raise ImportError("tiktoken_counter needs tiktoken: pip install 'convdb[tiktoken]'") from exc
     enc = tiktoken.get_encoding(encoding) if isinstance(encoding, str) else encoding
 
     def count(text: str) -> int:

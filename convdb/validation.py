@@ -11,6 +11,7 @@ import enum
 import json
 import math
 import re
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from decimal import Decimal
 from typing import Final, NamedTuple
 
 from .errors import InvalidInput
-from .records import ROLES
+from .records import ROLES, Usage
 
 MAX_ID_LENGTH: Final = 255
 DEFAULT_MAX_CONTENT_BYTES: Final = 1024 * 1024
@@ -51,8 +52,13 @@ MESSAGE_FIELDS: Final = frozenset(
         "metadata",
         "token_count",
         "idempotency_key",
+        "usage",
     }
 )
+USAGE_FIELDS: Final = frozenset(Usage.__dataclass_fields__)
+_MAX_INT4: Final = 2**31 - 1
+# numeric has no upper bound, but a cost is a sum of money-like amounts: refuse absurd precision.
+_MAX_COST_DIGITS: Final = 40
 
 
 class MessageRow(NamedTuple):
@@ -66,6 +72,14 @@ class MessageRow(NamedTuple):
     metadata_json: str | None
     token_count: int
     idempotency_key: str | None
+    # Usage (all None when none was given; check_usage keeps them together, as the CHECK does).
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost: Decimal | None = None
+    latency_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +338,96 @@ def check_token_count(value: object, *, index: int | None = None) -> int:
     return value
 
 
+def _check_count(value: object, field: str, index: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(field, f"must be an int, got {type(value).__name__}", index=index)
+    if not 0 <= value <= _MAX_INT4:
+        raise InvalidInput(field, f"must be between 0 and {_MAX_INT4}, got {value}", index=index)
+    return value
+
+
+def check_cost(value: object, field: str = "usage.cost", *, index: int | None = None) -> Decimal | None:
+    """A non-negative finite decimal; ints, decimal strings and floats (by their repr) are converted."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        raise InvalidInput(
+            field, f"must be a Decimal, int, float or decimal str, got {type(value).__name__}", index=index
+        )
+    try:
+        cost = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except ArithmeticError:
+        raise InvalidInput(field, f"is not a decimal number: {value!r}", index=index) from None
+    if not cost.is_finite() or cost < 0:
+        raise InvalidInput(field, f"must be a finite number >= 0, got {value!r}", index=index)
+    if len(cost.as_tuple().digits) > _MAX_COST_DIGITS:
+        raise InvalidInput(field, f"has more than {_MAX_COST_DIGITS} digits", index=index)
+    return cost
+
+
+UsageColumns = tuple[str | None, int | None, int | None, int | None, int | None, Decimal | None, int | None]
+"""The seven usage column values, in MessageRow's order."""
+
+
+def check_usage(value: object, *, index: int | None = None) -> UsageColumns:
+    """``usage=``: a ``Usage`` (or a dict of its fields) as the seven column values; all None for None."""
+    if value is None:
+        return (None, None, None, None, None, None, None)
+    if isinstance(value, Mapping):
+        unknown = set(value) - USAGE_FIELDS
+        if unknown:
+            raise InvalidInput(f"usage.{sorted(map(str, unknown))[0]}", "is not a usage field", index=index)
+        get = value.get
+        fields = (
+            get("model"),
+            get("input_tokens", 0),
+            get("output_tokens", 0),
+            get("cached_tokens", 0),
+            get("reasoning_tokens", 0),
+            get("cost"),
+            get("latency_ms"),
+        )
+    elif isinstance(value, Usage):
+        fields = (
+            value.model,
+            value.input_tokens,
+            value.output_tokens,
+            value.cached_tokens,
+            value.reasoning_tokens,
+            value.cost,
+            value.latency_ms,
+        )
+    else:
+        raise InvalidInput(
+            "usage", f"must be a convdb.Usage, a dict or None, got {type(value).__name__}", index=index
+        )
+    model, inputs, outputs, cached, reasoning, cost, latency = fields
+    return (
+        check_optional_id(model, "usage.model", index=index),
+        _check_count(inputs, "usage.input_tokens", index),
+        _check_count(outputs, "usage.output_tokens", index),
+        _check_count(cached, "usage.cached_tokens", index),
+        _check_count(reasoning, "usage.reasoning_tokens", index),
+        check_cost(cost, index=index),
+        None if latency is None else _check_count(latency, "usage.latency_ms", index),
+    )
+
+
+def check_seq(value: object, field: str, *, allow_zero: bool = False) -> int:
+    """A message seq (from 1; from 0 where 0 means "no message", as for ``expected_last_seq``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(field, f"must be an int, got {type(value).__name__}")
+    low = 0 if allow_zero else 1
+    if not low <= value <= MAX_SEQ:
+        raise InvalidInput(field, f"must be between {low} and {MAX_SEQ}, got {value}")
+    return value
+
+
+def check_expected_last_seq(value: object) -> int | None:
+    """``expected_last_seq=``: None (no guard), or the seq the newest stored message must have (0: none)."""
+    return None if value is None else check_seq(value, "expected_last_seq", allow_zero=True)
+
+
 def prepare_message(
     role: object,
     content: object,
@@ -334,6 +438,7 @@ def prepare_message(
     metadata: object = None,
     token_count: object = None,
     idempotency_key: object = None,
+    usage: object = None,
     max_content_bytes: int,
     count_tokens: TokenCounter,
     limits: SizeLimits = DEFAULT_LIMITS,
@@ -355,7 +460,11 @@ def prepare_message(
             tokens += count_tokens(calls_json)
     else:
         tokens = check_token_count(token_count, index=index)
-    return MessageRow(role, text, name, call_id, calls_json, meta_json, tokens, key)
+    if usage is None:
+        return MessageRow(role, text, name, call_id, calls_json, meta_json, tokens, key)
+    return MessageRow(
+        role, text, name, call_id, calls_json, meta_json, tokens, key, *check_usage(usage, index=index)
+    )
 
 
 def prepare_message_dict(
@@ -384,6 +493,7 @@ def prepare_message_dict(
         metadata=get("metadata"),
         token_count=get("token_count"),
         idempotency_key=get("idempotency_key"),
+        usage=get("usage"),
         max_content_bytes=max_content_bytes,
         count_tokens=count_tokens,
         limits=limits,
@@ -423,20 +533,66 @@ def prepare_batch(
     return rows
 
 
+SUMMARY_ROLES: Final = frozenset({"system", "user", "assistant"})
+
+
+class SummaryRow(NamedTuple):
+    """A validated summary, in the parameter order of save_summary (after conversation and user)."""
+
+    through_seq: int
+    role: str
+    content: str
+    metadata_json: str | None
+    token_count: int
+
+
+def prepare_summary(
+    content: object,
+    *,
+    through_seq: object,
+    role: object,
+    token_count: object,
+    metadata: object,
+    max_content_bytes: int,
+    count_tokens: TokenCounter,
+    limits: SizeLimits = DEFAULT_LIMITS,
+) -> SummaryRow:
+    seq = check_seq(through_seq, "through_seq")
+    if not isinstance(role, str) or role not in SUMMARY_ROLES:
+        raise InvalidInput("role", f"must be one of {sorted(SUMMARY_ROLES)}, got {role!r}")
+    if content is None:
+        raise InvalidInput("content", "is required for a summary")
+    text = check_content(content, max_content_bytes)
+    assert text is not None
+    meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=limits.metadata)
+    tokens = count_tokens(text) if token_count is None else check_token_count(token_count)
+    return SummaryRow(seq, role, text, meta_json, tokens)
+
+
+def check_time_range(since: object, until: object) -> tuple[datetime, datetime]:
+    """A half-open range ``[since, until)`` of aware datetimes, ``since`` before ``until``."""
+    start = check_aware_datetime(since, "since")
+    end = check_aware_datetime(until, "until")
+    if not start < end:
+        raise InvalidInput("until", f"must be after since ({start.isoformat()}), got {end.isoformat()}")
+    return start, end
+
+
+def check_time_zone(value: object) -> str:
+    """An IANA time zone name (the days of a usage report are days there)."""
+    name = check_id(value, "time_zone")
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput("time_zone", f"is not a known IANA time zone: {name!r}") from None
+    return name
+
+
 # -- branches, feedback, search -------------------------------------------------------------------
 MAX_FEEDBACK_COMMENT: Final = 4000
 MAX_FEEDBACK_TAGS: Final = 16
 MAX_TAG_LENGTH: Final = 64
 FEEDBACK_RATINGS: Final = (-1, 0, 1)
-
-
-def check_seq(value: object, field: str = "seq", *, minimum: int = 1) -> int:
-    """A message seq (from 1), or with ``minimum=0`` a fork point (0: before the first message)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(field, f"must be an int, got {type(value).__name__}")
-    if not minimum <= value <= MAX_SEQ - 1:
-        raise InvalidInput(field, f"must be between {minimum} and {MAX_SEQ - 1}, got {value}")
-    return value
 
 
 def check_rating(value: object) -> int:

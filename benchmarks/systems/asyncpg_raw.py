@@ -22,9 +22,9 @@ def tokens(text: str) -> int:
 
 
 def message_args(role: str, content: str) -> tuple[Any, ...]:
-    """$3..$10 of save_message / insert_message_at: role, content, tool_name, tool_call_id,
-    tool_calls, metadata, token_count, idempotency_key."""
-    return (role, content, None, None, None, None, tokens(content), None)
+    """$3..$17 of save_message / insert_message_at: role, content, tool_name, tool_call_id,
+    tool_calls, metadata, token_count, idempotency_key, then the seven usage columns (none)."""
+    return (role, content, None, None, None, None, tokens(content), None, *(None,) * 7)
 
 
 class AsyncpgRawSystem(System):
@@ -105,7 +105,9 @@ class AsyncpgRawSystem(System):
         args = message_args("user", USER_TEXT)
 
         async def turn(key: int) -> None:
-            # $11 the window's size, $12 the token budget (None: no budget).
-            await self.pool.fetch(turn_sql, conversation_id(key), user_of(key), *args, HISTORY_LIMIT, None)
+            # $18 the window's size, $19 the token budget (None: none), $20 summarized, $21 the guard.
+            await self.pool.fetch(
+                turn_sql, conversation_id(key), user_of(key), *args, HISTORY_LIMIT, None, False, None
+            )
 
         return Operation(turn, "save_and_get_history: one statement")

@@ -63,6 +63,7 @@ def _message_values(prefix: str, role: str, content: str, variables: dict[str, s
         8: "NULL",
         9: f":{prefix}tokens",
         10: "NULL",
+        **dict.fromkeys(range(11, 18), "NULL"),  # usage (schema version 3): none
     }
 
 
@@ -104,7 +105,14 @@ def script_for(op: str, first_key: int, keys: int, concurrency: int) -> Script:
         if "save_and_get_history" not in QUERIES:
             raise Unsupported("convdb.sql.QUERIES has no save_and_get_history statement")
         variables["lim"] = str(HISTORY_LIMIT)
-        values = {**ids, **_message_values("", "user", USER_TEXT, variables), 11: ":lim", 12: "NULL"}
+        values = {
+            **ids,
+            **_message_values("", "user", USER_TEXT, variables),
+            18: ":lim",
+            19: "NULL",
+            20: "false",
+            21: "NULL",
+        }
         body = [bind(QUERIES["save_and_get_history"], values) + ";"]
     else:
         raise Unsupported(f"unknown operation {op}")

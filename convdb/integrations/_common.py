@@ -45,8 +45,9 @@ async def read_all(store: ConversationStore, conversation_id: str, user_id: str)
     and convdb never tells the two cases apart.
     """
     try:
-        return [m async for m in store.export_messages(conversation_id, user_id,
-                                                        chunk_size=MAX_HISTORY_LIMIT)]
+        return [
+            m async for m in store.export_messages(conversation_id, user_id, chunk_size=MAX_HISTORY_LIMIT)
+        ]
     except ConversationNotFound:
         return []
 
@@ -74,7 +75,8 @@ async def read_window(
         newest = (await read_all(store, conversation_id, user_id))[-limit:]
         return trim_orphan_tool_results(newest) if trim else newest
     try:
-        return await store.get_history(conversation_id, user_id, limit=min(limit, MAX_HISTORY_LIMIT),
-                                       max_tokens=max_tokens, trim=trim)
+        return await store.get_history(
+            conversation_id, user_id, limit=min(limit, MAX_HISTORY_LIMIT), max_tokens=max_tokens, trim=trim
+        )
     except ConversationNotFound:
         return []

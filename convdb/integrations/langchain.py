@@ -61,7 +61,7 @@ from ..errors import ConversationNotFound, WrongEventLoop
 from ..pool import create_pool
 from ..records import ROLES, Message
 from ..store import ConversationStore
-from ..validation import MAX_HISTORY_LIMIT, check_id, check_limit, check_token_budget
+from ..validation import MAX_HISTORY_LIMIT, check_flag, check_id, check_limit, check_token_budget
 from ._common import append, read_all, read_window
 
 METADATA_KEY: Final = "langchain_message"
@@ -76,9 +76,11 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
     The conversation is created (with ``title``) on the first write; an id owned by another user
     reads as empty and refuses writes with ``ConversationNotFound``. ``limit`` and ``max_tokens``
     turn ``aget_messages`` into a window of the newest messages (default: the whole history, which
-    is what LangChain's interface means, but costs a full read per turn). ``loop`` is no longer
-    needed (the store knows the loop that owns its pool, ``ConversationStore.loop``); it is used
-    only for a store without one.
+    is what LangChain's interface means, but costs a full read per turn). ``summarized=True`` reads
+    the summarized window instead (``get_history(summarized=True)``: the newest summary, as a
+    ``SystemMessage``, then the messages after it, within ``limit``/``max_tokens``; 10,000 at most).
+    ``loop`` is no longer needed (the store knows the loop that owns its pool,
+    ``ConversationStore.loop``); it is used only for a store without one.
 
     Round trips: ``aget_messages`` two (one more per further 10,000 messages, streamed),
     ``aadd_messages`` one atomic batch (two more the first time, to create the conversation),
@@ -95,6 +97,7 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         max_tokens: int | None = None,
         title: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        summarized: bool = False,
     ) -> None:
         super().__init__()
         self.store = store
@@ -103,6 +106,7 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         self.limit = None if limit is None else check_limit(limit, maximum=2**31 - 1)
         self.max_tokens = check_token_budget(max_tokens)
         self.title = title
+        self.summarized = check_flag(summarized, "summarized")
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -118,13 +122,30 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         them, as a ``get_history`` window (leading tool results without their call left out).
         """
         self._remember_loop()
-        if self.limit is None and self.max_tokens is None:
+        if self.summarized:
+            stored = await self._summarized_window()
+        elif self.limit is None and self.max_tokens is None:
             stored = await read_all(self.store, self.conversation_id, self.user_id)
         else:
-            stored = await read_window(self.store, self.conversation_id, self.user_id,
-                                       MAX_HISTORY_LIMIT if self.limit is None else self.limit,
-                                       self.max_tokens)
+            stored = await read_window(
+                self.store,
+                self.conversation_id,
+                self.user_id,
+                MAX_HISTORY_LIMIT if self.limit is None else self.limit,
+                self.max_tokens,
+            )
         return [to_langchain(m) for m in stored]
+
+    async def _summarized_window(self) -> list[Message]:
+        # summarized=True: the newest convdb summary (save_summary) stands in for the messages it
+        # covers and reads as a SystemMessage (or the summary's role); one round trip.
+        limit = MAX_HISTORY_LIMIT if self.limit is None else min(self.limit, MAX_HISTORY_LIMIT)
+        try:
+            return await self.store.get_history(
+                self.conversation_id, self.user_id, limit=limit, max_tokens=self.max_tokens, summarized=True
+            )
+        except ConversationNotFound:
+            return []
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append the messages in order, all or nothing, in one ``save_messages`` batch."""
@@ -167,6 +188,7 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
           thread (``_on_private_connection``).
         - That loop is closed: ``WrongEventLoop``.
         """
+
         def job() -> Awaitable[T]:
             return run(self)
 
@@ -199,7 +221,6 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
             f"on that loop, or keep it running in a thread"
         )
 
-
     def _on_private_connection(self, name: str, run: Callable[[ConvDBChatMessageHistory], Awaitable[T]]) -> T:
         """Serve a sync call made on the owning loop's own thread, which it would deadlock.
 
@@ -223,16 +244,25 @@ class ConvDBChatMessageHistory(BaseChatMessageHistory):
         store = self.store
 
         async def in_worker() -> T:
-            private_pool = await create_pool(*connect_args, min_size=1, max_size=1,
-                                             **{**connect_kwargs, "statement_cache_size":
-                                                connect_kwargs.get("statement_cache_size", 100)})
+            private_pool = await create_pool(
+                *connect_args,
+                min_size=1,
+                max_size=1,
+                **{**connect_kwargs, "statement_cache_size": connect_kwargs.get("statement_cache_size", 100)},
+            )
             try:
                 private = ConversationStore(
-                    private_pool, max_content_bytes=store.max_content_bytes, count_tokens=store.count_tokens,
-                    acquire_timeout=store.acquire_timeout, batch_timeout=store.batch_timeout,
-                    batch_timeout_per_mib=store.batch_timeout_per_mib, max_batch_size=store.max_batch_size,
-                    retry_reads=store.retry_reads, retry_keyed_writes=store.retry_keyed_writes,
-                    row_level_security=store.row_level_security)
+                    private_pool,
+                    max_content_bytes=store.max_content_bytes,
+                    count_tokens=store.count_tokens,
+                    acquire_timeout=store.acquire_timeout,
+                    batch_timeout=store.batch_timeout,
+                    batch_timeout_per_mib=store.batch_timeout_per_mib,
+                    max_batch_size=store.max_batch_size,
+                    retry_reads=store.retry_reads,
+                    retry_keyed_writes=store.retry_keyed_writes,
+                    row_level_security=store.row_level_security,
+                )
                 twin = copy.copy(self)
                 twin.store = private
                 return await run(twin)
@@ -323,8 +353,7 @@ def to_langchain(message: Message) -> BaseMessage:
     if message.role == "system":
         return SystemMessage(content=content)
     if message.role == "tool":
-        return ToolMessage(content=content, tool_call_id=message.tool_call_id or "",
-                           name=message.tool_name)
+        return ToolMessage(content=content, tool_call_id=message.tool_call_id or "", name=message.tool_name)
     return AIMessage(content=content, tool_calls=[_langchain_tool_call(c) for c in message.tool_calls or []])
 
 
@@ -348,8 +377,12 @@ def _langchain_tool_call(call: Any) -> ToolCall:
         args = arguments
     if not isinstance(args, dict):
         args = {"__raw_arguments": args}
-    return ToolCall(name=str(function.get("name", "")), args=args,
-                    id=call.get("id") if isinstance(call, dict) else None, type="tool_call")
+    return ToolCall(
+        name=str(function.get("name", "")),
+        args=args,
+        id=call.get("id") if isinstance(call, dict) else None,
+        type="tool_call",
+    )
 
 
 def _text(content: str | list[str | dict[str, Any]]) -> str | None:

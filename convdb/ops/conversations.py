@@ -89,8 +89,14 @@ async def delete(conn: Conn, cid: str, uid: str) -> int:
     return deleted
 
 
+async def lock(conn: Conn, cid: str, uid: str) -> None:
+    """Inside a transaction: hold this user's conversation row's lock until it ends."""
+    if await conn.fetchrow(_LOCK_CONVERSATION, cid, uid) is None:
+        raise ConversationNotFound()
+
+
 async def run_fresh(
-    conn: Conn, statement: str, cid: str, uid: str, *, begin: Begin = begin
+    conn: Conn, statement: str, cid: str, uid: str, *, args: tuple[object, ...] = (), begin: Begin = begin
 ) -> list[asyncpg.Record]:
     """Run a "fresh view" statement (queries.sql explains them): one round trip when nothing races.
 
@@ -98,15 +104,14 @@ async def run_fresh(
     changes nothing and says so (``fresh`` false); it then runs again inside a transaction that
     holds the conversation row's lock first, so its snapshot is the newest state.
     """
-    records = await conn.fetch(statement, cid, uid)
+    records = await conn.fetch(statement, cid, uid, *args)
     if not records:
         raise ConversationNotFound()
     if records[0]["fresh"]:
         return records
     async with begin(conn):
-        if await conn.fetchrow(_LOCK_CONVERSATION, cid, uid) is None:
-            raise ConversationNotFound()
-        records = await conn.fetch(statement, cid, uid)
+        await lock(conn, cid, uid)
+        records = await conn.fetch(statement, cid, uid, *args)
     if not records:
         raise ConversationNotFound()
     assert records[0]["fresh"], "the conversation row is locked: nothing can change it meanwhile"

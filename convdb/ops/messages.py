@@ -15,23 +15,26 @@ from typing import Final, TypeVar
 
 import asyncpg
 
-from ..errors import ConversationNotFound, IdempotencyConflict
-from ..records import Message
+from ..errors import ConcurrentUpdate, ConversationNotFound, IdempotencyConflict
+from ..records import Message, summary_or_message_from_row
 from ..sql import QUERIES
 from ..validation import MAX_SEQ, MessageRow
-from ..windows import history_from_records, trim_orphan_tool_results
+from ..windows import history_from_records, summarized_from_records, trim_orphan_tool_results
 from . import Begin, Conn, begin
 from .conversations import owned_count, run_fresh
 
 T = TypeVar("T")
 
 _SAVE_MESSAGE: Final = QUERIES["save_message"]
+_SAVE_MESSAGE_GUARDED: Final = QUERIES["save_message_guarded"]
 _RESERVE_SEQ_RANGE: Final = QUERIES["reserve_seq_range"]
+_RESERVE_SEQ_RANGE_GUARDED: Final = QUERIES["reserve_seq_range_guarded"]
 _LOCK_WITH_KEYS: Final = QUERIES["lock_conversation_with_keys"]
 _INSERT_MESSAGE_AT: Final = QUERIES["insert_message_at"]
 _GET_MESSAGE_BY_KEY: Final = QUERIES["get_message_by_key"]
 _GET_HISTORY: Final = QUERIES["get_history"]
 _GET_HISTORY_WINDOW: Final = QUERIES["get_history_window"]
+_GET_HISTORY_SUMMARIZED: Final = QUERIES["get_history_summarized"]
 _SAVE_AND_GET_HISTORY: Final = QUERIES["save_and_get_history"]
 _COUNT_MESSAGES: Final = QUERIES["count_messages"]
 _POP_LAST_MESSAGE: Final = QUERIES["pop_last_message"]
@@ -66,7 +69,7 @@ def _stored(cid: str, seq: int, created_at: datetime, row: MessageRow) -> Messag
     # The stored message, built the way rows are (the column order of queries.sql); the JSON is
     # decoded from what was sent, so the result is a fresh copy, never the caller's own objects.
     metadata = {} if row.metadata_json is None else json.loads(row.metadata_json)
-    return Message.from_record(
+    message = Message.from_record(
         cid,
         (  # type: ignore[arg-type]  # a tuple in the row's shape
             seq,
@@ -79,8 +82,10 @@ def _stored(cid: str, seq: int, created_at: datetime, row: MessageRow) -> Messag
             row.token_count,
             row.idempotency_key,
             created_at,
+            *row[8:],  # the usage columns
         ),
     )
+    return message
 
 
 def _check_same(stored: Message, row: MessageRow) -> Message:
@@ -110,6 +115,34 @@ async def _keyed(conn: Conn, row: MessageRow, statement: Callable[[], Awaitable[
         return await statement()
 
 
+async def _refused(conn: Conn, cid: str, uid: str, row: MessageRow, expected: int, last_seq: int) -> Message:
+    """A guarded save found another newest message. A retry of a keyed save that was stored the
+    first time is a replay, not a conflict: the stored message comes back."""
+    if row.idempotency_key is not None:
+        found = await conn.fetchrow(_GET_MESSAGE_BY_KEY, cid, uid, row.idempotency_key)
+        if found is not None:
+            return _check_same(Message.from_record(cid, found), row)
+    raise ConcurrentUpdate(expected, last_seq)
+
+
+async def save_guarded(conn: Conn, cid: str, uid: str, row: MessageRow, expected_last_seq: int) -> Message:
+    """Append one message only if the newest stored seq is ``expected_last_seq`` (one statement)."""
+    try:
+        records = await _keyed(
+            conn,
+            row,
+            lambda: run_fresh(conn, _SAVE_MESSAGE_GUARDED, cid, uid, args=(*row, expected_last_seq)),
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if row.idempotency_key is None or not is_replayed_key(exc):
+            raise
+        return await _stored_under_key(conn, cid, uid, row)
+    head = records[0]
+    if head[0] is None:
+        return await _refused(conn, cid, uid, row, expected_last_seq, head["last_seq"])
+    return _stored(cid, head[0], head[1], row)
+
+
 async def save(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
     """Append one message (one statement); a replayed idempotency key returns the stored one."""
     try:
@@ -124,14 +157,27 @@ async def save(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
 
 
 async def save_batch(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], *, time_budget: float, begin: Begin = begin
+    conn: Conn,
+    cid: str,
+    uid: str,
+    rows: list[MessageRow],
+    *,
+    time_budget: float,
+    expected_last_seq: int | None = None,
+    begin: Begin = begin,
 ) -> list[Message]:
-    """Append a batch in one transaction (opened with ``begin``); ``time_budget`` bounds its inserts."""
+    """Append a batch in one transaction (opened with ``begin``); ``time_budget`` bounds its inserts.
+
+    With ``expected_last_seq`` the range is reserved only if the newest stored seq is that one
+    (``ConcurrentUpdate`` otherwise, and nothing is written).
+    """
     keys = [r.idempotency_key for r in rows if r.idempotency_key is not None]
     for attempt in range(_KEYED_BATCH_ATTEMPTS):
         try:
             async with begin(conn):
-                return await _save_batch_in_transaction(conn, cid, uid, rows, keys, time_budget)
+                return await _save_batch_in_transaction(
+                    conn, cid, uid, rows, keys, time_budget, expected_last_seq
+                )
         except asyncpg.UniqueViolationError as exc:
             # Another writer stored one of our keys after this transaction's first snapshot.
             if not keys or not is_replayed_key(exc) or attempt + 1 == _KEYED_BATCH_ATTEMPTS:
@@ -139,8 +185,36 @@ async def save_batch(
     raise AssertionError("unreachable")
 
 
+async def _reserve(
+    conn: Conn, cid: str, uid: str, count: int, expected_last_seq: int | None
+) -> asyncpg.Record:
+    if expected_last_seq is None:
+        head = await conn.fetchrow(_RESERVE_SEQ_RANGE, cid, uid, count)
+        if head is None:
+            raise ConversationNotFound()
+        return head
+    head = await conn.fetchrow(_RESERVE_SEQ_RANGE_GUARDED, cid, uid, count, expected_last_seq)
+    if head is None:
+        raise ConversationNotFound()
+    if not head["fresh"]:
+        # The statement locked the row (until commit) before finding its snapshot stale: run again,
+        # this time with a snapshot taken under the lock.
+        head = await conn.fetchrow(_RESERVE_SEQ_RANGE_GUARDED, cid, uid, count, expected_last_seq)
+        assert head is not None
+        assert head["fresh"], "the conversation row is locked by this transaction"
+    if head[0] is None:
+        raise ConcurrentUpdate(expected_last_seq, head["last_seq"])
+    return head
+
+
 async def _save_batch_in_transaction(
-    conn: Conn, cid: str, uid: str, rows: list[MessageRow], keys: list[str], time_budget: float
+    conn: Conn,
+    cid: str,
+    uid: str,
+    rows: list[MessageRow],
+    keys: list[str],
+    time_budget: float,
+    expected_last_seq: int | None = None,
 ) -> list[Message]:
     stored: dict[str, Message] = {}
     if keys:
@@ -152,9 +226,7 @@ async def _save_batch_in_transaction(
     first_seq = 0
     created_at: datetime | None = None
     if new_rows:
-        head = await conn.fetchrow(_RESERVE_SEQ_RANGE, cid, uid, len(new_rows))
-        if head is None:
-            raise ConversationNotFound()
+        head = await _reserve(conn, cid, uid, len(new_rows), expected_last_seq)
         first_seq, created_at = head[0], head[1]
         args = [(cid, first_seq + i, *r) for i, r in enumerate(new_rows)]
         # Always bounded: without a timeout asyncpg can wait forever for a socket drain when the
@@ -173,27 +245,48 @@ async def _save_batch_in_transaction(
 
 
 async def window_until(
-    conn: Conn, cid: str, uid: str, seq: int, limit: int, token_budget: int | None, *, trim: bool = True
+    conn: Conn,
+    cid: str,
+    uid: str,
+    seq: int,
+    limit: int,
+    token_budget: int | None,
+    *,
+    trim: bool = True,
+    summarized: bool = False,
 ) -> list[Message]:
     """The window of at most ``limit`` messages ending at ``seq``, within ``token_budget``, trimmed
     unless ``trim`` is False.
 
-    One round trip (get_history_window); ``seq=MAX_SEQ`` is "up to the newest".
+    One round trip (get_history_window, or get_history_summarized); ``seq=MAX_SEQ`` is "up to the
+    newest".
     """
-    records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, seq, limit, token_budget)
-    window = history_from_records(cid, records, trim=trim)
+    if summarized:
+        records = await conn.fetch(_GET_HISTORY_SUMMARIZED, cid, uid, seq, limit, token_budget)
+        window = summarized_from_records(cid, records, trim=trim)
+    else:
+        records = await conn.fetch(_GET_HISTORY_WINDOW, cid, uid, seq, limit, token_budget)
+        window = history_from_records(cid, records, trim=trim)
     if window is None:
         raise ConversationNotFound()
     return window
 
 
 async def history(
-    conn: Conn, cid: str, uid: str, limit: int, token_budget: int | None, trim: bool = True
+    conn: Conn,
+    cid: str,
+    uid: str,
+    limit: int,
+    token_budget: int | None,
+    trim: bool = True,
+    summarized: bool = False,
 ) -> list[Message]:
     """The newest ``limit`` messages (within ``token_budget`` tokens when given), trimmed unless
-    ``trim`` is False."""
-    if token_budget is not None:
-        return await window_until(conn, cid, uid, MAX_SEQ, limit, token_budget, trim=trim)
+    ``trim`` is False; with ``summarized``, the summarized window."""
+    if token_budget is not None or summarized:
+        return await window_until(
+            conn, cid, uid, MAX_SEQ, limit, token_budget, trim=trim, summarized=summarized
+        )
     window = history_from_records(cid, await conn.fetch(_GET_HISTORY, cid, uid, limit), trim=trim)
     if window is None:
         raise ConversationNotFound()
@@ -201,24 +294,49 @@ async def history(
 
 
 async def save_and_get_history(
-    conn: Conn, cid: str, uid: str, row: MessageRow, limit: int, token_budget: int | None
+    conn: Conn,
+    cid: str,
+    uid: str,
+    row: MessageRow,
+    limit: int,
+    token_budget: int | None,
+    summarized: bool = False,
+    expected_last_seq: int | None = None,
 ) -> tuple[Message, list[Message]]:
     """Save one message and return it with the window that ends at it (one statement)."""
+    args = (*row, limit, token_budget, summarized, expected_last_seq)
     try:
-        records = await _keyed(
-            conn, row, lambda: conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *row, limit, token_budget)
-        )
+        if expected_last_seq is None:
+            records = await _keyed(conn, row, lambda: conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *args))
+        else:
+            records = await _keyed(
+                conn, row, lambda: run_fresh(conn, _SAVE_AND_GET_HISTORY, cid, uid, args=args)
+            )
     except asyncpg.UniqueViolationError as exc:
         if row.idempotency_key is None or not is_replayed_key(exc):
             raise
         stored = await _stored_under_key(conn, cid, uid, row)
-        return stored, await window_until(conn, cid, uid, stored.seq, limit, token_budget)
+        return stored, await window_until(
+            conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized
+        )
     if not records:
         raise ConversationNotFound()
+    head = records[0]
+    if not head["written"]:
+        assert expected_last_seq is not None
+        stored = await _refused(conn, cid, uid, row, expected_last_seq, head["last_seq"])
+        return stored, await window_until(
+            conn, cid, uid, stored.seq, limit, token_budget, summarized=summarized
+        )
     saved = next(Message.from_record(cid, r) for r in records if r["is_new"])
-    if records[0]["stale"]:
-        return saved, await window_until(conn, cid, uid, saved.seq, limit, token_budget)
-    window = [Message.from_record(cid, r) for r in records if r["in_window"]]
+    if head["stale"]:
+        return saved, await window_until(
+            conn, cid, uid, saved.seq, limit, token_budget, summarized=summarized
+        )
+    if summarized:
+        window = [summary_or_message_from_row(cid, r) for r in records if r["in_window"]]
+    else:
+        window = [Message.from_record(cid, r) for r in records if r["in_window"]]
     return saved, trim_orphan_tool_results(window)
 
 

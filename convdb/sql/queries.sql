@@ -56,10 +56,51 @@ WITH reserved AS (
  RETURNING id, next_seq - 1 AS seq
 )
 INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                      metadata, token_count, idempotency_key)
-SELECT reserved.id, reserved.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10
+                      metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
+                      cached_tokens, reasoning_tokens, cost, latency_ms)
+SELECT reserved.id, reserved.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
+       $11, $12, $13, $14, $15, $16, $17
   FROM reserved
 RETURNING seq, created_at;
+
+-- name: save_message_guarded
+-- save_message with expected_last_seq ($18): the insert happens only if the newest stored
+-- message of the conversation is still seq $18 (0: none stored). "Newest stored" is max(seq) of
+-- the messages that exist (after pop_last_message it is the seq below the popped one), read from
+-- the statement's snapshot; that read is the truth only when the snapshot is fresh (the "fresh
+-- view" rule below: every writer of messages updates the conversation row). Rows back: none = not
+-- this user's conversation; seq NULL and fresh = false: nothing written, re-run under the lock;
+-- seq NULL and fresh: the guard refused, last_seq is the actual newest seq.
+WITH snapshot AS (
+    SELECT c.xmin AS version,
+           (SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.conversation_id = c.id AND m.conversation_id = $1)
+               AS last_seq
+      FROM conversations c
+     WHERE c.id = $1 AND c.user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+), checked AS (
+    SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq
+      FROM locked l
+      LEFT JOIN snapshot s ON true
+), reserved AS (
+    UPDATE conversations c
+       SET next_seq = c.next_seq + 1, updated_at = now()
+      FROM checked k
+     WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $18::bigint
+ RETURNING c.id, c.next_seq - 1 AS seq
+), inserted AS (
+    INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                          metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
+                          cached_tokens, reasoning_tokens, cost, latency_ms)
+    SELECT r.id, r.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
+           $11, $12, $13, $14, $15, $16, $17
+      FROM reserved r
+    RETURNING seq, created_at
+)
+SELECT i.seq, i.created_at, k.fresh, k.last_seq
+  FROM checked k
+  LEFT JOIN inserted i ON true;
 
 -- name: reserve_seq_range
 -- First statement of a batch: checks ownership, locks the conversation row until commit, reserves
@@ -71,12 +112,41 @@ UPDATE conversations
  WHERE id = $1 AND user_id = $2
 RETURNING next_seq - $3 AS first_seq, updated_at AS created_at;
 
+-- name: reserve_seq_range_guarded
+-- reserve_seq_range with expected_last_seq ($4), the guard of save_message_guarded. It locks the
+-- conversation row until commit even when it reserves nothing, so a re-run in the same
+-- transaction (when fresh = false) reads the newest state. Rows back: none = not this user's
+-- conversation; first_seq NULL: nothing reserved (fresh = false: re-run; fresh: refused).
+WITH snapshot AS (
+    SELECT c.xmin AS version,
+           (SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.conversation_id = c.id AND m.conversation_id = $1)
+               AS last_seq
+      FROM conversations c
+     WHERE c.id = $1 AND c.user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+), checked AS (
+    SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq
+      FROM locked l
+      LEFT JOIN snapshot s ON true
+), reserved AS (
+    UPDATE conversations c
+       SET next_seq = c.next_seq + $3, updated_at = now()
+      FROM checked k
+     WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $4::bigint
+ RETURNING c.next_seq - $3 AS first_seq, c.updated_at AS created_at
+)
+SELECT r.first_seq, r.created_at, k.fresh, k.last_seq
+  FROM checked k
+  LEFT JOIN reserved r ON true;
+
 -- name: lock_conversation_with_keys
 -- First statement of a batch that carries idempotency keys: checks ownership, locks the row and
 -- returns the messages already stored under any of the keys (an empty conversation row marks
 -- "owned, none stored"). The batch then reserves only what is new.
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
-       m.token_count, m.idempotency_key, m.created_at
+       m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+       m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
   FROM (SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE) c
   LEFT JOIN messages m
     ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.idempotency_key = ANY($3::text[]);
@@ -84,13 +154,16 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- name: insert_message_at
 -- The executemany body of a batch: the seq was reserved by reserve_seq_range in this transaction.
 INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                      metadata, token_count, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10);
+                      metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
+                      cached_tokens, reasoning_tokens, cost, latency_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
+        $11, $12, $13, $14, $15, $16, $17);
 
 -- name: get_message_by_key
 -- Resolves a retried keyed save to the message stored the first time.
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
-       m.token_count, m.idempotency_key, m.created_at
+       m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+       m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
   FROM conversations c
   JOIN messages m ON m.conversation_id = c.id
  WHERE c.id = $1 AND c.user_id = $2 AND m.idempotency_key = $3;
@@ -103,13 +176,15 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- Citus: every relation of a per-conversation statement spells the distribution value
 -- (conversation_id = $1 next to conversation_id = c.id, redundant on one node): Citus prunes
 -- shards per relation from its own quals, and a LATERAL's correlation alone fanned out to all
--- 32 shards. With it, the whole statement is one router task (tests/integration/test_citus.py).
+-- 32 shards. With it, the whole statement is one router task (tests/core/test_citus.py).
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
-       m.token_count, m.idempotency_key, m.created_at
+       m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+       m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
   FROM conversations c
   LEFT JOIN LATERAL (
         SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
-               token_count, idempotency_key, created_at
+               token_count, idempotency_key, created_at, model, input_tokens, output_tokens,
+               cached_tokens, reasoning_tokens, cost, latency_ms
           FROM messages
          WHERE conversation_id = c.id AND conversation_id = $1
          ORDER BY seq DESC
@@ -121,7 +196,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- name: schema_catalog
 -- What verify_schema compares with the package's expectations (convdb.schema_check): every column
 -- (type, NOT NULL, default), constraint (as PostgreSQL prints its definition) and index (unique,
--- method, columns, predicate, valid) of convdb's four tables in the current schema, as one JSON
+-- method, columns, predicate, valid) of convdb's tables in the current schema, as one JSON
 -- text. Reads only the system catalogs, so it works on an empty database and can say what is
 -- missing. Index definitions lose their "CREATE INDEX name ON schema.table" prefix, so that the
 -- schema name does not matter.
@@ -130,7 +205,8 @@ WITH tables AS (
       FROM pg_class c
       JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = current_schema()
-       AND c.relname IN ('conversations', 'messages', 'convdb_schema_version', 'message_feedback')
+       AND c.relname IN ('conversations', 'messages', 'conversation_summaries', 'convdb_schema_version',
+                         'message_feedback')
        AND c.relkind IN ('r', 'p')
 )
 SELECT jsonb_build_object(
@@ -187,14 +263,17 @@ SELECT set_config('convdb.user_id', $1, true)
 -- negative (a CHECK), so the rows within budget are a contiguous newest suffix. No row back:
 -- not this user's conversation; one row with a NULL seq: nothing fits or nothing stored.
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
-       m.token_count, m.idempotency_key, m.created_at
+       m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+       m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
   FROM conversations c
   LEFT JOIN LATERAL (
         SELECT w.seq, w.role, w.content, w.tool_name, w.tool_call_id, w.tool_calls, w.metadata,
-               w.token_count, w.idempotency_key, w.created_at
+               w.token_count, w.idempotency_key, w.created_at, w.model, w.input_tokens, w.output_tokens,
+               w.cached_tokens, w.reasoning_tokens, w.cost, w.latency_ms
           FROM (
                 SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
-                       token_count, idempotency_key, created_at,
+                       token_count, idempotency_key, created_at, model, input_tokens, output_tokens,
+                       cached_tokens, reasoning_tokens, cost, latency_ms,
                        sum(token_count) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) AS running
                   FROM messages
                  WHERE conversation_id = c.id AND conversation_id = $1 AND seq <= $3
@@ -206,58 +285,146 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
  WHERE c.id = $1 AND c.user_id = $2
  ORDER BY m.seq;
 
+-- name: get_history_summarized
+-- get_history_window with summaries (summarized=True): the newest summary with through_seq <= $3
+-- stands in for every message up to its through_seq. The candidates are that summary, positioned
+-- at its through_seq, and the newest $4 messages after it (seq <= $3); the window is their newest
+-- $4 rows within the token budget $5, the summary's tokens counted, exactly as for messages. So
+-- the summary is in the window when everything after it fits, and never leaves a gap before the
+-- messages that follow it. summary_through marks it (NULL on messages). One backward probe of
+-- conversation_summaries_pkey plus get_history_window's walk of messages_pkey.
+SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
+       m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+       m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms, m.summary_through
+  FROM conversations c
+  LEFT JOIN LATERAL (
+        SELECT through_seq, role, content, metadata, token_count, created_at
+          FROM conversation_summaries
+         WHERE conversation_id = c.id AND conversation_id = $1 AND through_seq <= $3
+         ORDER BY through_seq DESC
+         LIMIT 1
+  ) s ON true
+  LEFT JOIN LATERAL (
+        SELECT w.seq, w.role, w.content, w.tool_name, w.tool_call_id, w.tool_calls, w.metadata,
+               w.token_count, w.idempotency_key, w.created_at, w.model, w.input_tokens, w.output_tokens,
+               w.cached_tokens, w.reasoning_tokens, w.cost, w.latency_ms, w.summary_through
+          FROM (
+                SELECT u.*, sum(u.token_count) OVER (ORDER BY u.seq DESC ROWS UNBOUNDED PRECEDING) AS running
+                  FROM (
+                        (SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
+                                token_count, idempotency_key, created_at, model, input_tokens,
+                                output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms,
+                                NULL::bigint AS summary_through
+                           FROM messages
+                          WHERE conversation_id = c.id AND conversation_id = $1 AND seq <= $3
+                            AND seq > coalesce(s.through_seq, 0)
+                          ORDER BY seq DESC
+                          LIMIT $4)
+                        UNION ALL
+                        SELECT s.through_seq, s.role, s.content, NULL, NULL, NULL, s.metadata,
+                               s.token_count, NULL, s.created_at, NULL, NULL, NULL, NULL, NULL, NULL,
+                               NULL, s.through_seq
+                         WHERE s.through_seq IS NOT NULL
+                       ) u
+                 ORDER BY u.seq DESC
+                 LIMIT $4
+               ) w
+         WHERE $5::bigint IS NULL OR w.running <= $5::bigint
+  ) m ON true
+ WHERE c.id = $1 AND c.user_id = $2
+ ORDER BY m.seq;
+
 -- name: save_and_get_history
 -- A whole agent turn in one statement: save_message's ownership check, seq allocation under the
 -- row lock, updated_at touch and insert, plus the window that ends at the new message. The
 -- inserted row is invisible to the rest of the statement (same snapshot), so the window is the
--- inserted row UNION ALL the $11 - 1 older rows read from messages_pkey; the token budget $12
+-- inserted row UNION ALL the $18 - 1 older rows read from messages_pkey; the token budget $19
 -- (NULL: none) is a running sum over that union, newest first. The new row always comes back
 -- (is_new); in_window says whether it fits the budget. stale: a writer committed to this
 -- conversation after the snapshot, so the older rows may be incomplete and the caller re-reads
 -- them with get_history_window. No row back: not this user's conversation.
+-- $20 (summarized): the newest summary stands in for the messages up to its through_seq, as in
+-- get_history_summarized (older rows only after it; the summary row is a candidate like them).
+-- $21 (expected_last_seq, NULL: unguarded): the write happens only on a fresh snapshot whose
+-- newest stored seq is $21 (save_message_guarded's rule); otherwise written is false, with no
+-- message rows, and last_seq says what the newest seq was.
 WITH snapshot AS MATERIALIZED (
-    SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+    SELECT c.xmin AS version,
+           CASE WHEN $21::bigint IS NULL THEN NULL
+                ELSE (SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.conversation_id = c.id AND m.conversation_id = $1) END
+               AS last_seq
+      FROM conversations c
+     WHERE c.id = $1 AND c.user_id = $2
 ), locked AS (
     SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+), checked AS (
+    SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq
+      FROM locked l
+      LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
        SET next_seq = c.next_seq + 1, updated_at = now()
-      FROM locked l
-     WHERE c.id = l.id AND c.id = $1
- RETURNING c.id, c.next_seq - 1 AS seq, l.version
+      FROM checked k
+     WHERE c.id = k.id AND c.id = $1 AND ($21::bigint IS NULL OR (k.fresh AND k.last_seq = $21::bigint))
+ RETURNING c.id, c.next_seq - 1 AS seq
+), summary AS (
+    SELECT s.through_seq, s.role, s.content, s.metadata, s.token_count, s.created_at
+      FROM reserved r
+     CROSS JOIN LATERAL (
+            SELECT through_seq, role, content, metadata, token_count, created_at
+              FROM conversation_summaries
+             WHERE conversation_id = r.id AND conversation_id = $1 AND $20::boolean
+             ORDER BY through_seq DESC
+             LIMIT 1
+           ) s
 ), inserted AS (
     INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                          metadata, token_count, idempotency_key)
-    SELECT r.id, r.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10
+                          metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
+                          cached_tokens, reasoning_tokens, cost, latency_ms)
+    SELECT r.id, r.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
+           $11, $12, $13, $14, $15, $16, $17
       FROM reserved r
     RETURNING seq, role, content, tool_name, tool_call_id, tool_calls, metadata, token_count,
-              idempotency_key, created_at
+              idempotency_key, created_at, model, input_tokens, output_tokens, cached_tokens,
+              reasoning_tokens, cost, latency_ms
 ), turn AS (
     SELECT i.seq, i.role, i.content, i.tool_name, i.tool_call_id, i.tool_calls, i.metadata,
-           i.token_count, i.idempotency_key, i.created_at, true AS is_new
+           i.token_count, i.idempotency_key, i.created_at, i.model, i.input_tokens, i.output_tokens,
+           i.cached_tokens, i.reasoning_tokens, i.cost, i.latency_ms, NULL::bigint AS summary_through,
+           true AS is_new
       FROM inserted i
     UNION ALL
     SELECT o.seq, o.role, o.content, o.tool_name, o.tool_call_id, o.tool_calls, o.metadata,
-           o.token_count, o.idempotency_key, o.created_at, false
+           o.token_count, o.idempotency_key, o.created_at, o.model, o.input_tokens, o.output_tokens,
+           o.cached_tokens, o.reasoning_tokens, o.cost, o.latency_ms, NULL, false
       FROM reserved r
      CROSS JOIN LATERAL (
             SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
-                   token_count, idempotency_key, created_at
+                   token_count, idempotency_key, created_at, model, input_tokens, output_tokens,
+                   cached_tokens, reasoning_tokens, cost, latency_ms
               FROM messages
              WHERE conversation_id = r.id AND conversation_id = $1 AND seq < r.seq
+               AND seq > coalesce((SELECT su.through_seq FROM summary su), 0)
              ORDER BY seq DESC
-             LIMIT $11::integer - 1
+             LIMIT $18::integer - 1
            ) o
+    UNION ALL
+    SELECT su.through_seq, su.role, su.content, NULL, NULL, NULL, su.metadata, su.token_count, NULL,
+           su.created_at, NULL, NULL, NULL, NULL, NULL, NULL, NULL, su.through_seq, false
+      FROM summary su
 ), windowed AS (
-    SELECT t.*, sum(t.token_count) OVER (ORDER BY t.seq DESC ROWS UNBOUNDED PRECEDING) AS running
+    SELECT t.*, sum(t.token_count) OVER (ORDER BY t.seq DESC ROWS UNBOUNDED PRECEDING) AS running,
+           row_number() OVER (ORDER BY t.seq DESC) AS rank
       FROM turn t
 )
 SELECT w.seq, w.role, w.content, w.tool_name, w.tool_call_id, w.tool_calls, w.metadata,
-       w.token_count, w.idempotency_key, w.created_at, w.is_new,
-       ($12::bigint IS NULL OR w.running <= $12::bigint) AS in_window,
-       (SELECT s.version FROM snapshot s) IS DISTINCT FROM (SELECT r.version FROM reserved r) AS stale
-  FROM windowed w
- WHERE w.is_new OR $12::bigint IS NULL OR w.running <= $12::bigint
+       w.token_count, w.idempotency_key, w.created_at, w.model, w.input_tokens, w.output_tokens,
+       w.cached_tokens, w.reasoning_tokens, w.cost, w.latency_ms, w.summary_through, w.is_new,
+       ($19::bigint IS NULL OR w.running <= $19::bigint) AS in_window,
+       NOT k.fresh AS stale, k.fresh, k.last_seq, w.seq IS NOT NULL AS written
+  FROM checked k
+  LEFT JOIN windowed w
+    ON w.is_new OR (w.rank <= $18::integer AND ($19::bigint IS NULL OR w.running <= $19::bigint))
  ORDER BY w.seq;
 
 -- name: count_messages
@@ -299,7 +466,8 @@ SELECT k.fresh, (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id
   FROM checked k;
 
 -- name: clear_conversation
--- Deletes every message and keeps the conversation (and its next_seq: seq is never reused).
+-- Deletes every message and every summary (a summary never outlives the messages it stands for)
+-- and keeps the conversation (and its next_seq: seq is never reused).
 -- Only when the snapshot is fresh (see above); otherwise nothing is done and the caller re-runs.
 -- No row back: not this user's conversation.
 WITH snapshot AS (
@@ -312,6 +480,10 @@ WITH snapshot AS (
     DELETE FROM messages m USING checked k
      WHERE k.fresh AND m.conversation_id = k.id AND m.conversation_id = $1
     RETURNING m.seq
+), unsummarized AS (
+    DELETE FROM conversation_summaries s USING checked k
+     WHERE k.fresh AND s.conversation_id = k.id AND s.conversation_id = $1
+    RETURNING s.through_seq
 ), touched AS (
     UPDATE conversations c SET updated_at = now()
       FROM checked k
@@ -321,7 +493,8 @@ WITH snapshot AS (
 SELECT k.fresh, (SELECT count(*) FROM cleared) AS deleted FROM checked k;
 
 -- name: pop_last_message
--- Deletes and returns the newest message, touching updated_at, only when the snapshot is fresh
+-- Deletes and returns the newest message, with the summaries that stand for it (through_seq at or
+-- after its seq: they would carry its content into later windows), touching updated_at, only when the snapshot is fresh
 -- (see above): then the snapshot's newest message is the real newest one. Two concurrent pops
 -- cannot both delete one row (row locks) and the loser is never fresh, so it re-runs and pops
 -- the next one. Rows back: none = not this user's conversation; fresh = false: re-run;
@@ -337,7 +510,12 @@ WITH snapshot AS (
      WHERE k.fresh AND m.conversation_id = k.id AND m.conversation_id = $1
        AND m.seq = (SELECT max(seq) FROM messages WHERE conversation_id = k.id AND conversation_id = $1)
     RETURNING m.conversation_id, m.seq, m.role, m.content, m.tool_name, m.tool_call_id,
-              m.tool_calls, m.metadata, m.token_count, m.idempotency_key, m.created_at
+              m.tool_calls, m.metadata, m.token_count, m.idempotency_key, m.created_at, m.model,
+              m.input_tokens, m.output_tokens, m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
+), unsummarized AS (
+    DELETE FROM conversation_summaries s USING popped p
+     WHERE s.conversation_id = p.conversation_id AND s.conversation_id = $1 AND s.through_seq >= p.seq
+    RETURNING s.through_seq
 ), touched AS (
     UPDATE conversations c SET updated_at = now()
       FROM popped p
@@ -345,7 +523,8 @@ WITH snapshot AS (
     RETURNING c.id
 )
 SELECT p.seq, p.role, p.content, p.tool_name, p.tool_call_id, p.tool_calls, p.metadata,
-       p.token_count, p.idempotency_key, p.created_at, k.fresh
+       p.token_count, p.idempotency_key, p.created_at, p.model, p.input_tokens, p.output_tokens,
+       p.cached_tokens, p.reasoning_tokens, p.cost, p.latency_ms, k.fresh
   FROM checked k
   LEFT JOIN popped p ON true;
 
@@ -404,11 +583,13 @@ SELECT id, user_id, title, metadata, created_at, updated_at, next_seq
 -- each time. No row back: the conversation is gone (deleted during the export); one row with a
 -- NULL seq: no more messages.
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
-       m.token_count, m.idempotency_key, m.created_at
+       m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+       m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
   FROM conversations c
   LEFT JOIN LATERAL (
         SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata,
-               token_count, idempotency_key, created_at
+               token_count, idempotency_key, created_at, model, input_tokens, output_tokens,
+               cached_tokens, reasoning_tokens, cost, latency_ms
           FROM messages
          WHERE conversation_id = c.id AND conversation_id = $1 AND seq > $3 AND seq < $4
          ORDER BY seq
@@ -444,10 +625,12 @@ DELETE FROM messages m
 -- was settled by import_conversation_row in this transaction (which holds the row); the check
 -- is repeated here so that no statement writes a message without it.
 INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                      metadata, token_count, idempotency_key, created_at)
-SELECT c.id, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10, $11
+                      metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
+                      cached_tokens, reasoning_tokens, cost, latency_ms, created_at)
+SELECT c.id, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
+       $11, $12, $13, $14, $15, $16, $17, $18
   FROM conversations c
- WHERE c.id = $1 AND c.user_id = $12;
+ WHERE c.id = $1 AND c.user_id = $19;
 
 -- name: import_finish
 -- Last step of an import whose header gave no next_seq: continue after the highest imported seq.
@@ -465,6 +648,124 @@ SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE;
 SELECT current_setting('default_transaction_isolation');
 
 -- =============================================================================================
+-- Summaries and usage (schema version 3; docs/summaries-usage.md)
+-- =============================================================================================
+
+-- name: save_summary
+-- Records that $5 stands for every message with seq <= $3, a "fresh view" statement (see above):
+-- the newest stored seq (max(seq) of the messages that exist) and the newest summary are read
+-- from the snapshot, and trusted only when it is fresh. Written only when $3 <= the newest stored
+-- seq and $3 >= the newest summary's through_seq (equal: replaces that summary). It touches
+-- updated_at, which makes it a writer of the conversation row: a concurrent save_summary or a
+-- guarded write then sees a stale snapshot and re-runs under the lock. Rows back: none = not this
+-- user's conversation; fresh = false: re-run; through_seq NULL: refused (last_seq and newest say
+-- why).
+WITH snapshot AS (
+    SELECT c.xmin AS version,
+           (SELECT coalesce(max(m.seq), 0) FROM messages m WHERE m.conversation_id = c.id AND m.conversation_id = $1)
+               AS last_seq,
+           (SELECT max(s.through_seq) FROM conversation_summaries s
+             WHERE s.conversation_id = c.id AND s.conversation_id = $1) AS newest
+      FROM conversations c
+     WHERE c.id = $1 AND c.user_id = $2
+), locked AS (
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+), checked AS (
+    SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq, s.newest
+      FROM locked l
+      LEFT JOIN snapshot s ON true
+), saved AS (
+    INSERT INTO conversation_summaries (conversation_id, through_seq, role, content, metadata, token_count)
+    SELECT k.id, $3, $4, $5, COALESCE($6::text::jsonb, '{}'::jsonb), $7
+      FROM checked k
+     WHERE k.fresh AND $3::bigint <= k.last_seq AND (k.newest IS NULL OR $3::bigint >= k.newest)
+    ON CONFLICT (conversation_id, through_seq) DO UPDATE
+       SET role = EXCLUDED.role, content = EXCLUDED.content, metadata = EXCLUDED.metadata,
+           token_count = EXCLUDED.token_count, created_at = EXCLUDED.created_at
+    RETURNING conversation_id, through_seq, created_at
+), touched AS (
+    UPDATE conversations c SET updated_at = now()
+      FROM saved s
+     WHERE c.id = s.conversation_id AND c.id = $1
+    RETURNING c.id
+)
+SELECT s.through_seq, s.created_at, k.fresh, k.last_seq, k.newest
+  FROM checked k
+  LEFT JOIN saved s ON true;
+
+-- name: list_summaries
+-- Every summary of the conversation, oldest first. No row back: not this user's conversation; one
+-- row with a NULL through_seq: none stored.
+SELECT s.through_seq, s.role, s.content, s.token_count, s.metadata, s.created_at
+  FROM conversations c
+  LEFT JOIN conversation_summaries s ON s.conversation_id = c.id AND s.conversation_id = $1
+ WHERE c.id = $1 AND c.user_id = $2
+ ORDER BY s.through_seq;
+
+-- name: usage_report_user
+-- Usage of user $1's messages with $2 <= created_at < $3, per day in time zone $4 and per model
+-- (only model $5 when it is not NULL), grouped four ways in one pass (GROUPING SETS): per (day,
+-- model), per day, per model, and the total, which is always one row (zeros when nothing
+-- matched). The user's conversations come from conversations_user_id, their messages with usage
+-- in the range from the partial index messages_usage.
+SELECT GROUPING(u.day) = 1 AS all_days, GROUPING(u.model) = 1 AS all_models, u.day, u.model,
+       count(u.input_tokens) AS messages, coalesce(sum(u.input_tokens), 0) AS input_tokens,
+       coalesce(sum(u.output_tokens), 0) AS output_tokens, coalesce(sum(u.cached_tokens), 0) AS cached_tokens,
+       coalesce(sum(u.reasoning_tokens), 0) AS reasoning_tokens, sum(u.cost) AS cost,
+       sum(u.latency_ms) AS latency_ms, true AS owned
+  FROM (
+        SELECT (m.created_at AT TIME ZONE $4::text)::date AS day, m.model, m.input_tokens,
+               m.output_tokens, m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
+          FROM conversations c
+          JOIN messages m ON m.conversation_id = c.id
+         WHERE c.user_id = $1 AND m.input_tokens IS NOT NULL
+           AND m.created_at >= $2 AND m.created_at < $3
+           AND ($5::text IS NULL OR m.model = $5::text)
+       ) u
+ GROUP BY GROUPING SETS ((u.day, u.model), (u.day), (u.model), ())
+ ORDER BY all_days, all_models, u.day, u.model;
+
+-- name: usage_report_conversation
+-- usage_report_user for one conversation $6 of user $1; owned = false: not this user's
+-- conversation (the total row exists either way).
+SELECT GROUPING(u.day) = 1 AS all_days, GROUPING(u.model) = 1 AS all_models, u.day, u.model,
+       count(u.input_tokens) AS messages, coalesce(sum(u.input_tokens), 0) AS input_tokens,
+       coalesce(sum(u.output_tokens), 0) AS output_tokens, coalesce(sum(u.cached_tokens), 0) AS cached_tokens,
+       coalesce(sum(u.reasoning_tokens), 0) AS reasoning_tokens, sum(u.cost) AS cost,
+       sum(u.latency_ms) AS latency_ms,
+       EXISTS (SELECT 1 FROM conversations o WHERE o.id = $6 AND o.user_id = $1) AS owned
+  FROM (
+        SELECT (m.created_at AT TIME ZONE $4::text)::date AS day, m.model, m.input_tokens,
+               m.output_tokens, m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
+          FROM conversations c
+          JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $6
+         WHERE c.id = $6 AND c.user_id = $1 AND m.input_tokens IS NOT NULL
+           AND m.created_at >= $2 AND m.created_at < $3
+           AND ($5::text IS NULL OR m.model = $5::text)
+       ) u
+ GROUP BY GROUPING SETS ((u.day, u.model), (u.day), (u.model), ())
+ ORDER BY all_days, all_models, u.day, u.model;
+
+-- name: record_usage
+-- Usage known only after the save (an adapter that learns a run's usage when the run ends): set on
+-- message $3 of user $2's conversation $1 when it has none yet; usage is never overwritten. Rows
+-- back: none = not this user's conversation; recorded = false: no such message, or it already
+-- has usage.
+WITH recorded AS (
+    UPDATE messages m
+       SET model = $4, input_tokens = $5, output_tokens = $6, cached_tokens = $7,
+           reasoning_tokens = $8, cost = $9, latency_ms = $10
+      FROM conversations c
+     WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id AND m.conversation_id = $1
+       AND m.seq = $3
+       AND m.input_tokens IS NULL
+    RETURNING m.seq
+)
+SELECT EXISTS (SELECT 1 FROM recorded) AS recorded
+  FROM conversations
+ WHERE id = $1 AND user_id = $2;
+
+-- =============================================================================================
 -- Branches (forks), feedback on messages. Ownership in the same statement, as everywhere.
 -- =============================================================================================
 
@@ -474,8 +775,10 @@ SELECT current_setting('default_transaction_isolation');
 -- concurrent append, pop or clear of the source is either wholly before it or wholly after) and
 -- one transaction. Copy, not a shared prefix: every later read of the fork stays inside the fork
 -- (one shard on Citus; measured in docs/branches-feedback-search.md). Every column of messages
--- is listed (features that add message columns extend both lists); the source's feedback is
--- copied as inherited. Title and metadata: $4 / $6, or the source's when NULL.
+-- is listed, usage included (features that add message columns extend both lists, here and in
+-- fork_copy); the summaries within the prefix (through_seq <= $5) are copied, so the fork's
+-- summarized windows are the source's; the source's feedback is copied as inherited. Title and
+-- metadata: $4 / $6, or the source's when NULL.
 -- Rows back: none = not this user's source; a NULL id with $5 >= source_next_seq: at_seq is past
 -- the source's newest seq; a NULL id otherwise: id $3 is taken.
 WITH source AS (
@@ -492,12 +795,21 @@ WITH source AS (
     RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
 ), copied AS (
     INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                          metadata, token_count, idempotency_key, created_at)
+                          metadata, token_count, idempotency_key, created_at, model, input_tokens,
+                          output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms)
     SELECT c.id, m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
-           m.token_count, m.idempotency_key, m.created_at
+           m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+           m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
       FROM created c
       JOIN messages m ON m.conversation_id = $1 AND m.seq <= $5::bigint
     RETURNING seq
+), copied_summaries AS (
+    INSERT INTO conversation_summaries (conversation_id, through_seq, role, content, metadata, token_count,
+                                        created_at)
+    SELECT c.id, s.through_seq, s.role, s.content, s.metadata, s.token_count, s.created_at
+      FROM created c
+      JOIN conversation_summaries s ON s.conversation_id = $1 AND s.through_seq <= $5::bigint
+    RETURNING through_seq
 ), copied_feedback AS (
     INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at,
                                   updated_at)
@@ -508,7 +820,8 @@ WITH source AS (
 )
 SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.created_at, c.updated_at,
        c.parent_id, c.forked_at_seq, c.root_id,
-       (SELECT count(*) FROM copied) AS copied, (SELECT count(*) FROM copied_feedback) AS copied_feedback
+       (SELECT count(*) FROM copied) AS copied, (SELECT count(*) FROM copied_summaries) AS copied_summaries,
+       (SELECT count(*) FROM copied_feedback) AS copied_feedback
   FROM source s
   LEFT JOIN created c ON true;
 
@@ -638,17 +951,28 @@ SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.cr
   LEFT JOIN created c ON true;
 
 -- name: fork_copy
--- Then, in the same transaction: source $1's (of user $2) messages and feedback with seq <= $4
--- into the new conversation $3 (every column, as fork_conversation).
+-- Then, in the same transaction: source $1's (of user $2) messages, summaries and feedback with
+-- seq <= $4 into the new conversation $3 (every column, as fork_conversation).
 WITH copied AS (
     INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                          metadata, token_count, idempotency_key, created_at)
+                          metadata, token_count, idempotency_key, created_at, model, input_tokens,
+                          output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms)
     SELECT $3, m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
-           m.token_count, m.idempotency_key, m.created_at
+           m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+           m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
       FROM conversations c
       JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.seq <= $4::bigint
      WHERE c.id = $1 AND c.user_id = $2
     RETURNING seq
+), copied_summaries AS (
+    INSERT INTO conversation_summaries (conversation_id, through_seq, role, content, metadata, token_count,
+                                        created_at)
+    SELECT $3, s.through_seq, s.role, s.content, s.metadata, s.token_count, s.created_at
+      FROM conversations c
+      JOIN conversation_summaries s
+        ON s.conversation_id = c.id AND s.conversation_id = $1 AND s.through_seq <= $4::bigint
+     WHERE c.id = $1 AND c.user_id = $2
+    RETURNING through_seq
 ), copied_feedback AS (
     INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at,
                                   updated_at)
@@ -658,4 +982,5 @@ WITH copied AS (
      WHERE c.id = $1 AND c.user_id = $2
     RETURNING seq
 )
-SELECT (SELECT count(*) FROM copied), (SELECT count(*) FROM copied_feedback);
+SELECT (SELECT count(*) FROM copied), (SELECT count(*) FROM copied_summaries),
+       (SELECT count(*) FROM copied_feedback);

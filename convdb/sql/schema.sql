@@ -1,4 +1,4 @@
--- convdb schema, version 4: the fresh install.
+-- convdb schema, version 5: the fresh install.
 --
 -- Applied by a DBA, never by the package:   psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql
 -- (or, from an installed package:  python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f -)
@@ -12,7 +12,7 @@
 BEGIN;
 
 -- ---------------------------------------------------------------------------------------------
--- 0. Guard: an empty database, or one already at version 4 (a re-run changes nothing)
+-- 0. Guard: an empty database, or one already at version 5 (a re-run changes nothing)
 -- ---------------------------------------------------------------------------------------------
 -- CREATE TABLE IF NOT EXISTS would silently skip a table that exists in an older shape and the
 -- stamp would then claim a version the tables do not have; an older database takes migrations.
@@ -23,9 +23,9 @@ BEGIN
     IF to_regclass('convdb_schema_version') IS NOT NULL THEN
         SELECT max(version) INTO found FROM convdb_schema_version;
     END IF;
-    IF found IS NOT NULL AND found <> 4 THEN
-        RAISE EXCEPTION 'convdb schema.sql installs schema version 4, but this database is at version %', found
-            USING HINT = CASE WHEN found < 4
+    IF found IS NOT NULL AND found <> 5 THEN
+        RAISE EXCEPTION 'convdb schema.sql installs schema version 5, but this database is at version %', found
+            USING HINT = CASE WHEN found < 5
                               THEN 'upgrade it with: python -m convdb migrations --from ' || found
                                    || ' | psql -v ON_ERROR_STOP=1 -d <database> -f -'
                               ELSE 'the database is newer than this file; nothing to install' END;
@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     next_seq   bigint      NOT NULL DEFAULT 1,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    -- Branches (migration 0003): set once, when the conversation is created by fork_conversation.
+    -- Branches (migration 0004): set once, when the conversation is created by fork_conversation.
     -- parent_id has no foreign key: a fork keeps its (copied) history when its source is deleted.
     parent_id     text,
     forked_at_seq bigint,
@@ -95,6 +95,15 @@ CREATE TABLE IF NOT EXISTS messages (
     token_count     integer     NOT NULL DEFAULT 0,
     idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- Usage and cost (schema version 3), given at save time: NULL input_tokens means none recorded.
+    -- cost is currency-free (the application's unit); latency in milliseconds.
+    model            text,
+    input_tokens     integer,
+    output_tokens    integer,
+    cached_tokens    integer,
+    reasoning_tokens integer,
+    cost             numeric,
+    latency_ms       integer,
     CONSTRAINT messages_pkey PRIMARY KEY (conversation_id, seq),
     CONSTRAINT messages_conversation_fkey FOREIGN KEY (conversation_id)
         REFERENCES conversations (id) ON DELETE CASCADE,
@@ -110,6 +119,26 @@ CREATE TABLE IF NOT EXISTS messages (
     CONSTRAINT messages_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
     CONSTRAINT messages_token_count_nonnegative CHECK (token_count >= 0)
 );
+
+-- Mirrors convdb.validation.check_usage: all four token counts or none, nothing else without them.
+-- NOT VALID, as migration 0003 adds it (which must not scan a large table under its lock): it is
+-- enforced on every insert and update all the same; a fresh table has no row it would skip.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'messages_usage_valid'
+                                               AND conrelid = 'messages'::regclass) THEN
+        ALTER TABLE messages ADD CONSTRAINT messages_usage_valid CHECK (
+            (model IS NULL OR length(model) BETWEEN 1 AND 255)
+            AND input_tokens >= 0 AND output_tokens >= 0 AND cached_tokens >= 0
+            AND reasoning_tokens >= 0 AND cost >= 0 AND latency_ms >= 0
+            AND (input_tokens IS NULL) = (output_tokens IS NULL)
+            AND (input_tokens IS NULL) = (cached_tokens IS NULL)
+            AND (input_tokens IS NULL) = (reasoning_tokens IS NULL)
+            AND (input_tokens IS NOT NULL OR (model IS NULL AND cost IS NULL AND latency_ms IS NULL)))
+            NOT VALID;
+    END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- 3. Indexes
@@ -140,7 +169,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency_key
 CREATE INDEX IF NOT EXISTS conversations_user_id
     ON conversations (user_id, id);
 
--- Branches (migration 0003): the forks of a conversation, and every branch of a root. Partial:
+-- Branches (migration 0004): the forks of a conversation, and every branch of a root. Partial:
 -- never-forked conversations (most of them) are in neither index, and appends never change these
 -- columns, so their updates of the conversation row stay HOT.
 CREATE INDEX IF NOT EXISTS conversations_forks
@@ -149,7 +178,39 @@ CREATE INDEX IF NOT EXISTS conversations_branches
     ON conversations (root_id, user_id) WHERE root_id IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
--- 3a. Feedback on messages (migration 0004)
+-- 3a. Summaries and usage (schema version 3; docs/summaries-usage.md)
+-- ---------------------------------------------------------------------------------------------
+-- A summary stands for every message of its conversation with seq <= through_seq; the messages
+-- stay stored. Keyed by (conversation_id, through_seq): "the newest summary" is one backward probe
+-- of the primary key, and a fork that copies a prefix copies the summaries within it.
+CREATE TABLE IF NOT EXISTS conversation_summaries (
+    conversation_id text        NOT NULL,
+    through_seq     bigint      NOT NULL,
+    role            text        NOT NULL DEFAULT 'system',
+    content         text        NOT NULL,
+    metadata        jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    token_count     integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT conversation_summaries_pkey PRIMARY KEY (conversation_id, through_seq),
+    CONSTRAINT conversation_summaries_conversation_fkey FOREIGN KEY (conversation_id)
+        REFERENCES conversations (id) ON DELETE CASCADE,
+    CONSTRAINT conversation_summaries_through_seq_positive CHECK (through_seq >= 1),
+    CONSTRAINT conversation_summaries_role_known CHECK (role IN ('system', 'user', 'assistant')),
+    CONSTRAINT conversation_summaries_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
+    CONSTRAINT conversation_summaries_token_count_nonnegative CHECK (token_count >= 0)
+);
+
+-- Usage reports over a time range (usage_report): the messages that carry usage, per
+-- conversation by time. Partial, so an append without usage maintains no extra btree; an append
+-- with usage maintains one more. The conversation row's touch stays HOT (this index is on
+-- messages). Weighed in docs/summaries-usage.md (append cost, HOT ratio, a monthly total at 10 M
+-- messages).
+CREATE INDEX IF NOT EXISTS messages_usage
+    ON messages (conversation_id, created_at)
+    WHERE input_tokens IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- 3b. Feedback on messages (migration 0005)
 -- ---------------------------------------------------------------------------------------------
 -- One row per rated message: rating -1 (bad), 0 (neutral), +1 (good), an optional comment and
 -- tags. Keyed like messages and deleted with them (pop, clear, delete, erasure). inherited: copied
@@ -175,9 +236,9 @@ CREATE TABLE IF NOT EXISTS message_feedback (
 -- ---------------------------------------------------------------------------------------------
 -- 4. Version stamp (last, so a failed run leaves no version behind)
 -- ---------------------------------------------------------------------------------------------
--- The guard admits only version 4 or none, so DO NOTHING is exactly the re-run. Floor 1: nothing
+-- The guard admits only version 5 or none, so DO NOTHING is exactly the re-run. Floor 1: nothing
 -- since version 1 was breaking (see CHANGELOG.md).
-INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 4, now(), 1)
+INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 5, now(), 1)
 ON CONFLICT (singleton) DO NOTHING;
 
 COMMIT;

@@ -70,7 +70,8 @@ async def catalog_snapshot(dsn: str) -> list[tuple[str, ...]]:
         snapshot = [tuple(str(value) for value in row) for row in rows]
         if await conn.fetchval("SELECT to_regclass('convdb_schema_version') IS NOT NULL"):
             version = await conn.fetchval(
-                "SELECT (to_jsonb(v) - 'applied_at')::text FROM convdb_schema_version v")
+                "SELECT (to_jsonb(v) - 'applied_at')::text FROM convdb_schema_version v"
+            )
             snapshot.append(("version row", str(version), "", ""))
         return snapshot
     finally:

@@ -69,8 +69,14 @@ def _make_traversable(path: Path) -> None:
 class EmbeddedPostgres:
     """One PostgreSQL cluster in ``data_dir``, listening on 127.0.0.1:``port``."""
 
-    def __init__(self, data_dir: str | Path, *, port: int | None = None,
-                 settings: Mapping[str, str] | None = None, bin_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        port: int | None = None,
+        settings: Mapping[str, str] | None = None,
+        bin_dir: str | Path | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.bin_dir = bin_dir
         self.port = port or _free_port()
@@ -80,8 +86,12 @@ class EmbeddedPostgres:
     # -- lifecycle ---------------------------------------------------------------------------
     def _run(self, program: str, args: Sequence[str], *, timeout: float = 120) -> str:
         result = subprocess.run(
-            [find_binary(program, self.bin_dir), *args], check=False, capture_output=True, text=True,
-            timeout=timeout, user=self._run_as,
+            [find_binary(program, self.bin_dir), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=self._run_as,
         )
         if result.returncode != 0:
             log = self.data_dir / "server.log"
@@ -112,8 +122,10 @@ class EmbeddedPostgres:
             entry = pwd.getpwnam(self._run_as)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
             _make_traversable(self.data_dir.parent)
-        self._run("initdb", ["-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8",
-                             "--locale=C", "-U", "postgres"])
+        self._run(
+            "initdb",
+            ["-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"],
+        )
 
     def _write_settings(self) -> None:
         conf = self.data_dir / "postgresql.conf"
@@ -132,8 +144,21 @@ class EmbeddedPostgres:
         self.init()
         self._write_settings()
         options = [f"-p {self.port}", f"-k {self.data_dir}"]
-        self._run("pg_ctl", ["-D", str(self.data_dir), "-w", "-t", "60", "-l",
-                             str(self.data_dir / "server.log"), "-o", " ".join(options), "start"])
+        self._run(
+            "pg_ctl",
+            [
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.data_dir / "server.log"),
+                "-o",
+                " ".join(options),
+                "start",
+            ],
+        )
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data_dir / "postmaster.pid").exists():
@@ -146,7 +171,9 @@ class EmbeddedPostgres:
     def is_running(self) -> bool:
         result = subprocess.run(
             [find_binary("pg_isready", self.bin_dir), "-h", "127.0.0.1", "-p", str(self.port)],
-            capture_output=True, check=False)
+            capture_output=True,
+            check=False,
+        )
         return result.returncode == 0
 
     def destroy(self) -> None:
@@ -171,7 +198,10 @@ def apply_schema(dsn: str, schema_file: str | Path) -> None:
     """Apply a schema file the way a DBA does: ``psql -v ON_ERROR_STOP=1 -f schema.sql``."""
     result = subprocess.run(
         [find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(schema_file)],
-        check=False, capture_output=True, text=True, timeout=300,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if result.returncode != 0:
         raise RuntimeError(f"psql -f {schema_file} failed:\n{result.stderr}")
@@ -181,7 +211,11 @@ def apply_sql(dsn: str, sql: str) -> None:
     """Apply SQL text the way a DBA pipes it: ``... | psql -v ON_ERROR_STOP=1 -f -``."""
     result = subprocess.run(
         [find_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "-"],
-        input=sql, check=False, capture_output=True, text=True, timeout=300,
+        input=sql,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if result.returncode != 0:
         raise RuntimeError(f"psql -f - failed:\n{result.stderr}")

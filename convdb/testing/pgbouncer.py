@@ -40,9 +40,17 @@ def pgbouncer_version() -> str:
 class PgBouncer:
     """One PgBouncer process with its own config in ``work_dir``."""
 
-    def __init__(self, work_dir: str | Path, *, server_host: str, server_port: int,
-                 users: Iterable[str] = ("postgres",), pool_mode: str = "transaction",
-                 port: int | None = None, settings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        work_dir: str | Path,
+        *,
+        server_host: str,
+        server_port: int,
+        users: Iterable[str] = ("postgres",),
+        pool_mode: str = "transaction",
+        port: int | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.work_dir = Path(work_dir).resolve()
         self.server_host = server_host
         self.server_port = server_port
@@ -95,7 +103,9 @@ class PgBouncer:
         # up and blocks it.
         with (self.work_dir / "stderr.log").open("wb") as stderr:
             self._process = subprocess.Popen(
-                [find_pgbouncer(), "--quiet", str(ini)], stdout=subprocess.DEVNULL, stderr=stderr,
+                [find_pgbouncer(), "--quiet", str(ini)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
                 user=self._run_as,
             )
         deadline = time.monotonic() + timeout

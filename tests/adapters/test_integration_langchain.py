@@ -40,33 +40,62 @@ def history(
 def sample() -> list[BaseMessage]:
     return [
         SystemMessage(content="You are terse.", id="sys-1"),
-        HumanMessage(content="Weather in Paris? ☀️ 𝄞", id="h-1", name="alice",
-                     additional_kwargs={"client": {"ip_hash": "ab12", "tags": ["a", "b"]}}),
+        HumanMessage(
+            content="Weather in Paris? ☀️ 𝄞",
+            id="h-1",
+            name="alice",
+            additional_kwargs={"client": {"ip_hash": "ab12", "tags": ["a", "b"]}},
+        ),
         AIMessage(
             content="",
             id="ai-1",
             tool_calls=[
-                {"name": "get_weather", "args": {"city": "Paris", "days": 2}, "id": "call_1",
-                 "type": "tool_call"},
+                {
+                    "name": "get_weather",
+                    "args": {"city": "Paris", "days": 2},
+                    "id": "call_1",
+                    "type": "tool_call",
+                },
                 {"name": "get_time", "args": {}, "id": "call_2", "type": "tool_call"},
             ],
-            invalid_tool_calls=[{"name": "bad", "args": "{not json", "id": "call_x", "error": "parse",
-                                 "type": "invalid_tool_call"}],
+            invalid_tool_calls=[
+                {
+                    "name": "bad",
+                    "args": "{not json",
+                    "id": "call_x",
+                    "error": "parse",
+                    "type": "invalid_tool_call",
+                }
+            ],
             additional_kwargs={"refusal": None, "reasoning": {"summary": "think"}},
             response_metadata={"model_name": "gpt-x", "finish_reason": "tool_calls", "logprobs": None},
-            usage_metadata={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15,
-                            "input_token_details": {"cache_read": 3}},
+            usage_metadata={
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "total_tokens": 15,
+                "input_token_details": {"cache_read": 3},
+            },
         ),
-        ToolMessage(content="sunny, 21.5 °C", tool_call_id="call_1", name="get_weather", id="t-1",
-                    artifact={"raw": [1, 2.5, None]}, status="success"),
+        ToolMessage(
+            content="sunny, 21.5 °C",
+            tool_call_id="call_1",
+            name="get_weather",
+            id="t-1",
+            artifact={"raw": [1, 2.5, None]},
+            status="success",
+        ),
         ToolMessage(content="timeout", tool_call_id="call_2", status="error"),
         AIMessage(
             content=[{"type": "text", "text": "It is sunny."}, {"type": "text", "text": "21.5 °C."}],
             id="ai-2",
             response_metadata={"model_name": "gpt-x", "finish_reason": "stop"},
         ),
-        HumanMessage(content=[{"type": "text", "text": "And this?"},
-                              {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]),
+        HumanMessage(
+            content=[
+                {"type": "text", "text": "And this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]
+        ),
         ChatMessage(role="developer", content="dev note"),
         AIMessageChunk(content="partial", id="chunk-1"),
     ]
@@ -95,23 +124,42 @@ async def test_round_trip_is_lossless(store: ConversationStore) -> None:
     tool = got[3]
     assert isinstance(tool, ToolMessage)
     assert (tool.tool_call_id, tool.name, tool.artifact, tool.status) == (
-        "call_1", "get_weather", {"raw": [1, 2.5, None]}, "success")
+        "call_1",
+        "get_weather",
+        {"raw": [1, 2.5, None]},
+        "success",
+    )
 
 
 async def test_columns_are_useful_to_other_readers(store: ConversationStore) -> None:
     await history(store).aadd_messages(sample())
     rows = await store.get_history("c1", USER)
-    assert [m.role for m in rows] == ["system", "user", "assistant", "tool", "tool", "assistant", "user",
-                                      "system", "assistant"]
+    assert [m.role for m in rows] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+        "user",
+        "system",
+        "assistant",
+    ]
     assert rows[1].content == "Weather in Paris? ☀️ 𝄞"
     assert rows[2].content == ""
     assert rows[2].tool_calls == [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather",
-                                                           "arguments": '{"city": "Paris", "days": 2}'}},
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'},
+        },
         {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
     ]
     assert (rows[3].tool_call_id, rows[3].tool_name, rows[3].content) == (
-        "call_1", "get_weather", "sunny, 21.5 °C")
+        "call_1",
+        "get_weather",
+        "sunny, 21.5 °C",
+    )
     assert (rows[4].tool_call_id, rows[4].tool_name) == ("call_2", None)
     assert rows[5].content == "It is sunny.\n21.5 °C."
     assert rows[6].content == "And this?"
@@ -123,27 +171,43 @@ async def test_columns_are_useful_to_other_readers(store: ConversationStore) -> 
 
 async def test_chat_message_roles(store: ConversationStore) -> None:
     msgs: list[BaseMessage] = [
-        ChatMessage(role="system", content="s"), ChatMessage(role="assistant", content="a"),
-        ChatMessage(role="tool", content="t"), ChatMessage(role="critic", content="c"),
+        ChatMessage(role="system", content="s"),
+        ChatMessage(role="assistant", content="a"),
+        ChatMessage(role="tool", content="t"),
+        ChatMessage(role="critic", content="c"),
         FunctionMessage(name="legacy_fn", content="42"),
     ]
     await history(store).aadd_messages(msgs)
     rows = await store.get_history("c1", USER)
     assert [(m.role, m.tool_call_id) for m in rows] == [
-        ("system", None), ("assistant", None), ("user", None), ("user", None), ("tool", "legacy_fn")]
+        ("system", None),
+        ("assistant", None),
+        ("user", None),
+        ("user", None),
+        ("tool", "legacy_fn"),
+    ]
     assert await history(store).aget_messages() == msgs
 
 
 async def test_messages_written_by_other_clients(store: ConversationStore) -> None:
     await store.get_or_create_conversation("plain", USER)
-    await store.save_messages("plain", USER, [
-        {"role": "system", "content": "sys"},
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]},
-        {"role": "tool", "content": "r1", "tool_call_id": "c1", "tool_name": "f"},
-        {"role": "assistant", "content": "done"},
-    ])
+    await store.save_messages(
+        "plain",
+        USER,
+        [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+                ],
+            },
+            {"role": "tool", "content": "r1", "tool_call_id": "c1", "tool_name": "f"},
+            {"role": "assistant", "content": "done"},
+        ],
+    )
     assert await history(store, "plain").aget_messages() == [
         SystemMessage(content="sys"),
         HumanMessage(content="hi"),
@@ -164,12 +228,16 @@ async def test_order_across_batches(store: ConversationStore) -> None:
 
 
 async def test_limit_and_max_tokens_make_a_window(store: ConversationStore) -> None:
-    await history(store).aadd_messages([
-        HumanMessage(content="q1"), AIMessage(content="", tool_calls=[
-            {"name": "f", "args": {}, "id": "c1", "type": "tool_call"}]),
-        ToolMessage(content="r1", tool_call_id="c1"), AIMessage(content="a1"),
-        HumanMessage(content="q2"), AIMessage(content="a2"),
-    ])
+    await history(store).aadd_messages(
+        [
+            HumanMessage(content="q1"),
+            AIMessage(content="", tool_calls=[{"name": "f", "args": {}, "id": "c1", "type": "tool_call"}]),
+            ToolMessage(content="r1", tool_call_id="c1"),
+            AIMessage(content="a1"),
+            HumanMessage(content="q2"),
+            AIMessage(content="a2"),
+        ]
+    )
     assert [m.content for m in await history(store, limit=2).aget_messages()] == ["q2", "a2"]
     # The newest 4 would start with a tool result whose call is older: it is left out.
     assert [m.content for m in await history(store, limit=4).aget_messages()] == ["a1", "q2", "a2"]
@@ -261,16 +329,21 @@ async def test_sync_methods_of_a_history_created_in_a_thread(store: Conversation
 # -- LangChain's own runnable --------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 async def test_runnable_with_message_history_uses_convdb(store: ConversationStore) -> None:
-    model = FakeMessagesListChatModel(responses=[AIMessage(content="Paris is sunny.", id="r1"),
-                                                 AIMessage(content="You asked about Paris.", id="r2")])
+    model = FakeMessagesListChatModel(
+        responses=[
+            AIMessage(content="Paris is sunny.", id="r1"),
+            AIMessage(content="You asked about Paris.", id="r2"),
+        ]
+    )
     seen: list[list[BaseMessage]] = []
 
     def record(messages: Any) -> Any:
         seen.append(list(messages.to_messages()))
         return messages
 
-    prompt = ChatPromptTemplate.from_messages([("system", "Be brief."), MessagesPlaceholder("history"),
-                                               ("human", "{question}")])
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "Be brief."), MessagesPlaceholder("history"), ("human", "{question}")]
+    )
     chain = RunnableWithMessageHistory(
         prompt | record | model,
         lambda session_id: history(store, session_id),
@@ -284,11 +357,18 @@ async def test_runnable_with_message_history_uses_convdb(store: ConversationStor
     assert second.content == "You asked about Paris."
     # The second call's prompt held the first exchange, read back from convdb.
     assert [m.content for m in seen[1]] == [
-        "Be brief.", "Weather in Paris?", "Paris is sunny.", "Which city?"]
+        "Be brief.",
+        "Weather in Paris?",
+        "Paris is sunny.",
+        "Which city?",
+    ]
     rows = await store.get_history("lc-run", USER)
     assert [(m.role, m.content) for m in rows] == [
-        ("user", "Weather in Paris?"), ("assistant", "Paris is sunny."),
-        ("user", "Which city?"), ("assistant", "You asked about Paris.")]
+        ("user", "Weather in Paris?"),
+        ("assistant", "Paris is sunny."),
+        ("user", "Which city?"),
+        ("assistant", "You asked about Paris."),
+    ]
 
 
 # -- the extra is optional ----------------------------------------------------------------------

@@ -41,16 +41,32 @@ ITEMS: dict[str, dict[str, Any]] = {
         ],
     },
     "system": {"role": "system", "content": "You are terse."},
-    "developer": {"type": "message", "role": "developer",
-                  "content": [{"type": "input_text", "text": "Be nice"}]},
+    "developer": {
+        "type": "message",
+        "role": "developer",
+        "content": [{"type": "input_text", "text": "Be nice"}],
+    },
     "assistant_output": {
         "id": "msg_1",
         "type": "message",
         "role": "assistant",
         "status": "completed",
-        "content": [{"type": "output_text", "text": "Hi there", "annotations": [
-            {"type": "url_citation", "url": "https://example.com", "title": "Ex", "start_index": 0,
-             "end_index": 2}], "logprobs": []}],
+        "content": [
+            {
+                "type": "output_text",
+                "text": "Hi there",
+                "annotations": [
+                    {
+                        "type": "url_citation",
+                        "url": "https://example.com",
+                        "title": "Ex",
+                        "start_index": 0,
+                        "end_index": 2,
+                    }
+                ],
+                "logprobs": [],
+            }
+        ],
     },
     "assistant_refusal": {
         "id": "msg_2",
@@ -110,8 +126,11 @@ ITEMS: dict[str, dict[str, Any]] = {
         "action": {"type": "exec", "command": ["ls", "-la"], "env": {"A": "1"}},
         "status": "completed",
     },
-    "local_shell_call_output": {"type": "local_shell_call_output", "id": "call_5",
-                                "output": '{"stdout": "x"}'},
+    "local_shell_call_output": {
+        "type": "local_shell_call_output",
+        "id": "call_5",
+        "output": '{"stdout": "x"}',
+    },
     "web_search_call": {
         "type": "web_search_call",
         "id": "ws_1",
@@ -138,8 +157,11 @@ ITEMS: dict[str, dict[str, Any]] = {
         "name": "t",
         "arguments": "{}",
     },
-    "mcp_approval_response": {"type": "mcp_approval_response", "approval_request_id": "mar_1",
-                              "approve": True},
+    "mcp_approval_response": {
+        "type": "mcp_approval_response",
+        "approval_request_id": "mar_1",
+        "approve": True,
+    },
     "mcp_call": {
         "type": "mcp_call",
         "id": "mc_1",
@@ -148,8 +170,12 @@ ITEMS: dict[str, dict[str, Any]] = {
         "arguments": "{}",
         "output": "done",
     },
-    "image_generation_call": {"type": "image_generation_call", "id": "ig_1", "status": "completed",
-                              "result": None},
+    "image_generation_call": {
+        "type": "image_generation_call",
+        "id": "ig_1",
+        "status": "completed",
+        "result": None,
+    },
     "code_interpreter_call": {
         "type": "code_interpreter_call",
         "id": "ci_1",
@@ -169,15 +195,33 @@ ITEMS: dict[str, dict[str, Any]] = {
 }
 
 EXPECTED_ROLES = {
-    "easy_user": "user", "user_parts": "user", "system": "system", "developer": "system",
-    "assistant_output": "assistant", "assistant_refusal": "assistant", "function_call": "assistant",
-    "function_call_output": "tool", "function_call_output_parts": "tool", "reasoning": "assistant",
-    "custom_tool_call": "assistant", "custom_tool_call_output": "tool", "computer_call": "assistant",
-    "computer_call_output": "tool", "local_shell_call": "assistant", "local_shell_call_output": "tool",
-    "web_search_call": "assistant", "file_search_call": "assistant", "mcp_list_tools": "assistant",
-    "mcp_approval_request": "assistant", "mcp_approval_response": "assistant", "mcp_call": "assistant",
-    "image_generation_call": "assistant", "code_interpreter_call": "assistant", "compaction": "assistant",
-    "item_reference": "assistant", "numbers_and_nesting": "assistant",
+    "easy_user": "user",
+    "user_parts": "user",
+    "system": "system",
+    "developer": "system",
+    "assistant_output": "assistant",
+    "assistant_refusal": "assistant",
+    "function_call": "assistant",
+    "function_call_output": "tool",
+    "function_call_output_parts": "tool",
+    "reasoning": "assistant",
+    "custom_tool_call": "assistant",
+    "custom_tool_call_output": "tool",
+    "computer_call": "assistant",
+    "computer_call_output": "tool",
+    "local_shell_call": "assistant",
+    "local_shell_call_output": "tool",
+    "web_search_call": "assistant",
+    "file_search_call": "assistant",
+    "mcp_list_tools": "assistant",
+    "mcp_approval_request": "assistant",
+    "mcp_approval_response": "assistant",
+    "mcp_call": "assistant",
+    "image_generation_call": "assistant",
+    "code_interpreter_call": "assistant",
+    "compaction": "assistant",
+    "item_reference": "assistant",
+    "numbers_and_nesting": "assistant",
 }
 
 
@@ -235,12 +279,25 @@ async def test_all_item_types_in_one_batch_keep_order(store: ConversationStore) 
 
 async def test_columns_are_useful_to_other_readers(store: ConversationStore) -> None:
     s = session(store)
-    await s.add_items(items(
-        "easy_user", "user_parts", "developer", "assistant_output", "assistant_refusal", "function_call",
-        "function_call_output", "function_call_output_parts", "reasoning", "custom_tool_call",
-        "custom_tool_call_output", "computer_call", "computer_call_output", "local_shell_call",
-        "local_shell_call_output",
-    ))
+    await s.add_items(
+        items(
+            "easy_user",
+            "user_parts",
+            "developer",
+            "assistant_output",
+            "assistant_refusal",
+            "function_call",
+            "function_call_output",
+            "function_call_output_parts",
+            "reasoning",
+            "custom_tool_call",
+            "custom_tool_call_output",
+            "computer_call",
+            "computer_call_output",
+            "local_shell_call",
+            "local_shell_call_output",
+        )
+    )
     h = {i: m for i, m in enumerate(await store.get_history("s1", USER, limit=100))}
     assert h[0].content == ITEMS["easy_user"]["content"]
     assert h[1].content == "Describe this"
@@ -249,14 +306,20 @@ async def test_columns_are_useful_to_other_readers(store: ConversationStore) -> 
     assert h[4].content == "I can't help with that."
     assert h[5].content is None
     assert h[5].tool_name == "get_weather"
-    assert h[5].tool_calls == [{"id": "call_1", "type": "function", "function": {
-        "name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'}}]
+    assert h[5].tool_calls == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'},
+        }
+    ]
     assert (h[6].role, h[6].tool_call_id, h[6].content) == ("tool", "call_1", "sunny, 21.5 °C")
     assert (h[7].tool_call_id, h[7].content) == ("call_2", "chart attached")
     assert (h[8].role, h[8].content, h[8].tool_calls) == ("assistant", None, None)
     assert h[8].token_count >= len(ITEMS["reasoning"]["encrypted_content"]) // 4  # counted from its JSON
-    assert h[9].tool_calls == [{"id": "call_3", "type": "custom", "custom": {"name": "run_sql",
-                                                                          "input": "SELECT 1;"}}]
+    assert h[9].tool_calls == [
+        {"id": "call_3", "type": "custom", "custom": {"name": "run_sql", "input": "SELECT 1;"}}
+    ]
     assert (h[10].tool_call_id, h[10].content) == ("call_3", "1")
     assert h[11].tool_calls == [{"id": "call_4", "type": "computer_call"}]
     assert (h[12].role, h[12].tool_call_id, h[12].content) == ("tool", "call_4", None)
@@ -270,21 +333,39 @@ async def test_columns_are_useful_to_other_readers(store: ConversationStore) -> 
 
 async def test_messages_written_by_other_clients_read_as_items(store: ConversationStore) -> None:
     await store.get_or_create_conversation("plain", USER)
-    await store.save_messages("plain", USER, [
-        {"role": "system", "content": "sys"},
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}},
-            {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
-        ]},
-        {"role": "tool", "content": "r1", "tool_call_id": "c1"},
-        {"role": "tool", "content": "r2", "tool_call_id": "c2"},
-        {"role": "assistant", "content": "done"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c3", "type": "function", "function": {"name": "h", "arguments": "{}"}}]},
-        {"role": "assistant", "content": "let me check", "tool_calls": [
-            {"id": "c4", "type": "function", "function": {"name": "h", "arguments": "{}"}}]},
-    ])
+    await store.save_messages(
+        "plain",
+        USER,
+        [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}},
+                    {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+                ],
+            },
+            {"role": "tool", "content": "r1", "tool_call_id": "c1"},
+            {"role": "tool", "content": "r2", "tool_call_id": "c2"},
+            {"role": "assistant", "content": "done"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c3", "type": "function", "function": {"name": "h", "arguments": "{}"}}
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": "let me check",
+                "tool_calls": [
+                    {"id": "c4", "type": "function", "function": {"name": "h", "arguments": "{}"}}
+                ],
+            },
+        ],
+    )
     s = session(store, "plain")
     expected = [
         {"role": "system", "content": "sys"},
@@ -307,8 +388,9 @@ async def test_messages_written_by_other_clients_read_as_items(store: Conversati
 
 # -- ordering, limits, pop, clear ----------------------------------------------------------------
 def numbered(n: int, start: int = 0) -> list[TResponseInputItem]:
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"}
-            for i in range(start, start + n)]
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(start, start + n)
+    ]
 
 
 async def test_behaves_like_the_sdks_own_sqlite_session(store: ConversationStore) -> None:
@@ -413,7 +495,8 @@ async def test_concurrent_pops_each_take_a_different_item(store: ConversationSto
     got = [p for p in popped if p is not None]
     assert len(got) == 8
     assert sorted(json.dumps(p, sort_keys=True) for p in got) == sorted(
-        json.dumps(p, sort_keys=True) for p in numbered(8))
+        json.dumps(p, sort_keys=True) for p in numbered(8)
+    )
     assert await session(store).get_items() == []
 
 
@@ -433,14 +516,22 @@ async def test_clear_keeps_conversation(store: ConversationStore) -> None:
 async def test_add_items_is_one_atomic_batch(store: ConversationStore) -> None:
     s = session(store)
     await s.add_items(numbered(2))
-    bad: list[TResponseInputItem] = [*numbered(3, 2), {"role": "user", "content": "nul \x00 here"}, *numbered(2, 5)]
+    bad: list[TResponseInputItem] = [
+        *numbered(3, 2),
+        {"role": "user", "content": "nul \x00 here"},
+        *numbered(2, 5),
+    ]
     with pytest.raises(InvalidInput, match=r"messages\[3\]"):
         await s.add_items(bad)
     assert await s.get_items() == numbered(2)
     # Not JSON (a set inside the item): refused before I/O as well.
     with pytest.raises(InvalidInput):
-        await s.add_items([*numbered(1), {"type": "function_call", "call_id": "c", "name": "f",
-                                          "arguments": "{}", "x": {1, 2}}])  # type: ignore[list-item]
+        await s.add_items(
+            [
+                *numbered(1),
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "x": {1, 2}},  # type: ignore[list-item]
+            ]
+        )
     assert await s.get_items() == numbered(2)
 
 
@@ -504,8 +595,9 @@ class ScriptedModel(Model):
     async def get_response(
         self, system_instructions: str | None, input: str | list[TResponseInputItem], *args: Any, **kw: Any
     ) -> ModelResponse:
-        self.inputs.append(copy.deepcopy([{"role": "user", "content": input}] if isinstance(input, str)
-                                         else list(input)))
+        self.inputs.append(
+            copy.deepcopy([{"role": "user", "content": input}] if isinstance(input, str) else list(input))
+        )
         output = self.responses.pop(0)
         return ModelResponse(output=output, usage=Usage(), response_id=None)
 
@@ -515,15 +607,27 @@ class ScriptedModel(Model):
         """The whole canned response as one ``response.completed`` event (enough for the runner)."""
         response = await self.get_response(system_instructions, input)
         yield ResponseCompletedEvent(
-            type="response.completed", sequence_number=0,
-            response=Response(id="resp_fake", created_at=0, model="scripted", object="response",
-                              output=response.output, tools=[], tool_choice="auto", parallel_tool_calls=False),
+            type="response.completed",
+            sequence_number=0,
+            response=Response(
+                id="resp_fake",
+                created_at=0,
+                model="scripted",
+                object="response",
+                output=response.output,
+                tools=[],
+                tool_choice="auto",
+                parallel_tool_calls=False,
+            ),
         )
 
 
 def text_reply(text: str, msg_id: str) -> ResponseOutputMessage:
     return ResponseOutputMessage(
-        id=msg_id, type="message", role="assistant", status="completed",
+        id=msg_id,
+        type="message",
+        role="assistant",
+        status="completed",
         content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
     )
 
@@ -536,19 +640,32 @@ def get_weather(city: str) -> str:
 
 def strip(item: Any) -> dict[str, Any]:
     """An item without the SDK's optional bookkeeping fields, for comparing shapes."""
-    return {k: v for k, v in item.items() if k in ("role", "content", "type", "call_id", "name",
-                                                    "arguments", "output")}
+    return {
+        k: v
+        for k, v in item.items()
+        if k in ("role", "content", "type", "call_id", "name", "arguments", "output")
+    }
 
 
 async def test_runner_reads_and_writes_history_through_convdb(store: ConversationStore) -> None:
-    model = ScriptedModel([
-        # Turn 1: a tool call, then the answer that uses its output.
-        [ResponseFunctionToolCall(type="function_call", id="fc_1", call_id="call_w", name="get_weather",
-                                  arguments='{"city": "Paris"}', status="completed")],
-        [text_reply("It is sunny in Paris.", "msg_a")],
-        # Turn 2: answers from history alone.
-        [text_reply("You asked about Paris.", "msg_b")],
-    ])
+    model = ScriptedModel(
+        [
+            # Turn 1: a tool call, then the answer that uses its output.
+            [
+                ResponseFunctionToolCall(
+                    type="function_call",
+                    id="fc_1",
+                    call_id="call_w",
+                    name="get_weather",
+                    arguments='{"city": "Paris"}',
+                    status="completed",
+                )
+            ],
+            [text_reply("It is sunny in Paris.", "msg_a")],
+            # Turn 2: answers from history alone.
+            [text_reply("You asked about Paris.", "msg_b")],
+        ]
+    )
     agent = Agent(name="weather", instructions="Answer briefly.", model=model, tools=[get_weather])
     config = RunConfig(tracing_disabled=True)
 
@@ -562,21 +679,31 @@ async def test_runner_reads_and_writes_history_through_convdb(store: Conversatio
         ("tool", "sunny in Paris", "call_w"),
         ("assistant", "It is sunny in Paris.", None),
     ]
-    assert stored[1].tool_calls == [{"id": "call_w", "type": "function", "function": {
-        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    assert stored[1].tool_calls == [
+        {
+            "id": "call_w",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ]
     turn1 = await session(store, "run").get_items()
     assert [strip(i) for i in turn1][:3] == [
         {"role": "user", "content": "Weather in Paris?"},
-        {"type": "function_call", "call_id": "call_w", "name": "get_weather",
-         "arguments": '{"city": "Paris"}'},
+        {
+            "type": "function_call",
+            "call_id": "call_w",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+        },
         {"type": "function_call_output", "call_id": "call_w", "output": "sunny in Paris"},
     ]
     assert turn1[3]["content"][0]["text"] == "It is sunny in Paris."  # type: ignore[index, typeddict-item]
 
     # Turn 2, in a new session object as a new request would build it: the SDK reads turn 1 from
     # convdb and sends it to the model before the new input.
-    second = await Runner.run(agent, "Which city did I ask about?", session=session(store, "run"),
-                              run_config=config)
+    second = await Runner.run(
+        agent, "Which city did I ask about?", session=session(store, "run"), run_config=config
+    )
     assert second.final_output == "You asked about Paris."
     sent = model.inputs[-1]
     assert [strip(i) for i in sent[:4]] == [strip(i) for i in turn1]
@@ -590,16 +717,28 @@ async def test_runner_reads_and_writes_history_through_convdb(store: Conversatio
 
 
 async def test_streamed_run_reads_and_writes_history_through_convdb(store: ConversationStore) -> None:
-    model = ScriptedModel([
-        [ResponseFunctionToolCall(type="function_call", id="fc_s", call_id="call_s", name="get_weather",
-                                  arguments='{"city": "Oslo"}', status="completed")],
-        [text_reply("Sunny in Oslo.", "msg_s1")],
-        [text_reply("Oslo.", "msg_s2")],
-    ])
+    model = ScriptedModel(
+        [
+            [
+                ResponseFunctionToolCall(
+                    type="function_call",
+                    id="fc_s",
+                    call_id="call_s",
+                    name="get_weather",
+                    arguments='{"city": "Oslo"}',
+                    status="completed",
+                )
+            ],
+            [text_reply("Sunny in Oslo.", "msg_s1")],
+            [text_reply("Oslo.", "msg_s2")],
+        ]
+    )
     agent = Agent(name="weather", model=model, tools=[get_weather])
     config = RunConfig(tracing_disabled=True)
 
-    first = Runner.run_streamed(agent, "Weather in Oslo?", session=session(store, "streamed"), run_config=config)
+    first = Runner.run_streamed(
+        agent, "Weather in Oslo?", session=session(store, "streamed"), run_config=config
+    )
     async for _ in first.stream_events():
         pass
     turn1 = await session(store, "streamed").get_items()
@@ -613,7 +752,9 @@ async def test_streamed_run_reads_and_writes_history_through_convdb(store: Conve
         pass
     assert second.final_output == "Oslo."
     sent = model.inputs[-1]
-    assert [strip(i) for i in sent] == [strip(i) for i in turn1] + [{"role": "user", "content": "Which city?"}]
+    assert [strip(i) for i in sent] == [strip(i) for i in turn1] + [
+        {"role": "user", "content": "Which city?"}
+    ]
     assert (await session(store, "streamed").get_items())[: len(turn1)] == turn1
 
 

@@ -19,18 +19,27 @@ U = "alice"
 
 
 async def _seed_user(db: asyncpg.Connection, user: str, conversations: int, per: int) -> None:
-    await db.execute("""INSERT INTO conversations (id, user_id, next_seq)
+    await db.execute(
+        """INSERT INTO conversations (id, user_id, next_seq)
                         SELECT $1 || '-' || g, $1, $3 + 1 FROM generate_series(1, $2) g""",
-                     user, conversations, per)
-    await db.execute("""INSERT INTO messages (conversation_id, seq, role, content)
+        user,
+        conversations,
+        per,
+    )
+    await db.execute(
+        """INSERT INTO messages (conversation_id, seq, role, content)
                         SELECT $1 || '-' || g, s, 'user', 'x'
                           FROM generate_series(1, $2) g, generate_series(1, $3) s""",
-                     user, conversations, per)
+        user,
+        conversations,
+        per,
+    )
 
 
 # -- delete_user_data ------------------------------------------------------------------------------
-async def test_erasure_deletes_everything_of_the_user_only(store: ConversationStore,
-                                                           db: asyncpg.Connection) -> None:
+async def test_erasure_deletes_everything_of_the_user_only(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await _seed_user(db, U, 25, 40)
     await _seed_user(db, "bob", 3, 5)
     counts = await store.delete_user_data(U, conversations_per_batch=7, messages_per_batch=90)
@@ -43,8 +52,7 @@ async def test_erasure_deletes_everything_of_the_user_only(store: ConversationSt
 
 
 @pytest.mark.engine_specific("postgresql", "a trigger on messages records the deletes")
-async def test_erasure_works_in_short_transactions(store: ConversationStore,
-                                                    db: asyncpg.Connection) -> None:
+async def test_erasure_works_in_short_transactions(store: ConversationStore, db: asyncpg.Connection) -> None:
     """Every DELETE on messages removes at most messages_per_batch rows, each in its own
     transaction: recorded by a statement-level trigger with a transition table.
 
@@ -70,8 +78,9 @@ async def test_erasure_works_in_short_transactions(store: ConversationStore,
     assert len({r["xid"] for r in log}) == len(log) == 12  # one short transaction per chunk
 
 
-async def test_interrupted_erasure_resumes_and_finishes(store: ConversationStore,
-                                                        db: asyncpg.Connection) -> None:
+async def test_interrupted_erasure_resumes_and_finishes(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await _seed_user(db, U, 10, 2000)
     task = asyncio.create_task(store.delete_user_data(U, conversations_per_batch=2, messages_per_batch=200))
     for _ in range(2000):
@@ -92,8 +101,9 @@ async def test_interrupted_erasure_resumes_and_finishes(store: ConversationStore
     assert await db.fetchval("SELECT count(*) FROM conversations") == 0
 
 
-async def test_erasure_after_a_killed_connection_resumes(store: ConversationStore, dsn: str,
-                                                         db: asyncpg.Connection) -> None:
+async def test_erasure_after_a_killed_connection_resumes(
+    store: ConversationStore, dsn: str, db: asyncpg.Connection
+) -> None:
     await _seed_user(db, U, 4, 3000)
     task = asyncio.create_task(store.delete_user_data(U, conversations_per_batch=1, messages_per_batch=100))
     for _ in range(2000):
@@ -101,8 +111,10 @@ async def test_erasure_after_a_killed_connection_resumes(store: ConversationStor
             break
         await asyncio.sleep(0.005)
     # kill every backend of the store (the pool reconnects; the step that failed is retried)
-    await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    await db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
     await task  # retried the interrupted idempotent step on a fresh connection
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
     assert await db.fetchval("SELECT count(*) FROM conversations") == 0
@@ -111,16 +123,33 @@ async def test_erasure_after_a_killed_connection_resumes(store: ConversationStor
 # -- export / import ------------------------------------------------------------------------------
 async def _rich_conversation(store: ConversationStore) -> str:
     conv = await store.get_or_create_conversation(None, U, title="Trip ✈ plans", metadata={"lang": "fr"})
-    await store.save_messages(conv.id, U, [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "météo à Paris ? 😀", "metadata": {"ip": None, "n": 1.5},
-         "idempotency_key": "u-1"},
-        {"role": "assistant", "content": None, "token_count": 17,
-         "tool_calls": [{"id": "c1", "type": "function",
-                         "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}]},
-        {"role": "tool", "content": "{\"t\": 21}", "tool_call_id": "c1", "tool_name": "weather"},
-        {"role": "assistant", "content": "21 °C"},
-    ])
+    await store.save_messages(
+        conv.id,
+        U,
+        [
+            {"role": "system", "content": "be brief"},
+            {
+                "role": "user",
+                "content": "météo à Paris ? 😀",
+                "metadata": {"ip": None, "n": 1.5},
+                "idempotency_key": "u-1",
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "token_count": 17,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "content": '{"t": 21}', "tool_call_id": "c1", "tool_name": "weather"},
+            {"role": "assistant", "content": "21 °C"},
+        ],
+    )
     await store.save_message(conv.id, U, "user", "and tomorrow?")
     await store.pop_last_message(conv.id, U)  # next_seq 7 now, highest seq 5
     return conv.id
@@ -145,8 +174,11 @@ async def test_export_then_import_restores_exactly(store: ConversationStore, db:
 
 
 async def _table_rows(db: asyncpg.Connection, cid: str) -> list[Any]:
-    conv = await db.fetch("SELECT id, user_id, title, metadata, next_seq, created_at, updated_at "
-                          "FROM conversations WHERE id = $1", cid)
+    conv = await db.fetch(
+        "SELECT id, user_id, title, metadata, next_seq, created_at, updated_at "
+        "FROM conversations WHERE id = $1",
+        cid,
+    )
     msgs = await db.fetch("SELECT * FROM messages WHERE conversation_id = $1 ORDER BY seq", cid)
     return [dict(r) for r in conv] + [dict(r) for r in msgs]
 
@@ -159,8 +191,9 @@ async def test_import_into_another_id_and_user_and_replace(store: ConversationSt
     assert copy.user_id == "bob"
     original = await store.get_history(cid, U)
     copied = await store.get_history("copy-1", "bob")
-    assert [(m.seq, m.role, m.content, m.tool_calls, m.created_at) for m in copied] == \
-           [(m.seq, m.role, m.content, m.tool_calls, m.created_at) for m in original]
+    assert [(m.seq, m.role, m.content, m.tool_calls, m.created_at) for m in copied] == [
+        (m.seq, m.role, m.content, m.tool_calls, m.created_at) for m in original
+    ]
 
     with pytest.raises(ConversationExists):
         await store.import_conversation(U, records)
@@ -178,12 +211,24 @@ async def test_import_into_another_id_and_user_and_replace(store: ConversationSt
 
 
 async def test_import_is_all_or_nothing(store: ConversationStore, db: asyncpg.Connection) -> None:
-    header: dict[str, Any] = {"type": "conversation", "id": "imp", "title": None, "metadata": {},
-              "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-02T00:00:00+00:00"}
+    header: dict[str, Any] = {
+        "type": "conversation",
+        "id": "imp",
+        "title": None,
+        "metadata": {},
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "updated_at": "2025-01-02T00:00:00+00:00",
+    }
 
     def msg(seq: int, **extra: Any) -> dict[str, Any]:
-        return {"type": "message", "seq": seq, "role": "user", "content": f"m{seq}",
-                "created_at": "2025-01-01T00:00:01.000001+00:00", **extra}
+        return {
+            "type": "message",
+            "seq": seq,
+            "role": "user",
+            "content": f"m{seq}",
+            "created_at": "2025-01-01T00:00:01.000001+00:00",
+            **extra,
+        }
 
     many = [msg(i) for i in range(1, 2501)]
     bad_late = [header, *many, msg(2501, role="wizard")]  # beyond the first pre-validated chunk
@@ -269,14 +314,32 @@ async def test_jsonl_file_round_trip(store: ConversationStore, tmp_path: Path) -
 
 
 def _import_records(n: int) -> list[dict[str, Any]]:
-    header: dict[str, Any] = {"type": "conversation", "id": "slow", "title": None, "metadata": {},
-              "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-01T00:00:00+00:00"}
-    return [header, *({"type": "message", "seq": i, "role": "user", "content": "x",
-                       "created_at": "2025-01-01T00:00:00+00:00"} for i in range(1, n + 1))]
+    header: dict[str, Any] = {
+        "type": "conversation",
+        "id": "slow",
+        "title": None,
+        "metadata": {},
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "updated_at": "2025-01-01T00:00:00+00:00",
+    }
+    return [
+        header,
+        *(
+            {
+                "type": "message",
+                "seq": i,
+                "role": "user",
+                "content": "x",
+                "created_at": "2025-01-01T00:00:00+00:00",
+            }
+            for i in range(1, n + 1)
+        ),
+    ]
 
 
-async def test_cancelled_import_stores_nothing_and_leaks_no_connection(dsn: str,
-                                                                       db: asyncpg.Connection) -> None:
+async def test_cancelled_import_stores_nothing_and_leaks_no_connection(
+    dsn: str, db: asyncpg.Connection
+) -> None:
     async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as store:
         sent_first_chunk = asyncio.Event()
 
@@ -290,8 +353,10 @@ async def test_cancelled_import_stores_nothing_and_leaks_no_connection(dsn: str,
         task = asyncio.create_task(store.import_conversation(U, records()))
         await asyncio.wait_for(sent_first_chunk.wait(), 10)
         for _ in range(200):  # the transaction really holds rows
-            if await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                 "AND state = 'idle in transaction'"):
+            if await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state = 'idle in transaction'"
+            ):
                 break
             await asyncio.sleep(0.01)
         task.cancel()
@@ -307,8 +372,9 @@ async def test_cancelled_import_stores_nothing_and_leaks_no_connection(dsn: str,
             assert await a.fetchval("SELECT 1") == await b.fetchval("SELECT 1") == 1
 
 
-async def test_import_past_its_time_limit_stores_nothing(store: ConversationStore,
-                                                         db: asyncpg.Connection) -> None:
+async def test_import_past_its_time_limit_stores_nothing(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     from convdb import QueryTimeout
 
     async def records() -> Any:

@@ -24,7 +24,8 @@ async def _seed(db: asyncpg.Connection, rows: list[Row]) -> None:
     await db.executemany(
         "INSERT INTO conversations (id, user_id, title, metadata, updated_at) "
         "VALUES ($1, $2, $3, $4::jsonb, $5)",
-        [(i, u, t, json.dumps(m), ts) for i, u, t, m, ts in rows])
+        [(i, u, t, json.dumps(m), ts) for i, u, t, m, ts in rows],
+    )
 
 
 async def _all_pages(store: ConversationStore, **kwargs: Any) -> list[str]:
@@ -40,11 +41,16 @@ async def _all_pages(store: ConversationStore, **kwargs: Any) -> list[str]:
 
 
 async def test_newest_first_with_id_tie_break(store: ConversationStore, db: asyncpg.Connection) -> None:
-    await _seed(db, [
-        ("a", U, "one", {}, T0), ("b", U, "two", {}, T0 + timedelta(hours=1)),
-        ("c", U, "three", {}, T0 + timedelta(hours=1)), ("d", U, "four", {}, T0 - timedelta(days=1)),
-        ("x", "bob", "theirs", {}, T0 + timedelta(days=9)),
-    ])
+    await _seed(
+        db,
+        [
+            ("a", U, "one", {}, T0),
+            ("b", U, "two", {}, T0 + timedelta(hours=1)),
+            ("c", U, "three", {}, T0 + timedelta(hours=1)),
+            ("d", U, "four", {}, T0 - timedelta(days=1)),
+            ("x", "bob", "theirs", {}, T0 + timedelta(days=9)),
+        ],
+    )
     page = await store.list_conversations(U)
     assert [c.id for c in page.items] == ["c", "b", "a", "d"]
     assert page.next_cursor is None
@@ -54,7 +60,9 @@ async def test_newest_first_with_id_tie_break(store: ConversationStore, db: asyn
 
 async def test_keyset_pages_cover_everything_once(store: ConversationStore, db: asyncpg.Connection) -> None:
     # many equal timestamps, so the id tie-break carries the pagination
-    rows: list[tuple[str, str, str | None, dict[str, Any], datetime]] = [(f"c{i:03d}", U, None, {}, T0 + timedelta(minutes=i // 7)) for i in range(95)]
+    rows: list[tuple[str, str, str | None, dict[str, Any], datetime]] = [
+        (f"c{i:03d}", U, None, {}, T0 + timedelta(minutes=i // 7)) for i in range(95)
+    ]
     await _seed(db, rows)
     expected = [r[0] for r in sorted(rows, key=lambda r: (r[4], r[0]), reverse=True)]
     for size in (1, 7, 10, 94, 95, 96):
@@ -73,13 +81,21 @@ async def test_pages_stay_consistent_when_a_conversation_moves_to_the_top(store:
     assert [c.id for c in second.items] == [ids[2], ids[1]]  # no duplicates, no OFFSET drift
 
 
-async def test_title_contains_is_literal_and_case_insensitive(store: ConversationStore,
-                                                              db: asyncpg.Connection) -> None:
-    await _seed(db, [
-        ("p", U, "100% done", {}, T0), ("q", U, "1000 done", {}, T0), ("r", U, "snake_case", {}, T0),
-        ("s", U, "snakeXcase", {}, T0), ("t", U, r"back\slash", {}, T0), ("u", U, None, {}, T0),
-        ("v", U, "Weather in PARIS", {}, T0),
-    ])
+async def test_title_contains_is_literal_and_case_insensitive(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    await _seed(
+        db,
+        [
+            ("p", U, "100% done", {}, T0),
+            ("q", U, "1000 done", {}, T0),
+            ("r", U, "snake_case", {}, T0),
+            ("s", U, "snakeXcase", {}, T0),
+            ("t", U, r"back\slash", {}, T0),
+            ("u", U, None, {}, T0),
+            ("v", U, "Weather in PARIS", {}, T0),
+        ],
+    )
     assert await _all_pages(store, title_contains="0%") == ["p"]
     assert await _all_pages(store, title_contains="e_c") == ["r"]
     assert await _all_pages(store, title_contains="\\s") == ["t"]
@@ -88,11 +104,14 @@ async def test_title_contains_is_literal_and_case_insensitive(store: Conversatio
 
 
 async def test_metadata_contains_and_time_bounds(store: ConversationStore, db: asyncpg.Connection) -> None:
-    await _seed(db, [
-        ("a", U, None, {"project": "x", "tags": ["red", "blue"]}, T0),
-        ("b", U, None, {"project": "x"}, T0 + timedelta(days=1)),
-        ("c", U, None, {"project": "y", "tags": ["red"]}, T0 + timedelta(days=2)),
-    ])
+    await _seed(
+        db,
+        [
+            ("a", U, None, {"project": "x", "tags": ["red", "blue"]}, T0),
+            ("b", U, None, {"project": "x"}, T0 + timedelta(days=1)),
+            ("c", U, None, {"project": "y", "tags": ["red"]}, T0 + timedelta(days=2)),
+        ],
+    )
     assert await _all_pages(store, metadata_contains={"project": "x"}) == ["b", "a"]
     assert await _all_pages(store, metadata_contains={"tags": ["red"]}) == ["c", "a"]
     assert await _all_pages(store, metadata_contains={}) == ["c", "b", "a"]
@@ -100,12 +119,14 @@ async def test_metadata_contains_and_time_bounds(store: ConversationStore, db: a
     assert await _all_pages(store, updated_before=T0 + timedelta(days=2)) == ["b", "a"]
     tz = datetime(2026, 1, 2, 1, tzinfo=UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))
     assert await _all_pages(store, updated_after=T0, updated_before=tz) == ["b"]
-    assert await _all_pages(store, limit=1, metadata_contains={"project": "x"},
-                            updated_after=T0 - timedelta(days=1)) == ["b", "a"]
+    assert await _all_pages(
+        store, limit=1, metadata_contains={"project": "x"}, updated_after=T0 - timedelta(days=1)
+    ) == ["b", "a"]
 
 
-async def test_tampered_or_foreign_cursor_is_refused(store: ConversationStore,
-                                                     db: asyncpg.Connection) -> None:
+async def test_tampered_or_foreign_cursor_is_refused(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     await _seed(db, [(f"c{i}", U, "t", {}, T0 + timedelta(minutes=i)) for i in range(3)])
     page = await store.list_conversations(U, limit=1)
     cursor = page.next_cursor
@@ -135,8 +156,12 @@ async def test_listing_is_served_by_the_user_index(store: ConversationStore, db:
                           FROM generate_series(1, 40000) g""")
     await db.execute("ANALYZE conversations")
     cursor = (await store.list_conversations("u7", limit=3)).next_cursor
-    for kwargs in ({}, {"cursor": cursor}, {"title_contains": "x", "metadata_contains": {"a": 1}},
-                   {"updated_after": T0}):
+    for kwargs in (
+        {},
+        {"cursor": cursor},
+        {"title_contains": "x", "metadata_contains": {"a": 1}},
+        {"updated_after": T0},
+    ):
         query = build_listing("u7", limit=3, **kwargs)
         plan = json.loads(await db.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args))
         nodes = list(_plan_nodes(plan[0]["Plan"]))
@@ -151,8 +176,9 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 @pytest.mark.engine_specific("postgresql", "a single-node EXPLAIN shape")
-async def test_the_optional_updated_at_index_serves_pages_without_a_sort(store: ConversationStore,
-                                                                        db: asyncpg.Connection) -> None:
+async def test_the_optional_updated_at_index_serves_pages_without_a_sort(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     """schema.sql offers (user_id, updated_at DESC, id DESC) for users with very many conversations:
     the same statements then read a page straight off the index, cursor included.
 
@@ -162,7 +188,9 @@ async def test_the_optional_updated_at_index_serves_pages_without_a_sort(store: 
     await db.execute("""INSERT INTO conversations (id, user_id, updated_at)
                         SELECT 'c' || g, 'u' || (g % 20), now() - g * interval '1 second'
                           FROM generate_series(1, 40000) g""")
-    await db.execute("CREATE INDEX conversations_user_updated ON conversations (user_id, updated_at DESC, id DESC)")
+    await db.execute(
+        "CREATE INDEX conversations_user_updated ON conversations (user_id, updated_at DESC, id DESC)"
+    )
     await db.execute("ANALYZE conversations")
     cursor = (await store.list_conversations("u7", limit=3)).next_cursor
     for kwargs in ({}, {"cursor": cursor}):
@@ -183,7 +211,9 @@ async def test_the_optional_updated_at_index_serves_pages_without_a_sort(store: 
     assert len(pages) == len(set(pages)) == 2000
 
 
-async def test_verify_schema_requires_the_listing_index(store: ConversationStore, db: asyncpg.Connection) -> None:
+async def test_verify_schema_requires_the_listing_index(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     from convdb import SchemaMismatch
 
     await store.verify_schema()

@@ -42,8 +42,9 @@ async def test_update_sets_only_what_is_given(store: ConversationStore) -> None:
 
 
 # -- delete ---------------------------------------------------------------------------------------
-async def test_delete_removes_conversation_and_messages(store: ConversationStore,
-                                                        db: asyncpg.Connection) -> None:
+async def test_delete_removes_conversation_and_messages(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     cid = await _conv(store, 3)
     keep = await _conv(store, 2)
     assert await store.delete_conversation(cid, U) == 3
@@ -72,12 +73,14 @@ async def test_clear_keeps_the_conversation_and_never_reuses_seq(store: Conversa
 
 
 async def test_clear_waits_for_a_concurrent_writer_and_clears_its_message(
-        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
+    store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]
+) -> None:
     cid = await _conv(store, 2)
     cleared = await race_row_lock(
         store.clear_conversation(cid, U),
         ("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() WHERE id = $1", cid),
-        ("INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 3, 'user', 'racing')", cid))
+        ("INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 3, 'user', 'racing')", cid),
+    )
     assert cleared == 3  # the racing message committed before clear held the lock
     assert await store.count_messages(cid, U) == 0
 
@@ -86,11 +89,19 @@ async def test_clear_waits_for_a_concurrent_writer_and_clears_its_message(
 async def test_pop_returns_newest_then_none(store: ConversationStore) -> None:
     cid = await _conv(store)
     assert await store.pop_last_message(cid, U) is None
-    stored = await store.save_messages(cid, U, [
-        {"role": "user", "content": "q", "metadata": {"m": 1}, "idempotency_key": "k1"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}],
-         "token_count": 7},
-    ])
+    stored = await store.save_messages(
+        cid,
+        U,
+        [
+            {"role": "user", "content": "q", "metadata": {"m": 1}, "idempotency_key": "k1"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c", "type": "function"}],
+                "token_count": 7,
+            },
+        ],
+    )
     before = await store.get_conversation(cid, U)
     popped = await store.pop_last_message(cid, U)
     assert popped == stored[1]
@@ -129,13 +140,18 @@ async def test_pops_racing_appends_always_pop_the_newest(store: ConversationStor
 
 
 async def test_pop_waiting_behind_an_append_pops_that_append(
-        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
+    store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]
+) -> None:
     """The pop's snapshot predates the append; it must not pop the older message."""
     cid = await _conv(store, 2)
     popped = await race_row_lock(
         store.pop_last_message(cid, U),
         ("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() WHERE id = $1", cid),
-        ("INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 3, 'assistant', 'newest')", cid))
+        (
+            "INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 3, 'assistant', 'newest')",
+            cid,
+        ),
+    )
     assert popped is not None
     assert (popped.seq, popped.content) == (3, "newest")
     assert [m.seq for m in await store.get_history(cid, U)] == [1, 2]

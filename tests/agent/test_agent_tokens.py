@@ -10,8 +10,12 @@ from convdb.tokens import tiktoken_counter
 
 def _byte_level_encoding() -> tiktoken.Encoding:
     # A real tiktoken Encoding that needs no download: one token per UTF-8 byte.
-    return tiktoken.Encoding(name="bytes", pat_str=r"[\s\S]", mergeable_ranks={bytes([i]): i for i in range(256)},
-                             special_tokens={"<|endoftext|>": 256})
+    return tiktoken.Encoding(
+        name="bytes",
+        pat_str=r"[\s\S]",
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={"<|endoftext|>": 256},
+    )
 
 
 def test_counter_counts_with_the_encoding() -> None:
@@ -22,7 +26,9 @@ def test_counter_counts_with_the_encoding() -> None:
 
 
 async def test_store_counts_with_tiktoken_and_budgets_in_sql(dsn: str) -> None:
-    async with await ConversationStore.connect(dsn, count_tokens=tiktoken_counter(_byte_level_encoding())) as s:
+    async with await ConversationStore.connect(
+        dsn, count_tokens=tiktoken_counter(_byte_level_encoding())
+    ) as s:
         cid = (await s.get_or_create_conversation(None, "u")).id
         await s.save_message(cid, "u", "user", "abcd")  # 4
         await s.save_message(cid, "u", "assistant", "héllo")  # 6

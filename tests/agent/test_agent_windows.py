@@ -31,8 +31,9 @@ def _seqs(window: list[Message]) -> list[int]:
 # -- token budget --------------------------------------------------------------------------------
 async def test_budget_keeps_newest_messages_within_the_sum(store: ConversationStore) -> None:
     cid = await _conv(store)
-    await store.save_messages(cid, U, [{"role": "user", "content": "x", "token_count": n}
-                                       for n in (5, 10, 20, 30, 40)])
+    await store.save_messages(
+        cid, U, [{"role": "user", "content": "x", "token_count": n} for n in (5, 10, 20, 30, 40)]
+    )
     assert _seqs(await store.get_history(cid, U, max_tokens=70)) == [4, 5]
     assert _seqs(await store.get_history(cid, U, max_tokens=90)) == [3, 4, 5]  # exactly 90
     assert _seqs(await store.get_history(cid, U, max_tokens=89)) == [4, 5]
@@ -71,8 +72,9 @@ async def test_budget_tells_not_found_from_empty(store: ConversationStore) -> No
 
 
 @pytest.mark.engine_specific("postgresql", "a single-node EXPLAIN shape")
-async def test_budget_is_one_statement_that_walks_the_primary_key(store: ConversationStore,
-                                                                   db: asyncpg.Connection) -> None:
+async def test_budget_is_one_statement_that_walks_the_primary_key(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     """Engine-specific: its Citus twin is test_citus.py's
     test_history_walks_the_shards_primary_key_backwards[get_history_window]."""
     from convdb.sql import QUERIES
@@ -80,12 +82,14 @@ async def test_budget_is_one_statement_that_walks_the_primary_key(store: Convers
     cid = await _conv(store)
     await store.save_messages(cid, U, [{"role": "user", "content": "x"}] * 200)
     await db.execute("ANALYZE")
-    plan = await db.fetchval("EXPLAIN (FORMAT JSON) " + QUERIES["get_history_window"],
-                             cid, U, 2**63 - 1, 50, 100)
+    plan = await db.fetchval(
+        "EXPLAIN (FORMAT JSON) " + QUERIES["get_history_window"], cid, U, 2**63 - 1, 50, 100
+    )
     nodes = list(_plan_nodes(json.loads(plan)[0]["Plan"]))
     scans = [n for n in nodes if n.get("Relation Name") == "messages"]
     assert [(n["Node Type"], n["Index Name"], n["Scan Direction"]) for n in scans] == [
-        ("Index Scan", "messages_pkey", "Backward")]
+        ("Index Scan", "messages_pkey", "Backward")
+    ]
     assert any(n["Node Type"] == "WindowAgg" for n in nodes)
 
 
@@ -97,12 +101,16 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 # -- tool-call integrity (trim) -------------------------------------------------------------------
 async def _tool_exchange(store: ConversationStore, cid: str, results: int = 3) -> None:
-    await store.save_messages(cid, U, [
-        {"role": "user", "content": "weather in three cities?"},
-        {"role": "assistant", "content": None, "tool_calls": [_call(f"c{i}") for i in range(results)]},
-        *({"role": "tool", "content": f"r{i}", "tool_call_id": f"c{i}"} for i in range(results)),
-        {"role": "assistant", "content": "done"},
-    ])
+    await store.save_messages(
+        cid,
+        U,
+        [
+            {"role": "user", "content": "weather in three cities?"},
+            {"role": "assistant", "content": None, "tool_calls": [_call(f"c{i}") for i in range(results)]},
+            *({"role": "tool", "content": f"r{i}", "tool_call_id": f"c{i}"} for i in range(results)),
+            {"role": "assistant", "content": "done"},
+        ],
+    )
 
 
 async def test_window_starting_at_tool_results_drops_them(store: ConversationStore) -> None:
@@ -121,11 +129,15 @@ async def test_window_starting_at_tool_results_drops_them(store: ConversationSto
 
 async def test_assistant_call_as_first_message_is_kept_with_its_results(store: ConversationStore) -> None:
     cid = await _conv(store)
-    await store.save_messages(cid, U, [
-        {"role": "assistant", "content": None, "tool_calls": [_call("a"), _call("b")]},
-        {"role": "tool", "content": "A", "tool_call_id": "a"},
-        {"role": "tool", "content": "B", "tool_call_id": "b"},
-    ])
+    await store.save_messages(
+        cid,
+        U,
+        [
+            {"role": "assistant", "content": None, "tool_calls": [_call("a"), _call("b")]},
+            {"role": "tool", "content": "A", "tool_call_id": "a"},
+            {"role": "tool", "content": "B", "tool_call_id": "b"},
+        ],
+    )
     window = await store.get_history(cid, U)
     assert [m.role for m in window] == ["assistant", "tool", "tool"]
 
@@ -139,13 +151,17 @@ async def test_window_of_only_tool_results_is_empty(store: ConversationStore) ->
 
 async def test_budget_cut_inside_a_tool_exchange_is_trimmed(store: ConversationStore) -> None:
     cid = await _conv(store)
-    await store.save_messages(cid, U, [
-        {"role": "user", "content": "q", "token_count": 1},
-        {"role": "assistant", "content": None, "tool_calls": [_call("a"), _call("b")], "token_count": 50},
-        {"role": "tool", "content": "A", "tool_call_id": "a", "token_count": 5},
-        {"role": "tool", "content": "B", "tool_call_id": "b", "token_count": 5},
-        {"role": "assistant", "content": "answer", "token_count": 5},
-    ])
+    await store.save_messages(
+        cid,
+        U,
+        [
+            {"role": "user", "content": "q", "token_count": 1},
+            {"role": "assistant", "content": None, "tool_calls": [_call("a"), _call("b")], "token_count": 50},
+            {"role": "tool", "content": "A", "tool_call_id": "a", "token_count": 5},
+            {"role": "tool", "content": "B", "tool_call_id": "b", "token_count": 5},
+            {"role": "assistant", "content": "answer", "token_count": 5},
+        ],
+    )
     # 15 tokens reach back to the first result; the call itself (50) does not fit: trim, not extend
     window = await store.get_history(cid, U, max_tokens=15)
     assert _seqs(window) == [5]
@@ -165,7 +181,8 @@ async def test_turn_saves_and_returns_the_window_ending_at_it(store: Conversatio
     await store.save_messages(cid, U, [{"role": "user", "content": f"m{i}"} for i in range(5)])
     before = await store.get_conversation(cid, U)
     saved, window = await store.save_and_get_history(
-        cid, U, {"role": "assistant", "content": "reply", "metadata": {"k": [1]}}, limit=3)
+        cid, U, {"role": "assistant", "content": "reply", "metadata": {"k": [1]}}, limit=3
+    )
     assert saved.seq == 6
     assert saved.role == "assistant"
     assert saved.content == "reply"
@@ -181,15 +198,18 @@ async def test_turn_saves_and_returns_the_window_ending_at_it(store: Conversatio
 
 async def test_turn_matches_get_history_with_a_budget(store: ConversationStore) -> None:
     cid = await _conv(store)
-    await store.save_messages(cid, U, [{"role": "user", "content": "x", "token_count": n}
-                                       for n in (10, 20, 30)])
+    await store.save_messages(
+        cid, U, [{"role": "user", "content": "x", "token_count": n} for n in (10, 20, 30)]
+    )
     saved, window = await store.save_and_get_history(
-        cid, U, {"role": "assistant", "content": "y", "token_count": 25}, max_tokens=60)
+        cid, U, {"role": "assistant", "content": "y", "token_count": 25}, max_tokens=60
+    )
     assert _seqs(window) == [3, 4]
     assert window == await store.get_history(cid, U, max_tokens=60)
     # the new message alone exceeds the budget: saved, but the window is empty
     saved, window = await store.save_and_get_history(
-        cid, U, {"role": "user", "content": "z", "token_count": 100}, max_tokens=60)
+        cid, U, {"role": "user", "content": "z", "token_count": 100}, max_tokens=60
+    )
     assert saved.seq == 5
     assert window == []
     assert await store.count_messages(cid, U) == 5
@@ -200,24 +220,29 @@ async def test_turn_on_an_empty_conversation_and_with_limit_one(store: Conversat
     saved, window = await store.save_and_get_history(cid, U, {"role": "user", "content": "hi"})
     assert saved.seq == 1
     assert window == [saved]
-    saved2, window2 = await store.save_and_get_history(cid, U, {"role": "user", "content": "again"},
-                                                       limit=1)
+    saved2, window2 = await store.save_and_get_history(cid, U, {"role": "user", "content": "again"}, limit=1)
     assert window2 == [saved2]
 
 
 async def test_turn_trims_orphan_tool_results(store: ConversationStore) -> None:
     cid = await _conv(store)
-    await store.save_messages(cid, U, [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": None, "tool_calls": [_call("a"), _call("b")]},
-        {"role": "tool", "content": "A", "tool_call_id": "a"},
-    ])
+    await store.save_messages(
+        cid,
+        U,
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [_call("a"), _call("b")]},
+            {"role": "tool", "content": "A", "tool_call_id": "a"},
+        ],
+    )
     saved, window = await store.save_and_get_history(
-        cid, U, {"role": "tool", "content": "B", "tool_call_id": "b"}, limit=2)
+        cid, U, {"role": "tool", "content": "B", "tool_call_id": "b"}, limit=2
+    )
     assert saved.role == "tool"
     assert window == []
     saved, window = await store.save_and_get_history(
-        cid, U, {"role": "assistant", "content": "both done"}, limit=4)
+        cid, U, {"role": "assistant", "content": "both done"}, limit=4
+    )
     assert [m.role for m in window] == ["assistant", "tool", "tool", "assistant"]
 
 
@@ -260,7 +285,8 @@ async def test_concurrent_turns_see_every_committed_message(store: ConversationS
 
 
 async def test_turn_after_a_concurrent_commit_rereads_the_window(
-        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
+    store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]
+) -> None:
     """Deterministic version of the race: another transaction holds the row lock and commits a
     message while our statement waits for the lock; its snapshot cannot see that message."""
     cid = await _conv(store)
@@ -268,19 +294,26 @@ async def test_turn_after_a_concurrent_commit_rereads_the_window(
     saved, window = await race_row_lock(
         store.save_and_get_history(cid, U, {"role": "user", "content": "three"}),
         ("UPDATE conversations SET next_seq = next_seq + 1, updated_at = now() WHERE id = $1", cid),
-        ("INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 2, 'assistant', 'two')", cid))
+        (
+            "INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, 2, 'assistant', 'two')",
+            cid,
+        ),
+    )
     assert saved.seq == 3
     assert [m.content for m in window] == ["one", "two", "three"]
 
 
 async def test_pop_racing_a_turn_does_not_leave_the_popped_message_in_its_window(
-        store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]) -> None:
+    store: ConversationStore, race_row_lock: Callable[..., Awaitable[Any]]
+) -> None:
     cid = await _conv(store)
-    await store.save_messages(cid, U, [{"role": "user", "content": "one"},
-                                       {"role": "assistant", "content": "two"}])
+    await store.save_messages(
+        cid, U, [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}]
+    )
     saved, window = await race_row_lock(
         store.save_and_get_history(cid, U, {"role": "user", "content": "three"}),
         ("UPDATE conversations SET updated_at = now() WHERE id = $1", cid),
-        ("DELETE FROM messages WHERE conversation_id = $1 AND seq = 2", cid))
+        ("DELETE FROM messages WHERE conversation_id = $1 AND seq = 2", cid),
+    )
     assert [m.content for m in window] == ["one", "three"]
     assert saved.seq == 3

@@ -46,9 +46,26 @@ def test_tiny_run_end_to_end(pg_server: Server, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     chart = tmp_path / "out.png"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--no-progress", "--dsn", pg_server.admin_dsn,
-         "--concurrency", "1,2", "--json", str(out), "--plot", str(chart)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--tiny",
+            "--no-progress",
+            "--dsn",
+            pg_server.admin_dsn,
+            "--concurrency",
+            "1,2",
+            "--json",
+            str(out),
+            "--plot",
+            str(chart),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     matplotlib_missing = "--plot needs matplotlib" in result.stderr
     assert result.returncode == (1 if matplotlib_missing else 0), result.stderr[-3000:]
@@ -75,8 +92,13 @@ def test_tiny_run_end_to_end(pg_server: Server, tmp_path: Path) -> None:
                 assert row["error"] is None, row
 
     for ratio in doc["ratios"]:
-        assert {"op", "concurrency", "convdb_over_pgbench", "convdb_over_asyncpg_raw",
-                "convdb_over_best_peer"} <= set(ratio)
+        assert {
+            "op",
+            "concurrency",
+            "convdb_over_pgbench",
+            "convdb_over_asyncpg_raw",
+            "convdb_over_best_peer",
+        } <= set(ratio)
         assert isinstance(ratio["convdb_over_pgbench"], NUMBER)
 
     assert doc["scaling"]
@@ -84,8 +106,11 @@ def test_tiny_run_end_to_end(pg_server: Server, tmp_path: Path) -> None:
         assert set(point) >= {"system", "messages_in_conversation", "total_messages", "p50_ms"}
         assert isinstance(point["messages_in_conversation"], int)
         assert isinstance(point["total_messages"], int)
-    convdb_lengths = {p["messages_in_conversation"] for p in doc["scaling"]
-                      if p["system"] == "convdb" and p["p50_ms"] is not None}
+    convdb_lengths = {
+        p["messages_in_conversation"]
+        for p in doc["scaling"]
+        if p["system"] == "convdb" and p["p50_ms"] is not None
+    }
     assert convdb_lengths == {100, 1_000}
     if not matplotlib_missing:
         assert chart.stat().st_size > 10_000

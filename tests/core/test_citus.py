@@ -29,6 +29,9 @@ from tests.support.fix_server import ROOT, SCHEMA_CITUS, Server
 citus_only = pytest.mark.engine_specific("citus", "EXPLAIN shapes and catalogs of a Citus cluster")
 
 _NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+# The seven usage parameters of a message without usage (model, input/output/cached/reasoning
+# tokens, cost, latency_ms), after the ten message columns.
+_NO_USAGE = (None,) * 7
 
 # Statements that concern one conversation, with arguments naming conversation "c1" of user "u1".
 # ROUTER: the whole statement is one task on one shard (Citus router / fast-path execution).
@@ -36,7 +39,7 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "get_conversation": ("c1", "u1"),
     "reserve_seq_range": ("c1", "u1", 3),
     "lock_conversation_with_keys": ("c1", "u1", ["k1", "k2"]),
-    "insert_message_at": ("c1", 1, "user", "hi", None, None, None, None, 1, None),
+    "insert_message_at": ("c1", 1, "user", "hi", None, None, None, None, 1, None, *_NO_USAGE),
     "get_message_by_key": ("c1", "u1", "k1"),
     "get_history": ("c1", "u1", 50),
     "get_history_window": ("c1", "u1", 100, 50, None),
@@ -50,10 +53,17 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "import_conversation_row": ("c1", "u1", "t", None, 1, _NOW, _NOW, True),
     "import_owner_check": ("c1", "u1"),
     "import_clear_messages": ("c1", "u1"),
-    "import_message": ("c1", 1, "user", "hi", None, None, None, None, 1, None, _NOW, "u1"),
+    "import_message": ("c1", 1, "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, _NOW, "u1"),
     "import_finish": ("c1", "u1", 5),
     "lock_conversation": ("c1", "u1"),
     "get_or_create_conversation_locked": ("c1", "u1", None, None),
+    # Schema version 3 (summaries and usage).
+    "reserve_seq_range_guarded": ("c1", "u1", 3, 0),
+    "get_history_summarized": ("c1", "u1", 100, 50, None),
+    "list_summaries": ("c1", "u1"),
+    "usage_report_conversation": ("u1", _NOW, _NOW, "UTC", None, "c1"),
+    "record_usage": ("c1", "u1", 1, "m", 1, 2, None, None, None, None),
+    # Schema version 5 (feedback).
     "clear_feedback": ("c1", "u1", 1),
     "get_feedback": ("c1", "u1"),
     "feedback_summary_conversation": ("c1", "u1", None, None),
@@ -67,8 +77,15 @@ ROUTER: dict[str, tuple[Any, ...]] = {
 # the conversation's shard. Value: the most steps seen, so a rewrite that adds hops fails here.
 ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
     "get_or_create_conversation": (("c1", "u1", None, None), 3),
-    "save_message": (("c1", "u1", "user", "hi", None, None, None, None, 1, None), 2),
-    "save_and_get_history": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, 50, None), 7),
+    "save_message": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE), 2),
+    # Measured on Citus 13.2 (3-node local cluster): the guard's snapshot read and the summary's
+    # CTE are subplans of their own, each still one task on the conversation's shard.
+    "save_message_guarded": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 0), 4),
+    "save_and_get_history": (
+        ("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 50, None, True, 0),
+        9,
+    ),
+    "save_summary": (("c1", "u1", 1, "system", "summary", None, 1), 4),
     "set_feedback": (("c1", "u1", 1, 1, None, []), 2),
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
@@ -77,6 +94,7 @@ USER_WIDE = {
     "erase_messages_chunk",
     "erase_lock_conversations",
     "erase_conversations",
+    "usage_report_user",
     "feedback_summary_user",
 }
 # Two conversations: a fork reads its source's shard and writes the new conversation's, which is

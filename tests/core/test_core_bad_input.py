@@ -22,18 +22,31 @@ BAD_CALLS: dict[str, tuple[Call, str]] = {
     "long_conversation_id": (lambda s, c: s.get_history("c" * 256, "alice"), "conversation_id"),
     "empty_user_id": (lambda s, c: s.save_message(c, "", "user", "x"), "user_id"),
     "tool_without_call_id": (lambda s, c: s.save_message(c, "alice", "tool", "r"), "tool_call_id"),
-    "metadata_nan": (lambda s, c: s.save_message(c, "alice", "user", "x", metadata={"v": float("nan")}),
-                     "metadata"),
-    "metadata_not_json": (lambda s, c: s.save_message(c, "alice", "user", "x", metadata={"v": {1}}), "metadata"),
-    "tool_calls_inf": (lambda s, c: s.save_message(c, "alice", "assistant", None, tool_calls=[float("inf")]),
-                       "tool_calls"),
+    "metadata_nan": (
+        lambda s, c: s.save_message(c, "alice", "user", "x", metadata={"v": float("nan")}),
+        "metadata",
+    ),
+    "metadata_not_json": (
+        lambda s, c: s.save_message(c, "alice", "user", "x", metadata={"v": {1}}),
+        "metadata",
+    ),
+    "tool_calls_inf": (
+        lambda s, c: s.save_message(c, "alice", "assistant", None, tool_calls=[float("inf")]),
+        "tool_calls",
+    ),
     "limit_zero": (lambda s, c: s.get_history(c, "alice", limit=0), "limit"),
     "limit_huge": (lambda s, c: s.get_history(c, "alice", limit=10_001), "limit"),
     "title_nul": (lambda s, c: s.get_or_create_conversation(None, "alice", title="t\x00"), "title"),
-    "conv_metadata": (lambda s, c: s.get_or_create_conversation(None, "alice", metadata={"x": float("inf")}),
-                      "metadata"),
-    "batch_bad_last": (lambda s, c: s.save_messages(c, "alice", [{"role": "user", "content": "ok"}] * 5
-                                                    + [{"role": "tool", "content": "r"}]), "tool_call_id"),
+    "conv_metadata": (
+        lambda s, c: s.get_or_create_conversation(None, "alice", metadata={"x": float("inf")}),
+        "metadata",
+    ),
+    "batch_bad_last": (
+        lambda s, c: s.save_messages(
+            c, "alice", [{"role": "user", "content": "ok"}] * 5 + [{"role": "tool", "content": "r"}]
+        ),
+        "tool_call_id",
+    ),
     "batch_empty": (lambda s, c: s.save_messages(c, "alice", []), "messages"),
 }
 

@@ -32,7 +32,8 @@ async def _wait_for_stalled_insert(db: asyncpg.Connection) -> int:
         pid = await db.fetchval(
             """SELECT pid FROM pg_stat_activity
                 WHERE datname = current_database() AND pid <> pg_backend_pid()
-                  AND query LIKE 'INSERT INTO messages%' AND state = 'active' AND wait_event_type = 'Lock'""")
+                  AND query LIKE 'INSERT INTO messages%' AND state = 'active' AND wait_event_type = 'Lock'"""
+        )
         if pid is not None:
             return int(pid)
         await asyncio.sleep(0.05)
@@ -49,8 +50,11 @@ async def warm(store: ConversationStore, size: int) -> str:
             if i == size - 1:
                 gate.set()
             await gate.wait()
-            await conn.executemany(QUERIES["insert_message_at"],
-                                   [(conv.id, 1000 + i, "user", "w", None, None, None, None, 0, None)])
+            await conn.executemany(
+                QUERIES["insert_message_at"],
+                [(conv.id, 1000 + i, "user", "w", None, None, None, None, 0, None, *(None,) * 7)],
+            )
+
     await asyncio.gather(*(hold_and_save(i) for i in range(size)))
     await store.pool.execute("DELETE FROM messages WHERE conversation_id = 'warm-up'")
     return conv.id
@@ -75,16 +79,20 @@ async def assert_client_still_sending(store: ConversationStore) -> None:
     for _ in range(100):
         # asyncpg's private pool internals: the only place the unsent bytes are visible.
         holders: list[Any] = store.pool._holders  # type: ignore[attr-defined]
-        pending = [c for c in holders if c._con is not None and c._in_use is not None
-                   and c._con._transport.get_write_buffer_size() > 0]
+        pending = [
+            c
+            for c in holders
+            if c._con is not None and c._in_use is not None and c._con._transport.get_write_buffer_size() > 0
+        ]
         if pending:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the batch was fully sent; the test would not exercise the stalled-send case")
 
 
-async def _assert_nothing_stored_and_pool_whole(store: ConversationStore, db: asyncpg.Connection,
-                                                conversation_id: str, size: int) -> None:
+async def _assert_nothing_stored_and_pool_whole(
+    store: ConversationStore, db: asyncpg.Connection, conversation_id: str, size: int
+) -> None:
     assert await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", conversation_id) == 0
     assert await db.fetchval("SELECT next_seq FROM conversations WHERE id = $1", conversation_id) == 1
     # Every pool slot can still be held at once: nothing leaked.
@@ -120,7 +128,9 @@ async def test_fault_while_batch_insert_in_flight(
         task.cancel()
         expected: type[BaseException] = asyncio.CancelledError
     else:
-        assert await db.fetchval("SELECT pg_terminate_backend($1::integer)", pid)  # Citus adds a bigint overload
+        assert await db.fetchval(
+            "SELECT pg_terminate_backend($1::integer)", pid
+        )  # Citus adds a bigint overload
         expected = DatabaseUnavailable
     with pytest.raises(expected):
         await asyncio.wait_for(task, BOUND_SECONDS)
@@ -133,8 +143,9 @@ async def test_fault_while_batch_insert_in_flight(
 async def test_stalled_batch_times_out_with_nothing_stored(
     dsn: str, db: asyncpg.Connection, locker: asyncpg.Connection
 ) -> None:
-    async with await ConversationStore.connect(dsn, min_size=1, max_size=1, batch_timeout=1.0,
-                                               batch_timeout_per_mib=0.1) as store:
+    async with await ConversationStore.connect(
+        dsn, min_size=1, max_size=1, batch_timeout=1.0, batch_timeout_per_mib=0.1
+    ) as store:
         await warm(store, 1)
         conv = await store.get_or_create_conversation(None, "alice")
         await lock(locker)
@@ -159,10 +170,14 @@ async def test_bad_message_anywhere_stores_nothing(
 
 
 @pytest.mark.guarantee(4)
-async def test_database_refusal_mid_batch_rolls_back(store: ConversationStore, db: asyncpg.Connection) -> None:
+async def test_database_refusal_mid_batch_rolls_back(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
     # A constraint only the database knows (added here by the test, as a stricter DBA might) fails
     # row 300 of the executemany: rows 0..299 must disappear with it.
-    await db.execute("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (content IS DISTINCT FROM 'poison')")
+    await db.execute(
+        "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (content IS DISTINCT FROM 'poison')"
+    )
     conv = await store.get_or_create_conversation(None, "alice")
     batch: list[dict[str, Any]] = [dict(m) for m in BIG_BATCH]
     batch[300] = {"role": "user", "content": "poison"}

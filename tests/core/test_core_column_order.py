@@ -24,6 +24,7 @@ MESSAGE_STATEMENTS = frozenset(
         "get_message_by_key",
         "get_history",
         "get_history_window",
+        "get_history_summarized",
         "save_and_get_history",
         "pop_last_message",
         "export_messages",
@@ -34,6 +35,13 @@ LEADING_COLUMNS: dict[str, tuple[str, ...]] = {
     "save_message": ("seq", "created_at"),  # ops.messages.save: stored[0], stored[1]
     "reserve_seq_range": ("first_seq", "created_at"),  # ops.messages: head[0], head[1]
     "erase_list_conversations": ("id",),  # ops.erasure.next_conversations: r[0]
+    "save_message_guarded": ("seq", "created_at"),  # ops.messages.save_guarded: head[0], head[1]
+    "reserve_seq_range_guarded": ("first_seq", "created_at"),  # ops.messages._reserve: head[0], head[1]
+    # summary_or_message_from_row: row[len(MESSAGE_COLUMNS)]
+    "get_history_summarized": (*MESSAGE_COLUMNS, "summary_through"),
+    "save_and_get_history": (*MESSAGE_COLUMNS, "summary_through"),
+    # ops.summaries.list_all: r[0] ... r[5]
+    "list_summaries": ("through_seq", "role", "content", "token_count", "metadata", "created_at"),
 }
 # Single-value statements read as row[0] / fetchval.
 SINGLE_COLUMN = ("count_messages", "erase_messages_chunk")
@@ -88,6 +96,12 @@ def test_from_record_reads_message_columns_in_that_order() -> None:
     when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
     values: dict[str, object] = {column: column for column in MESSAGE_COLUMNS}
     values.update(seq=7, token_count=11, tool_calls=[{"id": "c"}], metadata={"k": 1}, created_at=when)
+    values.update(input_tokens=1, output_tokens=2, cached_tokens=3, reasoning_tokens=4, cost=5, latency_ms=6)
     message = Message.from_record("conv", tuple(values[c] for c in MESSAGE_COLUMNS))  # type: ignore[arg-type]
-    assert {column: getattr(message, column) for column in MESSAGE_COLUMNS} == values
+    assert message.usage is not None
+
+    def field(column: str) -> object:
+        return getattr(message, column) if hasattr(message, column) else getattr(message.usage, column)
+
+    assert {column: field(column) for column in MESSAGE_COLUMNS} == values
     assert message.conversation_id == "conv"

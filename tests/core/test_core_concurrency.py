@@ -20,7 +20,8 @@ async def test_concurrent_writers_get_gap_free_unique_seqs(dsn: str, db: asyncpg
             for i in range(25):
                 if i % 5 == 0:
                     batch = await store.save_messages(
-                        conv.id, "alice", [{"role": "user", "content": f"{w}:{i}:{j}"} for j in range(3)])
+                        conv.id, "alice", [{"role": "user", "content": f"{w}:{i}:{j}"} for j in range(3)]
+                    )
                     seqs += [m.seq for m in batch]
                 else:
                     seqs.append((await store.save_message(conv.id, "alice", "user", f"{w}:{i}")).seq)
@@ -42,7 +43,8 @@ async def test_racing_get_or_create_same_user_makes_one_row(dsn: str, db: asyncp
         for round_ in range(5):
             cid = f"race-{round_}"
             results = await asyncio.gather(
-                *(store.get_or_create_conversation(cid, "alice", title=f"t{i}") for i in range(20)))
+                *(store.get_or_create_conversation(cid, "alice", title=f"t{i}") for i in range(20))
+            )
             assert len({(c.id, c.user_id, c.created_at, c.title) for c in results}) == 1
     assert await db.fetchval("SELECT count(*) FROM conversations") == 5
 
@@ -53,7 +55,8 @@ async def test_racing_get_or_create_different_users_one_winner(dsn: str, db: asy
             cid = f"contested-{round_}"
             outcomes = await asyncio.gather(
                 *(store.get_or_create_conversation(cid, f"user-{i}") for i in range(10)),
-                return_exceptions=True)
+                return_exceptions=True,
+            )
             winners = [o for o in outcomes if not isinstance(o, BaseException)]
             losers = [o for o in outcomes if isinstance(o, BaseException)]
             assert len(winners) == 1, outcomes
@@ -91,14 +94,27 @@ async def test_concurrent_same_key_saves_store_once(dsn: str, db: asyncpg.Connec
     async with await ConversationStore.connect(dsn, min_size=8, max_size=8) as store:
         conv = await store.get_or_create_conversation(None, "alice")
         if keyed:
-            results = await asyncio.gather(*(store.save_messages(
-                conv.id, "alice", [{"role": "user", "content": "once", "idempotency_key": "k"},
-                                   {"role": "user", "content": "twice", "idempotency_key": "k2"}])
-                for _ in range(12)))
+            results = await asyncio.gather(
+                *(
+                    store.save_messages(
+                        conv.id,
+                        "alice",
+                        [
+                            {"role": "user", "content": "once", "idempotency_key": "k"},
+                            {"role": "user", "content": "twice", "idempotency_key": "k2"},
+                        ],
+                    )
+                    for _ in range(12)
+                )
+            )
             assert len({tuple(m.seq for m in r) for r in results}) == 1
         else:
-            single = await asyncio.gather(*(store.save_message(conv.id, "alice", "user", "once",
-                                                               idempotency_key="k") for _ in range(12)))
+            single = await asyncio.gather(
+                *(
+                    store.save_message(conv.id, "alice", "user", "once", idempotency_key="k")
+                    for _ in range(12)
+                )
+            )
             assert len({m.seq for m in single}) == 1
     expected = 2 if keyed else 1
     assert await db.fetchval("SELECT count(*) FROM messages") == expected

@@ -27,7 +27,9 @@ async def seeded(store: ConversationStore, db: asyncpg.Connection) -> str:
     """12,000 messages over 12 conversations, one of them 6,000 long, ANALYZEd."""
     big = await store.get_or_create_conversation("big", "alice")
     for _ in range(6):
-        await store.save_messages(big.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)])
+        await store.save_messages(
+            big.id, "alice", [{"role": "user", "content": f"m{i}"} for i in range(1000)]
+        )
     for n in range(11):
         other = await store.get_or_create_conversation(f"other-{n}", f"user-{n}")
         await store.save_messages(other.id, f"user-{n}", [{"role": "assistant", "content": "x"}] * 545)
@@ -46,7 +48,9 @@ async def test_history_walks_the_primary_key_backwards(
     test_history_walks_the_shards_primary_key_backwards (custom plans only: Citus's default
     plan_cache_mode=auto keeps custom plans for these statements)."""
     await db.execute(f"SET plan_cache_mode = {plan_mode}")
-    raw = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["get_history"], seeded, "alice", limit)
+    raw = await db.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["get_history"], seeded, "alice", limit
+    )
     plan = (raw if isinstance(raw, list) else __import__("json").loads(raw))[0]["Plan"]
     nodes = _nodes(plan)
     scans = [n for n in nodes if n.get("Relation Name") == "messages"]
@@ -62,10 +66,14 @@ async def test_history_walks_the_primary_key_backwards(
 
 
 @pytest.mark.engine_specific("postgresql", "buffers of a single-node plan")
-async def test_history_plan_for_newest_messages_reads_few_buffers(db: asyncpg.Connection, seeded: str) -> None:
+async def test_history_plan_for_newest_messages_reads_few_buffers(
+    db: asyncpg.Connection, seeded: str
+) -> None:
     """Engine-specific: on Citus the coordinator's plan reads no buffers at all (it would pass
     vacuously); the twin checks the shard's buffers (test_citus.py)."""
-    raw = await db.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["get_history"], seeded, "alice", 50)
+    raw = await db.fetchval(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["get_history"], seeded, "alice", 50
+    )
     plan = (raw if isinstance(raw, list) else __import__("json").loads(raw))[0]["Plan"]
     touched = plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
     assert touched < 50, f"{touched} buffers for 50 rows: the fetch is not reading only the newest rows"
@@ -77,6 +85,7 @@ async def test_history_plan_for_newest_messages_reads_few_buffers(db: asyncpg.Co
 # statement, a parse (asyncpg prepares in its own round trip), or one pipelined group of
 # bind/execute steps (executemany sends many executes before one Sync).
 
+
 class StatementLog:
     def __init__(self, admin: asyncpg.Connection, database: str) -> None:
         self.admin = admin
@@ -87,8 +96,11 @@ class StatementLog:
     async def start(self) -> None:
         file = await self.admin.fetchval("SELECT pg_current_logfile()")
         if file is None:
-            pytest.fail("the round-trip tests read the server log: run the server with logging_collector=on "
-                        "(the embedded test server does)", pytrace=False)
+            pytest.fail(
+                "the round-trip tests read the server log: run the server with logging_collector=on "
+                "(the embedded test server does)",
+                pytrace=False,
+            )
         self.file = file
         self.offset = await self.admin.fetchval("SELECT size FROM pg_stat_file($1)", file)
 
@@ -100,8 +112,9 @@ class StatementLog:
         """
         for _ in range(200):
             size = await self.admin.fetchval("SELECT size FROM pg_stat_file($1)", self.file)
-            text = await self.admin.fetchval("SELECT pg_read_file($1, $2, $3)", self.file, self.offset,
-                                             size - self.offset)
+            text = await self.admin.fetchval(
+                "SELECT pg_read_file($1, $2, $3)", self.file, self.offset, size - self.offset
+            )
             if end in text:
                 break
             await asyncio.sleep(0.05)
@@ -110,11 +123,14 @@ class StatementLog:
         lines = text.splitlines()
         first = next(i for i, line in enumerate(lines) if begin in line and "execute" in line)
         steps = []
-        for line in lines[first + 1:]:
+        for line in lines[first + 1 :]:
             if end in line:
                 break
-            m = re.search(rf"\[{pid}\] {re.escape(self.database)} LOG:  duration: [0-9.]+ ms  (\w+)"
-                          r"(?: [^:]*)?: (.*)", line)
+            m = re.search(
+                rf"\[{pid}\] {re.escape(self.database)} LOG:  duration: [0-9.]+ ms  (\w+)"
+                r"(?: [^:]*)?: (.*)",
+                line,
+            )
             if m:
                 steps.append(f"{m.group(1)} {' '.join(m.group(2).split())}")
         return steps
@@ -141,15 +157,18 @@ def round_trips(steps: list[str]) -> int:
 
 
 @pytest.fixture
-async def logged(dsn: str, db: asyncpg.Connection, db_name: str) -> AsyncIterator[tuple[ConversationStore, int]]:
+async def logged(
+    dsn: str, db: asyncpg.Connection, db_name: str
+) -> AsyncIterator[tuple[ConversationStore, int]]:
     await db.execute(f'ALTER DATABASE "{db_name}" SET log_min_duration_statement = 0')
     async with await ConversationStore.connect(dsn, min_size=1, max_size=1) as store:
         pid = await store.pool.fetchval("SELECT pg_backend_pid()")
         yield store, pid
 
 
-async def _measure(store: ConversationStore, db: asyncpg.Connection, db_name: str, pid: int,
-                   op: Any) -> list[str]:
+async def _measure(
+    store: ConversationStore, db: asyncpg.Connection, db_name: str, pid: int, op: Any
+) -> list[str]:
     log = StatementLog(db, db_name)
     await log.start()
     # The markers are literals, not parameters, so each is its own (unprepared) statement; their
@@ -173,23 +192,30 @@ async def test_round_trips_per_operation(
     def new_keys() -> list[dict[str, Any]]:
         n = next(fresh)
         return [{"role": "user", "content": str(i), "idempotency_key": f"n{n}-{i}"} for i in range(5)]
+
     operations: dict[str, Callable[[], Awaitable[Any]]] = {
         "get_or_create_conversation (existing)": lambda: store.get_or_create_conversation("rt", "alice"),
         "get_or_create_conversation (new)": lambda: store.get_or_create_conversation(None, "alice"),
         "get_conversation": lambda: store.get_conversation("rt", "alice"),
         "save_message": lambda: store.save_message(conv.id, "alice", "user", "hi"),
-        "save_message (replayed key)": lambda: store.save_message(conv.id, "alice", "user", "k",
-                                                                  idempotency_key="same"),
+        "save_message (replayed key)": lambda: store.save_message(
+            conv.id, "alice", "user", "k", idempotency_key="same"
+        ),
         "save_messages (5)": lambda: store.save_messages(conv.id, "alice", batch),
         "save_messages (5, new keys)": lambda: store.save_messages(conv.id, "alice", new_keys()),
         "save_messages (5, replayed keys)": lambda: store.save_messages(conv.id, "alice", keyed),
         "get_history": lambda: store.get_history(conv.id, "alice", limit=50),
     }
     expected = {
-        "get_or_create_conversation (existing)": 1, "get_or_create_conversation (new)": 1,
-        "get_conversation": 1, "save_message": 1, "save_message (replayed key)": 2,
-        "save_messages (5)": 4, "save_messages (5, new keys)": 5,
-        "save_messages (5, replayed keys)": 3, "get_history": 1,
+        "get_or_create_conversation (existing)": 1,
+        "get_or_create_conversation (new)": 1,
+        "get_conversation": 1,
+        "save_message": 1,
+        "save_message (replayed key)": 2,
+        "save_messages (5)": 4,
+        "save_messages (5, new keys)": 5,
+        "save_messages (5, replayed keys)": 3,
+        "get_history": 1,
     }
     measured: dict[str, int] = {}
     for name, op in operations.items():

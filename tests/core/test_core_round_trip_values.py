@@ -22,7 +22,7 @@ TEXTS = [
     "controls \x01\x02\x1f\x7f tab\tnewline\ncr\r",
     "backslashes \\ \\\\ \\x00 \\u0000 quotes ' \" `",
     "sql '; DROP TABLE messages; -- $1 $$ E'\\n' %s %(x)s {}",
-    "json-looking {\"a\": 1} [1,2]",
+    'json-looking {"a": 1} [1,2]',
     "x" * 100_000,
 ]
 
@@ -32,7 +32,7 @@ JSONS: list[dict[str, Any]] = [
     {"nested": {"deep": [[[[{"k": [1, 2, {"x": None}]}]]]]}},
     {"numbers": [0, -1, 1, 2**53, -(2**53), 2**63 - 1, 10**30, 0.5, -0.25, 1.5e-10, 123456.789]},
     {"bools": [True, False, None]},
-    {"unicode keys é 😀": "values 日本", "quote\"key": "back\\slash"},
+    {"unicode keys é 😀": "values 日本", 'quote"key': "back\\slash"},
     {"escaped text": "\\u0000 stays text", "controls": "\x01\x1f"},
     {"big list": list(range(1000))},
     {"float_max": sys.float_info.max, "float_min": sys.float_info.min},
@@ -45,8 +45,9 @@ async def test_text_round_trips(store: ConversationStore, text: str) -> None:
     conv = await store.get_or_create_conversation(None, "alice", title=text[:1000])
     call_id = "c" + text[:100]
     call = await store.save_message(conv.id, "alice", "assistant", text, tool_calls=[{"id": call_id}])
-    saved = await store.save_message(conv.id, "alice", "tool", text, tool_name="t" + text[:50],
-                                     tool_call_id=call_id)
+    saved = await store.save_message(
+        conv.id, "alice", "tool", text, tool_name="t" + text[:50], tool_call_id=call_id
+    )
     [loaded_call, loaded] = await store.get_history(conv.id, "alice")
     assert loaded_call == call and loaded_call.content == text
     assert loaded.content == text

@@ -47,8 +47,9 @@ async def test_conversation_is_frozen(store: ConversationStore) -> None:
 
 async def test_save_message_returns_stored_message(store: ConversationStore, db: asyncpg.Connection) -> None:
     conv = await store.get_or_create_conversation(None, "alice")
-    saved = await store.save_message(conv.id, "alice", "assistant", None, tool_calls=[CALL],
-                                     metadata={"model": "m1"}, token_count=12)
+    saved = await store.save_message(
+        conv.id, "alice", "assistant", None, tool_calls=[CALL], metadata={"model": "m1"}, token_count=12
+    )
     assert isinstance(saved, Message)
     assert (saved.seq, saved.role, saved.content, saved.tool_calls) == (1, "assistant", None, [CALL])
     assert saved.metadata == {"model": "m1"} and saved.token_count == 12
@@ -67,11 +68,15 @@ async def test_save_message_touches_updated_at(store: ConversationStore) -> None
 async def test_seq_is_gap_free_across_single_and_batch(store: ConversationStore) -> None:
     conv = await store.get_or_create_conversation(None, "alice")
     await store.save_message(conv.id, "alice", "system", "be nice")
-    batch = await store.save_messages(conv.id, "alice", [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": None, "tool_calls": [CALL]},
-        {"role": "tool", "content": "r", "tool_call_id": "call_1", "tool_name": "lookup"},
-    ])
+    batch = await store.save_messages(
+        conv.id,
+        "alice",
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "content": "r", "tool_call_id": "call_1", "tool_name": "lookup"},
+        ],
+    )
     await store.save_message(conv.id, "alice", "assistant", "answer")
     assert [m.seq for m in batch] == [2, 3, 4]
     history = await store.get_history(conv.id, "alice")
@@ -99,11 +104,15 @@ async def test_history_empty_vs_not_found(store: ConversationStore) -> None:
 
 async def test_history_feeds_build_message_array(store: ConversationStore) -> None:
     conv = await store.get_or_create_conversation(None, "alice")
-    await store.save_messages(conv.id, "alice", [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": None, "tool_calls": [CALL]},
-        {"role": "tool", "content": "r", "tool_call_id": "call_1"},
-    ])
+    await store.save_messages(
+        conv.id,
+        "alice",
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "content": "r", "tool_call_id": "call_1"},
+        ],
+    )
     out = build_message_array(await store.get_history(conv.id, "alice"), "next", system_prompt="sys")
     assert [m["role"] for m in out] == ["system", "user", "assistant", "tool", "user"]
     assert out[2]["tool_calls"] == [CALL] and out[3]["tool_call_id"] == "call_1"
@@ -130,8 +139,14 @@ async def test_idempotent_batch_replays_and_mixes(store: ConversationStore, db: 
     assert mixed[:2] == first[1:] and mixed[2].seq == 4
     assert await db.fetchval("SELECT count(*) FROM messages") == 4
     with pytest.raises(IdempotencyConflict):
-        await store.save_messages(conv.id, "alice", [{"role": "user", "content": "x"},
-                                                     {"role": "user", "content": "changed", "idempotency_key": "k0"}])
+        await store.save_messages(
+            conv.id,
+            "alice",
+            [
+                {"role": "user", "content": "x"},
+                {"role": "user", "content": "changed", "idempotency_key": "k0"},
+            ],
+        )
     assert await db.fetchval("SELECT count(*) FROM messages") == 4
 
 

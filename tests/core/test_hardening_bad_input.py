@@ -143,6 +143,8 @@ CASES: dict[str, tuple[Call, str]] = {
         "metadata",
     ),
 }
+
+
 def _import_with_time_limit(bad: object) -> Call:
     return lambda s: s.import_conversation(U, [_header()], time_limit=bad)  # type: ignore[arg-type]
 

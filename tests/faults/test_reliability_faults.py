@@ -53,7 +53,8 @@ async def stored_rows(dsn: str) -> list[asyncpg.Record]:
     try:
         return await conn.fetch(
             "SELECT conversation_id, seq, role, content, idempotency_key, metadata::text AS metadata "
-            "FROM messages ORDER BY conversation_id, seq")
+            "FROM messages ORDER BY conversation_id, seq"
+        )
     finally:
         await conn.close()
 
@@ -86,15 +87,17 @@ async def client_backends(dsn: str) -> list[asyncpg.Record]:
     try:
         return await conn.fetch(
             "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() "
-            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
     finally:
         await conn.close()
 
 
 # -- server restart ------------------------------------------------------------------------------
 @pytest.mark.guarantee(2, 6)
-async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(controlled_server: Server,
-                                                                          controlled_dsn: str) -> None:
+async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(
+    controlled_server: Server, controlled_dsn: str
+) -> None:
     embedded = controlled_server.embedded
     assert embedded is not None
     max_size = 8
@@ -116,17 +119,25 @@ async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(cont
             while not restarted.is_set() or after_restart[w] < 15:
                 cid, uid = rng.choice(conversations)
                 if i % 5 == 4:
-                    batch = [{"role": "assistant", "content": f"w{w} op{i} part{j} — ✓",
-                              "idempotency_key": f"w{w}-{i}-{j}"} for j in range(3)]
+                    batch = [
+                        {
+                            "role": "assistant",
+                            "content": f"w{w} op{i} part{j} — ✓",
+                            "idempotency_key": f"w{w}-{i}-{j}",
+                        }
+                        for j in range(3)
+                    ]
                     stored = await until_acknowledged(
-                        functools.partial(store.save_messages, cid, uid, batch), errors)
+                        functools.partial(store.save_messages, cid, uid, batch), errors
+                    )
                     for message, sent in zip(stored, batch, strict=True):
                         acknowledged[sent["idempotency_key"]] = (cid, message.seq, sent["content"])
                 else:
                     key, content = f"w{w}-{i}", f"w{w} op{i} 'quoted' ✓"
                     message = await until_acknowledged(
                         functools.partial(store.save_message, cid, uid, "user", content, idempotency_key=key),
-                        errors)
+                        errors,
+                    )
                     acknowledged[key] = (cid, message.seq, content)
                 if restarted.is_set():
                     after_restart[w] += 1
@@ -158,8 +169,10 @@ async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(cont
         row = by_key[key]
         assert (row["conversation_id"], row["seq"], row["content"]) == (cid, seq, content)
     assert_gap_free(rows)
-    print(f"\nrestart under load: {len(acknowledged)} acknowledged messages, all present once; "
-          f"errors seen by clients and retried: {dict(errors)}")
+    print(
+        f"\nrestart under load: {len(acknowledged)} acknowledged messages, all present once; "
+        f"errors seen by clients and retried: {dict(errors)}"
+    )
 
 
 # -- killed backend mid-batch --------------------------------------------------------------------
@@ -172,8 +185,11 @@ async def _block_seq(dsn: str, cid: str, seq: int) -> asyncpg.Connection:
     blocker = await asyncpg.connect(dsn)
     await blocker.execute("BEGIN")
     await blocker.execute("SET LOCAL session_replication_role = replica")
-    await blocker.execute("INSERT INTO messages (conversation_id, seq, role, content) "
-                          "VALUES ($1, $2, 'user', 'blocker')", cid, seq)
+    await blocker.execute(
+        "INSERT INTO messages (conversation_id, seq, role, content) VALUES ($1, $2, 'user', 'blocker')",
+        cid,
+        seq,
+    )
     return blocker
 
 
@@ -182,7 +198,10 @@ async def _wait_for_blocked_insert(admin: asyncpg.Connection, app: str, exclude:
         pid = await admin.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' "
             "AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO messages%' "
-            "AND NOT (pid = ANY($2::int[]))", app, list(exclude))
+            "AND NOT (pid = ANY($2::int[]))",
+            app,
+            list(exclude),
+        )
         if pid is not None:
             return int(pid)
         await asyncio.sleep(0.01)
@@ -193,13 +212,15 @@ async def _wait_for_blocked_insert(admin: asyncpg.Connection, app: str, exclude:
 @pytest.mark.guarantee(2, 4)
 async def test_backend_killed_mid_batch_stores_all_or_nothing(controlled_dsn: str, keyed: bool) -> None:
     app = f"victim-{keyed}"
-    store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=2,
-                                            server_settings={"application_name": app})
+    store = await ConversationStore.connect(
+        controlled_dsn, min_size=1, max_size=2, server_settings={"application_name": app}
+    )
     admin = await asyncpg.connect(controlled_dsn)
     try:
         conv = await store.get_or_create_conversation("kill-me", "alice")
         batch: list[dict[str, Any]] = [
-            {"role": "user", "content": f"message {i} " + "x" * 200} for i in range(40)]
+            {"role": "user", "content": f"message {i} " + "x" * 200} for i in range(40)
+        ]
         if keyed:
             for i, message in enumerate(batch):
                 message["idempotency_key"] = f"k{i}"
@@ -238,15 +259,17 @@ async def test_backend_killed_mid_batch_stores_all_or_nothing(controlled_dsn: st
 @pytest.mark.guarantee(2)
 async def test_backend_killed_mid_keyed_save_message_is_retried_exactly_once(controlled_dsn: str) -> None:
     app = "victim-single"
-    store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=2,
-                                            server_settings={"application_name": app})
+    store = await ConversationStore.connect(
+        controlled_dsn, min_size=1, max_size=2, server_settings={"application_name": app}
+    )
     admin = await asyncpg.connect(controlled_dsn)
     try:
         conv = await store.get_or_create_conversation("kill-single", "alice")
         await store.save_message(conv.id, "alice", "user", "first", idempotency_key="a")
         blocker = await _block_seq(controlled_dsn, conv.id, 2)
         call = asyncio.ensure_future(
-            store.save_message(conv.id, "alice", "assistant", "second", idempotency_key="b"))
+            store.save_message(conv.id, "alice", "assistant", "second", idempotency_key="b")
+        )
         victim = await _wait_for_blocked_insert(admin, app, set())
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", victim)
         await _wait_for_blocked_insert(admin, app, {victim})
@@ -255,8 +278,9 @@ async def test_backend_killed_mid_keyed_save_message_is_retried_exactly_once(con
         message = await asyncio.wait_for(call, HANG)
         assert message.seq == 2
         # The client's own retry of the acknowledged write changes nothing.
-        assert (await store.save_message(conv.id, "alice", "assistant", "second",
-                                         idempotency_key="b")).seq == 2
+        assert (
+            await store.save_message(conv.id, "alice", "assistant", "second", idempotency_key="b")
+        ).seq == 2
         with pytest.raises(IdempotencyConflict):
             await store.save_message(conv.id, "alice", "assistant", "other", idempotency_key="b")
         rows = await stored_rows(controlled_dsn)
@@ -287,8 +311,9 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(
             nonlocal batch_no
             cid = rng.choice(list(owners))
             uid = owners[cid]
-            kind = rng.choice(["save", "save_keyed", "batch", "batch_keyed", "history", "get", "create",
-                               "foreign"])
+            kind = rng.choice(
+                ["save", "save_keyed", "batch", "batch_keyed", "history", "get", "create", "foreign"]
+            )
             if kind in ("save", "save_keyed"):
                 key = f"s{len(keyed_attempts)}" if kind == "save_keyed" else None
                 content = f"single {rng.random()}"
@@ -299,8 +324,13 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(
                 batch_no += 1
                 size = rng.randint(2, 40)
                 batch: list[dict[str, Any]] = [
-                         {"role": "assistant", "content": f"b{batch_no}.{j} " + "y" * rng.randint(0, 3000),
-                          "metadata": {"batch": batch_no, "size": size}} for j in range(size)]
+                    {
+                        "role": "assistant",
+                        "content": f"b{batch_no}.{j} " + "y" * rng.randint(0, 3000),
+                        "metadata": {"batch": batch_no, "size": size},
+                    }
+                    for j in range(size)
+                ]
                 if kind == "batch_keyed":
                     for j, message in enumerate(batch):
                         message["idempotency_key"] = f"b{batch_no}.{j}"
@@ -324,13 +354,19 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(
         cancelled_late: Counter[str] = Counter()  # cancelled after a delay > 0 (likely in flight)
 
         def storm_needs_more() -> bool:
-            return (sum(cancelled.values()) < STORM_CANCELLATIONS or completed["batch"] < STORM_MIN_BATCHES
-                    or cancelled_late["batch"] < STORM_MIN_BATCHES)
+            return (
+                sum(cancelled.values()) < STORM_CANCELLATIONS
+                or completed["batch"] < STORM_MIN_BATCHES
+                or cancelled_late["batch"] < STORM_MIN_BATCHES
+            )
 
         async def worker() -> None:
             nonlocal started
-            while storm_needs_more() and started < STORM_MAX_CALLS \
-                    and asyncio.get_running_loop().time() < deadline:
+            while (
+                storm_needs_more()
+                and started < STORM_MAX_CALLS
+                and asyncio.get_running_loop().time() < deadline
+            ):
                 started += 1
                 kind, call = make_op()
                 task = asyncio.ensure_future(call())
@@ -355,7 +391,8 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(
         assert not storm_needs_more(), (
             f"the storm stopped at its bound ({started} calls) before it had {STORM_CANCELLATIONS} "
             f"cancellations ({sum(cancelled.values())}) and {STORM_MIN_BATCHES} unkeyed batches both "
-            f"completed ({completed['batch']}) and cancelled after a delay ({cancelled_late['batch']})")
+            f"completed ({completed['batch']}) and cancelled after a delay ({cancelled_late['batch']})"
+        )
         assert sum(cancelled.values()) >= 1000
         assert sum(completed.values()) > 0
 
@@ -371,8 +408,9 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(
 
         # A cancelled keyed write, retried with its key, is stored exactly once.
         for key, (cid, uid, content) in keyed_attempts.items():
-            await store.save_message(cid, uid, "user" if key.startswith("s") else "assistant", content,
-                                     idempotency_key=key)
+            await store.save_message(
+                cid, uid, "user" if key.startswith("s") else "assistant", content, idempotency_key=key
+            )
     finally:
         await store.close()
 
@@ -390,9 +428,11 @@ async def test_cancellation_storm_leaks_no_connection_and_splits_no_batch(
     assert batches, "no unkeyed batch completed: the storm proved nothing about atomicity"
     keys = Counter(row["idempotency_key"] for row in rows if row["idempotency_key"] is not None)
     assert set(keys) == set(keyed_attempts) and max(keys.values()) == 1
-    print(f"\ncancellation storm: {started} calls, {sum(cancelled.values())} cancellations {dict(cancelled)}, "
-          f"{sum(completed.values())} completed ({completed['batch']} unkeyed batches); {len(batches)} unkeyed batches stored whole, "
-          f"{len(keys)} keyed messages exactly once")
+    print(
+        f"\ncancellation storm: {started} calls, {sum(cancelled.values())} cancellations {dict(cancelled)}, "
+        f"{sum(completed.values())} completed ({completed['batch']} unkeyed batches); {len(batches)} unkeyed batches stored whole, "
+        f"{len(keys)} keyed messages exactly once"
+    )
 
 
 # -- pool exhausted ------------------------------------------------------------------------------
@@ -405,15 +445,18 @@ async def test_exhausted_pool_raises_pool_timeout_without_hanging(controlled_dsn
         await locker.execute("BEGIN")
         await locker.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conv.id)
         # Two appends wait for the row lock, holding both pooled connections.
-        stuck = [asyncio.ensure_future(store.save_message(conv.id, "alice", "user", f"m{i}"))
-                 for i in range(2)]
+        stuck = [
+            asyncio.ensure_future(store.save_message(conv.id, "alice", "user", f"m{i}")) for i in range(2)
+        ]
         for _ in range(500):
             if store.pool.get_idle_size() == 0 and store.pool.get_size() == 2:
                 break
             await asyncio.sleep(0.01)
-        for call in (lambda: store.get_history(conv.id, "alice"),
-                     lambda: store.save_messages(conv.id, "alice", [{"role": "user", "content": "x"}]),
-                     lambda: store.save_message(conv.id, "alice", "user", "y", idempotency_key="y")):
+        for call in (
+            lambda: store.get_history(conv.id, "alice"),
+            lambda: store.save_messages(conv.id, "alice", [{"role": "user", "content": "x"}]),
+            lambda: store.save_message(conv.id, "alice", "user", "y", idempotency_key="y"),
+        ):
             with pytest.raises(PoolTimeout) as caught:
                 await asyncio.wait_for(call(), HANG)
             assert isinstance(caught.value, ConvDBError)
@@ -431,8 +474,10 @@ async def test_exhausted_pool_raises_pool_timeout_without_hanging(controlled_dsn
 @pytest.mark.guarantee(6)
 async def test_statement_timeout_raises_query_timeout_and_connection_is_reused(controlled_dsn: str) -> None:
     admin = await asyncpg.connect(controlled_dsn)
-    await admin.execute("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = 300', "
-                        "current_database()); END $$")
+    await admin.execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = 300', "
+        "current_database()); END $$"
+    )
     await admin.close()
     store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=1)
     locker = await asyncpg.connect(controlled_dsn)
@@ -447,8 +492,12 @@ async def test_statement_timeout_raises_query_timeout_and_connection_is_reused(c
             await asyncio.wait_for(store.save_message(conv.id, "alice", "user", "blocked"), HANG)
         assert "statement" in str(single.value)
         with pytest.raises(QueryTimeout):
-            await asyncio.wait_for(store.save_messages(conv.id, "alice", [
-                {"role": "user", "content": "b1"}, {"role": "user", "content": "b2"}]), HANG)
+            await asyncio.wait_for(
+                store.save_messages(
+                    conv.id, "alice", [{"role": "user", "content": "b1"}, {"role": "user", "content": "b2"}]
+                ),
+                HANG,
+            )
         await locker.execute("ROLLBACK")
         # The same connection (max_size=1, same backend) keeps working; nothing of the timeouts stored.
         async with store.pool.acquire() as conn:
@@ -464,12 +513,15 @@ async def test_statement_timeout_raises_query_timeout_and_connection_is_reused(c
 # -- the retry options -----------------------------------------------------------------------------
 @pytest.mark.parametrize("retry", [True, False], ids=["retry", "no-retry"])
 @pytest.mark.guarantee(2, 6)
-async def test_retry_options_after_a_restart(controlled_server: Server, controlled_dsn: str, retry: bool) -> None:
+async def test_retry_options_after_a_restart(
+    controlled_server: Server, controlled_dsn: str, retry: bool
+) -> None:
     """After a restart every pooled connection is dead. With the retry options a read and a keyed
     write succeed on the first call (one retry on a fresh connection); an unkeyed write is never
     retried and raises DatabaseUnavailable; without the options every first call raises."""
-    store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=1,
-                                            retry_reads=retry, retry_keyed_writes=retry)
+    store = await ConversationStore.connect(
+        controlled_dsn, min_size=1, max_size=1, retry_reads=retry, retry_keyed_writes=retry
+    )
     try:
         conv = await store.get_or_create_conversation("retry", "alice")
         await store.save_message(conv.id, "alice", "user", "before")
@@ -488,8 +540,11 @@ async def test_retry_options_after_a_restart(controlled_server: Server, controll
 
         read = await first_call_after_restart(lambda: store.get_history(conv.id, "alice"))
         keyed = await first_call_after_restart(
-            lambda: store.save_message(conv.id, "alice", "user", "keyed", idempotency_key="k"))
-        unkeyed = await first_call_after_restart(lambda: store.save_message(conv.id, "alice", "user", "plain"))
+            lambda: store.save_message(conv.id, "alice", "user", "keyed", idempotency_key="k")
+        )
+        unkeyed = await first_call_after_restart(
+            lambda: store.save_message(conv.id, "alice", "user", "plain")
+        )
         assert isinstance(unkeyed, DatabaseUnavailable)
         if retry:
             assert [m.content for m in read] == ["before"]

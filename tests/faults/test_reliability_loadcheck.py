@@ -13,10 +13,20 @@ from tools.loadcheck import LoadConfig, run, summary
 
 
 @pytest.mark.guarantee(2, 3, 4, 8)
-async def test_short_load_with_faults_passes_the_consistency_check(controlled_server: Server,
-                                                                   controlled_dsn: str) -> None:
-    config = LoadConfig(ops=4_000, concurrency=64, users=25, conversations=150, pool_size=12,
-                        kill_every=250, cancel_rate=0.05, restarts=1, progress=False)
+async def test_short_load_with_faults_passes_the_consistency_check(
+    controlled_server: Server, controlled_dsn: str
+) -> None:
+    config = LoadConfig(
+        ops=4_000,
+        concurrency=64,
+        users=25,
+        conversations=150,
+        pool_size=12,
+        kill_every=250,
+        cancel_rate=0.05,
+        restarts=1,
+        progress=False,
+    )
     report = await run(config, controlled_dsn, controlled_server.embedded)
     print("\n" + summary(report))
     assert report.ok, report.problems[:20]

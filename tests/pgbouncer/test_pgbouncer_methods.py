@@ -39,24 +39,34 @@ def _version() -> tuple[int, int]:
 
 @pytest.mark.guarantee(10)
 def test_pgbouncer_runs_in_transaction_mode(pgbouncer: PgBouncer) -> None:
-    result = subprocess.run([find_binary("psql"), "-X", "-At", "-d", pgbouncer.dsn("pgbouncer"), "-c",
-                             "SHOW CONFIG"], capture_output=True, text=True, check=True, timeout=60)
+    result = subprocess.run(
+        [find_binary("psql"), "-X", "-At", "-d", pgbouncer.dsn("pgbouncer"), "-c", "SHOW CONFIG"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     config = {line.split("|")[0]: line.split("|")[1] for line in result.stdout.splitlines() if "|" in line}
     assert config["pool_mode"] == "transaction"
     print(f"\n{pgbouncer_version()}, pool_mode={config['pool_mode']}")
 
 
-@pytest.mark.parametrize("rls", [
-    False,
-    # Engine-specific: schema_rls.sql does not apply on Citus (its messages policy has a subquery,
-    # which Citus refuses: "unexpected non-SELECT command in SubLink"; see README, On a Citus cluster).
-    pytest.param(True, marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
-], ids=["plain", "row_level_security"])
+@pytest.mark.parametrize(
+    "rls",
+    [
+        False,
+        # Engine-specific: schema_rls.sql does not apply on Citus (its messages policy has a subquery,
+        # which Citus refuses: "unexpected non-SELECT command in SubLink"; see README, On a Citus cluster).
+        pytest.param(True, marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
+    ],
+    ids=["plain", "row_level_security"],
+)
 @pytest.mark.guarantee(10)
 async def test_every_public_method_through_pgbouncer(pgbouncer: PgBouncer, dsn: str, rls: bool) -> None:
     target = await enable_rls(dsn) if rls else dsn
-    async with await ConversationStore.connect(bouncer_dsn(pgbouncer, target), min_size=2, max_size=6,
-                                               statement_cache_size=0, row_level_security=rls) as store:
+    async with await ConversationStore.connect(
+        bouncer_dsn(pgbouncer, target), min_size=2, max_size=6, statement_cache_size=0, row_level_security=rls
+    ) as store:
         async with store.pool.acquire() as conn:
             # Really through PgBouncer: it answers SHOW on its admin console only, and the server
             # sees PgBouncer's own client address for our sessions.
@@ -70,14 +80,21 @@ async def test_concurrent_load_through_pgbouncer(pgbouncer: PgBouncer, dsn: str)
     """More clients than server connections: transactions interleave on shared server connections."""
     import asyncio
 
-    async with await ConversationStore.connect(bouncer_dsn(pgbouncer, dsn), min_size=8, max_size=16,
-                                               statement_cache_size=0) as store:
+    async with await ConversationStore.connect(
+        bouncer_dsn(pgbouncer, dsn), min_size=8, max_size=16, statement_cache_size=0
+    ) as store:
+
         async def client(i: int) -> None:
             conv = await store.get_or_create_conversation(f"b{i % 4}", f"user{i % 4}")
             for j in range(10):
-                await store.save_message(conv.id, conv.user_id, "user", f"{i}-{j}", idempotency_key=f"{i}-{j}")
-                await store.save_messages(conv.id, conv.user_id, [{"role": "assistant", "content": "a"},
-                                                                   {"role": "assistant", "content": "b"}])
+                await store.save_message(
+                    conv.id, conv.user_id, "user", f"{i}-{j}", idempotency_key=f"{i}-{j}"
+                )
+                await store.save_messages(
+                    conv.id,
+                    conv.user_id,
+                    [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}],
+                )
                 await store.get_history(conv.id, conv.user_id, limit=5)
 
         await asyncio.gather(*(client(i) for i in range(16)))
@@ -87,14 +104,20 @@ async def test_concurrent_load_through_pgbouncer(pgbouncer: PgBouncer, dsn: str)
 
 
 @pytest.mark.guarantee(10)
-async def test_statement_cache_on_fails_through_pgbouncer_118_transaction_mode(pg_server: Server,
-                                                                               dsn: str, tmp_path: Path) -> None:
+async def test_statement_cache_on_fails_through_pgbouncer_118_transaction_mode(
+    pg_server: Server, dsn: str, tmp_path: Path
+) -> None:
     """The reason for statement_cache_size=0 on PgBouncer < 1.21, demonstrated deterministically: with
     server_round_robin the next transaction goes to the other server connection, which never saw the
     named statement prepared on the first."""
     address = urlsplit(pg_server.admin_dsn)
-    with PgBouncer(tmp_path / "rr", server_host=address.hostname or "127.0.0.1", server_port=address.port or 5432,
-                   users=[address.username or "postgres"], settings={"server_round_robin": "1"}) as bouncer:
+    with PgBouncer(
+        tmp_path / "rr",
+        server_host=address.hostname or "127.0.0.1",
+        server_port=address.port or 5432,
+        users=[address.username or "postgres"],
+        settings={"server_round_robin": "1"},
+    ) as bouncer:
         target = bouncer_dsn(bouncer, dsn)
         # Two server connections exist: two clients in a transaction at the same time.
         holders = [await asyncpg.connect(target, statement_cache_size=0) for _ in range(2)]
@@ -103,7 +126,9 @@ async def test_statement_cache_on_fails_through_pgbouncer_118_transaction_mode(p
         for holder in holders:
             await holder.execute("COMMIT")
             await holder.close()
-        async with await ConversationStore.connect(target, min_size=1, max_size=1, verify_schema=False) as store:
+        async with await ConversationStore.connect(
+            target, min_size=1, max_size=1, verify_schema=False
+        ) as store:
             conv = await store.get_or_create_conversation("cached", "alice")
             if _version() >= (1, 21):
                 for _ in range(4):
@@ -117,7 +142,8 @@ async def test_statement_cache_on_fails_through_pgbouncer_118_transaction_mode(p
             with pytest.raises(ConvDBError, match="prepared statement"):
                 await four_reads()
         # The same sequence with the cache off works.
-        async with await ConversationStore.connect(target, min_size=1, max_size=1,
-                                                   statement_cache_size=0) as store:
+        async with await ConversationStore.connect(
+            target, min_size=1, max_size=1, statement_cache_size=0
+        ) as store:
             for _ in range(4):
                 await store.get_conversation(conv.id, "alice")

@@ -34,7 +34,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from convdb import ConversationNotFound, ConversationStore, IdempotencyConflict, InvalidInput
+from convdb import (
+    ConcurrentUpdate,
+    ConversationNotFound,
+    ConversationStore,
+    IdempotencyConflict,
+    InvalidInput,
+)
 from convdb.errors import MessageNotFound
 from tests.support.fix_server import TEMPLATE, Server
 
@@ -409,6 +415,7 @@ class ModelMessage:
     role: str
     content: str
     key: str | None
+    tokens: int | None = None  # usage.input_tokens, when saved with usage
 
 
 @dataclass
@@ -418,6 +425,10 @@ class ModelConversation:
     messages: list[ModelMessage] = field(default_factory=list)
     next_seq: int = 1
     feedback: dict[int, int] = field(default_factory=dict)  # seq -> rating
+    summaries: dict[int, str] = field(default_factory=dict)  # through_seq -> content
+
+    def last_seq(self) -> int:
+        return self.messages[-1].seq if self.messages else 0
 
     def by_key(self, key: str | None) -> ModelMessage | None:
         return next((m for m in self.messages if key is not None and m.key == key), None)
@@ -454,6 +465,10 @@ class StoreMachine(RuleBasedStateMachine):
                 return "not found", None
             except IdempotencyConflict:
                 return "conflict", None
+            except ConcurrentUpdate as exc:
+                return "concurrent", exc.last_seq
+            except InvalidInput as exc:
+                return "refused", exc.field
 
         return self.run(attempt())
 
@@ -489,11 +504,21 @@ class StoreMachine(RuleBasedStateMachine):
             return True
         return False
 
-    @rule(cid=conversations, owner=st.booleans(), role=roles, content=small_text, key=keys)
-    def save(self, cid: str, owner: bool, role: str, content: str, key: str | None) -> None:
+    @rule(
+        cid=conversations,
+        owner=st.booleans(),
+        role=roles,
+        content=small_text,
+        key=keys,
+        tokens=st.none() | st.integers(0, 9),
+    )
+    def save(
+        self, cid: str, owner: bool, role: str, content: str, key: str | None, tokens: int | None
+    ) -> None:
         uid = self.owner_or_other(cid, owner)
+        usage = None if tokens is None else {"input_tokens": tokens}
         status, message = self.outcome(
-            lambda: self.store.save_message(cid, uid, role, content, idempotency_key=key)
+            lambda: self.store.save_message(cid, uid, role, content, idempotency_key=key, usage=usage)
         )
         if self.expect_not_found(cid, uid, status):
             return
@@ -506,8 +531,52 @@ class StoreMachine(RuleBasedStateMachine):
                 assert status == "ok" and message.seq == stored.seq
             return
         assert status == "ok" and message.seq == model.next_seq
-        model.messages.append(ModelMessage(model.next_seq, role, content, key))
+        model.messages.append(ModelMessage(model.next_seq, role, content, key, tokens))
         model.next_seq += 1
+
+    @rule(cid=conversations, owner=st.booleans(), content=small_text, off_by=st.sampled_from([0, 0, 1, -1]))
+    def guarded_save(self, cid: str, owner: bool, content: str, off_by: int) -> None:
+        uid = self.owner_or_other(cid, owner)
+        model = self.model.get(cid)
+        expected = max(0, (model.last_seq() if model else 0) + off_by)
+        status, got = self.outcome(
+            lambda: self.store.save_message(cid, uid, "user", content, expected_last_seq=expected)
+        )
+        if self.expect_not_found(cid, uid, status):
+            return
+        assert model is not None
+        if expected != model.last_seq():
+            assert (status, got) == ("concurrent", model.last_seq())
+            return
+        assert status == "ok" and got.seq == model.next_seq
+        model.messages.append(ModelMessage(model.next_seq, "user", content, None))
+        model.next_seq += 1
+
+    @rule(cid=conversations, owner=st.booleans(), content=small_text.filter(bool), through=st.integers(1, 12))
+    def summarize(self, cid: str, owner: bool, content: str, through: int) -> None:
+        uid = self.owner_or_other(cid, owner)
+        status, got = self.outcome(lambda: self.store.save_summary(cid, uid, content, through_seq=through))
+        if self.expect_not_found(cid, uid, status):
+            return
+        model = self.model[cid]
+        if through > model.last_seq() or (model.summaries and through < max(model.summaries)):
+            assert (status, got) == ("refused", "through_seq")
+            return
+        assert status == "ok" and got.through_seq == through
+        model.summaries[through] = content
+
+    @rule(cid=conversations, owner=st.booleans(), limit=st.integers(1, 10))
+    def summarized_history(self, cid: str, owner: bool, limit: int) -> None:
+        uid = self.owner_or_other(cid, owner)
+        status, got = self.outcome(lambda: self.store.get_history(cid, uid, limit=limit, summarized=True))
+        if self.expect_not_found(cid, uid, status):
+            return
+        model = self.model[cid]
+        through = max(model.summaries, default=0)
+        candidates = ([(through, model.summaries[through], through)] if through else []) + [
+            (m.seq, m.content, None) for m in model.messages if m.seq > through
+        ]
+        assert [(m.seq, m.content, m.summary_through) for m in got] == candidates[-limit:]
 
     @rule(
         cid=conversations,
@@ -568,9 +637,9 @@ class StoreMachine(RuleBasedStateMachine):
         return model.user if owner else next(u for u in self.users if u != model.user)
 
     def compare(self, got: list[Any], expected: list[ModelMessage]) -> None:
-        assert [(m.seq, m.role, m.content, m.idempotency_key) for m in got] == [
-            (m.seq, m.role, m.content, m.key) for m in expected
-        ]
+        assert [
+            (m.seq, m.role, m.content, m.idempotency_key, m.usage and m.usage.input_tokens) for m in got
+        ] == [(m.seq, m.role, m.content, m.key, m.tokens) for m in expected]
 
     @rule(cid=conversations, owner=st.booleans(), limit=st.integers(1, 10), trim=st.booleans())
     def history(self, cid: str, owner: bool, limit: int, trim: bool) -> None:
@@ -592,6 +661,7 @@ class StoreMachine(RuleBasedStateMachine):
             last = model.messages.pop()
             model.feedback.pop(last.seq, None)
             assert (got.seq, got.content, got.idempotency_key) == (last.seq, last.content, last.key)
+            model.summaries = {t: c for t, c in model.summaries.items() if t < last.seq}
 
     @rule(cid=conversations, owner=st.booleans())
     def clear(self, cid: str, owner: bool) -> None:
@@ -601,6 +671,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert got == len(self.model[cid].messages)
             self.model[cid].messages.clear()
             self.model[cid].feedback.clear()
+            self.model[cid].summaries.clear()
 
     @rule(cid=conversations, owner=st.booleans())
     def count_messages(self, cid: str, owner: bool) -> None:
@@ -641,9 +712,17 @@ class StoreMachine(RuleBasedStateMachine):
         if self.expect_not_found(cid, uid, status):
             return f"{self.prefix}-nofork-{uuid.uuid4().hex[:8]}"  # unknown to everyone, like a foreign id
         assert model is not None and (got.parent_id, got.forked_at_seq) == (cid, at_seq)
-        kept = [ModelMessage(m.seq, m.role, m.content, m.key) for m in model.messages if m.seq <= at_seq]
+        # The copied prefix keeps every column (usage too), its summaries and its feedback.
+        kept = [
+            ModelMessage(m.seq, m.role, m.content, m.key, m.tokens) for m in model.messages if m.seq <= at_seq
+        ]
         self.model[got.id] = ModelConversation(
-            uid, model.title, kept, at_seq + 1, {k: v for k, v in model.feedback.items() if k <= at_seq}
+            uid,
+            model.title,
+            kept,
+            at_seq + 1,
+            {k: v for k, v in model.feedback.items() if k <= at_seq},
+            {k: v for k, v in model.summaries.items() if k <= at_seq},
         )
         return str(got.id)
 

@@ -84,11 +84,11 @@ async def test_connect_can_skip_the_check(empty_db: str) -> None:
         ("DROP INDEX messages_idempotency_key", "index messages_idempotency_key on messages is missing"),
         (
             "UPDATE convdb_schema_version SET version = 0",
-            "at schema version 0 and this package needs version 4",
+            "at schema version 0 and this package needs version 5",
         ),
         (
-            "UPDATE convdb_schema_version SET compatible_from = 5",
-            "supports packages built for schema 5 or later",
+            "UPDATE convdb_schema_version SET compatible_from = 6",
+            "supports packages built for schema 6 or later",
         ),
         ("DROP TABLE convdb_schema_version", "no schema version is recorded"),
     ],
@@ -159,7 +159,7 @@ async def test_check_constraints_refuse_what_validation_refuses(db: asyncpg.Conn
         with pytest.raises(asyncpg.CheckViolationError) as info:
             await db.execute(sql)
         # Through convdb's seam: Citus relays the worker's error without constraint_name, and
-        # translate() reads the name from the message (tests/integration/test_citus.py runs this).
+        # translate() reads the name from the message (tests/core/test_citus.py runs this).
         assert getattr(translate(info.value), "constraint", None) == constraint
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from convdb import SCHEMA_VERSION, __version__
+from convdb.migrations import MIGRATIONS
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from tests.schema.schema_support import ROOT, SCHEMA, NewDatabase, fresh_install_file, new_db
 
@@ -67,9 +68,7 @@ async def test_check_and_migrations_on_a_v1_database(new_db: NewDatabase) -> Non
     assert before.stderr == ""
     assert "schema version 1, supports packages built for schema 1 or later" in before.stdout
     assert "NOT COMPATIBLE" in before.stdout
-    assert (
-        "Migrations to apply, in order: 0002_compatibility_floor.sql, 0003_branches.sql, 0004_feedback.sql"
-    ) in before.stdout
+    assert "Migrations to apply, in order: " + ", ".join(m.filename for m in MIGRATIONS[1:]) in before.stdout
     assert (
         "python -m convdb migrations --from 1 | psql -v ON_ERROR_STOP=1 -d <database> -f -" in before.stdout
     )
@@ -77,13 +76,17 @@ async def test_check_and_migrations_on_a_v1_database(new_db: NewDatabase) -> Non
     assert printed.returncode == 0 and printed.stderr == ""
     assert printed.stdout.startswith(
         f"-- convdb {__version__}: schema version 1 to {SCHEMA_VERSION}: "
-        "0002_compatibility_floor.sql, 0003_branches.sql, 0004_feedback.sql\n"
+        + ", ".join(m.filename for m in MIGRATIONS[1:])
+        + "\n"
     )
     apply_sql(dsn, printed.stdout)
-    # A second run of the last migration changes nothing and does not fail (each guard admits its
-    # own version; the earlier ones refuse a database that is past them, so the whole output is
-    # not re-runnable once more than one migration is in it).
-    apply_sql(dsn, cli("migrations", "--from", str(SCHEMA_VERSION - 1)).stdout)
+    applied = await catalog_snapshot(dsn)
+    # Each file re-runs as a no-op; the whole range again stops at its first file (which takes
+    # version 1 only) before changing anything.
+    apply_sql(dsn, MIGRATIONS[-1].sql)
+    with pytest.raises(RuntimeError, match="migration 0002 takes schema version 1 to 2"):
+        apply_sql(dsn, printed.stdout)
+    assert await catalog_snapshot(dsn) == applied
     after = cli("check", "--dsn", dsn)
     assert after.returncode == 0, after
     assert "OK: this package can run on this database." in after.stdout

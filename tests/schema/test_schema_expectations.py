@@ -28,7 +28,13 @@ async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection
     tables = {
         name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]
     }
-    assert tables == {"conversations", "messages", "convdb_schema_version", "message_feedback"}
+    assert tables == {
+        "conversations",
+        "messages",
+        "conversation_summaries",
+        "convdb_schema_version",
+        "message_feedback",
+    }
 
 
 BROKEN = [
@@ -149,7 +155,7 @@ async def test_verify_schema_refuses_a_broken_database(
         await db.execute(statement)
     with pytest.raises(SchemaMismatch, match=expected) as info:
         await store.verify_schema()
-    assert "the database records schema version 4 but differs from it" in str(info.value)
+    assert "the database records schema version 5 but differs from it" in str(info.value)
 
 
 async def test_connect_refuses_a_non_unique_idempotency_index(dsn: str, db: asyncpg.Connection) -> None:

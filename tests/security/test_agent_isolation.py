@@ -28,7 +28,8 @@ CONVERSATION_METHODS: dict[str, Call] = {
     "get_history(max_tokens)": lambda s, c, u: s.get_history(c, u, max_tokens=100),
     "save_and_get_history": lambda s, c, u: s.save_and_get_history(c, u, {"role": "user", "content": "x"}),
     "save_and_get_history(key)": lambda s, c, u: s.save_and_get_history(
-        c, u, {"role": "user", "content": "x", "idempotency_key": "k"}),
+        c, u, {"role": "user", "content": "x", "idempotency_key": "k"}
+    ),
     "update_conversation": lambda s, c, u: s.update_conversation(c, u, title="t"),
     "delete_conversation": lambda s, c, u: s.delete_conversation(c, u),
     "clear_conversation": lambda s, c, u: s.clear_conversation(c, u),
@@ -41,8 +42,9 @@ CONVERSATION_METHODS: dict[str, Call] = {
 
 @pytest.mark.parametrize("name", sorted(CONVERSATION_METHODS))
 @pytest.mark.guarantee(1)
-async def test_foreign_and_unknown_ids_are_indistinguishable(store: ConversationStore,
-                                                             db: asyncpg.Connection, name: str) -> None:
+async def test_foreign_and_unknown_ids_are_indistinguishable(
+    store: ConversationStore, db: asyncpg.Connection, name: str
+) -> None:
     call = CONVERSATION_METHODS[name]
     cid = (await store.get_or_create_conversation(None, U, title="mine")).id
     await store.save_message(cid, U, "user", "secret", idempotency_key="k")
@@ -124,8 +126,9 @@ BAD_CALLS: list[tuple[str, Call]] = [
 
 @pytest.mark.parametrize(("field", "call"), BAD_CALLS, ids=[f"{i}-{f}" for i, (f, _) in enumerate(BAD_CALLS)])
 @pytest.mark.guarantee(7)
-async def test_bad_input_is_refused_before_any_io(offline_store: ConversationStore, field: str,
-                                                  call: Call) -> None:
+async def test_bad_input_is_refused_before_any_io(
+    offline_store: ConversationStore, field: str, call: Call
+) -> None:
     with pytest.raises(InvalidInput) as err:
         await call(offline_store, "c1", U)
     assert err.value.field == field

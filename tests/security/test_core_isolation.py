@@ -19,7 +19,8 @@ CORE_CALLS: dict[str, Call] = {
     "save_message_keyed": lambda s, c, u: s.save_message(c, u, "user", "intruder", idempotency_key="k"),
     "save_messages": lambda s, c, u: s.save_messages(c, u, [{"role": "user", "content": "intruder"}]),
     "save_messages_keyed": lambda s, c, u: s.save_messages(
-        c, u, [{"role": "user", "content": "intruder", "idempotency_key": "k"}]),
+        c, u, [{"role": "user", "content": "intruder", "idempotency_key": "k"}]
+    ),
     "get_history": lambda s, c, u: s.get_history(c, u),
 }
 

@@ -24,16 +24,23 @@ from tests.support.surface import (
 
 
 async def dump(db: asyncpg.Connection) -> list[str]:
-    rows = await db.fetch("SELECT 'c' || row_to_json(c)::text FROM conversations c UNION ALL "
-                          "SELECT 'm' || row_to_json(m)::text FROM messages m ORDER BY 1")
+    rows = await db.fetch(
+        "SELECT 'c' || row_to_json(c)::text FROM conversations c UNION ALL "
+        "SELECT 'm' || row_to_json(m)::text FROM messages m ORDER BY 1"
+    )
     return [r[0] for r in rows]
 
 
 async def seed_victim(store: ConversationStore) -> None:
     await store.get_or_create_conversation("victim-conv", "victim", title="secret", metadata={"s": 1})
-    await store.save_messages("victim-conv", "victim", [
-        {"role": "user", "content": "my secret", "idempotency_key": "vk"},
-        {"role": "assistant", "content": "noted"}])
+    await store.save_messages(
+        "victim-conv",
+        "victim",
+        [
+            {"role": "user", "content": "my secret", "idempotency_key": "vk"},
+            {"role": "assistant", "content": "noted"},
+        ],
+    )
 
 
 def test_introspection_finds_the_public_surface() -> None:
@@ -41,21 +48,28 @@ def test_introspection_finds_the_public_surface() -> None:
     assert {"get_or_create_conversation", "save_message", "save_messages", "get_history"} <= set(names)
     for name in names:
         assert takes_conversation_id(name) or name in USER_WIDE, (
-            f"{name} takes no conversation_id: add it to USER_WIDE and check what it exposes")
+            f"{name} takes no conversation_id: add it to USER_WIDE and check what it exposes"
+        )
 
 
-@pytest.mark.parametrize("mode", [
-    "plain",
-    # Engine-specific: schema_rls.sql does not apply on Citus (the messages policy's subquery is
-    # refused: "unexpected non-SELECT command in SubLink"); no Citus twin yet (stage 2).
-    pytest.param("row_level_security", marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
-])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "plain",
+        # Engine-specific: schema_rls.sql does not apply on Citus (the messages policy's subquery is
+        # refused: "unexpected non-SELECT command in SubLink"); no Citus twin yet (stage 2).
+        pytest.param("row_level_security", marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
+    ],
+)
 @pytest.mark.guarantee(1, 9)
-async def test_every_method_treats_foreign_and_unknown_ids_identically(dsn: str, db: asyncpg.Connection,
-                                                                       mode: str) -> None:
+async def test_every_method_treats_foreign_and_unknown_ids_identically(
+    dsn: str, db: asyncpg.Connection, mode: str
+) -> None:
     rls = mode == "row_level_security"
     app_dsn = await enable_rls(dsn) if rls else dsn
-    async with await ConversationStore.connect(app_dsn, min_size=1, max_size=4, row_level_security=rls) as store:
+    async with await ConversationStore.connect(
+        app_dsn, min_size=1, max_size=4, row_level_security=rls
+    ) as store:
         await seed_victim(store)
         await store.get_or_create_conversation("attacker-own", "attacker")
         await store.save_message("attacker-own", "attacker", "user", "mine")
@@ -67,12 +81,18 @@ async def test_every_method_treats_foreign_and_unknown_ids_identically(dsn: str,
         for name in public_methods():
             if name in USER_WIDE:
                 continue
-            foreign = await not_found(functools.partial(call, store, name, "victim-conv", "attacker", records))
-            nobody = await not_found(functools.partial(call, store, name, "victim-conv", "no-such-user", records))
+            foreign = await not_found(
+                functools.partial(call, store, name, "victim-conv", "attacker", records)
+            )
+            nobody = await not_found(
+                functools.partial(call, store, name, "victim-conv", "no-such-user", records)
+            )
             messages[f"{name} foreign"] = str(foreign)
             messages[f"{name} unknown user"] = str(nobody)
             if name not in CREATING:
-                unknown = await not_found(functools.partial(call, store, name, "no-such-conv", "attacker", records))
+                unknown = await not_found(
+                    functools.partial(call, store, name, "no-such-conv", "attacker", records)
+                )
                 messages[f"{name} unknown"] = str(unknown)
                 assert unknown.args == foreign.args
             checked.add(name)
@@ -88,14 +108,16 @@ async def test_every_method_treats_foreign_and_unknown_ids_identically(dsn: str,
         assert (erased.conversations, erased.messages) == (1, 1)
         assert [r for r in await dump(db) if "victim" in r] == [r for r in before if "victim" in r]
         assert [m.content for m in await store.get_history("victim-conv", "victim")] == ["my secret", "noted"]
-    print(f"\nisolation matrix ({mode}): {len(checked)} methods x foreign/unknown ids, "
-          f"{len(messages)} refusals, one message; user-wide methods: {sorted(USER_WIDE)}")
+    print(
+        f"\nisolation matrix ({mode}): {len(checked)} methods x foreign/unknown ids, "
+        f"{len(messages)} refusals, one message; user-wide methods: {sorted(USER_WIDE)}"
+    )
 
 
 INJECTION_CORPUS = [
     "'; DROP TABLE messages; --",
     "'); DELETE FROM conversations; --",
-    "\" OR \"1\"=\"1",
+    '" OR "1"="1',
     "' OR '1'='1",
     "' OR 1=1 --",
     "1; SELECT pg_sleep(10)",
@@ -124,7 +146,7 @@ INJECTION_CORPUS = [
     "\ufffe\uffff",  # noncharacters
     "\r\n\t\x0b\x0c\x1b[31m",  # control characters, ANSI escape
     "<script>alert(1)</script>",
-    "{\"$gt\": \"\"}",
+    '{"$gt": ""}',
     "${jndi:ldap://x}",
     "../../etc/passwd",
     "null",
@@ -139,16 +161,34 @@ async def test_injection_corpus_is_stored_verbatim(store: ConversationStore, db:
     stored = 0
     for i, text in enumerate(INJECTION_CORPUS):
         ident = text[:255]
-        conv = await store.get_or_create_conversation(f"{ident}{i}"[-255:], ident, title=text,
-                                                      metadata={text: text, "list": [text]})
+        conv = await store.get_or_create_conversation(
+            f"{ident}{i}"[-255:], ident, title=text, metadata={text: text, "list": [text]}
+        )
         assert (conv.id, conv.user_id, conv.title) == (f"{ident}{i}"[-255:], ident, text)
         assert conv.metadata == {text: text, "list": [text]}
-        one = await store.save_message(conv.id, ident, "assistant", text, tool_name=ident, tool_call_id=ident,
-                                       tool_calls=[{"arguments": text}], metadata={text: [text]},
-                                       idempotency_key=ident)
-        batch = await store.save_messages(conv.id, ident, [
-            {"role": "tool", "content": text, "tool_call_id": ident, "metadata": {"k": text}},
-            {"role": "user", "content": text + text, "idempotency_key": ident + "2" if len(ident) < 255 else "k"}])
+        one = await store.save_message(
+            conv.id,
+            ident,
+            "assistant",
+            text,
+            tool_name=ident,
+            tool_call_id=ident,
+            tool_calls=[{"arguments": text}],
+            metadata={text: [text]},
+            idempotency_key=ident,
+        )
+        batch = await store.save_messages(
+            conv.id,
+            ident,
+            [
+                {"role": "tool", "content": text, "tool_call_id": ident, "metadata": {"k": text}},
+                {
+                    "role": "user",
+                    "content": text + text,
+                    "idempotency_key": ident + "2" if len(ident) < 255 else "k",
+                },
+            ],
+        )
         history = await store.get_history(conv.id, ident)
         assert [m.content for m in history] == [text, text, text + text]
         assert history[0].tool_name == history[0].tool_call_id == ident == history[0].idempotency_key
@@ -159,12 +199,15 @@ async def test_injection_corpus_is_stored_verbatim(store: ConversationStore, db:
         with pytest.raises(ConversationNotFound):
             await store.get_history(conv.id, ident[:254] + "'")
         stored += 3
-        found = await db.fetchval("SELECT count(*) FROM messages WHERE content = $1 AND conversation_id = $2",
-                                  text, conv.id)
+        found = await db.fetchval(
+            "SELECT count(*) FROM messages WHERE content = $1 AND conversation_id = $2", text, conv.id
+        )
         assert found == 2
     assert await db.fetchval("SELECT count(*) FROM messages") == stored
     assert await db.fetchval("SELECT count(*) FROM conversations") == len(INJECTION_CORPUS)
-    print(f"\ninjection corpus: {len(INJECTION_CORPUS)} strings in every text field, {stored} messages, verbatim")
+    print(
+        f"\ninjection corpus: {len(INJECTION_CORPUS)} strings in every text field, {stored} messages, verbatim"
+    )
 
 
 # -- the least-privilege role with row-level security --------------------------------------------
@@ -172,11 +215,13 @@ async def test_injection_corpus_is_stored_verbatim(store: ConversationStore, db:
 @pytest.mark.guarantee(9)
 async def test_package_works_under_the_app_role_with_rls(dsn: str) -> None:
     app_dsn = await enable_rls(dsn)
-    async with await ConversationStore.connect(app_dsn, min_size=1, max_size=4,
-                                               row_level_security=True) as store:
+    async with await ConversationStore.connect(
+        app_dsn, min_size=1, max_size=4, row_level_security=True
+    ) as store:
         async with store.pool.acquire() as conn:
-            role = await conn.fetchrow("SELECT current_user, rolsuper, rolbypassrls FROM pg_roles "
-                                       "WHERE rolname = current_user")
+            role = await conn.fetchrow(
+                "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+            )
             assert role is not None and not role["rolsuper"] and not role["rolbypassrls"]
         called = await exercise_every_method(store, "alice", "rls")
     assert called == set(public_methods())
@@ -221,24 +266,40 @@ async def test_raw_sql_under_the_app_role_cannot_cross_users(dsn: str, db: async
             await conn.execute("SELECT set_config('convdb.user_id', 'mallory', true)")
             assert await conn.fetchval("SELECT array_agg(id) FROM conversations") == ["mallory-own"]
             assert await conn.fetchval("SELECT count(*) FROM messages") == 0
-            assert await conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = 'victim-conv'") == 0
-            assert await conn.execute("UPDATE conversations SET title = 'pwned' WHERE id = 'victim-conv'") \
+            assert (
+                await conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = 'victim-conv'")
+                == 0
+            )
+            assert (
+                await conn.execute("UPDATE conversations SET title = 'pwned' WHERE id = 'victim-conv'")
                 == "UPDATE 0"
+            )
             assert await conn.execute("UPDATE messages SET content = 'pwned'") == "UPDATE 0"
-            assert await conn.execute("DELETE FROM messages WHERE conversation_id = 'victim-conv'") == "DELETE 0"
+            assert (
+                await conn.execute("DELETE FROM messages WHERE conversation_id = 'victim-conv'") == "DELETE 0"
+            )
             assert await conn.execute("DELETE FROM conversations WHERE user_id = 'victim'") == "DELETE 0"
         # The setting ended with the transaction.
         assert await conn.fetchval("SELECT count(*) FROM conversations") == 0
         # Writes into another user's space are refused by the policies' WITH CHECK.
-        await _expect_denied(conn, "INSERT INTO messages (conversation_id, seq, role, content) "
-                                   "VALUES ('victim-conv', 99, 'user', 'forged')")
+        await _expect_denied(
+            conn,
+            "INSERT INTO messages (conversation_id, seq, role, content) "
+            "VALUES ('victim-conv', 99, 'user', 'forged')",
+        )
         await _expect_denied(conn, "INSERT INTO conversations (id, user_id) VALUES ('forged', 'victim')")
         await _expect_denied(conn, "UPDATE conversations SET user_id = 'victim' WHERE id = 'mallory-own'")
         # No DDL, no TRUNCATE, no switching the policies off.
-        for statement in ("CREATE TABLE stolen (x text)", "DROP TABLE messages", "TRUNCATE messages",
-                          "ALTER TABLE messages DISABLE ROW LEVEL SECURITY", "DROP POLICY convdb_messages_owner ON messages",
-                          "CREATE INDEX ON messages (content)", "ALTER TABLE conversations ADD COLUMN x int",
-                          "DELETE FROM convdb_schema_version"):
+        for statement in (
+            "CREATE TABLE stolen (x text)",
+            "DROP TABLE messages",
+            "TRUNCATE messages",
+            "ALTER TABLE messages DISABLE ROW LEVEL SECURITY",
+            "DROP POLICY convdb_messages_owner ON messages",
+            "CREATE INDEX ON messages (content)",
+            "ALTER TABLE conversations ADD COLUMN x int",
+            "DELETE FROM convdb_schema_version",
+        ):
             await _expect_denied(conn, statement)
         await conn.execute("SET row_security = off")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):

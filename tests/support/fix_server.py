@@ -217,9 +217,7 @@ async def db_name(request: pytest.FixtureRequest, pg_server: Server, template_db
 
 
 @pytest.fixture(scope="session")
-def citus_clones(
-    request: pytest.FixtureRequest, pg_server: Server, template_db: str
-) -> Iterator[ClonePool]:
+def citus_clones(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> Iterator[ClonePool]:
     """Citus mode: per-test databases cloned from the template on every node, one made ahead,
     recycled after a test when TRUNCATE brings them back to the template's state (ClonePool)."""
     assert pg_server.citus is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -74,6 +75,10 @@ def arguments_for(
         "seq": 1,
         "rating": 1,
         "query": "probe",
+        "through_seq": 1,
+        "usage": {"input_tokens": 1},
+        "since": datetime(2020, 1, 1, tzinfo=UTC),
+        "until": datetime(2030, 1, 1, tzinfo=UTC),
     }
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
@@ -148,6 +153,29 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     updated = await store.update_conversation(cid, uid, title="renamed", metadata={"x": 1})
     assert (updated.title, updated.metadata) == ("renamed", {"x": 1})
     called.add("update_conversation")
+    summary = await store.save_summary(cid, uid, "summary", through_seq=2)
+    assert summary.through_seq == 2
+    called.add("save_summary")
+    assert [s.content for s in await store.list_summaries(cid, uid)] == ["summary"]
+    called.add("list_summaries")
+    summarized = await store.get_history(cid, uid, summarized=True)
+    assert [(m.seq, m.summary_through) for m in summarized] == [(2, 2), (4, None), (5, None)]
+    guarded = await store.save_message(
+        cid, uid, "assistant", "g", expected_last_seq=5, usage={"model": "m", "input_tokens": 3}
+    )
+    assert guarded.usage is not None and guarded.usage.input_tokens == 3
+    report = await store.usage_report(
+        uid,
+        conversation_id=cid,
+        since=datetime(2020, 1, 1, tzinfo=UTC),
+        until=datetime(2100, 1, 1, tzinfo=UTC),
+    )
+    assert report.total.input_tokens == 3
+    called.add("usage_report")
+    assert await store.record_usage(cid, uid, 5, {"input_tokens": 2}) is True
+    assert await store.record_usage(cid, uid, 5, {"input_tokens": 9}) is False  # never overwritten
+    called.add("record_usage")
+    assert (await store.pop_last_message(cid, uid)) == guarded
     popped = await store.pop_last_message(cid, uid)
     assert popped is not None and popped.content == "more"
     called.add("pop_last_message")

@@ -36,7 +36,9 @@ def test_without_system_prompt_or_new_user_message() -> None:
 
 def test_empty_history() -> None:
     assert build_message_array([], "hello", system_prompt="s") == [
-        {"role": "system", "content": "s"}, {"role": "user", "content": "hello"}]
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "hello"},
+    ]
 
 
 def test_message_to_dict_is_json_serialisable_with_iso_times() -> None:
@@ -46,12 +48,27 @@ def test_message_to_dict_is_json_serialisable_with_iso_times() -> None:
     assert datetime.fromisoformat(d["created_at"]) == T0
     assert json.loads(json.dumps(d)) == d
     assert d["seq"] == 7 and d["tool_calls"] == [CALL] and d["metadata"] == {"k": [1, "é"]}
-    assert set(d) >= {"conversation_id", "seq", "role", "content", "tool_name", "tool_call_id", "tool_calls",
-                      "metadata", "created_at"}
+    assert set(d) >= {
+        "conversation_id",
+        "seq",
+        "role",
+        "content",
+        "tool_name",
+        "tool_call_id",
+        "tool_calls",
+        "metadata",
+        "created_at",
+    }
 
 
 def test_empty_assistant_rows_are_left_out() -> None:
-    history = [make_message(1, "user", "q"), make_message(2, "assistant", None, metadata={"openai_item": {"type": "reasoning"}}),
-               make_message(3, "assistant", None, tool_calls=[]), make_message(4, "assistant", "")]
+    history = [
+        make_message(1, "user", "q"),
+        make_message(2, "assistant", None, metadata={"openai_item": {"type": "reasoning"}}),
+        make_message(3, "assistant", None, tool_calls=[]),
+        make_message(4, "assistant", ""),
+    ]
     assert build_message_array(history, None) == [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": ""},
+    ]

@@ -25,8 +25,15 @@ def test_empty_block_is_refused() -> None:
 
 
 def test_core_statements_are_present() -> None:
-    for name in ("get_or_create_conversation", "get_conversation", "save_message", "reserve_seq_range",
-                 "insert_message_at", "get_history", "schema_catalog"):
+    for name in (
+        "get_or_create_conversation",
+        "get_conversation",
+        "save_message",
+        "reserve_seq_range",
+        "insert_message_at",
+        "get_history",
+        "schema_catalog",
+    ):
         assert name in QUERIES
 
 
@@ -38,7 +45,9 @@ def test_statements_are_single_and_parametrised(name: str) -> None:
     assert not re.search(r"%s|\{[a-z_]+\}", sql)
 
 
-@pytest.mark.parametrize("name", [n for n in QUERIES if "conversation" in QUERIES[n] or "messages" in QUERIES[n]])
+@pytest.mark.parametrize(
+    "name", [n for n in QUERIES if "conversation" in QUERIES[n] or "messages" in QUERIES[n]]
+)
 def test_data_statements_check_ownership(name: str) -> None:
     sql = QUERIES[name]
     if name in {"schema_catalog", "schema_version_row", "insert_message_at"}:

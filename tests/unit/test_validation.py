@@ -22,13 +22,18 @@ from convdb.validation import (
 
 
 def prep(role: object = "user", content: object = "hi", **kw: Any) -> MessageRow:
-    return prepare_message(role, content, max_content_bytes=DEFAULT_MAX_CONTENT_BYTES,
-                           count_tokens=estimate_tokens, **kw)
+    return prepare_message(
+        role, content, max_content_bytes=DEFAULT_MAX_CONTENT_BYTES, count_tokens=estimate_tokens, **kw
+    )
 
 
 def batch(messages: object, **kw: Any) -> list[MessageRow]:
-    return prepare_batch(messages, max_content_bytes=kw.get("max_content_bytes", DEFAULT_MAX_CONTENT_BYTES),
-                         count_tokens=estimate_tokens, max_batch=kw.get("max_batch", 10_000))
+    return prepare_batch(
+        messages,
+        max_content_bytes=kw.get("max_content_bytes", DEFAULT_MAX_CONTENT_BYTES),
+        count_tokens=estimate_tokens,
+        max_batch=kw.get("max_batch", 10_000),
+    )
 
 
 def test_invalid_input_is_a_value_error_naming_field() -> None:
@@ -58,8 +63,14 @@ def test_content_none_is_allowed_for_tool_call_only_assistant() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("content", "a\x00b"), ("content", "a\ud800b"), ("content", "\udfff"),
-     ("tool_name", "t\x00"), ("tool_call_id", "\ud83d"), ("idempotency_key", "k\x00")],
+    [
+        ("content", "a\x00b"),
+        ("content", "a\ud800b"),
+        ("content", "\udfff"),
+        ("tool_name", "t\x00"),
+        ("tool_call_id", "\ud83d"),
+        ("idempotency_key", "k\x00"),
+    ],
 )
 def test_unstorable_text_is_refused(field: str, value: str) -> None:
     kwargs: dict[str, Any] = {"role": "tool", "content": "x", "tool_call_id": "c1"}
@@ -111,8 +122,18 @@ def test_tool_message_needs_tool_call_id() -> None:
 
 @pytest.mark.parametrize(
     "metadata",
-    [{"a": math.nan}, {"a": math.inf}, {"a": [-math.inf]}, {"a": object()}, {"a": {1, 2}},
-     {1: "int key"}, {"a": b"bytes"}, {"a": ("tu", "ple")}, {"k\x00": 1}, {"a": "\ud800"}],
+    [
+        {"a": math.nan},
+        {"a": math.inf},
+        {"a": [-math.inf]},
+        {"a": object()},
+        {"a": {1, 2}},
+        {1: "int key"},
+        {"a": b"bytes"},
+        {"a": ("tu", "ple")},
+        {"k\x00": 1},
+        {"a": "\ud800"},
+    ],
 )
 def test_bad_metadata(metadata: dict[Any, Any]) -> None:
     with pytest.raises(InvalidInput) as info:
@@ -142,7 +163,10 @@ def test_json_depth_is_bounded() -> None:
 
 
 def test_json_encoding_keeps_unicode_and_is_compact() -> None:
-    assert encode_json({"é": [1, 2.5, None, True, "😀"]}, "metadata", kind=dict) == '{"é":[1,2.5,null,true,"😀"]}'
+    assert (
+        encode_json({"é": [1, 2.5, None, True, "😀"]}, "metadata", kind=dict)
+        == '{"é":[1,2.5,null,true,"😀"]}'
+    )
 
 
 @pytest.mark.parametrize("limit", [0, -1, MAX_HISTORY_LIMIT + 1, 1.0, "50", True, None])
@@ -171,8 +195,11 @@ def test_token_count_default_estimate_and_override() -> None:
 
 
 def test_batch_error_names_index_and_field() -> None:
-    messages = [{"role": "user", "content": "ok"}, {"role": "user", "content": "ok"},
-                {"role": "tool", "content": "no id"}]
+    messages = [
+        {"role": "user", "content": "ok"},
+        {"role": "user", "content": "ok"},
+        {"role": "tool", "content": "no id"},
+    ]
     with pytest.raises(InvalidInput) as info:
         batch(messages)
     assert info.value.index == 2
@@ -182,9 +209,15 @@ def test_batch_error_names_index_and_field() -> None:
 
 @pytest.mark.parametrize(
     ("messages", "field"),
-    [([], "messages"), ("user", "messages"), ({"role": "user"}, "messages"), (None, "messages"),
-     ([{"content": "no role"}], "role"), ([{"role": "user", "colour": "red"}], "colour"),
-     (["not a dict"], "message")],
+    [
+        ([], "messages"),
+        ("user", "messages"),
+        ({"role": "user"}, "messages"),
+        (None, "messages"),
+        ([{"content": "no role"}], "role"),
+        ([{"role": "user", "colour": "red"}], "colour"),
+        (["not a dict"], "message"),
+    ],
 )
 def test_bad_batches(messages: object, field: str) -> None:
     with pytest.raises(InvalidInput) as info:
@@ -199,8 +232,12 @@ def test_batch_size_cap() -> None:
 
 def test_batch_repeated_key_is_refused() -> None:
     with pytest.raises(InvalidInput) as info:
-        batch([{"role": "user", "content": "a", "idempotency_key": "k"},
-               {"role": "user", "content": "b", "idempotency_key": "k"}])
+        batch(
+            [
+                {"role": "user", "content": "a", "idempotency_key": "k"},
+                {"role": "user", "content": "b", "idempotency_key": "k"},
+            ]
+        )
     assert info.value.index == 1
     assert info.value.field == "idempotency_key"
 

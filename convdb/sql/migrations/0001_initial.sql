@@ -4,7 +4,7 @@
 -- Applied by a DBA, never by the package, in one transaction:
 --     psql -v ON_ERROR_STOP=1 -d <database> -f 0001_initial.sql
 -- In effect identical to the schema.sql that convdb 0.1.0 shipped: a database built by either is
--- the same (tests/integration/test_schema_migrations.py compares the catalogs). Idempotent; refuses
+-- the same (tests/schema/test_schema_migrations.py compares the catalogs). Idempotent; refuses
 -- to run on a database that is at another schema version.
 
 BEGIN;

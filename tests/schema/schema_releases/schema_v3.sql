@@ -66,19 +66,11 @@ CREATE TABLE IF NOT EXISTS conversations (
     next_seq   bigint      NOT NULL DEFAULT 1,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    -- Branches (migration 0003): set once, when the conversation is created by fork_conversation.
-    -- parent_id has no foreign key: a fork keeps its (copied) history when its source is deleted.
-    parent_id     text,
-    forked_at_seq bigint,
-    root_id       text,
     CONSTRAINT conversations_pkey PRIMARY KEY (id),
     CONSTRAINT conversations_id_length CHECK (length(id) BETWEEN 1 AND 255),
     CONSTRAINT conversations_user_id_length CHECK (length(user_id) BETWEEN 1 AND 255),
     CONSTRAINT conversations_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
-    CONSTRAINT conversations_next_seq_positive CHECK (next_seq >= 1),
-    CONSTRAINT conversations_fork_lineage CHECK (
-        (parent_id IS NULL AND forked_at_seq IS NULL AND root_id IS NULL)
-        OR (parent_id IS NOT NULL AND forked_at_seq >= 0 AND root_id IS NOT NULL))
+    CONSTRAINT conversations_next_seq_positive CHECK (next_seq >= 1)
 );
 
 -- Primary key (conversation_id, seq): "the newest N" is a backward scan of this one index, and an
@@ -95,6 +87,15 @@ CREATE TABLE IF NOT EXISTS messages (
     token_count     integer     NOT NULL DEFAULT 0,
     idempotency_key text,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    -- Usage and cost (schema version 3), given at save time: NULL input_tokens means none recorded.
+    -- cost is currency-free (the application's unit); latency in milliseconds.
+    model            text,
+    input_tokens     integer,
+    output_tokens    integer,
+    cached_tokens    integer,
+    reasoning_tokens integer,
+    cost             numeric,
+    latency_ms       integer,
     CONSTRAINT messages_pkey PRIMARY KEY (conversation_id, seq),
     CONSTRAINT messages_conversation_fkey FOREIGN KEY (conversation_id)
         REFERENCES conversations (id) ON DELETE CASCADE,
@@ -110,6 +111,26 @@ CREATE TABLE IF NOT EXISTS messages (
     CONSTRAINT messages_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
     CONSTRAINT messages_token_count_nonnegative CHECK (token_count >= 0)
 );
+
+-- Mirrors convdb.validation.check_usage: all four token counts or none, nothing else without them.
+-- NOT VALID, as migration 0003 adds it (which must not scan a large table under its lock): it is
+-- enforced on every insert and update all the same; a fresh table has no row it would skip.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'messages_usage_valid'
+                                               AND conrelid = 'messages'::regclass) THEN
+        ALTER TABLE messages ADD CONSTRAINT messages_usage_valid CHECK (
+            (model IS NULL OR length(model) BETWEEN 1 AND 255)
+            AND input_tokens >= 0 AND output_tokens >= 0 AND cached_tokens >= 0
+            AND reasoning_tokens >= 0 AND cost >= 0 AND latency_ms >= 0
+            AND (input_tokens IS NULL) = (output_tokens IS NULL)
+            AND (input_tokens IS NULL) = (cached_tokens IS NULL)
+            AND (input_tokens IS NULL) = (reasoning_tokens IS NULL)
+            AND (input_tokens IS NOT NULL OR (model IS NULL AND cost IS NULL AND latency_ms IS NULL)))
+            NOT VALID;
+    END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- 3. Indexes
@@ -140,13 +161,37 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency_key
 CREATE INDEX IF NOT EXISTS conversations_user_id
     ON conversations (user_id, id);
 
--- Branches (migration 0003): the forks of a conversation, and every branch of a root. Partial:
--- never-forked conversations (most of them) are in neither index, and appends never change these
--- columns, so their updates of the conversation row stay HOT.
-CREATE INDEX IF NOT EXISTS conversations_forks
-    ON conversations (parent_id, user_id) WHERE parent_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS conversations_branches
-    ON conversations (root_id, user_id) WHERE root_id IS NOT NULL;
+-- ---------------------------------------------------------------------------------------------
+-- 3a. Summaries and usage (schema version 3; docs/summaries-usage.md)
+-- ---------------------------------------------------------------------------------------------
+-- A summary stands for every message of its conversation with seq <= through_seq; the messages
+-- stay stored. Keyed by (conversation_id, through_seq): "the newest summary" is one backward probe
+-- of the primary key, and a fork that copies a prefix copies the summaries within it.
+CREATE TABLE IF NOT EXISTS conversation_summaries (
+    conversation_id text        NOT NULL,
+    through_seq     bigint      NOT NULL,
+    role            text        NOT NULL DEFAULT 'system',
+    content         text        NOT NULL,
+    metadata        jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    token_count     integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT conversation_summaries_pkey PRIMARY KEY (conversation_id, through_seq),
+    CONSTRAINT conversation_summaries_conversation_fkey FOREIGN KEY (conversation_id)
+        REFERENCES conversations (id) ON DELETE CASCADE,
+    CONSTRAINT conversation_summaries_through_seq_positive CHECK (through_seq >= 1),
+    CONSTRAINT conversation_summaries_role_known CHECK (role IN ('system', 'user', 'assistant')),
+    CONSTRAINT conversation_summaries_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
+    CONSTRAINT conversation_summaries_token_count_nonnegative CHECK (token_count >= 0)
+);
+
+-- Usage reports over a time range (usage_report): the messages that carry usage, per
+-- conversation by time. Partial, so an append without usage maintains no extra btree; an append
+-- with usage maintains one more. The conversation row's touch stays HOT (this index is on
+-- messages). Weighed in docs/summaries-usage.md (append cost, HOT ratio, a monthly total at 10 M
+-- messages).
+CREATE INDEX IF NOT EXISTS messages_usage
+    ON messages (conversation_id, created_at)
+    WHERE input_tokens IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
 -- 4. Version stamp (last, so a failed run leaves no version behind)

@@ -1,8 +1,8 @@
--- convdb migration 0004: feedback on messages (ratings, comments, tags).
+-- convdb migration 0005: feedback on messages (ratings, comments, tags).
 -- kind: additive
 --
--- Takes schema version 3 to 4. Applied by a DBA, never by the package, in one transaction:
---     python -m convdb migrations --from 3 | psql -v ON_ERROR_STOP=1 -d <database> -f -
+-- Takes schema version 4 to 5. Applied by a DBA, never by the package, in one transaction:
+--     python -m convdb migrations --from 4 | psql -v ON_ERROR_STOP=1 -d <database> -f -
 --
 -- What it does: creates message_feedback, one row per rated message, keyed like messages and
 -- referencing them with ON DELETE CASCADE (popping, clearing or deleting a message removes its
@@ -20,13 +20,13 @@ DECLARE
     found integer;
 BEGIN
     IF to_regclass('convdb_schema_version') IS NULL THEN
-        RAISE EXCEPTION 'convdb migration 0004 takes schema version 3 to 4, but this database has no convdb schema'
+        RAISE EXCEPTION 'convdb migration 0005 takes schema version 4 to 5, but this database has no convdb schema'
             USING HINT = 'for a fresh install apply schema.sql (python -m convdb schema), not migrations';
     END IF;
     LOCK TABLE convdb_schema_version IN EXCLUSIVE MODE;
     SELECT max(version) INTO found FROM convdb_schema_version;
-    IF found IS DISTINCT FROM 3 AND found IS DISTINCT FROM 4 THEN
-        RAISE EXCEPTION 'convdb migration 0004 takes schema version 3 to 4, but this database is at version %',
+    IF found IS DISTINCT FROM 4 AND found IS DISTINCT FROM 5 THEN
+        RAISE EXCEPTION 'convdb migration 0005 takes schema version 4 to 5, but this database is at version %',
             coalesce(found::text, '(none)')
             USING HINT = 'apply the migrations in order: python -m convdb migrations --from <the database''s version>';
     END IF;
@@ -50,8 +50,8 @@ CREATE TABLE IF NOT EXISTS message_feedback (
     CONSTRAINT message_feedback_tags_count CHECK (cardinality(tags) <= 16)
 );
 
-INSERT INTO convdb_schema_version (singleton, version, applied_at) VALUES (true, 4, now())
+INSERT INTO convdb_schema_version (singleton, version, applied_at) VALUES (true, 5, now())
 ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, applied_at = EXCLUDED.applied_at
-WHERE convdb_schema_version.version = 3;
+WHERE convdb_schema_version.version = 4;
 
 COMMIT;

@@ -1,8 +1,8 @@
--- convdb migration 0003: branches (forks) of conversations.
+-- convdb migration 0004: branches (forks) of conversations.
 -- kind: additive
 --
--- Takes schema version 2 to 3. Applied by a DBA, never by the package, in one transaction:
---     python -m convdb migrations --from 2 | psql -v ON_ERROR_STOP=1 -d <database> -f -
+-- Takes schema version 3 to 4. Applied by a DBA, never by the package, in one transaction:
+--     python -m convdb migrations --from 3 | psql -v ON_ERROR_STOP=1 -d <database> -f -
 --
 -- What it does: adds three nullable columns at the end of conversations - parent_id (the
 -- conversation a fork was made from), forked_at_seq (the source's seq it was forked after) and
@@ -23,13 +23,13 @@ DECLARE
     found integer;
 BEGIN
     IF to_regclass('convdb_schema_version') IS NULL THEN
-        RAISE EXCEPTION 'convdb migration 0003 takes schema version 2 to 3, but this database has no convdb schema'
+        RAISE EXCEPTION 'convdb migration 0004 takes schema version 3 to 4, but this database has no convdb schema'
             USING HINT = 'for a fresh install apply schema.sql (python -m convdb schema), not migrations';
     END IF;
     LOCK TABLE convdb_schema_version IN EXCLUSIVE MODE;
     SELECT max(version) INTO found FROM convdb_schema_version;
-    IF found IS DISTINCT FROM 2 AND found IS DISTINCT FROM 3 THEN
-        RAISE EXCEPTION 'convdb migration 0003 takes schema version 2 to 3, but this database is at version %',
+    IF found IS DISTINCT FROM 3 AND found IS DISTINCT FROM 4 THEN
+        RAISE EXCEPTION 'convdb migration 0004 takes schema version 3 to 4, but this database is at version %',
             coalesce(found::text, '(none)')
             USING HINT = 'apply the migrations in order: python -m convdb migrations --from <the database''s version>';
     END IF;
@@ -56,8 +56,8 @@ CREATE INDEX IF NOT EXISTS conversations_forks
 CREATE INDEX IF NOT EXISTS conversations_branches
     ON conversations (root_id, user_id) WHERE root_id IS NOT NULL;
 
-INSERT INTO convdb_schema_version (singleton, version, applied_at) VALUES (true, 3, now())
+INSERT INTO convdb_schema_version (singleton, version, applied_at) VALUES (true, 4, now())
 ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, applied_at = EXCLUDED.applied_at
-WHERE convdb_schema_version.version = 2;
+WHERE convdb_schema_version.version = 3;
 
 COMMIT;
