@@ -4,11 +4,12 @@ one statement; the fork is an ordinary conversation afterwards, independent of i
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import asyncpg
 import pytest
 
-from convdb import ConversationExists, ConversationNotFound, ConversationStore, InvalidInput
+from convdb import ConversationExists, ConversationNotFound, ConversationStore, InvalidInput, Usage
 
 
 async def seeded(store: ConversationStore, cid: str = "src", uid: str = "alice", n: int = 5) -> None:
@@ -61,6 +62,57 @@ async def test_fork_copies_the_prefix_and_continues_at_at_seq_plus_one(store: Co
     assert [m.content for m in await store.get_history("src", "alice")] == ["m1", "m2", "m3", "m4", "m5"]
 
 
+async def test_fork_copies_every_message_column_usage_included_and_the_prefix_summaries(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """Every column of the copied rows, read from the tables (so a column added later and not
+    copied fails here): usage (issue 12) included; the summaries within the prefix come along,
+    so the fork's summarized window is the source's, and one past the fork point does not."""
+    await store.get_or_create_conversation("src", "alice")
+    for i in range(1, 7):
+        usage = (
+            Usage(
+                model="m-1",
+                input_tokens=i,
+                output_tokens=2 * i,
+                cached_tokens=1,
+                reasoning_tokens=0,
+                cost=Decimal("0.0125") * i,
+                latency_ms=10 * i,
+            )
+            if i % 2 == 0
+            else None
+        )
+        await store.save_message("src", "alice", "assistant" if usage else "user", f"m{i}", usage=usage)
+    await store.save_summary("src", "alice", "up to 2", through_seq=2)
+    await store.save_summary("src", "alice", "up to 4", through_seq=4)
+    await store.save_summary("src", "alice", "up to 5", through_seq=5)
+    await store.fork_conversation("src", "alice", at_seq=4, new_conversation_id="f")
+
+    rows = "SELECT seq, to_jsonb(t) - 'conversation_id' AS r FROM {} t WHERE conversation_id = $1 ORDER BY 1"
+    for table, key in (("messages", "seq"), ("conversation_summaries", "through_seq")):
+        sql = rows.replace("seq,", f"{key},").format(table)
+        source = [r["r"] for r in await db.fetch(sql, "src") if r[key] <= 4]
+        assert source and [r["r"] for r in await db.fetch(sql, "f")] == source, table
+    copied = await store.get_history("f", "alice")
+    assert [m.usage for m in copied] == [
+        m.usage for m in await store.get_history("src", "alice") if m.seq <= 4
+    ]
+    assert copied[3].usage == Usage("m-1", 4, 8, 1, 0, Decimal("0.0500"), 40)
+    window = await store.get_history("f", "alice", limit=10, summarized=True)
+    assert [(m.seq, m.content, m.summary_through) for m in window] == [(4, "up to 4", 4)]
+    assert [
+        (m.seq, m.content) for m in await store.get_history("src", "alice", limit=10, summarized=True)
+    ] == [
+        (5, "up to 5"),
+        (6, "m6"),
+    ]
+    # The fork's own summaries are its own: a newer one on the fork leaves the source alone.
+    await store.save_message("f", "alice", "user", "f5")
+    await store.save_summary("f", "alice", "fork up to 5", through_seq=5)
+    assert (await store.get_history("src", "alice", limit=10, summarized=True))[0].content == "up to 5"
+
+
 async def test_fork_title_metadata_and_generated_id(store: ConversationStore) -> None:
     await seeded(store)
     fork = await store.fork_conversation("src", "alice", at_seq=0, title="edit", metadata={"b": [1]})
@@ -85,7 +137,7 @@ async def test_a_copied_idempotency_key_replays_to_the_copied_message(store: Con
     assert turn.seq == 1
 
 
-@pytest.mark.parametrize("at_seq", [-1, True, 1.5, "2", None])
+@pytest.mark.parametrize("at_seq", [-1, True, 1.5, "2", None, 2**63 - 1])
 async def test_bad_at_seq_is_refused_before_io(store: ConversationStore, at_seq: object) -> None:
     with pytest.raises(InvalidInput, match="at_seq"):
         await store.fork_conversation("never-read", "alice", at_seq=at_seq)  # type: ignore[arg-type]
