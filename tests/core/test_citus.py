@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from convdb import ConvDBError, ConversationStore
+from convdb import ConvDBError, ConversationNotFound, ConversationStore
 from convdb.listing import build_listing
 from convdb.sql import QUERIES
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
@@ -286,6 +286,41 @@ async def test_user_wide_listing_and_erasure_are_correct_across_shards(
     assert [m.content for m in await store.get_history("bob-1", "bob")] == ["keep me"]
 
 
+@citus_only
+async def test_fork_copies_a_conversation_onto_another_workers_shard(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """fork_conversation is the one statement about two conversations (TWO_CONVERSATIONS): with
+    the fork's id on another worker than its source's, the prefix's messages, summaries and
+    feedback arrive there, and the fork's window is then read from its own shard alone."""
+    await store.get_or_create_conversation("src", "alice")
+    await store.save_messages("src", "alice", [{"role": "user", "content": f"m{i}"} for i in range(1, 7)])
+    await store.save_summary("src", "alice", "up to 3", through_seq=3)
+    await store.set_feedback("src", "alice", 2, rating=1, tags=["good"])
+    home = await _shard_node(db, "src")
+    fork_id = ""
+    for n in range(1000):  # 32 shards on two workers: the first few ids already cover both
+        if await _shard_node(db, f"fork-{n}") != home:
+            fork_id = f"fork-{n}"
+            break
+    assert fork_id, "no id on the other worker"
+    fork = await store.fork_conversation("src", "alice", at_seq=4, new_conversation_id=fork_id)
+    assert (fork.parent_id, fork.forked_at_seq, fork.root_id) == ("src", 4, "src")
+    assert [m.content for m in await store.get_history(fork_id, "alice")] == ["m1", "m2", "m3", "m4"]
+    window = await store.get_history(fork_id, "alice", limit=10, summarized=True)
+    assert [(m.seq, m.content) for m in window] == [(3, "up to 3"), (4, "m4")]
+    assert [(f.seq, f.rating, f.inherited) for f in await store.get_feedback(fork_id, "alice")] == [
+        (2, 1, True)
+    ]
+    assert (await store.save_message(fork_id, "alice", "user", "edited")).seq == 5
+    jobs = _jobs(await _citus_plan(db, QUERIES["get_history"], (fork_id, "alice", 50)))
+    assert [job["Task Count"] for job in jobs] == [1]
+    nodes = await _worker_nodes(db, jobs)
+    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, fork_id)), nodes
+    with pytest.raises(ConversationNotFound):
+        await store.fork_conversation("src", "bob", at_seq=1)
+
+
 async def _distribution(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
     rows = await db.fetch(
         "SELECT table_name::text, citus_table_type, distribution_column, colocation_id, shard_count "
@@ -303,6 +338,8 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
     assert by_name["conversations"][1:3] == ("distributed", "id")
     assert by_name["messages"][1:3] == ("distributed", "conversation_id")
     assert by_name["conversations"][3] == by_name["messages"][3], "co-located"
+    for table in ("conversation_summaries", "message_feedback"):
+        assert by_name[table][1:4] == ("distributed", "conversation_id", by_name["messages"][3]), table
     assert by_name["conversations"][4] == 32
     assert by_name["convdb_schema_version"][1] == "reference"
     shards = await db.fetchval("SELECT count(*) FROM pg_dist_shard")
