@@ -829,7 +829,8 @@ SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.cr
 -- Insert or replace the feedback on message $3 of conversation $1 (of user $2). Rows back: none =
 -- not this user's conversation; a NULL seq = no such message. Not a message write: next_seq and
 -- updated_at are left alone. $1 is spelled on every relation and is the inserted distribution
--- value, so on Citus every step runs on the conversation's shard.
+-- value, so on Citus every step runs on the conversation's shard. A replaced row's updated_at is
+-- the proposed row's default (now()): Citus refuses now() itself in DO UPDATE SET.
 WITH target AS (
     SELECT m.seq
       FROM conversations c
@@ -840,7 +841,7 @@ WITH target AS (
     SELECT $1, t.seq, $4, $5, $6::text[] FROM target t
     ON CONFLICT (conversation_id, seq) DO UPDATE
        SET rating = EXCLUDED.rating, comment = EXCLUDED.comment, tags = EXCLUDED.tags,
-           inherited = false, updated_at = now()
+           inherited = false, updated_at = EXCLUDED.updated_at
     RETURNING seq, rating, comment, tags, inherited, created_at, updated_at
 )
 SELECT s.seq, s.rating, s.comment, s.tags, s.inherited, s.created_at, s.updated_at
