@@ -28,7 +28,13 @@ async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection
     tables = {
         name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]
     }
-    assert tables == {"conversations", "messages", "conversation_summaries", "convdb_schema_version"}
+    assert tables == {
+        "conversations",
+        "messages",
+        "conversation_summaries",
+        "convdb_schema_version",
+        "message_feedback",
+    }
 
 
 BROKEN = [
@@ -89,7 +95,7 @@ BROKEN = [
         id="fk-missing",
     ),
     pytest.param(
-        ["ALTER TABLE messages DROP CONSTRAINT messages_pkey"],
+        ["ALTER TABLE messages DROP CONSTRAINT messages_pkey CASCADE"],
         r"constraint messages_pkey on messages is missing \(expected PRIMARY KEY \(conversation_id, seq\)\)",
         id="pk-missing",
     ),
@@ -149,7 +155,7 @@ async def test_verify_schema_refuses_a_broken_database(
         await db.execute(statement)
     with pytest.raises(SchemaMismatch, match=expected) as info:
         await store.verify_schema()
-    assert "the database records schema version 3 but differs from it" in str(info.value)
+    assert "the database records schema version 5 but differs from it" in str(info.value)
 
 
 async def test_connect_refuses_a_non_unique_idempotency_index(dsn: str, db: asyncpg.Connection) -> None:

@@ -1,4 +1,4 @@
-"""Rolling upgrades with the test-only migrations 0004 (additive) and 0005 (breaking, floor 4):
+"""Rolling upgrades with the test-only migrations 0006 (additive) and 0007 (breaking, floor 6):
 this package keeps working on an additively migrated database, refuses one whose floor is above it,
 a later package (SCHEMA_VERSION monkeypatched) refuses a database that lacks its migrations and
 names them, and migrations applied out of order fail and change nothing."""
@@ -17,12 +17,12 @@ from tests.schema.schema_support import SCHEMA, NewDatabase, new_db, with_test_m
 __all__ = ["new_db"]  # the fixture, imported for pytest
 
 ALL = with_test_migrations()
-ADDITIVE, BREAKING = ALL[3], ALL[4]
+ADDITIVE, BREAKING = ALL[5], ALL[6]
 
 
 def test_the_test_migrations_declare_their_kinds() -> None:
-    assert (ADDITIVE.version, ADDITIVE.kind, ADDITIVE.floor) == (4, "additive", 1)
-    assert (BREAKING.version, BREAKING.kind, BREAKING.floor) == (5, "breaking", 4)
+    assert (ADDITIVE.version, ADDITIVE.kind, ADDITIVE.floor) == (6, "additive", 1)
+    assert (BREAKING.version, BREAKING.kind, BREAKING.floor) == (7, "breaking", 6)
 
 
 async def current_database(new_db: NewDatabase) -> str:
@@ -54,7 +54,7 @@ async def test_this_package_keeps_working_on_an_additively_migrated_database(new
         await exercise(running, "running")
     async with await ConversationStore.connect(
         dsn, min_size=1, max_size=2
-    ) as restarted:  # connect() accepts V=4
+    ) as restarted:  # connect() accepts V=6
         await exercise(restarted, "restarted")
 
 
@@ -64,20 +64,20 @@ async def test_a_breaking_migration_raises_the_floor_and_this_package_refuses(ne
     async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as running:
         conv = await running.get_or_create_conversation(None, "alice")
         apply_sql(dsn, BREAKING.sql)
-        # What the floor protects against: this package does not write the column 0005 requires.
+        # What the floor protects against: this package does not write the column 0007 requires.
         with pytest.raises(ConstraintViolation):
             await running.save_message(conv.id, "alice", "user", "x")
     with pytest.raises(SchemaMismatch) as info:
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
     assert (
-        "the database is at schema version 5 and supports packages built for schema 4 or later; this "
-        "package is built for schema 3: it is too old, upgrade convdb"
+        "the database is at schema version 7 and supports packages built for schema 6 or later; this "
+        "package is built for schema 5: it is too old, upgrade convdb"
     ) in str(info.value)
 
 
 @pytest.fixture
 def later_package(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """This code standing in for a package built for schema 5 that ships 0004 and 0005."""
+    """This code standing in for a package built for schema 7 that ships 0006 and 0007."""
 
     def become(version: int) -> None:
         monkeypatch.setattr(schema_check, "SCHEMA_VERSION", version)
@@ -89,26 +89,26 @@ def later_package(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 async def test_a_later_package_refuses_a_database_without_its_migrations_and_names_them(
     new_db: NewDatabase, later_package: Callable[[int], None]
 ) -> None:
-    later_package(5)
+    later_package(7)
     dsn = await current_database(new_db)
     with pytest.raises(SchemaMismatch) as info:
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
     assert (
-        "the database is at schema version 3 and this package needs version 5: apply, in order, "
-        "0004_test_label.sql, 0005_test_label_required.sql with: python -m convdb migrations --from 3 "
+        "the database is at schema version 5 and this package needs version 7: apply, in order, "
+        "0006_test_label.sql, 0007_test_label_required.sql with: python -m convdb migrations --from 5 "
         "| psql -v ON_ERROR_STOP=1 -d <database> -f -"
     ) in str(info.value)
     apply_sql(dsn, ADDITIVE.sql)
     with pytest.raises(
         SchemaMismatch,
-        match=r"at schema version 4 .* apply, in order, 0005_test_label_required\.sql "
-        r"with: python -m convdb migrations --from 4",
+        match=r"at schema version 6 .* apply, in order, 0007_test_label_required\.sql "
+        r"with: python -m convdb migrations --from 6",
     ):
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
     apply_sql(dsn, BREAKING.sql)
     async with await ConversationStore.connect(dsn, min_size=1, max_size=1) as store:
         await store.verify_schema()
-    later_package(4)  # a package built for schema 4 is at the floor: accepted
+    later_package(6)  # a package built for schema 6 is at the floor: accepted
     async with await ConversationStore.connect(dsn, min_size=1, max_size=1) as store:
         await store.verify_schema()
 
@@ -116,17 +116,17 @@ async def test_a_later_package_refuses_a_database_without_its_migrations_and_nam
 @pytest.mark.parametrize(
     ("applied", "migration"),
     [
-        pytest.param(3, BREAKING, id="0005-on-version-3"),
-        pytest.param(5, ADDITIVE, id="0004-on-version-5"),
-        pytest.param(4, ALL[1], id="0002-on-version-4"),
-        pytest.param(5, ALL[2], id="0003-on-version-5"),
+        pytest.param(5, BREAKING, id="0007-on-version-5"),
+        pytest.param(7, ADDITIVE, id="0006-on-version-7"),
+        pytest.param(6, ALL[1], id="0002-on-version-6"),
+        pytest.param(7, ALL[2], id="0003-on-version-7"),
     ],
 )
 async def test_out_of_order_fails_and_changes_nothing(
     new_db: NewDatabase, applied: int, migration: Migration
 ) -> None:
     dsn = await current_database(new_db)
-    for m in ALL[3:applied]:
+    for m in ALL[5:applied]:
         apply_sql(dsn, m.sql)
     before = await catalog_snapshot(dsn)
     with pytest.raises(
@@ -146,4 +146,4 @@ async def test_the_test_migrations_rerun_as_no_ops(new_db: NewDatabase) -> None:
         after = await catalog_snapshot(dsn)
         apply_sql(dsn, m.sql)
         assert await catalog_snapshot(dsn) == after
-    assert ("version row", '{"version": 5, "singleton": true, "compatible_from": 4}', "", "") in after
+    assert ("version row", '{"version": 7, "singleton": true, "compatible_from": 6}', "", "") in after
