@@ -11,7 +11,7 @@ help:
 	@echo "make test-pgbouncer  the database tests again, every store through PgBouncer"
 	@echo "make test-citus      the database tests again on a 3-node Citus cluster (.ci/citus.sh builds Citus)"
 	@echo "make test-citus-engine  the Citus-only tests on that cluster (what CI runs)"
-	@echo "make check           lint, types, test, test-pgbouncer: what CI runs"
+	@echo "make check           lint, types, test, test-pgbouncer, conformance: what CI runs (with the Citus tests)"
 	@echo "make bench-quick     the three-minute benchmark on the embedded server (needs .[bench])"
 	@echo "make conformance     the frameworks' own test suites against the adapters (.[conformance])"
 
@@ -41,7 +41,7 @@ RERUN_SKIPS = --ignore=tests/schema/test_schema_migrations.py --ignore=tests/sch
 test-pgbouncer:
 	CONVDB_TEST_PGBOUNCER=1 python -m pytest -m "db and not slow and not faults and not property" $(RERUN_SKIPS)
 
-check: lint types test test-pgbouncer
+check: lint types test test-pgbouncer conformance
 
 bench-quick:
 	mkdir -p build
@@ -54,15 +54,17 @@ test-citus:
 	CONVDB_TEST_CITUS=1 python -m pytest -m "db and not slow and not faults" $(RERUN_SKIPS)
 
 # The frameworks' own published tests (OpenAI Agents SDK 0.24.0, langchain-core 1.8.3,
-# langchain-postgres 0.0.19, from their PyPI sdists, cached in ~/.cache/convdb-conformance) against
-# the adapters; not_applicable.toml lists what cannot apply. Needs the conformance extra.
+# langchain-postgres 0.0.19, from their PyPI sdists, cached in $CONVDB_CONFORMANCE_CACHE, default
+# ~/.cache/convdb-conformance) against the adapters, as parallel pytest processes
+# (CONVDB_CONFORMANCE_JOBS at a time); not_applicable.toml lists what cannot apply. Needs the
+# conformance extra. CI runs it (.ci/run). Google ADK, LlamaIndex and Pydantic AI publish no tests
+# in their sdists: our tests of their interfaces run in `make test`.
 conformance:
 	python -m pip install -e ".[conformance]"
 	python -m tests.conformance
 
-# What CI runs on Citus for now: the Citus-only tests (one router task per conversation-scoped
-# statement, EXPLAIN twins, user-wide correctness across shards, schema_citus.sql and the command's
-# output, a batch killed on its worker backend). The full rerun above is not yet green on Citus
-# (see docs/citus.md, "Status"), so it is not a CI gate yet.
+# The Citus-only tests alone (one router task per conversation-scoped statement, EXPLAIN twins,
+# user-wide correctness across shards, schema_citus.sql and the command's output, a batch killed on
+# its worker backend): what CI runs (the full test-citus rerun is not yet green: docs/citus.md, Status).
 test-citus-engine:
 	CONVDB_TEST_CITUS=1 python -m pytest tests/core/test_citus.py

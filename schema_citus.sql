@@ -8,17 +8,21 @@
 -- Idempotent: running it again on a database it was applied to changes nothing.
 --
 -- What it does:
---   * conversations is distributed by id, messages and conversation_summaries (schema version 3)
---     by conversation_id, all co-located: a conversation's row, its messages and its summaries
---     live in one shard group on one worker. After migration 0003 on a distributed database, run
---     this file again: it distributes the new conversation_summaries table. The primary
---     keys, the partial unique idempotency index and the ON DELETE CASCADE foreign key are kept on
---     every shard pair (co-located tables allow all three), so every per-conversation statement
---     of convdb runs on one shard (router execution; checked by EXPLAIN in the Citus tests).
+--   * conversations is distributed by id; messages, conversation_summaries (schema version 3)
+--     and message_feedback (schema version 5) by conversation_id, all co-located: a
+--     conversation's row, its messages, its summaries and their feedback live in one shard group
+--     on one worker. After migration 0003 or 0005 on a distributed database, run this file again:
+--     it distributes the new table. The primary keys, the partial unique idempotency index and
+--     the ON DELETE CASCADE foreign keys are kept on every shard group (co-located tables allow
+--     them), so every per-conversation statement of convdb runs on one shard (router execution;
+--     checked by EXPLAIN in the Citus tests).
 --   * convdb_schema_version becomes a reference table (a copy on every node), so the version
 --     check at connect() is answered locally wherever it runs.
---   * What fans out to every shard: listing a user's conversations and erasing a user's data
---     (by user_id, which is not the distribution column). Both are correct across shards.
+--   * What fans out to every shard: listing a user's conversations, searching their messages,
+--     their feedback summary and erasing their data (by user_id, which is not the distribution
+--     column). All are correct across shards. Forking copies a conversation's prefix from its
+--     shard into the fork's (in general another worker): a multi-shard step, rare next to the hot
+--     path, which on the fork is single-shard again.
 --
 -- 32 shards (Citus's default): enough to spread over many more workers than today's by moving
 -- shards (citus_rebalance_start()), without re-distributing.
@@ -28,7 +32,8 @@ BEGIN;
 DO $$
 DECLARE
     wanted constant text[][] := ARRAY[['conversations', 'id'], ['messages', 'conversation_id'],
-                                      ['conversation_summaries', 'conversation_id']];
+                                      ['conversation_summaries', 'conversation_id'],
+                                      ['message_feedback', 'conversation_id']];
     have text;
     i integer;
 BEGIN

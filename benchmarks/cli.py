@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from . import meta as run_meta
@@ -15,6 +16,9 @@ from . import report, runner, server
 from .config import MODES, Mode
 from .registry import ALL_NAMES, display_name
 from .systems.base import Context
+
+# The run the README and docs/benchmarks.md quote: every run is compared with it.
+PUBLISHED = Path(__file__).resolve().parent / "results" / "default.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,13 +32,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "own); default: start the embedded PostgreSQL in a temp dir",
     )
     speed = parser.add_mutually_exclusive_group()
-    speed.add_argument("--quick", action="store_const", const="quick", dest="mode", help="under 3 minutes")
+    speed.add_argument(
+        "--quick", action="store_const", const="quick", dest="mode", help="under 3 minutes, 1 repeat"
+    )
     speed.add_argument(
         "--full",
         action="store_const",
         const="full",
         dest="mode",
-        help="default run plus the table-size sweep up to 10 million messages",
+        help="the thorough run plus the table-size sweep up to 10 million messages",
+    )
+    speed.add_argument(
+        "--thorough",
+        action="store_const",
+        const="thorough",
+        dest="mode",
+        help="about 21 minutes: 2 s cells, peers' histories swept to 100,000 messages",
     )
     speed.add_argument(
         "--tiny",
@@ -57,6 +70,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="an embedded-server setting (repeatable), e.g. synchronous_commit=off",
+    )
+    parser.add_argument(
+        "--previous",
+        default=str(PUBLISHED),
+        metavar="FILE.json",
+        help="the run to compare with (this ÷ previous, per op); default: the published run "
+        f"{PUBLISHED.relative_to(PUBLISHED.parents[2])}; 'none' for no comparison",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the client's event loop (uvloop: pip install uvloop); recorded in the JSON",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -84,7 +110,33 @@ def admin_dsn(args: argparse.Namespace) -> Iterator[str]:
         yield dsn
 
 
-async def run(args: argparse.Namespace, admin: str) -> dict[str, Any]:
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """None for asyncio's default loop; uvloop's when asked for (an optional faster loop)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise SystemExit(f"--loop uvloop needs uvloop (pip install -e '.[bench]'): {exc}") from exc
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def previous_run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
+    """The run to compare with (read before this one runs, which may overwrite it) and its path."""
+    if args.previous == "none":
+        return None, ""
+    previous = report.read_previous(args.previous)
+    if previous is None:
+        print(f"no previous run to compare with at {args.previous}", file=sys.stderr)
+    source = Path(args.previous).resolve()
+    shown = source.relative_to(run_meta.ROOT) if source.is_relative_to(run_meta.ROOT) else source
+    return previous, str(shown)
+
+
+async def run(
+    args: argparse.Namespace, admin: str, previous: tuple[dict[str, Any] | None, str] = (None, "")
+) -> dict[str, Any]:
     mode = mode_of(args)
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ALL_NAMES))
@@ -124,6 +176,7 @@ async def run(args: argparse.Namespace, admin: str) -> dict[str, Any]:
         "server": "given by --dsn" if args.dsn else "embedded (pgserver), in a temp dir",
         "machine": run_meta.machine(),
         "mode": mode.name,
+        "event_loop": args.loop,
         "started": started,
         "finished": run_meta.now(),
         "load_average_before": load_before,
@@ -141,13 +194,13 @@ async def run(args: argparse.Namespace, admin: str) -> dict[str, Any]:
             "table_sizes": list(mode.layout.table_sizes),
         },
     }
-    return report.document(meta, rows, scaling)
+    return report.document(meta, rows, scaling, *previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with admin_dsn(args) as admin:
-        doc = asyncio.run(run(args, admin))
+    with admin_dsn(args) as admin, asyncio.Runner(loop_factory=loop_factory(args.loop)) as loop_runner:
+        doc = loop_runner.run(run(args, admin, previous_run(args)))
     sys.stdout.write(report.text(doc))
     if args.json_path:
         report.write_json(args.json_path, doc)

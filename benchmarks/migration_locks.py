@@ -32,12 +32,16 @@ from convdb.migrations import MIGRATIONS
 from convdb.testing import EmbeddedPostgres, apply_schema, find_binary
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASES = ROOT / "tests" / "integration" / "schema_releases"
+RELEASES = ROOT / "tests" / "schema" / "schema_releases"
 
 # How to take the database back to the version before each migration, so that it can run again.
 UNDO = {
     2: "ALTER TABLE convdb_schema_version DROP COLUMN compatible_from; "
     "UPDATE convdb_schema_version SET version = 1",
+    4: "DROP INDEX conversations_forks; DROP INDEX conversations_branches; "
+    "ALTER TABLE conversations DROP CONSTRAINT conversations_fork_lineage, DROP COLUMN parent_id, "
+    "DROP COLUMN forked_at_seq, DROP COLUMN root_id; UPDATE convdb_schema_version SET version = 3",
+    5: "DROP TABLE message_feedback; UPDATE convdb_schema_version SET version = 4",
 }
 
 

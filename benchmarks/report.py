@@ -18,7 +18,7 @@ def row_json(row: Row) -> dict[str, Any]:
         "system": row.system,
         "op": row.op,
         "concurrency": row.concurrency,
-        "ops_per_s": _round(cell.ops_per_s),
+        "ops_per_s": _rate(cell.ops_per_s),
         "p50_ms": _round(cell.p50_ms, 3),
         "p99_ms": _round(cell.p99_ms, 3),
         "error": cell.error,
@@ -28,7 +28,7 @@ def row_json(row: Row) -> dict[str, Any]:
         "client_cpu_us": _round(cell.client_cpu_us),
         "repeats": [
             {
-                "ops_per_s": _round(c.ops_per_s),
+                "ops_per_s": _rate(c.ops_per_s),
                 "p50_ms": _round(c.p50_ms, 3),
                 "p99_ms": _round(c.p99_ms, 3),
                 "error": c.error,
@@ -40,6 +40,14 @@ def row_json(row: Row) -> dict[str, Any]:
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def _rate(value: float | None) -> float | None:
+    """ops/s to 0.1, or to three significant digits below 10: a google-adk batch of 100 on a
+    loaded machine runs at a few hundredths of a call per second, which must not print as 0."""
+    if value is None or value >= 10:
+        return _round(value)
+    return float(f"{value:.3g}")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -79,13 +87,71 @@ def _none() -> Any:
     return _NoCell()
 
 
-def document(meta: dict[str, Any], rows: Sequence[Row], scaling: Sequence[ScalingPoint]) -> dict[str, Any]:
+# The within-run ratios compared with the previous published run's: a ratio survives a change of
+# machine load far better than an absolute ops/s does, so these are what shows a regression.
+COMPARED_RATIOS = ("convdb_over_pgbench", "convdb_over_asyncpg_raw", "convdb_over_best_peer")
+
+
+def read_previous(path: str | Path) -> dict[str, Any] | None:
+    """The published run to compare with, or None when there is none (a fresh checkout has one)."""
+    try:
+        doc: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or "results" not in doc or "ratios" not in doc:
+        return None
+    return doc
+
+
+def compare_with_previous(doc: dict[str, Any], previous: dict[str, Any], source: str) -> dict[str, Any]:
+    """``doc`` with ``vs_previous`` (this run ÷ the previous one) on every row and ratio both share."""
+    meta = previous.get("meta", {})
+    before_rows = {(r["system"], r["op"], r["concurrency"]): r for r in previous["results"]}
+    before_ratios = {(r["op"], r["concurrency"]): r for r in previous["ratios"]}
+    results = []
+    for row in doc["results"]:
+        old = before_rows.get((row["system"], row["op"], row["concurrency"]))
+        results.append({**row, "vs_previous": _ratio(row["ops_per_s"], old and old["ops_per_s"])})
+    compared = []
+    for entry in doc["ratios"]:
+        old = before_ratios.get((entry["op"], entry["concurrency"]))
+        compared.append(
+            {
+                **entry,
+                "previous": None if old is None else {k: old.get(k) for k in (*COMPARED_RATIOS, "best_peer")},
+                "vs_previous": {k: _ratio(entry[k], old and old.get(k)) for k in COMPARED_RATIOS},
+            }
+        )
     return {
+        **doc,
+        "meta": {
+            **doc["meta"],
+            "previous_run": {
+                "source": source,
+                "commit": meta.get("commit"),
+                "mode": meta.get("mode"),
+                "started": meta.get("started"),
+            },
+        },
+        "results": results,
+        "ratios": compared,
+    }
+
+
+def document(
+    meta: dict[str, Any],
+    rows: Sequence[Row],
+    scaling: Sequence[ScalingPoint],
+    previous: dict[str, Any] | None = None,
+    previous_source: str = "",
+) -> dict[str, Any]:
+    doc = {
         "meta": meta,
         "results": [row_json(r) for r in rows],
         "ratios": ratios(rows),
         "scaling": [{**asdict(p), "p50_ms": _round(p.p50_ms, 3)} for p in scaling],
     }
+    return doc if previous is None else compare_with_previous(doc, previous, previous_source)
 
 
 def write_json(path: str | Path, doc: dict[str, Any]) -> None:
@@ -156,6 +222,9 @@ def text(doc: dict[str, Any]) -> str:
         "ratios of throughput\n"
         + _table(["op", "c", "convdb/pgbench", "convdb/asyncpg-raw", "convdb/best peer"], ratio_rows)
     )
+    previous_run = doc["meta"].get("previous_run")
+    if previous_run:
+        parts.append(_previous_table(doc, previous_run, found))
     scaling = doc["scaling"]
     if scaling:
         lengths = sorted({p["messages_in_conversation"] for p in scaling})
@@ -179,3 +248,36 @@ def text(doc: dict[str, Any]) -> str:
     if problems:
         parts.append("errors and unsupported ops\n" + "\n".join(problems))
     return "\n\n".join(parts) + "\n"
+
+
+def _change(now: float | None, ratio: float | None, digits: int = 2) -> str:
+    """``now (×ratio)``: the figure and this run ÷ the previous one; a lone figure when new."""
+    if now is None:
+        return "-"
+    return f"{_fmt(now, digits)} ({_fmt(ratio, 2)}×)" if ratio is not None else _fmt(now, digits)
+
+
+def _previous_table(doc: dict[str, Any], previous_run: dict[str, Any], found: dict[Any, Any]) -> str:
+    body = []
+    for r in doc["ratios"]:
+        vs = r.get("vs_previous") or {}
+        mine = found.get(("convdb", r["op"], r["concurrency"]), {})
+        body.append(
+            [
+                r["op"],
+                str(r["concurrency"]),
+                _change(mine.get("ops_per_s"), mine.get("vs_previous"), 0),
+                _change(r["convdb_over_pgbench"], vs.get("convdb_over_pgbench")),
+                _change(r["convdb_over_asyncpg_raw"], vs.get("convdb_over_asyncpg_raw")),
+                _change(r["convdb_over_best_peer"], vs.get("convdb_over_best_peer"), 1),
+            ]
+        )
+    commit = (previous_run.get("commit") or "unknown")[:10]
+    return (
+        f"against the previous published run ({previous_run.get('mode')} run at {commit}, "
+        f"{previous_run.get('source')}): this run (this ÷ previous; ops/s move with the machine's "
+        "load, the ratios much less)\n"
+        + _table(
+            ["op", "c", "convdb ops/s", "convdb/pgbench", "convdb/asyncpg-raw", "convdb/best peer"], body
+        )
+    )

@@ -87,6 +87,16 @@ class ConversationExists(ConvDBError):
         self.conversation_id = conversation_id
 
 
+class MessageNotFound(ConvDBError, LookupError):
+    """The conversation is the caller's, but holds no message with this seq (never, or no longer:
+    popped, cleared). Raised only once ownership is established: for another user's conversation
+    the caller gets ``ConversationNotFound``."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"no message with seq {seq} in this conversation")
+        self.seq = seq
+
+
 class SchemaMismatch(ConvDBError):
     """The database schema is not the one this package was built for."""
 

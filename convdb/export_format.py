@@ -7,7 +7,11 @@ An export is a stream of JSON objects (one per line in a file):
 - then one ``{"type": "message", "seq", "role", "content", "tool_name", "tool_call_id",
   "tool_calls", "metadata", "token_count", "idempotency_key", "created_at", "usage"}`` per message,
   in seq order (``usage``: null, or its fields with ``cost`` as a decimal string; optional on
-  import, so exports of earlier versions import unchanged).
+  import, so exports of earlier versions import unchanged);
+- then (optional, since schema version 5) one ``{"type": "feedback", "seq", "rating", "comment",
+  "tags", "inherited", "created_at", "updated_at"}`` per rated message, after every message
+  record. Exports without feedback records (older ones) import unchanged; an older convdb refuses
+  an export that has them ("must be 'message'").
 
 Times are ISO 8601 with offset and microseconds, so a restore is exact. ``user_id`` is not
 exported: the owner of an imported conversation is the ``user_id`` given to
@@ -20,18 +24,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .agent import message_to_dict
 from .errors import InvalidInput
-from .records import Conversation, Message
+from .records import Conversation, Feedback, Message
 from .validation import (
     DEFAULT_LIMITS,
     MessageRow,
     SizeLimits,
     TokenCounter,
     check_aware_datetime,
+    check_comment,
+    check_flag,
     check_id,
+    check_rating,
+    check_tags,
     check_title,
     check_token_count,
     encode_json,
@@ -85,6 +93,37 @@ def header_record(row: asyncpg.Record, conversation: Conversation | None = None)
         "updated_at": conversation.updated_at.isoformat(),
         "next_seq": row["next_seq"],
     }
+
+
+_FEEDBACK_FIELDS: Final = frozenset(
+    {"type", "seq", "rating", "comment", "tags", "inherited", "created_at", "updated_at"}
+)
+
+
+def feedback_record(feedback: Feedback) -> dict[str, Any]:
+    """A feedback record of an export."""
+    return {
+        "type": "feedback",
+        "seq": feedback.seq,
+        "rating": feedback.rating,
+        "comment": feedback.comment,
+        "tags": list(feedback.tags),
+        "inherited": feedback.inherited,
+        "created_at": feedback.created_at.isoformat(),
+        "updated_at": feedback.updated_at.isoformat(),
+    }
+
+
+class FeedbackRow(NamedTuple):
+    """A validated feedback record, in the column order of import_feedback (after the conversation)."""
+
+    seq: int
+    rating: int
+    comment: str | None
+    tags: list[str]
+    inherited: bool
+    created_at: datetime
+    updated_at: datetime
 
 
 def message_record(message: Message) -> dict[str, Any]:
@@ -160,15 +199,23 @@ class MessageParser:
         self.limits = limits
         self.last_seq = 0
         self.keys: set[str] = set()
+        #: The feedback records, validated; imported after every message.
+        self.feedback: list[FeedbackRow] = []
         #: Set by an encrypting store once the records before it are validated: seals each row
         #: under its seq (``convdb.crypto.Codec.seal_row``).
         self.seal: Callable[[int, MessageRow], MessageRow] | None = None
 
-    def parse(self, record: object, index: int) -> tuple[int, MessageRow, datetime]:
+    def parse(self, record: object, index: int) -> tuple[int, MessageRow, datetime] | None:
+        """A message record's row; None for a feedback record (kept in ``feedback``)."""
         if not isinstance(record, Mapping):
             raise InvalidInput("message", f"must be a dict, got {type(record).__name__}", index=index)
+        if record.get("type") == "feedback":
+            self.feedback.append(self._feedback(record, index))
+            return None
+        if self.feedback:
+            raise InvalidInput("type", "feedback records come after every message record", index=index)
         if record.get("type") != "message":
-            raise InvalidInput("type", "must be 'message' after the first record", index=index)
+            raise InvalidInput("type", "must be 'message' or 'feedback' after the first record", index=index)
         unknown = set(record) - _MESSAGE_FIELDS
         if unknown:
             raise InvalidInput(sorted(map(str, unknown))[0], "is not a message field", index=index)
@@ -206,6 +253,32 @@ class MessageParser:
         if self.seal is not None:
             row = self.seal(seq, row)
         return seq, row, created_at
+
+    def _feedback(self, record: Mapping[str, Any], index: int) -> FeedbackRow:
+        unknown = set(record) - _FEEDBACK_FIELDS
+        if unknown:
+            raise InvalidInput(sorted(map(str, unknown))[0], "is not a feedback field", index=index)
+        seq = _check_seq(record.get("seq"), "seq", index)
+        if seq > self.last_seq or (self.feedback and seq <= self.feedback[-1].seq):
+            raise InvalidInput(
+                "seq", f"feedback on seq {seq} must follow its message, in seq order", index=index
+            )
+        try:
+            rating = check_rating(record.get("rating"))
+            comment = check_comment(record.get("comment"))
+            tags = check_tags(record.get("tags", []))
+            inherited = check_flag(record.get("inherited", False), "inherited")
+        except InvalidInput as exc:
+            raise InvalidInput(exc.field, exc.problem, index=index) from None
+        return FeedbackRow(
+            seq,
+            rating,
+            comment,
+            tags,
+            inherited,
+            _check_time(record.get("created_at"), "created_at", index),
+            _check_time(record.get("updated_at"), "updated_at", index),
+        )
 
 
 async def aiter_records(records: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

@@ -2,7 +2,8 @@
 
 Built with pypika, every value as a ``$n`` ``Parameter`` (pypika would otherwise inline values as
 literals, and its auto-parametrisation stringifies datetimes). Each combination of the optional
-filters is a distinct statement text, so asyncpg prepares at most 32 of them per connection.
+filters is a distinct statement text, so asyncpg prepares at most 128 of them per connection
+(32 without the branch filters, which real callers rarely combine with the others).
 
 Order: ``updated_at DESC, id DESC``. The cursor is the (updated_at, id) of a page's last row;
 the next page is ``(updated_at, id) < cursor`` (no OFFSET: a page costs the same wherever it is).
@@ -40,7 +41,17 @@ MAX_PAGE_SIZE: Final = 1000
 MAX_TITLE_SEARCH: Final = 1000
 _CURSOR_VERSION: Final = 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_COLUMNS: Final = ("id", "user_id", "title", "metadata", "created_at", "updated_at")
+_COLUMNS: Final = (
+    "id",
+    "user_id",
+    "title",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "parent_id",
+    "forked_at_seq",
+    "root_id",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +178,8 @@ def build_listing(
     metadata_contains: Mapping[str, JSONValue] | None = None,
     updated_after: object = None,
     updated_before: object = None,
+    parent_id: object = None,
+    root_id: object = None,
 ) -> ListingQuery:
     """Validate every argument (no I/O) and build the statement; it fetches ``limit + 1`` rows."""
     uid = check_id(user_id, "user_id")
@@ -179,12 +192,15 @@ def build_listing(
     meta_json = encode_json(metadata_contains, "metadata_contains", kind=dict)
     after = None if updated_after is None else check_aware_datetime(updated_after, "updated_after")
     before = None if updated_before is None else check_aware_datetime(updated_before, "updated_before")
+    parent = None if parent_id is None else check_id(parent_id, "parent_id")
+    root = None if root_id is None else check_id(root_id, "root_id")
     context = _digest(
         uid,
         repr(title),
         meta_json or "",
         repr(after and after.astimezone(UTC).isoformat()),
         repr(before and before.astimezone(UTC).isoformat()),
+        *(() if parent is None and root is None else (repr(parent), repr(root))),
     )
     position = None if cursor is None else decode_cursor(cursor, context)
 
@@ -207,6 +223,11 @@ def build_listing(
         conditions.append(t.updated_at > param(after))
     if before is not None:
         conditions.append(t.updated_at < param(before))
+    # Branch filters: served by the partial indexes conversations_forks / conversations_branches.
+    if parent is not None:
+        conditions.append(t.parent_id == param(parent))
+    if root is not None:
+        conditions.append(t.root_id == param(root))
     limit_param: Term = param(n + 1)
     query = (
         PostgreSQLQuery.from_(t)

@@ -31,9 +31,22 @@ class Conversation:
     metadata: dict[str, JSONValue]
     created_at: datetime
     updated_at: datetime
+    #: The conversation this one was forked from (``fork_conversation``); None if never forked. It
+    #: may name a conversation deleted since: a fork's history is its own copy.
+    parent_id: str | None = None
+    #: The seq of the source's message the fork was made after (its own next seq is this + 1).
+    forked_at_seq: int | None = None
+    #: The first conversation of the lineage (the source of the first fork); None if never forked.
+    root_id: str | None = None
+
+    @property
+    def root(self) -> str:
+        """The id of this conversation's lineage root: ``root_id``, or its own id if never forked."""
+        return self.root_id if self.root_id is not None else self.id
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Conversation:
+        # .get: statements that predate branches (the export header) return no lineage columns.
         return cls(
             id=row["id"],
             user_id=row["user_id"],
@@ -41,6 +54,9 @@ class Conversation:
             metadata=_json(row["metadata"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            parent_id=row.get("parent_id"),
+            forked_at_seq=row.get("forked_at_seq"),
+            root_id=row.get("root_id"),
         )
 
 
@@ -246,6 +262,82 @@ class UsageReport:
     by_model: list[UsageTotals]
     #: Everything in the range (``day`` and ``model`` None); zeros when nothing matched.
     total: UsageTotals
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A user's feedback on one message (``set_feedback``). Never part of the message's content."""
+
+    conversation_id: str
+    seq: int
+    #: -1 (bad), 0 (neutral), +1 (good).
+    rating: int
+    comment: str | None
+    tags: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    #: Copied from the source by ``fork_conversation`` (and not set on this conversation since):
+    #: shown with the fork's history, not counted again by ``feedback_summary``.
+    inherited: bool = False
+
+    @classmethod
+    def from_record(cls, conversation_id: str, row: asyncpg.Record) -> Feedback:
+        """From a row with FEEDBACK_COLUMNS, by name."""
+        return cls(
+            conversation_id=conversation_id,
+            seq=row["seq"],
+            rating=row["rating"],
+            comment=row["comment"],
+            tags=tuple(row["tags"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            inherited=row["inherited"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackSummary:
+    """Aggregated feedback (``feedback_summary``): own ratings only, inherited copies excluded."""
+
+    count: int
+    positive: int
+    neutral: int
+    negative: int
+    #: The mean rating, None when nothing was rated.
+    mean: float | None
+    #: How many rated messages carry each tag.
+    tags: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One ``search_messages`` hit: a message, or a conversation's title (``seq`` is None)."""
+
+    conversation_id: str
+    #: The message's seq; None for a hit on the conversation's title.
+    seq: int | None
+    #: The message's role; None for a title hit.
+    role: str | None
+    #: ts_headline's excerpt: plain text in which each matching word is wrapped in MARK_START and
+    #: MARK_END (private-use characters, so no text a user typed is mistaken for markup).
+    snippet: str
+    #: ts_rank of the hit; hits come highest first.
+    rank: float
+    #: The message's created_at (the conversation's for a title hit).
+    created_at: datetime
+
+    def snippet_html(self) -> str:
+        """The snippet as HTML: text escaped, matches in ``<mark>``...``</mark>``."""
+        import html
+
+        escaped = html.escape(self.snippet, quote=True)
+        return escaped.replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+
+
+MARK_START: Final = "\ue000"
+"""Opens a highlighted word in ``SearchHit.snippet``."""
+MARK_END: Final = "\ue001"
+"""Closes a highlighted word in ``SearchHit.snippet``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from .errors import SchemaMismatch
 from .sql import QUERIES
 
 #: The schema version this package is built for: the last migration it ships.
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,19 @@ EXPECTED_COLUMNS: Final[dict[str, Column]] = {
     "conversation_summaries.metadata": Column("jsonb", True, "'{}'::jsonb"),
     "conversation_summaries.token_count": Column("integer", True, "0"),
     "conversation_summaries.created_at": Column(_TS, True, "now()"),
+    # Branches (0004): set by fork_conversation only.
+    "conversations.parent_id": Column("text", False),
+    "conversations.forked_at_seq": Column("bigint", False),
+    "conversations.root_id": Column("text", False),
+    # Feedback (0005).
+    "message_feedback.conversation_id": Column("text", True),
+    "message_feedback.seq": Column("bigint", True),
+    "message_feedback.rating": Column("smallint", True),
+    "message_feedback.comment": Column("text", False),
+    "message_feedback.tags": Column("text[]", True, "'{}'::text[]"),
+    "message_feedback.inherited": Column("boolean", True, "false"),
+    "message_feedback.created_at": Column(_TS, True, "now()"),
+    "message_feedback.updated_at": Column(_TS, True, "now()"),
     "convdb_user_keys.user_id": Column("text", True),
     "convdb_user_keys.key_id": Column("text", True),
     "convdb_user_keys.master_key_id": Column("text", True),
@@ -121,6 +134,14 @@ EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
     "conversation_summaries.conversation_summaries_role_known": "CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text])))",
     "conversation_summaries.conversation_summaries_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
     "conversation_summaries.conversation_summaries_token_count_nonnegative": "CHECK ((token_count >= 0))",
+    "conversations.conversations_fork_lineage": "CHECK ((((parent_id IS NULL) AND (forked_at_seq IS NULL) AND (root_id IS NULL)) OR "
+    "((parent_id IS NOT NULL) AND (forked_at_seq >= 0) AND (root_id IS NOT NULL))))",
+    # The cascade is what keeps pop, clear, delete and erasure working on rated messages.
+    "message_feedback.message_feedback_pkey": "PRIMARY KEY (conversation_id, seq)",
+    "message_feedback.message_feedback_message_fkey": "FOREIGN KEY (conversation_id, seq) REFERENCES messages(conversation_id, seq) ON DELETE CASCADE",
+    "message_feedback.message_feedback_rating_range": "CHECK (((rating >= '-1'::integer) AND (rating <= 1)))",
+    "message_feedback.message_feedback_comment_length": "CHECK (((comment IS NULL) OR (length(comment) <= 4000)))",
+    "message_feedback.message_feedback_tags_count": "CHECK ((cardinality(tags) <= 16))",
     "convdb_user_keys.convdb_user_keys_pkey": "PRIMARY KEY (user_id)",
     "convdb_user_keys.convdb_user_keys_user_id_length": "CHECK (((length(user_id) >= 1) AND (length(user_id) <= 255)))",
     "convdb_user_keys.convdb_user_keys_key_id_length": "CHECK (((length(key_id) >= 1) AND (length(key_id) <= 64)))",
@@ -140,6 +161,10 @@ EXPECTED_INDEXES: Final[dict[str, str]] = {
     "messages.messages_idempotency_key": "UNIQUE USING btree (conversation_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)",
     "messages.messages_usage": "USING btree (conversation_id, created_at) WHERE (input_tokens IS NOT NULL)",
     "conversation_summaries.conversation_summaries_pkey": "UNIQUE USING btree (conversation_id, through_seq)",
+    # list_conversations(parent_id=...) and (root_id=...) read forks through these.
+    "conversations.conversations_forks": "USING btree (parent_id, user_id) WHERE (parent_id IS NOT NULL)",
+    "conversations.conversations_branches": "USING btree (root_id, user_id) WHERE (root_id IS NOT NULL)",
+    "message_feedback.message_feedback_pkey": "UNIQUE USING btree (conversation_id, seq)",
     "convdb_user_keys.convdb_user_keys_pkey": "UNIQUE USING btree (user_id)",
 }
 

@@ -22,15 +22,26 @@ import asyncpg
 from . import schema_check
 from .crypto import Codec, DataKey, KeyCache, new_data_key, new_data_key_id, wrap_context
 from .errors import ConvDBError, DecryptionError, InvalidInput, translate
-from .export_format import MessageParser, aiter_records, header_record, message_record, numbered, parse_header
-from .ids import new_conversation_id
+from .export_format import (
+    MessageParser,
+    aiter_records,
+    feedback_record,
+    header_record,
+    message_record,
+    numbered,
+    parse_header,
+)
+from .ids import new_conversation_id as make_conversation_id
 from .keys import KeyProvider
 from .listing import build_listing
 from .ops import Conn
+from .ops import branches as branch_ops
 from .ops import conversations as conversation_ops
 from .ops import erasure as erasure_ops
+from .ops import feedback as feedback_ops
 from .ops import keys as key_ops
 from .ops import messages as message_ops
+from .ops import search as search_ops
 from .ops import settings as settings_ops
 from .ops import summaries as summary_ops
 from .ops import transfer as transfer_ops
@@ -39,32 +50,41 @@ from .pool import create_pool
 from .records import (
     Conversation,
     ErasureCounts,
+    Feedback,
+    FeedbackSummary,
     JSONValue,
     Message,
     Page,
     RotationReport,
+    SearchHit,
     Summary,
     Usage,
     UsageReport,
 )
 from .runner import Policy, Runner
+from .search import build_search
 from .validation import (
     DEFAULT_MAX_CONTENT_BYTES,
     DEFAULT_MAX_METADATA_BYTES,
     DEFAULT_MAX_TITLE_BYTES,
     DEFAULT_MAX_TOOL_CALLS_BYTES,
+    MAX_SEQ,
     UNSET,
     SizeLimits,
     TokenCounter,
     Unset,
+    check_aware_datetime,
+    check_comment,
     check_conversation_key,
     check_expected_last_seq,
     check_flag,
     check_id,
     check_limit,
     check_optional_id,
+    check_rating,
     check_seconds,
     check_seq,
+    check_tags,
     check_time_range,
     check_time_zone,
     check_title,
@@ -361,6 +381,10 @@ class ConversationStore:
                 "stored as ciphertext the database cannot match (filter the decrypted page instead)",
             )
 
+    def _refuse_when_encrypted(self, method: str, why: str) -> None:
+        if self._keys is not None:
+            raise InvalidInput("encryption", f"{method} is not available with encryption on: {why}")
+
     # -- conversations -----------------------------------------------------------------------
     async def get_or_create_conversation(
         self,
@@ -378,7 +402,7 @@ class ConversationStore:
         concurrent creator or delete changed the row first: the fallback decides under the row lock).
         """
         if conversation_id is None:
-            cid = new_conversation_id()
+            cid = make_conversation_id()
         else:
             cid = check_id(conversation_id, "conversation_id")
         uid = check_id(user_id, "user_id")
@@ -776,6 +800,8 @@ class ConversationStore:
         metadata_contains: Mapping[str, JSONValue] | None = None,
         updated_after: datetime | None = None,
         updated_before: datetime | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
     ) -> Page[Conversation]:
         """This user's conversations, most recently updated first (ties by id), a page at a time.
 
@@ -785,7 +811,9 @@ class ConversationStore:
         character at a time, whatever the database's LC_CTYPE (``%`` and ``_`` match themselves);
         ``metadata_contains`` keeps conversations whose metadata contains that JSON object
         (``@>``); ``updated_after``/``updated_before`` are exclusive bounds (timezone-aware).
-        One round trip per page.
+        ``parent_id`` keeps the forks made from that conversation, ``root_id`` every branch of that
+        lineage root (forks of forks included; the root itself is not one of them). One round
+        trip per page.
         """
         self._refuse_encrypted_filter("title_contains", title_contains)
         self._refuse_encrypted_filter("metadata_contains", metadata_contains)
@@ -797,6 +825,8 @@ class ConversationStore:
             metadata_contains=metadata_contains,
             updated_after=updated_after,
             updated_before=updated_before,
+            parent_id=parent_id,
+            root_id=root_id,
         )
         uid = check_id(user_id, "user_id")  # validated by build_listing; named for row-level security
         op = functools.partial(conversation_ops.list_page, query=query)
@@ -1038,10 +1068,15 @@ class ConversationStore:
             yield header_record(head)
             async for record in stream:
                 yield message_record(Message.from_record(cid, record))
-            return
-        yield header_record(head, codec.open_conversation(Conversation.from_record(head)))
-        async for record in stream:
-            yield message_record(codec.open_message(Message.from_record(cid, record)))
+        else:
+            yield header_record(head, codec.open_conversation(Conversation.from_record(head)))
+            async for record in stream:
+                yield message_record(codec.open_message(Message.from_record(cid, record)))
+        # Feedback last, one round trip: records of the messages exported (seq below the bound).
+        # Feedback comments are stored in plaintext even with encryption on (docs/data-protection.md).
+        feedback = functools.partial(transfer_ops.export_feedback, cid=cid, uid=uid, bound=head["next_seq"])
+        for item in await self._runner.run(feedback, Policy.READ, user_id=uid):
+            yield feedback_record(item)
 
     async def _stream_messages(self, cid: str, uid: str, size: int) -> AsyncIterator[Message]:
         stream = self._export_rows(cid, uid, size)
@@ -1109,7 +1144,9 @@ class ConversationStore:
         rest = numbered(stream)
         first = []  # validated before any I/O; the rest is validated chunk by chunk
         async for index, record in rest:
-            first.append(parser.parse(record, index))
+            parsed = parser.parse(record, index)
+            if parsed is not None:
+                first.append(parsed)
             if len(first) >= transfer_ops.IMPORT_CHUNK:
                 break
         stored_header = header
@@ -1143,6 +1180,165 @@ class ConversationStore:
             created_at=header.created_at,
             updated_at=header.updated_at,
         )
+
+    # -- branches, feedback, search ----------------------------------------------------------
+    async def fork_conversation(
+        self,
+        conversation_id: str,
+        user_id: str,
+        *,
+        at_seq: int,
+        new_conversation_id: str | None = None,
+        title: str | None = None,
+        metadata: Mapping[str, JSONValue] | None = None,
+    ) -> Conversation:
+        """Create a branch: a new conversation of the same user whose history is a copy of this
+        one's messages with ``seq <= at_seq``, and whose next message gets ``seq = at_seq + 1``.
+
+        ``at_seq`` is from 0 (an empty branch) to the source's newest seq; past that it raises
+        ``InvalidInput`` (known only once the source is read; nothing is written). Editing message
+        k is a fork at ``k - 1`` plus a save; regenerating an answer is a fork before it. The copy
+        keeps every message column (created_at, token counts, idempotency keys: a replay on the
+        fork of a key from the copied prefix returns the copied message) and the source's
+        feedback, marked inherited. ``title`` and ``metadata`` default to the source's. The fork
+        records ``parent_id``, ``forked_at_seq`` and ``root_id`` (the lineage's first
+        conversation), and never changes with its source afterwards. ``new_conversation_id``: the
+        fork's id (a new time-ordered one by default); one of this user's ids raises
+        ``ConversationExists``, another user's ``ConversationNotFound``. One statement, one round
+        trip (two when the new id is taken); the cost grows with the messages copied. Refused
+        (``InvalidInput``) with encryption on (docs/data-protection.md).
+        """
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        # The copy is made in SQL, but every encrypted value is bound to its conversation's id
+        # (associated data): copied ciphertexts would not open in the fork. Refused, not garbage.
+        self._refuse_when_encrypted(
+            "fork_conversation",
+            "encrypted values are bound to their conversation and cannot be copied in SQL",
+        )
+        point = check_seq(at_seq, "at_seq", allow_zero=True)
+        if point == MAX_SEQ:  # the fork's next seq, at_seq + 1, must still be a bigint
+            raise InvalidInput("at_seq", f"must be between 0 and {MAX_SEQ - 1}, got {point}")
+        new_cid = (
+            make_conversation_id()
+            if new_conversation_id is None
+            else check_id(new_conversation_id, "new_conversation_id")
+        )
+        check_title(title, self.limits)
+        meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
+        op = functools.partial(
+            branch_ops.fork,
+            cid=cid,
+            uid=uid,
+            new_cid=new_cid,
+            at_seq=point,
+            title=title,
+            metadata_json=meta_json,
+        )
+        return await self._runner.run(op, Policy.WRITE, user_id=uid)
+
+    async def set_feedback(
+        self,
+        conversation_id: str,
+        user_id: str,
+        seq: int,
+        *,
+        rating: int,
+        comment: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> Feedback:
+        """Set (or replace) the feedback on message ``seq``: ``rating`` -1 (bad), 0 (neutral) or +1
+        (good), an optional ``comment`` (up to 4000 characters) and up to 16 distinct ``tags`` (1 to
+        64 characters each). One statement, one round trip. ``MessageNotFound`` when this
+        conversation of the caller's holds no such message. Feedback is not message content:
+        windows and turns are unchanged, and ``updated_at`` is not touched.
+        """
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        n = check_seq(seq, "seq")
+        value = check_rating(rating)
+        text = check_comment(comment)
+        labels = check_tags(tags)
+        op = functools.partial(
+            feedback_ops.set_, cid=cid, uid=uid, seq=n, rating=value, comment=text, tags=labels
+        )
+        # Absolute values: a second run sets the same ones (READ's retry rule).
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def clear_feedback(self, conversation_id: str, user_id: str, seq: int) -> bool:
+        """Remove the feedback on message ``seq``; True if there was some. One round trip."""
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        n = check_seq(seq, "seq")
+        op = functools.partial(feedback_ops.clear, cid=cid, uid=uid, seq=n)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def get_feedback(self, conversation_id: str, user_id: str) -> list[Feedback]:
+        """Every feedback of the conversation, in seq order (inherited copies included). One round trip."""
+        cid, uid = check_conversation_key(conversation_id, user_id)
+        op = functools.partial(feedback_ops.get, cid=cid, uid=uid)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def feedback_summary(
+        self,
+        user_id: str,
+        *,
+        conversation_id: str | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+    ) -> FeedbackSummary:
+        """Aggregated feedback of the user (or of one of their conversations): counts per rating,
+        the mean and the tag counts, of the feedback set (``updated_at``) strictly between
+        ``after`` and ``before`` (timezone-aware; None: unbounded). Inherited copies in forks are
+        not counted again. One round trip.
+        """
+        uid = check_id(user_id, "user_id")
+        cid = None if conversation_id is None else check_id(conversation_id, "conversation_id")
+        lower = None if after is None else check_aware_datetime(after, "after")
+        upper = None if before is None else check_aware_datetime(before, "before")
+        op = functools.partial(feedback_ops.summary, uid=uid, cid=cid, after=lower, before=upper)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
+
+    async def search_messages(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        conversation_id: str | None = None,
+        role: str | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        config: str = "simple",
+    ) -> Page[SearchHit]:
+        """Full-text search over the user's own messages and conversation titles, best first.
+
+        ``query`` is web-search syntax (``websearch_to_tsquery``: words, "quoted phrases", ``or``,
+        ``-excluded``); any text is accepted and none of it is SQL. ``config`` is the text search
+        configuration (``convdb.search.SEARCH_CONFIGS``; ``simple``, the default, matches exact
+        words of any script; ``english`` etc. stem). Filters: one conversation (``ConversationNotFound``
+        if it is not the caller's), a ``role`` (messages only), and exclusive ``after``/``before``
+        bounds on created_at. Each hit has ``conversation_id``, ``seq`` (None for a title), a
+        highlighted ``snippet`` and ``rank``. Ranked keyset pagination: pass ``next_cursor`` back
+        with the same arguments. One round trip per page. Fast on large histories once the DBA has
+        applied ``schema_search.sql`` (a GIN index; it costs appends, see the docs). Refused
+        (``InvalidInput``) with encryption on: the database holds only ciphertext.
+        """
+        self._refuse_when_encrypted(
+            "search_messages", "message contents and titles are ciphertext the database cannot search"
+        )
+        built = build_search(
+            user_id,
+            query,
+            limit=limit,
+            cursor=cursor,
+            conversation_id=conversation_id,
+            role=role,
+            after=after,
+            before=before,
+            config=config,
+        )
+        uid = check_id(user_id, "user_id")
+        op = functools.partial(search_ops.search_page, query=built)
+        return await self._runner.run(op, Policy.READ, user_id=uid)
 
 
 __all__ = ["ConversationStore"]

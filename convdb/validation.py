@@ -586,3 +586,42 @@ def check_time_zone(value: object) -> str:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise InvalidInput("time_zone", f"is not a known IANA time zone: {name!r}") from None
     return name
+
+
+# -- branches, feedback, search -------------------------------------------------------------------
+MAX_FEEDBACK_COMMENT: Final = 4000
+MAX_FEEDBACK_TAGS: Final = 16
+MAX_TAG_LENGTH: Final = 64
+FEEDBACK_RATINGS: Final = (-1, 0, 1)
+
+
+def check_rating(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in FEEDBACK_RATINGS:
+        raise InvalidInput("rating", f"must be -1 (bad), 0 (neutral) or 1 (good), got {value!r}")
+    return value
+
+
+def check_comment(value: object) -> str | None:
+    if value is None:
+        return None
+    text = check_text(value, "comment")
+    if len(text) > MAX_FEEDBACK_COMMENT:
+        raise InvalidInput("comment", f"is {len(text)} characters long; the limit is {MAX_FEEDBACK_COMMENT}")
+    return text
+
+
+def check_tags(value: object) -> list[str]:
+    """Up to 16 distinct non-empty tags of at most 64 characters, in the given order."""
+    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__iter__"):
+        raise InvalidInput("tags", f"must be a list of str, got {type(value).__name__}")
+    tags: list[str] = []
+    for tag in value:
+        text = check_text(tag, "tags")
+        if not text or len(text) > MAX_TAG_LENGTH:
+            raise InvalidInput("tags", f"each tag must be 1 to {MAX_TAG_LENGTH} characters, got {text!r}")
+        if text in tags:
+            raise InvalidInput("tags", f"repeats {text!r}")
+        tags.append(text)
+        if len(tags) > MAX_FEEDBACK_TAGS:
+            raise InvalidInput("tags", f"at most {MAX_FEEDBACK_TAGS} tags")
+    return tags

@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "pip install 'convdb[openai-agents]'"
     ) from exc
 
-from ..errors import ConversationNotFound, InvalidInput
+from ..errors import ConversationExists, ConversationNotFound, InvalidInput
 from ..records import Message
 from ..store import ConversationStore
 from ..validation import MAX_HISTORY_LIMIT, check_id, check_token_budget
@@ -357,3 +357,123 @@ def _text(content: Any) -> str | None:
 if TYPE_CHECKING:
     # A static check that ConvDBSession satisfies the SDK's Session protocol.
     _protocol_check: type[Session] = ConvDBSession
+
+
+class ConvDBBranchingSession(ConvDBSession):
+    """``ConvDBSession`` with the branch operations of the SDK's ``AdvancedSQLiteSession``, on
+    convdb forks: a branch is a conversation forked from the session's root conversation (or from
+    another branch), so every branch has convdb's guarantees and reads stay single-conversation.
+
+    ``session_id`` is the root conversation, whose branch id is ``"main"``; other branch ids are
+    the forks' conversation ids. ``current_branch_id`` names the conversation that ``get_items``,
+    ``add_items``, ``pop_item`` and ``clear_session`` act on.
+    """
+
+    MAIN: Final = "main"
+
+    def __init__(self, store: ConversationStore, session_id: str, user_id: str, **options: Any) -> None:
+        # One user per branching session: the branch operations take no run context, and a
+        # resolver naming another conversation would bypass current_branch_id.
+        if options.get("owner") is not None:
+            raise InvalidInput("owner", "a branching session acts for one user: pass user_id, not owner=")
+        super().__init__(store, session_id, user_id, **options)
+        self.branch_user_id: str = check_id(user_id, "user_id")
+        self.root_id = self.session_id
+        self.current_branch_id = self.MAIN
+
+    def _conversation(self, branch_id: str) -> str:
+        return self.root_id if branch_id == self.MAIN else branch_id
+
+    async def create_branch_from_turn(self, turn_number: int, branch_name: str | None = None) -> str:
+        """Fork the current branch just before its ``turn_number``-th user message (1-based) and
+        switch to the fork, as ``AdvancedSQLiteSession`` does; returns the new branch id.
+
+        ``branch_name`` becomes the fork's conversation id (a new id when None). ``ValueError``
+        when the turn does not exist or the name is blank or taken.
+        """
+        if branch_name is not None and not branch_name.strip():
+            raise ValueError("Branch name cannot be empty")
+        if isinstance(turn_number, bool) or not isinstance(turn_number, int) or turn_number < 1:
+            raise ValueError(f"Turn {turn_number} does not exist")
+        source = self._conversation(self.current_branch_id)
+        turn, at_seq = 0, None
+        async for message in self.store.export_messages(source, self.branch_user_id):
+            if message.role == "user":
+                turn += 1
+                if turn == turn_number:
+                    at_seq = message.seq - 1
+                    break
+        if at_seq is None:
+            raise ValueError(f"Turn {turn_number} does not contain a user message")
+        try:
+            fork = await self.store.fork_conversation(
+                source, self.branch_user_id, at_seq=at_seq, new_conversation_id=branch_name
+            )
+        except ConversationExists as exc:
+            raise ValueError(f"Branch {branch_name!r} already exists") from exc
+        self.current_branch_id = self.session_id = fork.id
+        return fork.id
+
+    async def switch_to_branch(self, branch_id: str) -> None:
+        """Make ``branch_id`` current; ``ValueError`` if it is not a branch of this session."""
+        if branch_id != self.MAIN:
+            try:
+                conversation = await self.store.get_conversation(branch_id, self.branch_user_id)
+            except ConversationNotFound:
+                conversation = None
+            if conversation is None or conversation.root_id != self.root_id:
+                raise ValueError(f"Branch {branch_id!r} does not exist")
+        self.current_branch_id = branch_id
+        self.session_id = self._conversation(branch_id)
+
+    async def list_branches(self) -> list[dict[str, Any]]:
+        """Every branch: ``branch_id``, ``message_count``, ``is_current``, ``created_at``, plus
+        convdb's ``parent_id`` and ``forked_at_seq`` (None for main)."""
+        result: list[dict[str, Any]] = []
+        with contextlib.suppress(ConversationNotFound):  # the root was never written
+            root = await self.store.get_conversation(self.root_id, self.branch_user_id)
+            result.append({"branch_id": self.MAIN, "conversation": root})
+        cursor = None
+        while True:
+            page = await self.store.list_conversations(
+                self.branch_user_id, root_id=self.root_id, limit=1000, cursor=cursor
+            )
+            result += [{"branch_id": c.id, "conversation": c} for c in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        branches = []
+        for entry in sorted(result, key=lambda e: e["conversation"].created_at):
+            conversation = entry.pop("conversation")
+            branches.append(
+                {
+                    **entry,
+                    "message_count": await self.store.count_messages(conversation.id, self.branch_user_id),
+                    "is_current": entry["branch_id"] == self.current_branch_id,
+                    "created_at": conversation.created_at.isoformat(),
+                    "parent_id": conversation.parent_id,
+                    "forked_at_seq": conversation.forked_at_seq,
+                }
+            )
+        return branches
+
+    async def delete_branch(self, branch_id: str, force: bool = False) -> None:
+        """Delete a branch (its conversation). Never ``main``; the current branch only with
+        ``force=True``, which switches to ``main`` first."""
+        if not branch_id or not branch_id.strip():
+            raise ValueError("Branch ID cannot be empty")
+        if branch_id == self.MAIN:
+            raise ValueError("Cannot delete the main branch")
+        if branch_id == self.current_branch_id:
+            if not force:
+                raise ValueError(
+                    f"Cannot delete current branch {branch_id!r}. Use force=True or switch branches first"
+                )
+            await self.switch_to_branch(self.MAIN)
+        try:
+            conversation = await self.store.get_conversation(branch_id, self.branch_user_id)
+        except ConversationNotFound:
+            conversation = None
+        if conversation is None or conversation.root_id != self.root_id:
+            raise ValueError(f"Branch {branch_id!r} does not exist")
+        await self.store.delete_conversation(branch_id, self.branch_user_id)

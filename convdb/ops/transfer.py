@@ -8,8 +8,9 @@ from typing import Any, Final
 
 import asyncpg
 
-from ..errors import ConversationExists, ConversationNotFound
+from ..errors import ConversationExists, ConversationNotFound, InvalidInput
 from ..export_format import ImportHeader, MessageParser
+from ..records import Feedback
 from ..sql import QUERIES
 from ..validation import MessageRow
 from . import Begin, Conn, begin
@@ -24,6 +25,8 @@ _IMPORT_OWNER: Final = QUERIES["import_owner_check"]
 _IMPORT_CLEAR: Final = QUERIES["import_clear_messages"]
 _IMPORT_MESSAGE: Final = QUERIES["import_message"]
 _IMPORT_FINISH: Final = QUERIES["import_finish"]
+_IMPORT_FEEDBACK: Final = QUERIES["import_feedback"]
+_EXPORT_FEEDBACK: Final = QUERIES["export_feedback"]
 
 
 async def export_header(conn: Conn, cid: str, uid: str) -> asyncpg.Record:
@@ -83,7 +86,10 @@ async def import_conversation(
 
         chunk = [args(*item) for item in first]
         async for index, record in rest:
-            chunk.append(args(*parser.parse(record, index)))
+            parsed = parser.parse(record, index)
+            if parsed is None:  # a feedback record: sent after the messages
+                continue
+            chunk.append(args(*parsed))
             if len(chunk) >= IMPORT_CHUNK:
                 await conn.executemany(_IMPORT_MESSAGE, chunk, timeout=chunk_seconds)
                 chunk = []
@@ -91,3 +97,18 @@ async def import_conversation(
             await conn.executemany(_IMPORT_MESSAGE, chunk, timeout=chunk_seconds)
         if header.next_seq is None and parser.last_seq > 0:
             await conn.execute(_IMPORT_FINISH, cid, uid, parser.last_seq + 1)
+        if parser.feedback:
+            try:
+                await conn.executemany(
+                    _IMPORT_FEEDBACK, [(cid, *f, uid) for f in parser.feedback], timeout=chunk_seconds
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise InvalidInput("seq", "a feedback record names a seq with no message record") from exc
+
+
+async def export_feedback(conn: Conn, cid: str, uid: str, bound: int) -> list[Feedback]:
+    """The conversation's feedback on messages below ``bound``, in seq order."""
+    records = await conn.fetch(_EXPORT_FEEDBACK, cid, uid, bound)
+    if not records:
+        raise ConversationNotFound()
+    return [Feedback.from_record(cid, r) for r in records if r["seq"] is not None]

@@ -13,11 +13,13 @@ WITH inserted AS (
     INSERT INTO conversations (id, user_id, title, metadata)
     VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, user_id, title, metadata, created_at, updated_at, true AS created
+    RETURNING id, user_id, title, metadata, created_at, updated_at, true AS created,
+              parent_id, forked_at_seq, root_id
 )
-SELECT id, user_id, title, metadata, created_at, updated_at, created FROM inserted
+SELECT id, user_id, title, metadata, created_at, updated_at, created, parent_id, forked_at_seq, root_id
+  FROM inserted
 UNION ALL
-SELECT id, user_id, title, metadata, created_at, updated_at, false
+SELECT id, user_id, title, metadata, created_at, updated_at, false, parent_id, forked_at_seq, root_id
   FROM conversations
  WHERE id = $1 AND user_id = $2
    AND NOT EXISTS (SELECT 1 FROM inserted);
@@ -39,7 +41,7 @@ ON CONFLICT (id) DO UPDATE SET title = conversations.title
 RETURNING id, user_id, title, metadata, created_at, updated_at, (xmax = 0) AS created;
 
 -- name: get_conversation
-SELECT id, user_id, title, metadata, created_at, updated_at
+SELECT id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
   FROM conversations
  WHERE id = $1 AND user_id = $2;
 
@@ -204,7 +206,7 @@ WITH tables AS (
       JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = current_schema()
        AND c.relname IN ('conversations', 'messages', 'conversation_summaries', 'convdb_schema_version',
-                         'convdb_user_keys')
+                         'message_feedback', 'convdb_user_keys')
        AND c.relkind IN ('r', 'p')
 )
 SELECT jsonb_build_object(
@@ -440,7 +442,7 @@ UPDATE conversations
        metadata = CASE WHEN $5::boolean THEN COALESCE($6::text::jsonb, '{}'::jsonb) ELSE metadata END,
        updated_at = now()
  WHERE id = $1 AND user_id = $2
-RETURNING id, user_id, title, metadata, created_at, updated_at;
+RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id;
 
 -- name: delete_conversation
 -- Messages go with it (ON DELETE CASCADE), in the same transaction; the count is for the caller.
@@ -563,11 +565,21 @@ UPDATE conversations SET next_seq = next_seq WHERE id = ANY($2::text[]) AND user
 -- delete_user_data, step 3b: the (now nearly empty) listed conversations of user $1, and the
 -- count of the conversations and of the messages written concurrently since step 2, which go
 -- with their conversation (ON DELETE CASCADE). Exact because step 3a holds the rows' locks.
-WITH gone AS (
+-- The messages are counted in a CTE of their own, ahead of the DELETE, not after it from `gone`:
+-- on PostgreSQL both see the statement's snapshot (taken after 3a's locks), but Citus runs a
+-- multi-shard statement's CTEs one after the other, as steps, and a count taken after the DELETE
+-- sees the cascade and is 0 (the messages of a batch that committed during 3a's lock wait were
+-- then deleted uncounted).
+WITH counted AS MATERIALIZED (
+    SELECT count(*) AS messages
+      FROM conversations c
+      JOIN messages m ON m.conversation_id = c.id
+     WHERE c.id = ANY($2::text[]) AND c.user_id = $1
+       AND m.conversation_id = ANY($2::text[])  -- Citus: only the listed conversations' shards
+), gone AS (
     DELETE FROM conversations WHERE id = ANY($2::text[]) AND user_id = $1 RETURNING id
 )
-SELECT (SELECT count(*) FROM gone) AS conversations,
-       (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id = g.id) AS messages;
+SELECT (SELECT count(*) FROM gone) AS conversations, (SELECT messages FROM counted) AS messages;
 
 -- name: export_header
 -- export_conversation, first: the conversation row. next_seq bounds the messages exported, so a
@@ -764,6 +776,225 @@ SELECT EXISTS (SELECT 1 FROM recorded) AS recorded
  WHERE id = $1 AND user_id = $2;
 
 -- =============================================================================================
+-- Branches (forks), feedback on messages. Ownership in the same statement, as everywhere.
+-- =============================================================================================
+
+-- name: fork_conversation
+-- A new conversation $3 of user $2 whose history is a copy of source $1's messages with
+-- seq <= $5, and whose next seq is $5 + 1: one statement, so one snapshot of the source (a
+-- concurrent append, pop or clear of the source is either wholly before it or wholly after) and
+-- one transaction. Copy, not a shared prefix: every later read of the fork stays inside the fork
+-- (one shard on Citus; measured in docs/branches-feedback-search.md). Every column of messages
+-- is listed, usage included (features that add message columns extend both lists, here and in
+-- fork_copy); the summaries within the prefix (through_seq <= $5) are copied, so the fork's
+-- summarized windows are the source's; the source's feedback is copied as inherited. Title and
+-- metadata: $4 / $6, or the source's when NULL.
+-- Rows back: none = not this user's source; a NULL id with $5 >= source_next_seq: at_seq is past
+-- the source's newest seq; a NULL id otherwise: id $3 is taken.
+WITH source AS (
+    SELECT id, title, metadata, next_seq, COALESCE(root_id, id) AS root_id
+      FROM conversations
+     WHERE id = $1 AND user_id = $2
+), created AS (
+    INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id)
+    SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
+           s.id, $5::bigint, s.root_id
+      FROM source s
+     WHERE $5::bigint < s.next_seq
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
+), copied AS (
+    INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                          metadata, token_count, idempotency_key, created_at, model, input_tokens,
+                          output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms)
+    SELECT c.id, m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
+           m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+           m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
+      FROM created c
+      JOIN messages m ON m.conversation_id = $1 AND m.seq <= $5::bigint
+    RETURNING seq
+), copied_summaries AS (
+    INSERT INTO conversation_summaries (conversation_id, through_seq, role, content, metadata, token_count,
+                                        created_at)
+    SELECT c.id, s.through_seq, s.role, s.content, s.metadata, s.token_count, s.created_at
+      FROM created c
+      JOIN conversation_summaries s ON s.conversation_id = $1 AND s.through_seq <= $5::bigint
+    RETURNING through_seq
+), copied_feedback AS (
+    INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at,
+                                  updated_at)
+    SELECT c.id, f.seq, f.rating, f.comment, f.tags, true, f.created_at, f.updated_at
+      FROM created c
+      JOIN message_feedback f ON f.conversation_id = $1 AND f.seq <= $5::bigint
+    RETURNING seq
+)
+SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.created_at, c.updated_at,
+       c.parent_id, c.forked_at_seq, c.root_id,
+       (SELECT count(*) FROM copied) AS copied, (SELECT count(*) FROM copied_summaries) AS copied_summaries,
+       (SELECT count(*) FROM copied_feedback) AS copied_feedback
+  FROM source s
+  LEFT JOIN created c ON true;
+
+-- name: set_feedback
+-- Insert or replace the feedback on message $3 of conversation $1 (of user $2). Rows back: none =
+-- not this user's conversation; a NULL seq = no such message. Not a message write: next_seq and
+-- updated_at are left alone. $1 is spelled on every relation and is the inserted distribution
+-- value, so on Citus every step runs on the conversation's shard. A replaced row's updated_at is
+-- the proposed row's default (now()): Citus refuses now() itself in DO UPDATE SET.
+WITH target AS (
+    SELECT m.seq
+      FROM conversations c
+      JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.seq = $3
+     WHERE c.id = $1 AND c.user_id = $2
+), saved AS (
+    INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags)
+    SELECT $1, t.seq, $4, $5, $6::text[] FROM target t
+    ON CONFLICT (conversation_id, seq) DO UPDATE
+       SET rating = EXCLUDED.rating, comment = EXCLUDED.comment, tags = EXCLUDED.tags,
+           inherited = false, updated_at = EXCLUDED.updated_at
+    RETURNING seq, rating, comment, tags, inherited, created_at, updated_at
+)
+SELECT s.seq, s.rating, s.comment, s.tags, s.inherited, s.created_at, s.updated_at
+  FROM conversations c
+  LEFT JOIN saved s ON true
+ WHERE c.id = $1 AND c.user_id = $2;
+
+-- name: clear_feedback
+-- Rows back: none = not this user's conversation; otherwise how many were deleted (0 or 1).
+WITH gone AS (
+    DELETE FROM message_feedback f
+     USING conversations c
+     WHERE c.id = $1 AND c.user_id = $2 AND f.conversation_id = c.id AND f.conversation_id = $1
+       AND f.seq = $3
+    RETURNING f.seq
+)
+SELECT (SELECT count(*) FROM gone) FROM conversations WHERE id = $1 AND user_id = $2;
+
+-- name: get_feedback
+-- Every feedback row of the conversation, in seq order. No row back: not this user's
+-- conversation; one row with a NULL seq: none.
+SELECT f.seq, f.rating, f.comment, f.tags, f.inherited, f.created_at, f.updated_at
+  FROM conversations c
+  LEFT JOIN message_feedback f ON f.conversation_id = c.id AND f.conversation_id = $1
+ WHERE c.id = $1 AND c.user_id = $2
+ ORDER BY f.seq;
+
+-- name: feedback_summary_user
+-- Aggregates of user $1's own (not inherited) feedback set in ($2, $3) (exclusive bounds, NULL:
+-- unbounded) over all their conversations (conversations_user_id, then each one's feedback by
+-- its primary key). Always one row.
+WITH rated AS (
+    SELECT f.rating, f.tags
+      FROM conversations c
+      JOIN message_feedback f ON f.conversation_id = c.id
+     WHERE c.user_id = $1 AND NOT f.inherited
+       AND ($2::timestamptz IS NULL OR f.updated_at > $2::timestamptz)
+       AND ($3::timestamptz IS NULL OR f.updated_at < $3::timestamptz)
+)
+SELECT count(*) AS count, count(*) FILTER (WHERE rating > 0) AS positive,
+       count(*) FILTER (WHERE rating = 0) AS neutral, count(*) FILTER (WHERE rating < 0) AS negative,
+       avg(rating)::float8 AS mean,
+       (SELECT coalesce(jsonb_object_agg(tag, n), '{}'::jsonb)::text
+          FROM (SELECT tag, count(*) AS n FROM rated, unnest(rated.tags) AS tag GROUP BY tag) t) AS tags
+  FROM rated;
+
+-- name: feedback_summary_conversation
+-- The same for conversation $1 of user $2 ($3, $4: the time bounds). No row back: not this
+-- user's conversation.
+WITH owned AS (
+    SELECT id FROM conversations WHERE id = $1 AND user_id = $2
+), rated AS (
+    SELECT f.rating, f.tags
+      FROM owned o
+      JOIN message_feedback f ON f.conversation_id = o.id AND f.conversation_id = $1
+     WHERE NOT f.inherited
+       AND ($3::timestamptz IS NULL OR f.updated_at > $3::timestamptz)
+       AND ($4::timestamptz IS NULL OR f.updated_at < $4::timestamptz)
+)
+SELECT (SELECT count(*) FROM rated) AS count,
+       (SELECT count(*) FROM rated WHERE rating > 0) AS positive,
+       (SELECT count(*) FROM rated WHERE rating = 0) AS neutral,
+       (SELECT count(*) FROM rated WHERE rating < 0) AS negative,
+       (SELECT avg(rating)::float8 FROM rated) AS mean,
+       (SELECT coalesce(jsonb_object_agg(tag, n), '{}'::jsonb)::text
+          FROM (SELECT tag, count(*) AS n FROM rated, unnest(rated.tags) AS tag GROUP BY tag) t) AS tags
+  FROM owned;
+
+-- name: export_feedback
+-- export_conversation, last: the conversation's feedback on messages with seq < $3 (the bound
+-- of its messages), ownership checked. No row back: gone; a NULL seq: none.
+SELECT f.seq, f.rating, f.comment, f.tags, f.inherited, f.created_at, f.updated_at
+  FROM conversations c
+  LEFT JOIN message_feedback f ON f.conversation_id = c.id AND f.conversation_id = $1 AND f.seq < $3
+ WHERE c.id = $1 AND c.user_id = $2
+ ORDER BY f.seq;
+
+-- name: import_feedback
+-- The executemany body of an import's feedback records, after its messages (same transaction).
+INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at, updated_at)
+SELECT c.id, $2, $3, $4, $5::text[], $6, $7, $8
+  FROM conversations c
+ WHERE c.id = $1 AND c.user_id = $9;
+
+-- name: fork_create
+-- fork_conversation inside a transaction (row_level_security: the policies' WITH CHECK on messages
+-- looks the new conversation up with the statement's snapshot, which cannot see a row inserted by
+-- the same statement, so the single-statement fork is refused there). First: the new
+-- conversation row, with fork_conversation's rows back; FOR SHARE holds the source's row until
+-- commit, so no writer changes the source's messages before fork_copy reads them.
+WITH source AS (
+    SELECT id, title, metadata, next_seq, COALESCE(root_id, id) AS root_id
+      FROM conversations
+     WHERE id = $1 AND user_id = $2
+       FOR SHARE
+), created AS (
+    INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id)
+    SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
+           s.id, $5::bigint, s.root_id
+      FROM source s
+     WHERE $5::bigint < s.next_seq
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
+)
+SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.created_at, c.updated_at,
+       c.parent_id, c.forked_at_seq, c.root_id
+  FROM source s
+  LEFT JOIN created c ON true;
+
+-- name: fork_copy
+-- Then, in the same transaction: source $1's (of user $2) messages, summaries and feedback with
+-- seq <= $4 into the new conversation $3 (every column, as fork_conversation).
+WITH copied AS (
+    INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                          metadata, token_count, idempotency_key, created_at, model, input_tokens,
+                          output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms)
+    SELECT $3, m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
+           m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+           m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
+      FROM conversations c
+      JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.seq <= $4::bigint
+     WHERE c.id = $1 AND c.user_id = $2
+    RETURNING seq
+), copied_summaries AS (
+    INSERT INTO conversation_summaries (conversation_id, through_seq, role, content, metadata, token_count,
+                                        created_at)
+    SELECT $3, s.through_seq, s.role, s.content, s.metadata, s.token_count, s.created_at
+      FROM conversations c
+      JOIN conversation_summaries s
+        ON s.conversation_id = c.id AND s.conversation_id = $1 AND s.through_seq <= $4::bigint
+     WHERE c.id = $1 AND c.user_id = $2
+    RETURNING through_seq
+), copied_feedback AS (
+    INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at,
+                                  updated_at)
+    SELECT $3, f.seq, f.rating, f.comment, f.tags, true, f.created_at, f.updated_at
+      FROM conversations c
+      JOIN message_feedback f ON f.conversation_id = c.id AND f.conversation_id = $1 AND f.seq <= $4::bigint
+     WHERE c.id = $1 AND c.user_id = $2
+    RETURNING seq
+)
+SELECT (SELECT count(*) FROM copied), (SELECT count(*) FROM copied_summaries),
+       (SELECT count(*) FROM copied_feedback);
 -- Encryption at rest (stores opened with encryption=): users' data keys, wrapped by a master key
 -- the database never sees (convdb.keys, convdb.crypto). One row per user, read once per process
 -- and user (the store caches the unwrapped key for key_cache_seconds).

@@ -1,4 +1,4 @@
--- convdb schema, version 4: the fresh install.
+-- convdb schema, version 6: the fresh install.
 --
 -- Applied by a DBA, never by the package:   psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql
 -- (or, from an installed package:  python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f -)
@@ -12,7 +12,7 @@
 BEGIN;
 
 -- ---------------------------------------------------------------------------------------------
--- 0. Guard: an empty database, or one already at version 4 (a re-run changes nothing)
+-- 0. Guard: an empty database, or one already at version 6 (a re-run changes nothing)
 -- ---------------------------------------------------------------------------------------------
 -- CREATE TABLE IF NOT EXISTS would silently skip a table that exists in an older shape and the
 -- stamp would then claim a version the tables do not have; an older database takes migrations.
@@ -23,9 +23,9 @@ BEGIN
     IF to_regclass('convdb_schema_version') IS NOT NULL THEN
         SELECT max(version) INTO found FROM convdb_schema_version;
     END IF;
-    IF found IS NOT NULL AND found <> 4 THEN
-        RAISE EXCEPTION 'convdb schema.sql installs schema version 4, but this database is at version %', found
-            USING HINT = CASE WHEN found < 4
+    IF found IS NOT NULL AND found <> 6 THEN
+        RAISE EXCEPTION 'convdb schema.sql installs schema version 6, but this database is at version %', found
+            USING HINT = CASE WHEN found < 6
                               THEN 'upgrade it with: python -m convdb migrations --from ' || found
                                    || ' | psql -v ON_ERROR_STOP=1 -d <database> -f -'
                               ELSE 'the database is newer than this file; nothing to install' END;
@@ -66,11 +66,19 @@ CREATE TABLE IF NOT EXISTS conversations (
     next_seq   bigint      NOT NULL DEFAULT 1,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
+    -- Branches (migration 0004): set once, when the conversation is created by fork_conversation.
+    -- parent_id has no foreign key: a fork keeps its (copied) history when its source is deleted.
+    parent_id     text,
+    forked_at_seq bigint,
+    root_id       text,
     CONSTRAINT conversations_pkey PRIMARY KEY (id),
     CONSTRAINT conversations_id_length CHECK (length(id) BETWEEN 1 AND 255),
     CONSTRAINT conversations_user_id_length CHECK (length(user_id) BETWEEN 1 AND 255),
     CONSTRAINT conversations_metadata_object CHECK (jsonb_typeof(metadata) = 'object'),
-    CONSTRAINT conversations_next_seq_positive CHECK (next_seq >= 1)
+    CONSTRAINT conversations_next_seq_positive CHECK (next_seq >= 1),
+    CONSTRAINT conversations_fork_lineage CHECK (
+        (parent_id IS NULL AND forked_at_seq IS NULL AND root_id IS NULL)
+        OR (parent_id IS NOT NULL AND forked_at_seq >= 0 AND root_id IS NOT NULL))
 );
 
 -- Primary key (conversation_id, seq): "the newest N" is a backward scan of this one index, and an
@@ -161,6 +169,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency_key
 CREATE INDEX IF NOT EXISTS conversations_user_id
     ON conversations (user_id, id);
 
+-- Branches (migration 0004): the forks of a conversation, and every branch of a root. Partial:
+-- never-forked conversations (most of them) are in neither index, and appends never change these
+-- columns, so their updates of the conversation row stay HOT.
+CREATE INDEX IF NOT EXISTS conversations_forks
+    ON conversations (parent_id, user_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS conversations_branches
+    ON conversations (root_id, user_id) WHERE root_id IS NOT NULL;
+
 -- ---------------------------------------------------------------------------------------------
 -- 3a. Summaries and usage (schema version 3; docs/summaries-usage.md)
 -- ---------------------------------------------------------------------------------------------
@@ -194,7 +210,31 @@ CREATE INDEX IF NOT EXISTS messages_usage
     WHERE input_tokens IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
--- 3b. Encryption at rest (schema version 4; docs/data-protection.md)
+-- 3b. Feedback on messages (migration 0005)
+-- ---------------------------------------------------------------------------------------------
+-- One row per rated message: rating -1 (bad), 0 (neutral), +1 (good), an optional comment and
+-- tags. Keyed like messages and deleted with them (pop, clear, delete, erasure). inherited: copied
+-- from the source by fork_conversation; aggregates count only the rows that are not, so a rating
+-- is counted once however often its message was forked. Never part of message content.
+CREATE TABLE IF NOT EXISTS message_feedback (
+    conversation_id text        NOT NULL,
+    seq             bigint      NOT NULL,
+    rating          smallint    NOT NULL,
+    comment         text,
+    tags            text[]      NOT NULL DEFAULT '{}'::text[],
+    inherited       boolean     NOT NULL DEFAULT false,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT message_feedback_pkey PRIMARY KEY (conversation_id, seq),
+    CONSTRAINT message_feedback_message_fkey FOREIGN KEY (conversation_id, seq)
+        REFERENCES messages (conversation_id, seq) ON DELETE CASCADE,
+    CONSTRAINT message_feedback_rating_range CHECK (rating BETWEEN -1 AND 1),
+    CONSTRAINT message_feedback_comment_length CHECK (comment IS NULL OR length(comment) <= 4000),
+    CONSTRAINT message_feedback_tags_count CHECK (cardinality(tags) <= 16)
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- 3c. Encryption at rest (schema version 6, migration 0006; docs/data-protection.md)
 -- ---------------------------------------------------------------------------------------------
 -- Only used by stores opened with encryption= (empty otherwise): each user's data key, wrapped
 -- (encrypted) by a master key held outside the database (master_key_id names it). Deleting a row
@@ -216,9 +256,9 @@ CREATE TABLE IF NOT EXISTS convdb_user_keys (
 -- ---------------------------------------------------------------------------------------------
 -- 4. Version stamp (last, so a failed run leaves no version behind)
 -- ---------------------------------------------------------------------------------------------
--- The guard admits only version 4 or none, so DO NOTHING is exactly the re-run. Floor 1: nothing
+-- The guard admits only version 6 or none, so DO NOTHING is exactly the re-run. Floor 1: nothing
 -- since version 1 was breaking (see CHANGELOG.md).
-INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 4, now(), 1)
+INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 6, now(), 1)
 ON CONFLICT (singleton) DO NOTHING;
 
 COMMIT;
@@ -232,3 +272,9 @@ COMMIT;
 -- and the application connects as a member of convdb_app with
 --     ConversationStore.connect(dsn, row_level_security=True)
 -- It lives in its own file so that applying schema.sql never changes privileges by surprise.
+--
+-- ---------------------------------------------------------------------------------------------
+-- 6. OPTIONAL, NOT APPLIED BY THIS FILE: the full-text search index
+-- ---------------------------------------------------------------------------------------------
+-- search_messages works without it (it then reads the user's messages); schema_search.sql adds a
+-- GIN index that makes it fast on large histories and costs every append (measured there).

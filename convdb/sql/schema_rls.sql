@@ -108,11 +108,34 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- R5. convdb_user_keys (schema version 4 and later): a user's data key (encryption at rest) is
+-- R5. Feedback (schema version 5 and later): the same rule as messages. Skipped on older schema
+-- versions, so this file applies to every version; re-apply it after migrating to version 5.
+-- ---------------------------------------------------------------------------------------------
+DO $$
+BEGIN
+    IF to_regclass('message_feedback') IS NOT NULL THEN
+        REVOKE ALL ON message_feedback FROM convdb_app;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON message_feedback TO convdb_app;
+        ALTER TABLE message_feedback ENABLE ROW LEVEL SECURITY;
+        DROP POLICY IF EXISTS convdb_feedback_owner ON message_feedback;
+        CREATE POLICY convdb_feedback_owner ON message_feedback
+            FOR ALL TO convdb_app
+            USING (EXISTS (SELECT FROM conversations c
+                            WHERE c.id = message_feedback.conversation_id
+                              AND c.user_id = current_setting('convdb.user_id', true)))
+            WITH CHECK (EXISTS (SELECT FROM conversations c
+                                 WHERE c.id = message_feedback.conversation_id
+                                   AND c.user_id = current_setting('convdb.user_id', true)));
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- R6. convdb_user_keys (schema version 6 and later): a user's data key (encryption at rest) is
 --     visible to that user's transactions only.
 -- ---------------------------------------------------------------------------------------------
 -- rotate(), which re-wraps every user's key, runs as the tables' owner (or a BYPASSRLS role).
--- Skipped on an older database; apply this file again after migration 0004.
+-- Skipped on an older database; apply this file again after migration 0006.
 DO $$
 BEGIN
     IF to_regclass('convdb_user_keys') IS NULL THEN

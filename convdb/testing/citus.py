@@ -363,6 +363,10 @@ class ClonePool:
     the planner's size estimates different from a fresh clone's: TRUNCATE does not. The one
     difference TRUNCATE itself makes (an empty index's relpages 1 -> 0 on the coordinator's
     shell tables, which hold no rows and are not planned on) is in the reference too.
+
+    ``threads``: how many resets (or clones) run at once, each in a thread of its own. One reset
+    took longer than most tests, so with one thread the suite waited on resets; they are
+    independent (one database each) and mostly wait on the servers, so a few overlap well.
     """
 
     def __init__(
@@ -373,6 +377,7 @@ class ClonePool:
         prefix: str = "t_",
         ahead: int = 1,
         recycle: bool = True,
+        threads: int = 1,
     ) -> None:
         self.cluster = cluster
         self.template = template
@@ -385,10 +390,19 @@ class ClonePool:
         self.dropped_changed = 0
         self._ready: list[str | BaseException] = []
         self._doomed: list[str] = []
+        self._cloning = 0  # clones being made now, counted against ``ahead``
         self._closed = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name="citus-clones", daemon=True)
-        self._thread.start()
+        # Each thread runs its own event loop and takes the next job (a reset, or a clone while
+        # fewer than ``ahead`` are ready or being made): resets of different databases are
+        # independent, and a reset is mostly waiting (two-phase commit, sessions ending), so
+        # several at once keep up with tests that are shorter than one reset.
+        self._threads = [
+            threading.Thread(target=self._work, name=f"citus-clones-{i}", daemon=True)
+            for i in range(max(1, threads))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def take(self, timeout: float = 300) -> str:
         """A fresh database (blocks until one is ready); raises what cloning raised."""
@@ -416,7 +430,9 @@ class ClonePool:
             self._doomed += [r for r in self._ready if isinstance(r, str)]
             self._ready.clear()
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         asyncio.run(self._loop())
@@ -425,14 +441,19 @@ class ClonePool:
         while True:
             with self._cond:
                 self._cond.wait_for(
-                    lambda: bool(self._doomed) or self._closed or len(self._ready) < self.ahead
+                    lambda: (
+                        bool(self._doomed) or self._closed or len(self._ready) + self._cloning < self.ahead
+                    )
                 )
                 doomed = self._doomed.pop(0) if self._doomed else None
                 if doomed is None and self._closed:
                     return
+                if doomed is None:
+                    self._cloning += 1
             if doomed is not None:
                 if self.recycle and not self._closed and await self._reset(doomed):
-                    self.recycled += 1
+                    with self._cond:
+                        self.recycled += 1
                     self._put(doomed)
                     continue
                 with contextlib.suppress(Exception):  # a failed drop must not stop the pool
@@ -442,12 +463,18 @@ class ClonePool:
             item: str | BaseException = name
             try:
                 await self.cluster.clone_database(name, self.template)
-                self.cloned += 1
+                with self._cond:
+                    self.cloned += 1
                 if self.recycle and self.reference is None:
                     await self._truncate(name)
-                    self.reference = await self._digests(name)
+                    reference = await self._digests(name)
+                    with self._cond:
+                        if self.reference is None:
+                            self.reference = reference
             except Exception as exc:
                 item = exc
+            with self._cond:
+                self._cloning -= 1
             self._put(item)
 
     def _put(self, item: str | BaseException) -> None:
@@ -503,7 +530,8 @@ class ClonePool:
         except (OSError, asyncpg.PostgresError, CitusUnavailable):
             return False
         if not same:
-            self.dropped_changed += 1
+            with self._cond:
+                self.dropped_changed += 1
         return same
 
 

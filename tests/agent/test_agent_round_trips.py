@@ -98,9 +98,10 @@ async def test_round_trips_of_streaming_and_batched_operations(
     cid = (await store.get_or_create_conversation(None, U)).id
     await store.save_messages(cid, U, [{"role": "user", "content": str(i)} for i in range(25)])
 
-    # export: the conversation row, then one per chunk (the short last chunk ends it)
+    # export: the conversation row, then one per chunk (the short last chunk ends it), then the
+    # conversation's feedback
     statements = await _count(log, lambda: _drain(store.export_conversation(cid, U, chunk_size=10)))
-    assert len(statements) == 1 + 3
+    assert len(statements) == 1 + 3 + 1
 
     # import: BEGIN, the conversation row, one pipelined executemany (25 logged executions), COMMIT
     records = [r async for r in store.export_conversation(cid, U)]
@@ -126,3 +127,30 @@ async def test_round_trips_of_streaming_and_batched_operations(
 
 async def _drain(iterator: AsyncIterator[Any]) -> list[Any]:
     return [x async for x in iterator]
+
+
+# Issue 11's methods (branches, feedback, search), by the same steady-state method.
+async def test_one_round_trip_each_branch_feedback_search_call(
+    logged: tuple[ConversationStore, StatementLog],
+) -> None:
+    store, log = logged
+    cid = (await store.get_or_create_conversation(None, U, title="needle title")).id
+    await store.save_messages(cid, U, [{"role": "user", "content": f"needle {i}"} for i in range(30)])
+    await store.set_feedback(cid, U, 3, rating=1)
+    single: dict[str, Callable[[], Awaitable[Any]]] = {
+        "fork_conversation": lambda: store.fork_conversation(cid, U, at_seq=20),
+        "set_feedback": lambda: store.set_feedback(cid, U, 2, rating=-1, tags=["x"]),
+        "clear_feedback": lambda: store.clear_feedback(cid, U, 2),
+        "get_feedback": lambda: store.get_feedback(cid, U),
+        "feedback_summary(user)": lambda: store.feedback_summary(U),
+        "feedback_summary(conversation)": lambda: store.feedback_summary(U, conversation_id=cid),
+        "search_messages": lambda: store.search_messages(U, "needle", limit=5),
+        "search_messages(conversation)": lambda: store.search_messages(U, "needle", conversation_id=cid),
+        "list_conversations(parent_id)": lambda: store.list_conversations(U, parent_id=cid),
+    }
+    counts = {name: len(await _count(log, op)) for name, op in single.items()}
+    assert counts == dict.fromkeys(single, 1)
+    # A fork's window is the ordinary one-statement window, whatever its lineage.
+    fork = await store.fork_conversation(cid, U, at_seq=30)
+    deeper = await store.fork_conversation(fork.id, U, at_seq=30)
+    assert len(await _count(log, lambda: store.get_history(deeper.id, U, limit=10))) == 1

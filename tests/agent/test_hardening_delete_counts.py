@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from convdb import ConversationNotFound, ConversationStore, ErasureCounts
+from tests.support.fix_server import ENGINE
 
 U = "alice"
 RaceRowLock = Callable[..., Awaitable[Any]]
@@ -70,6 +71,22 @@ async def test_delete_user_data_counts_a_batch_that_commits_during_its_lock_wait
     assert await db.fetchval("SELECT count(*) FROM conversations") == 0
 
 
+# The backend of the erasing session while its statement waits on a row lock. On Citus the wait is
+# on the worker holding the shard (citus_stat_activity, every node's backends); the session to
+# kill is the coordinator backend that sent it, the one with the same global pid.
+_ERASING_BACKEND_WAITING = {
+    "postgresql": (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    ),
+    "citus": (
+        "SELECT c.pid FROM citus_stat_activity w "
+        "JOIN citus_stat_activity c ON c.global_pid = w.global_pid AND NOT c.is_worker_query "
+        "WHERE w.is_worker_query AND w.wait_event_type = 'Lock' AND w.datname = current_database() "
+        "AND c.datname = current_database()"
+    ),
+}
+
+
 async def _kill_erasure_mid_way(store: ConversationStore, dsn: str, *, chunk: int) -> tuple[Any, int]:
     """Run delete_user_data while another transaction holds a lock on the last message, so a
     later chunk waits for it; terminate the erasing backend then, and release the lock.
@@ -84,10 +101,7 @@ async def _kill_erasure_mid_way(store: ConversationStore, dsn: str, *, chunk: in
         await other.execute("SELECT 1 FROM messages WHERE conversation_id = 'big' AND seq = 25 FOR UPDATE")
         task = asyncio.ensure_future(store.delete_user_data(U, messages_per_batch=chunk))
         for _ in range(1000):
-            pid = await other.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            )
+            pid = await other.fetchval(_ERASING_BACKEND_WAITING[ENGINE])
             if pid is not None:
                 break
             await asyncio.sleep(0.01)
@@ -95,7 +109,7 @@ async def _kill_erasure_mid_way(store: ConversationStore, dsn: str, *, chunk: in
             task.cancel()
             raise AssertionError("the erasure never waited for the locked message")
         left = await other.fetchval("SELECT count(*) FROM messages")  # our snapshot: committed chunks
-        assert await other.fetchval("SELECT pg_terminate_backend($1)", pid)
+        assert await other.fetchval("SELECT pg_terminate_backend($1::integer)", pid)
         await tx.rollback()
         outcome = await asyncio.gather(task, return_exceptions=True)
         return outcome[0], left

@@ -78,7 +78,11 @@ async def test_the_longest_title_search_runs(titled: ConversationStore) -> None:
     assert await _found(titled, "é" * MAX_TITLE_SEARCH) == set()
 
 
+@pytest.mark.engine_specific("postgresql", "a single-node EXPLAIN shape")
 async def test_title_search_keeps_the_listing_plan(store: ConversationStore, db: asyncpg.Connection) -> None:
+    """The title search stays on conversations_user_id, never a sequential scan. Its Citus twin:
+    test_citus.py::test_listing_reads_each_shard_through_the_user_index (the same patterns, on
+    every shard)."""
     await db.execute("""INSERT INTO conversations (id, user_id, title, updated_at)
                         SELECT 'c' || g, 'u' || (g % 2000), 'Été ' || g, now() - g * interval '1 second'
                           FROM generate_series(1, 40000) g""")

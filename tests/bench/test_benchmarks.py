@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 
+from benchmarks import report
+from benchmarks.config import MODES
+from benchmarks.measure import Cell
 from benchmarks.registry import ALL_NAMES
+from benchmarks.runner import Row
 from benchmarks.systems.pgbench_system import script_for
 from benchmarks.workload import EXTRA_OPS, OPS
 from tests.support.fix_server import ROOT, Server
@@ -115,6 +119,27 @@ def test_tiny_run_end_to_end(pg_server: Server, tmp_path: Path) -> None:
     if not matplotlib_missing:
         assert chart.stat().st_size > 10_000
 
+    # Compared with the published run by default: every row and ratio the two runs share has a
+    # this ÷ previous figure, and the text shows the comparison table.
+    published = json.loads((ROOT / "benchmarks" / "results" / "default.json").read_text())
+    assert meta["previous_run"]["commit"] == published["meta"]["commit"]
+    assert meta["previous_run"]["source"] == "benchmarks/results/default.json"
+    assert "against the previous published run" in result.stdout
+    shared = {(r["system"], r["op"], r["concurrency"]) for r in published["results"] if r["ops_per_s"]}
+    compared = [r for r in doc["results"] if (r["system"], r["op"], r["concurrency"]) in shared]
+    assert compared
+    for row in compared:
+        if row["ops_per_s"] is not None:
+            assert isinstance(row["vs_previous"], NUMBER)
+    published_ratios = {(r["op"], r["concurrency"]) for r in published["ratios"]}
+    # The published run has c = 1 and 8, this one 1 and 2: c = 1 is compared, c = 2 has nothing to.
+    for ratio in doc["ratios"]:
+        if (ratio["op"], ratio["concurrency"]) in published_ratios:
+            assert isinstance(ratio["vs_previous"]["convdb_over_pgbench"], NUMBER)
+        else:
+            assert ratio["vs_previous"]["convdb_over_pgbench"] is None
+    assert any(ratio["previous"] is not None for ratio in doc["ratios"])
+
 
 @pytest.mark.parametrize("op", [*OPS, *EXTRA_OPS])
 def test_pgbench_scripts_bind_every_parameter(op: str) -> None:
@@ -124,3 +149,124 @@ def test_pgbench_scripts_bind_every_parameter(op: str) -> None:
         for name in (token[1:].rstrip(";,)") for token in line.split() if token.startswith(":")):
             if name and name[0].isalpha() and name not in {"client_id", "cid", "uid", "first_seq"}:
                 assert name.split("::")[0] in script.variables or name.startswith("s"), (op, name)
+
+
+def _row(system: str, op: str, c: int, ops: float | None) -> Row:
+    cell = Cell(ops, 1.0, 2.0, calls=10) if ops is not None else Cell.failed("unsupported: none")
+    return Row(system, op, c, cell, None, [cell])
+
+
+def _doc(
+    figures: dict[tuple[str, str, int], float | None], previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    rows = [_row(s, op, c, v) for (s, op, c), v in figures.items()]
+    meta = {"commit": "abc", "mode": "default", "started": "then"}
+    return report.document(meta, rows, [], previous, "benchmarks/results/default.json")
+
+
+def test_ratio_to_the_previous_run_in_json_and_text() -> None:
+    before = _doc(
+        {
+            ("convdb", "append", 1): 1_000.0,
+            ("pgbench", "append", 1): 2_000.0,
+            ("asyncpg-raw", "append", 1): 1_000.0,
+            ("langchain-postgres", "append", 1): 800.0,
+            ("convdb", "history_50", 1): 500.0,
+            ("pgbench", "history_50", 1): 1_000.0,
+        }
+    )
+    # This run: append got faster against pgbench (0.5 -> 0.6), history_50 regressed (0.5 -> 0.4),
+    # and turn is new (no previous figure to compare with).
+    now = _doc(
+        {
+            ("convdb", "append", 1): 1_200.0,
+            ("pgbench", "append", 1): 2_000.0,
+            ("asyncpg-raw", "append", 1): 1_000.0,
+            ("langchain-postgres", "append", 1): 800.0,
+            ("convdb", "history_50", 1): 400.0,
+            ("pgbench", "history_50", 1): 1_000.0,
+            ("convdb", "turn", 1): 300.0,
+            ("pgbench", "turn", 1): 600.0,
+        },
+        before,
+    )
+    assert now["meta"]["previous_run"] == {
+        "source": "benchmarks/results/default.json",
+        "commit": "abc",
+        "mode": "default",
+        "started": "then",
+    }
+    ratios = {(r["op"], r["concurrency"]): r for r in now["ratios"]}
+    append = ratios[("append", 1)]
+    assert append["previous"]["convdb_over_pgbench"] == 0.5
+    assert append["vs_previous"]["convdb_over_pgbench"] == 1.2
+    assert append["vs_previous"]["convdb_over_asyncpg_raw"] == 1.2
+    assert append["vs_previous"]["convdb_over_best_peer"] == 1.2
+    assert ratios[("history_50", 1)]["vs_previous"]["convdb_over_pgbench"] == 0.8
+    assert ratios[("turn", 1)]["previous"] is None
+    assert ratios[("turn", 1)]["vs_previous"]["convdb_over_pgbench"] is None
+    rows = {(r["system"], r["op"]): r for r in now["results"]}
+    assert rows[("convdb", "append")]["vs_previous"] == 1.2
+    assert rows[("convdb", "turn")]["vs_previous"] is None
+
+    text = report.text(now)
+    table = text.split("against the previous published run", 1)[1].split("\n\n", 1)[0]
+    lines = {line.split()[0]: line for line in table.splitlines()[3:]}
+    assert "0.60 (1.20×)" in lines["append"]
+    assert "0.40 (0.80×)" in lines["history_50"]
+    assert "(" not in lines["turn"].split()[3]  # new op: the figure alone
+    # Without a previous run there is no comparison at all.
+    alone = _doc({("convdb", "append", 1): 1.0, ("pgbench", "append", 1): 2.0})
+    assert "previous_run" not in alone["meta"]
+    assert "vs_previous" not in alone["results"][0]
+    assert "against the previous" not in report.text(alone)
+
+
+def test_previous_run_missing_or_unreadable_is_no_comparison(tmp_path: Path) -> None:
+    assert report.read_previous(tmp_path / "absent.json") is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert report.read_previous(tmp_path / "bad.json") is None
+    (tmp_path / "other.json").write_text('{"meta": {}}')
+    assert report.read_previous(tmp_path / "other.json") is None
+    published = report.read_previous(ROOT / "benchmarks" / "results" / "default.json")
+    assert published is not None
+    assert published["meta"]["mode"] == "default"
+
+
+def test_modes_default_is_short_and_thorough_keeps_the_long_cells() -> None:
+    default, thorough = MODES["default"], MODES["thorough"]
+    # The default's cells (warm-up + measured) are well under the thorough run's.
+    assert (default.timing.warmup_s + default.timing.duration_s) * 3 <= (
+        thorough.timing.warmup_s + thorough.timing.duration_s
+    )
+    assert default.repeats >= 3
+    assert thorough.timing.duration_s == 2.0
+    assert MODES["full"].timing == thorough.timing
+    assert MODES["full"].layout.table_sizes
+    assert not default.layout.table_sizes
+
+
+def test_batch_anatomy_scripts_are_complete_and_add_one_feature_at_a_time() -> None:
+    from benchmarks.batch_anatomy import _TABLES, variants
+
+    groups = dict(variants())
+    assert set(groups) == {"batch of 100", "single append"}
+    for group, found in groups.items():
+        for variant in found:
+            assert "$" not in variant.script, (group, variant.name)  # every parameter bound
+            names = {
+                token.split("::")[0].strip(";,)") for token in variant.script.split() if token[:1] == ":"
+            }
+            for name in names - {":cid", ":uid", ":n", ":base", ":first_seq", ":client_id"}:
+                bare = name[1:].split("::")[0]
+                assert bare in variant.variables or bare.startswith("s"), (variant.name, name)
+        steps = [v.name for v in found if v.name.startswith("+")]
+        assert steps[0] == "+ foreign key"
+        assert steps[-1].startswith("+ seq reservation = convdb's")
+    # The last step runs convdb's own statements, on messages itself.
+    batch = groups["batch of 100"]
+    convdb_batch = next(v for v in batch if v.name.startswith("+ seq reservation"))
+    assert "UPDATE conversations" in convdb_batch.script
+    assert convdb_batch.script.count("INSERT INTO messages") == 100
+    # Each feature table is created once, from messages' own definition.
+    assert all("LIKE messages" in ddl for ddl in _TABLES.values())

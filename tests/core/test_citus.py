@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from convdb import ConvDBError, ConversationStore
+from convdb import ConvDBError, ConversationNotFound, ConversationStore
 from convdb.listing import build_listing
 from convdb.sql import QUERIES
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
@@ -63,6 +63,12 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "list_summaries": ("c1", "u1"),
     "usage_report_conversation": ("u1", _NOW, _NOW, "UTC", None, "c1"),
     "record_usage": ("c1", "u1", 1, "m", 1, 2, None, None, None, None),
+    # Schema version 5 (feedback).
+    "clear_feedback": ("c1", "u1", 1),
+    "get_feedback": ("c1", "u1"),
+    "feedback_summary_conversation": ("c1", "u1", None, None),
+    "export_feedback": ("c1", "u1", 100),
+    "import_feedback": ("c1", 1, 1, None, [], False, _NOW, _NOW, "u1"),
     # convdb_user_keys is distributed by user_id: one user's key is one shard's row.
     "get_user_key": ("u1",),
     "create_user_key": ("u1", "0123456789abcdef", "k1", b"wrapped"),
@@ -85,6 +91,7 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
         9,
     ),
     "save_summary": (("c1", "u1", 1, "system", "summary", None, 1), 4),
+    "set_feedback": (("c1", "u1", 1, 1, None, []), 2),
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
 USER_WIDE = {
@@ -93,17 +100,22 @@ USER_WIDE = {
     "erase_lock_conversations",
     "erase_conversations",
     "usage_report_user",
+    "feedback_summary_user",
     # rotate(): every user's data key (convdb_user_keys, by user_id), a batch at a time.
     "rotation_batch",
     "keys_per_master_key",
 }
+# Two conversations: a fork reads its source's shard and writes the new conversation's, which is
+# in general another shard (and worker). Multi-shard, and correct across shards (see below); rare
+# next to the hot path, which on the fork is single-shard again (the copy lives with the fork).
+TWO_CONVERSATIONS = {"fork_conversation", "fork_create", "fork_copy"}
 # Not about conversations' rows: the catalog report, the reference-table version, a setting.
 NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation", "set_rls_user"}
 
 
 def test_every_statement_is_classified() -> None:
     """A new statement in queries.sql must be added to one of the sets above (and so be checked)."""
-    classified = set(ROUTER) | set(ONE_SHARD_STEPS) | USER_WIDE | NOT_DISTRIBUTED
+    classified = set(ROUTER) | set(ONE_SHARD_STEPS) | USER_WIDE | TWO_CONVERSATIONS | NOT_DISTRIBUTED
     assert set(QUERIES) == classified, set(QUERIES) ^ classified
 
 
@@ -284,6 +296,41 @@ async def test_user_wide_listing_and_erasure_are_correct_across_shards(
     assert [m.content for m in await store.get_history("bob-1", "bob")] == ["keep me"]
 
 
+@citus_only
+async def test_fork_copies_a_conversation_onto_another_workers_shard(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """fork_conversation is the one statement about two conversations (TWO_CONVERSATIONS): with
+    the fork's id on another worker than its source's, the prefix's messages, summaries and
+    feedback arrive there, and the fork's window is then read from its own shard alone."""
+    await store.get_or_create_conversation("src", "alice")
+    await store.save_messages("src", "alice", [{"role": "user", "content": f"m{i}"} for i in range(1, 7)])
+    await store.save_summary("src", "alice", "up to 3", through_seq=3)
+    await store.set_feedback("src", "alice", 2, rating=1, tags=["good"])
+    home = await _shard_node(db, "src")
+    fork_id = ""
+    for n in range(1000):  # 32 shards on two workers: the first few ids already cover both
+        if await _shard_node(db, f"fork-{n}") != home:
+            fork_id = f"fork-{n}"
+            break
+    assert fork_id, "no id on the other worker"
+    fork = await store.fork_conversation("src", "alice", at_seq=4, new_conversation_id=fork_id)
+    assert (fork.parent_id, fork.forked_at_seq, fork.root_id) == ("src", 4, "src")
+    assert [m.content for m in await store.get_history(fork_id, "alice")] == ["m1", "m2", "m3", "m4"]
+    window = await store.get_history(fork_id, "alice", limit=10, summarized=True)
+    assert [(m.seq, m.content) for m in window] == [(3, "up to 3"), (4, "m4")]
+    assert [(f.seq, f.rating, f.inherited) for f in await store.get_feedback(fork_id, "alice")] == [
+        (2, 1, True)
+    ]
+    assert (await store.save_message(fork_id, "alice", "user", "edited")).seq == 5
+    jobs = _jobs(await _citus_plan(db, QUERIES["get_history"], (fork_id, "alice", 50)))
+    assert [job["Task Count"] for job in jobs] == [1]
+    nodes = await _worker_nodes(db, jobs)
+    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, fork_id)), nodes
+    with pytest.raises(ConversationNotFound):
+        await store.fork_conversation("src", "bob", at_seq=1)
+
+
 async def _distribution(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
     rows = await db.fetch(
         "SELECT table_name::text, citus_table_type, distribution_column, colocation_id, shard_count "
@@ -301,6 +348,8 @@ async def test_schema_citus_distributes_colocated_and_is_idempotent(
     assert by_name["conversations"][1:3] == ("distributed", "id")
     assert by_name["messages"][1:3] == ("distributed", "conversation_id")
     assert by_name["conversations"][3] == by_name["messages"][3], "co-located"
+    for table in ("conversation_summaries", "message_feedback"):
+        assert by_name[table][1:4] == ("distributed", "conversation_id", by_name["messages"][3]), table
     assert by_name["conversations"][4] == 32
     assert by_name["convdb_schema_version"][1] == "reference"
     shards = await db.fetchval("SELECT count(*) FROM pg_dist_shard")
@@ -393,7 +442,15 @@ async def test_listing_reads_each_shard_through_the_user_index(
     await db.execute("ANALYZE conversations")
     await db.execute("SET citus.explain_all_tasks = on")
     cursor = (await store.list_conversations("u7", limit=3)).next_cursor
-    for kwargs in ({}, {"cursor": cursor}, {"title_contains": "x", "metadata_contains": {"a": 1}}):
+    searches: list[dict[str, Any]] = [
+        {},
+        {"cursor": cursor},
+        {"title_contains": "x", "metadata_contains": {"a": 1}},
+        # test_hardening_title_search.py's patterns (Unicode case folding on the server)
+        {"title_contains": "école"},
+        {"title_contains": "Été 7"},
+    ]
+    for kwargs in searches:
         query = build_listing("u7", limit=3, **kwargs)
         raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + query.sql, *query.args)
         jobs = _jobs(json.loads(raw) if isinstance(raw, str) else raw)

@@ -14,13 +14,27 @@ import pytest
 import convdb
 from convdb import ConstraintViolation, ConvDBError, ConversationStore, QueryTimeout, TransientError
 from convdb.errors import translate
+from tests.support.fix_server import Server
 
 pytestmark = pytest.mark.guarantee(6)
 
 U = "alice"
 
 
-async def test_lock_timeout_is_a_query_timeout_with_its_sqlstate(dsn: str, db: asyncpg.Connection) -> None:
+async def test_lock_timeout_is_a_query_timeout_with_its_sqlstate(
+    dsn: str, db: asyncpg.Connection, pg_server: Server, db_name: str
+) -> None:
+    """On Citus the row lock is waited for on the worker holding the shard, by the connection the
+    coordinator opened there, which does not carry the client's session settings: lock_timeout
+    must be set on the workers too (here for the database, before the store connects; see
+    docs/citus.md). The worker's 55P03 comes back through the coordinator unchanged."""
+    if pg_server.citus is not None:
+        for worker in pg_server.citus.node_dsns(db_name)[1:]:
+            conn = await asyncpg.connect(worker)
+            try:
+                await conn.execute(f"ALTER DATABASE \"{db_name}\" SET lock_timeout = '200ms'")
+            finally:
+                await conn.close()
     async with await ConversationStore.connect(
         dsn, min_size=1, max_size=2, server_settings={"lock_timeout": "200ms"}
     ) as store:

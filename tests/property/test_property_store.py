@@ -42,6 +42,7 @@ from convdb import (
     InvalidInput,
     StaticKeys,
 )
+from convdb.errors import MessageNotFound
 from tests.support.fix_server import TEMPLATE, Server
 
 T = TypeVar("T")
@@ -429,6 +430,7 @@ class ModelConversation:
     title: str | None
     messages: list[ModelMessage] = field(default_factory=list)
     next_seq: int = 1
+    feedback: dict[int, int] = field(default_factory=dict)  # seq -> rating
     summaries: dict[int, str] = field(default_factory=dict)  # through_seq -> content
 
     def last_seq(self) -> int:
@@ -663,6 +665,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert got is None
         else:
             last = model.messages.pop()
+            model.feedback.pop(last.seq, None)
             assert (got.seq, got.content, got.idempotency_key) == (last.seq, last.content, last.key)
             model.summaries = {t: c for t, c in model.summaries.items() if t < last.seq}
 
@@ -673,6 +676,7 @@ class StoreMachine(RuleBasedStateMachine):
         if not self.expect_not_found(cid, uid, status):
             assert got == len(self.model[cid].messages)
             self.model[cid].messages.clear()
+            self.model[cid].feedback.clear()
             self.model[cid].summaries.clear()
 
     @rule(cid=conversations, owner=st.booleans())
@@ -704,6 +708,64 @@ class StoreMachine(RuleBasedStateMachine):
         if not self.expect_not_found(cid, uid, status):
             assert got == len(self.model[cid].messages)
             del self.model[cid]
+
+    @rule(target=conversations, cid=conversations, owner=st.booleans(), back=st.integers(0, 3))
+    def fork(self, cid: str, owner: bool, back: int) -> str:
+        uid = self.owner_or_other(cid, owner)
+        model = self.model.get(cid)
+        at_seq = max(0, (model.next_seq - 1 if model else 0) - back)
+        status, got = self.outcome(lambda: self.store.fork_conversation(cid, uid, at_seq=at_seq))
+        if self.expect_not_found(cid, uid, status):
+            return f"{self.prefix}-nofork-{uuid.uuid4().hex[:8]}"  # unknown to everyone, like a foreign id
+        assert model is not None and (got.parent_id, got.forked_at_seq) == (cid, at_seq)
+        # The copied prefix keeps every column (usage too), its summaries and its feedback.
+        kept = [
+            ModelMessage(m.seq, m.role, m.content, m.key, m.tokens) for m in model.messages if m.seq <= at_seq
+        ]
+        self.model[got.id] = ModelConversation(
+            uid,
+            model.title,
+            kept,
+            at_seq + 1,
+            {k: v for k, v in model.feedback.items() if k <= at_seq},
+            {k: v for k, v in model.summaries.items() if k <= at_seq},
+        )
+        return str(got.id)
+
+    @rule(
+        cid=conversations,
+        owner=st.booleans(),
+        pick=st.integers(0, 5),
+        rating=st.sampled_from([-1, 0, 1]),
+        clear=st.booleans(),
+    )
+    def feedback(self, cid: str, owner: bool, pick: int, rating: int, clear: bool) -> None:
+        uid = self.owner_or_other(cid, owner)
+        model = self.model.get(cid)
+        seq = model.messages[pick % len(model.messages)].seq if model and model.messages else 1
+
+        async def act() -> Any:
+            try:
+                if clear:
+                    return await self.store.clear_feedback(cid, uid, seq)
+                return await self.store.set_feedback(cid, uid, seq, rating=rating)
+            except MessageNotFound:
+                return "missing"
+
+        status, got = self.outcome(act)
+        if self.expect_not_found(cid, uid, status):
+            return
+        assert model is not None
+        if not model.messages:
+            assert got == ("missing" if not clear else False)
+        elif clear:
+            assert got == (seq in model.feedback)
+            model.feedback.pop(seq, None)
+        else:
+            assert got.rating == rating
+            model.feedback[seq] = rating
+        stored = self.run(self.store.get_feedback(cid, uid))
+        assert {f.seq: f.rating for f in stored} == model.feedback
 
     @rule(user=st.integers(0, 2))
     def listing(self, user: int) -> None:

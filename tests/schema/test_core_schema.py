@@ -84,6 +84,11 @@ async def test_connect_can_skip_the_check(empty_db: str) -> None:
         ("DROP INDEX messages_idempotency_key", "index messages_idempotency_key on messages is missing"),
         (
             "UPDATE convdb_schema_version SET version = 0",
+            "at schema version 0 and this package needs version 5",
+        ),
+        (
+            "UPDATE convdb_schema_version SET compatible_from = 6",
+            "supports packages built for schema 6 or later",
             f"at schema version 0 and this package needs version {SCHEMA_VERSION}",
         ),
         (
@@ -105,7 +110,7 @@ async def test_verify_schema_names_the_difference(
 async def test_missing_table_at_runtime_is_schema_mismatch(
     store: ConversationStore, db: asyncpg.Connection
 ) -> None:
-    await db.execute("DROP TABLE messages")
+    await db.execute("DROP TABLE messages CASCADE")  # message_feedback references it
     conv = await store.get_or_create_conversation(None, "alice")
     with pytest.raises(SchemaMismatch, match=r"schema\.sql"):
         await store.save_message(conv.id, "alice", "user", "hi")

@@ -33,6 +33,7 @@ async def test_the_catalog_statement_sees_all_five_tables(db: asyncpg.Connection
         "messages",
         "conversation_summaries",
         "convdb_schema_version",
+        "message_feedback",
         "convdb_user_keys",
     }
 
@@ -95,7 +96,7 @@ BROKEN = [
         id="fk-missing",
     ),
     pytest.param(
-        ["ALTER TABLE messages DROP CONSTRAINT messages_pkey"],
+        ["ALTER TABLE messages DROP CONSTRAINT messages_pkey CASCADE"],
         r"constraint messages_pkey on messages is missing \(expected PRIMARY KEY \(conversation_id, seq\)\)",
         id="pk-missing",
     ),
@@ -155,6 +156,7 @@ async def test_verify_schema_refuses_a_broken_database(
         await db.execute(statement)
     with pytest.raises(SchemaMismatch, match=expected) as info:
         await store.verify_schema()
+    assert "the database records schema version 5 but differs from it" in str(info.value)
     assert f"the database records schema version {SCHEMA_VERSION} but differs from it" in str(info.value)
 
 

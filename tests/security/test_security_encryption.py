@@ -205,6 +205,19 @@ async def test_filters_over_encrypted_columns_are_refused_before_any_io(dsn: str
             await store.list_conversations("u", title_contains="x")
         with pytest.raises(InvalidInput, match="metadata_contains: cannot filter on an encrypted column"):
             await store.list_conversations("u", metadata_contains={"a": 1})
+        conv = await store.get_or_create_conversation("enc-src", "u")
+        await store.save_message(conv.id, "u", "user", "a secret to fork")
+        before = await store.pool.fetchval("SELECT count(*) FROM conversations")
+        with pytest.raises(
+            InvalidInput, match="encryption: fork_conversation is not available with encryption on"
+        ):
+            await store.fork_conversation(conv.id, "u", at_seq=1, new_conversation_id="enc-fork")
+        with pytest.raises(
+            InvalidInput, match="encryption: search_messages is not available with encryption on"
+        ):
+            await store.search_messages("u", "secret")
+        assert await store.pool.fetchval("SELECT count(*) FROM conversations") == before
+        assert await store.pool.fetchval("SELECT count(*) FROM conversations WHERE id = 'enc-fork'") == 0
         with pytest.raises(InvalidInput, match="rotate"):
             await ConversationStore(store.pool).rotate()  # a store without encryption=
     with pytest.raises(InvalidInput, match="KeyProvider"):

@@ -38,6 +38,9 @@ TEMPLATE = "convdb_template"
 SCHEMA_CITUS = ROOT / "schema_citus.sql"
 CITUS_DSN = os.environ.get("CONVDB_TEST_CITUS_DSN", "")
 VIA_CITUS = bool(CITUS_DSN) or os.environ.get("CONVDB_TEST_CITUS", "") not in ("", "0")
+# Citus mode: databases reset (or cloned) at once in the background, and kept ready, so that
+# tests shorter than one reset (most) do not wait for it (ClonePool's ``threads``).
+CITUS_RESETS = int(os.environ.get("CONVDB_TEST_CITUS_RESETS", "3"))
 
 HOW_TO_PROVIDE = (
     "No PostgreSQL for the tests. Provide one of: CONVDB_TEST_DSN=postgresql://postgres@host:port/postgres "
@@ -221,7 +224,7 @@ def citus_clones(request: pytest.FixtureRequest, pg_server: Server, template_db:
     """Citus mode: per-test databases cloned from the template on every node, one made ahead,
     recycled after a test when TRUNCATE brings them back to the template's state (ClonePool)."""
     assert pg_server.citus is not None
-    clones = ClonePool(pg_server.citus, template_db)
+    clones = ClonePool(pg_server.citus, template_db, ahead=CITUS_RESETS, threads=CITUS_RESETS)
     try:
         yield clones
     finally:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from convdb import ConversationNotFound, ConversationStore
+from convdb import ConversationNotFound, ConversationStore, InvalidInput
 from convdb.testing import apply_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,8 +72,11 @@ def arguments_for(
         "messages": [{"role": "user", "content": "probe"}],
         "message": {"role": "user", "content": "probe"},
         "records": records,
-        "through_seq": 1,
+        "at_seq": 0,
         "seq": 1,
+        "rating": 1,
+        "query": "probe",
+        "through_seq": 1,
         "usage": {"input_tokens": 1},
         "since": datetime(2020, 1, 1, tzinfo=UTC),
         "until": datetime(2030, 1, 1, tzinfo=UTC),
@@ -185,6 +188,45 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     copy = await store.import_conversation(uid, records, conversation_id=f"{prefix}-copy")
     assert [m.content for m in await store.get_history(copy.id, uid)] == ["hello", None, "42", "done"]
     called.add("import_conversation")
+    if store.encrypted:  # refused: the values are bound to their conversation (docs/data-protection.md)
+        with pytest.raises(InvalidInput, match="encryption: fork_conversation"):
+            await store.fork_conversation(cid, uid, at_seq=2, title="branch")
+        fork = None
+    else:
+        fork = await store.fork_conversation(cid, uid, at_seq=2, title="branch")
+        assert (
+            fork.parent_id,
+            fork.forked_at_seq,
+            [m.seq for m in await store.get_history(fork.id, uid)],
+        ) == (
+            cid,
+            2,
+            [1, 2],
+        )
+    called.add("fork_conversation")
+    rated = await store.set_feedback(cid, uid, 4, rating=1, comment="ok", tags=["t"])
+    assert (rated.seq, rated.rating, rated.tags) == (4, 1, ("t",))
+    called.add("set_feedback")
+    assert [f.seq for f in await store.get_feedback(cid, uid)] == [4]
+    called.add("get_feedback")
+    assert (await store.feedback_summary(uid)).positive == 1
+    assert (await store.feedback_summary(uid, conversation_id=cid)).count == 1
+    called.add("feedback_summary")
+    assert await store.clear_feedback(cid, uid, 4) is True
+    called.add("clear_feedback")
+    if fork is None:
+        with pytest.raises(InvalidInput, match="encryption: search_messages"):
+            await store.search_messages(uid, "done", conversation_id=cid)
+    else:
+        hits = await store.search_messages(uid, "done", conversation_id=cid)
+        assert [(h.conversation_id, h.seq) for h in hits.items] == [(cid, 4)]
+        assert {h.conversation_id for h in (await store.search_messages(uid, "hello")).items} >= {
+            cid,
+            fork.id,
+        }
+    called.add("search_messages")
+    if fork is not None:
+        assert await store.delete_conversation(fork.id, uid) == 2
     assert await store.clear_conversation(cid, uid) == 4
     assert await store.get_history(cid, uid) == []
     called.add("clear_conversation")

@@ -133,10 +133,12 @@ def test_message_parsing_keeps_or_computes_token_counts() -> None:
         "content": "hello world",
         "created_at": "2026-01-01T00:00:00.5+00:00",
     }
-    seq, row, created = parser.parse(rec, 0)
+    parsed = parser.parse(rec, 0)
+    assert parsed is not None  # a message record (None is a feedback record)
+    seq, row, created = parsed
     assert (seq, row.token_count, created.microsecond) == (2, estimate_tokens("hello world"), 500000)
-    _, row, _ = parser.parse({**rec, "seq": 3, "token_count": 0}, 1)
-    assert row.token_count == 0
+    parsed = parser.parse({**rec, "seq": 3, "token_count": 0}, 1)
+    assert parsed is not None and parsed[1].token_count == 0
     with pytest.raises(InvalidInput, match="increase"):
         parser.parse({**rec, "seq": 3}, 2)
     with pytest.raises(InvalidInput, match="next_seq"):

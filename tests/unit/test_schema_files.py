@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SQL = resources.files("convdb.sql")
 
 
-@pytest.mark.parametrize("name", ["schema.sql", "schema_rls.sql", "schema_citus.sql"])
+@pytest.mark.parametrize("name", ["schema.sql", "schema_rls.sql", "schema_citus.sql", "schema_search.sql"])
 def test_packaged_copy_is_byte_equal_to_the_top_level_file(name: str) -> None:
     assert (SQL / name).read_bytes() == (ROOT / name).read_bytes(), (
         f"convdb/sql/{name} must be a copy of the top-level {name}: cp {name} convdb/sql/{name}"
@@ -47,7 +47,7 @@ def test_version_constants() -> None:
     assert "version" in pyproject["project"]["dynamic"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "convdb._version.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", convdb.__version__)
-    assert convdb.SCHEMA_VERSION == SCHEMA_VERSION == 4
+    assert convdb.SCHEMA_VERSION == SCHEMA_VERSION == 6
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## {convdb.__version__}" in changelog and f"schema version {SCHEMA_VERSION}" in changelog
 

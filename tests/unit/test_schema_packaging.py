@@ -22,6 +22,7 @@ SOURCES = [
     "schema.sql",
     "schema_rls.sql",
     "schema_citus.sql",
+    "schema_search.sql",
 ]
 
 
@@ -57,7 +58,8 @@ def test_sdist_and_wheel_carry_the_schema_files(tmp_path: Path) -> None:
     migrations = sorted(e.name for e in (resources.files("convdb.sql") / "migrations").iterdir())
     assert migrations, "no migrations in the source tree"
     packaged = {
-        f"convdb/sql/{name}": ROOT / name for name in ("schema.sql", "schema_rls.sql", "schema_citus.sql")
+        f"convdb/sql/{name}": ROOT / name
+        for name in ("schema.sql", "schema_rls.sql", "schema_citus.sql", "schema_search.sql")
     }
     packaged |= {f"convdb/sql/migrations/{m}": ROOT / "convdb" / "sql" / "migrations" / m for m in migrations}
 
