@@ -715,6 +715,9 @@ class StoreMachine(RuleBasedStateMachine):
         model = self.model.get(cid)
         at_seq = max(0, (model.next_seq - 1 if model else 0) - back)
         status, got = self.outcome(lambda: self.store.fork_conversation(cid, uid, at_seq=at_seq))
+        if self.store.encrypted:  # refused before any I/O, whoever asks (docs/data-protection.md)
+            assert (status, got) == ("refused", "encryption")
+            return f"{self.prefix}-nofork-{uuid.uuid4().hex[:8]}"
         if self.expect_not_found(cid, uid, status):
             return f"{self.prefix}-nofork-{uuid.uuid4().hex[:8]}"  # unknown to everyone, like a foreign id
         assert model is not None and (got.parent_id, got.forked_at_seq) == (cid, at_seq)

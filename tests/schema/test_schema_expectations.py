@@ -156,7 +156,6 @@ async def test_verify_schema_refuses_a_broken_database(
         await db.execute(statement)
     with pytest.raises(SchemaMismatch, match=expected) as info:
         await store.verify_schema()
-    assert "the database records schema version 5 but differs from it" in str(info.value)
     assert f"the database records schema version {SCHEMA_VERSION} but differs from it" in str(info.value)
 
 

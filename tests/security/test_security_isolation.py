@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from convdb import ConversationNotFound, ConversationStore, StaticKeys
+from convdb import ConversationNotFound, ConversationStore, InvalidInput, StaticKeys
 from tests.support.surface import (
     CREATING,
     USER_WIDE,
@@ -53,6 +53,10 @@ def test_introspection_finds_the_public_surface() -> None:
         )
 
 
+# Conversation-scoped methods an encrypting store refuses (docs/data-protection.md).
+REFUSED_WHEN_ENCRYPTED = {"fork_conversation", "search_messages"}
+
+
 @pytest.mark.parametrize(
     "mode",
     [
@@ -87,6 +91,13 @@ async def test_every_method_treats_foreign_and_unknown_ids_identically(
         checked: set[str] = set()
         for name in public_methods():
             if name in USER_WIDE:
+                continue
+            if provider is not None and name in REFUSED_WHEN_ENCRYPTED:
+                # Refused for every id alike, before any I/O: says nothing about who owns what.
+                for owner in ("attacker", "no-such-user"):
+                    with pytest.raises(InvalidInput, match=f"encryption: {name} is not available"):
+                        await call(store, name, "victim-conv", owner, records)
+                checked.add(name)
                 continue
             foreign = await not_found(
                 functools.partial(call, store, name, "victim-conv", "attacker", records)
