@@ -1,4 +1,4 @@
--- convdb schema, version 5: the fresh install.
+-- convdb schema, version 6: the fresh install.
 --
 -- Applied by a DBA, never by the package:   psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql
 -- (or, from an installed package:  python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f -)
@@ -12,7 +12,7 @@
 BEGIN;
 
 -- ---------------------------------------------------------------------------------------------
--- 0. Guard: an empty database, or one already at version 5 (a re-run changes nothing)
+-- 0. Guard: an empty database, or one already at version 6 (a re-run changes nothing)
 -- ---------------------------------------------------------------------------------------------
 -- CREATE TABLE IF NOT EXISTS would silently skip a table that exists in an older shape and the
 -- stamp would then claim a version the tables do not have; an older database takes migrations.
@@ -23,9 +23,9 @@ BEGIN
     IF to_regclass('convdb_schema_version') IS NOT NULL THEN
         SELECT max(version) INTO found FROM convdb_schema_version;
     END IF;
-    IF found IS NOT NULL AND found <> 5 THEN
-        RAISE EXCEPTION 'convdb schema.sql installs schema version 5, but this database is at version %', found
-            USING HINT = CASE WHEN found < 5
+    IF found IS NOT NULL AND found <> 6 THEN
+        RAISE EXCEPTION 'convdb schema.sql installs schema version 6, but this database is at version %', found
+            USING HINT = CASE WHEN found < 6
                               THEN 'upgrade it with: python -m convdb migrations --from ' || found
                                    || ' | psql -v ON_ERROR_STOP=1 -d <database> -f -'
                               ELSE 'the database is newer than this file; nothing to install' END;
@@ -234,11 +234,31 @@ CREATE TABLE IF NOT EXISTS message_feedback (
 );
 
 -- ---------------------------------------------------------------------------------------------
+-- 3c. Encryption at rest (schema version 6, migration 0006; docs/data-protection.md)
+-- ---------------------------------------------------------------------------------------------
+-- Only used by stores opened with encryption= (empty otherwise): each user's data key, wrapped
+-- (encrypted) by a master key held outside the database (master_key_id names it). Deleting a row
+-- (ConversationStore.shred_user) makes every copy of that user's encrypted values unreadable,
+-- replicas and later-restored backups included. One row per user, read once per process and user
+-- (the store caches the unwrapped key); rotation walks the primary key.
+CREATE TABLE IF NOT EXISTS convdb_user_keys (
+    user_id       text        NOT NULL,
+    key_id        text        NOT NULL,
+    master_key_id text        NOT NULL,
+    wrapped_key   bytea       NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT convdb_user_keys_pkey PRIMARY KEY (user_id),
+    CONSTRAINT convdb_user_keys_user_id_length CHECK (length(user_id) BETWEEN 1 AND 255),
+    CONSTRAINT convdb_user_keys_key_id_length CHECK (length(key_id) BETWEEN 1 AND 64),
+    CONSTRAINT convdb_user_keys_master_key_id_length CHECK (length(master_key_id) BETWEEN 1 AND 64)
+);
+
+-- ---------------------------------------------------------------------------------------------
 -- 4. Version stamp (last, so a failed run leaves no version behind)
 -- ---------------------------------------------------------------------------------------------
--- The guard admits only version 5 or none, so DO NOTHING is exactly the re-run. Floor 1: nothing
+-- The guard admits only version 6 or none, so DO NOTHING is exactly the re-run. Floor 1: nothing
 -- since version 1 was breaking (see CHANGELOG.md).
-INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 5, now(), 1)
+INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 6, now(), 1)
 ON CONFLICT (singleton) DO NOTHING;
 
 COMMIT;

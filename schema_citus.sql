@@ -58,6 +58,12 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- Users' data keys (encryption at rest): by user_id, every per-user statement on one shard.
+    IF NOT EXISTS (SELECT FROM pg_dist_partition
+                    WHERE logicalrelid = 'convdb_user_keys'::regclass) THEN
+        PERFORM create_distributed_table('convdb_user_keys', 'user_id', colocate_with => 'none');
+    END IF;
+
     IF NOT EXISTS (SELECT FROM pg_dist_partition
                     WHERE logicalrelid = 'convdb_schema_version'::regclass) THEN
         PERFORM create_reference_table('convdb_schema_version');

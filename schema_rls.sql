@@ -130,4 +130,26 @@ BEGIN
 END
 $$;
 
+-- ---------------------------------------------------------------------------------------------
+-- R6. convdb_user_keys (schema version 6 and later): a user's data key (encryption at rest) is
+--     visible to that user's transactions only.
+-- ---------------------------------------------------------------------------------------------
+-- rotate(), which re-wraps every user's key, runs as the tables' owner (or a BYPASSRLS role).
+-- Skipped on an older database; apply this file again after migration 0006.
+DO $$
+BEGIN
+    IF to_regclass('convdb_user_keys') IS NULL THEN
+        RETURN;
+    END IF;
+    REVOKE ALL ON convdb_user_keys FROM convdb_app;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON convdb_user_keys TO convdb_app;
+    ALTER TABLE convdb_user_keys ENABLE ROW LEVEL SECURITY;
+    DROP POLICY IF EXISTS convdb_user_keys_owner ON convdb_user_keys;
+    CREATE POLICY convdb_user_keys_owner ON convdb_user_keys
+        FOR ALL TO convdb_app
+        USING (user_id = current_setting('convdb.user_id', true))
+        WITH CHECK (user_id = current_setting('convdb.user_id', true));
+END
+$$;
+
 COMMIT;

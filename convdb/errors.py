@@ -147,6 +147,26 @@ class WrongEventLoop(ConvDBError, RuntimeError):
     """
 
 
+class DecryptionError(ConvDBError):
+    """A stored value could not be decrypted: wrong key, a value moved from another row or
+    column, a tampered or truncated ciphertext, or a plaintext value where encryption expects
+    ciphertext. ``key_id`` names the key the value says it was encrypted under (None when the
+    value carries none). convdb never returns undecryptable text and never falls back to plaintext.
+    """
+
+    def __init__(self, message: str, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class KeyNotFound(DecryptionError, LookupError):
+    """The key a value (or a wrapped data key) names is not available: a master key the key
+    provider does not hold, or a user's data key that was destroyed (``shred_user``)."""
+
+    def __init__(self, key_id: str, what: str = "key") -> None:
+        super().__init__(f"{what} {key_id!r} is not available", key_id)
+
+
 class ConstraintViolation(ConvDBError):
     """The database refused a write that convdb's validation let through."""
 

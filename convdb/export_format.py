@@ -21,7 +21,7 @@ exported: the owner of an imported conversation is the ``user_id`` given to
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -78,9 +78,11 @@ _MESSAGE_FIELDS: Final = frozenset(
 MAX_IMPORT_SEQ: Final = 2**53
 
 
-def header_record(row: asyncpg.Record) -> dict[str, Any]:
-    """The first record of an export, from an export_header row."""
-    conversation = Conversation.from_record(row)
+def header_record(row: asyncpg.Record, conversation: Conversation | None = None) -> dict[str, Any]:
+    """The first record of an export, from an export_header row (and ``conversation``, that row
+    already decoded, when the store had to decrypt it)."""
+    if conversation is None:
+        conversation = Conversation.from_record(row)
     return {
         "type": "conversation",
         "format": FORMAT,
@@ -199,6 +201,9 @@ class MessageParser:
         self.keys: set[str] = set()
         #: The feedback records, validated; imported after every message.
         self.feedback: list[FeedbackRow] = []
+        #: Set by an encrypting store once the records before it are validated: seals each row
+        #: under its seq (``convdb.crypto.Codec.seal_row``).
+        self.seal: Callable[[int, MessageRow], MessageRow] | None = None
 
     def parse(self, record: object, index: int) -> tuple[int, MessageRow, datetime] | None:
         """A message record's row; None for a feedback record (kept in ``feedback``)."""
@@ -245,6 +250,8 @@ class MessageParser:
             self.keys.add(row.idempotency_key)
         created_at = _check_time(record.get("created_at"), "created_at", index)
         self.last_seq = seq
+        if self.seal is not None:
+            row = self.seal(seq, row)
         return seq, row, created_at
 
     def _feedback(self, record: Mapping[str, Any], index: int) -> FeedbackRow:

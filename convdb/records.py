@@ -338,3 +338,12 @@ MARK_START: Final = "\ue000"
 """Opens a highlighted word in ``SearchHit.snippet``."""
 MARK_END: Final = "\ue001"
 """Closes a highlighted word in ``SearchHit.snippet``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RotationReport:
+    """What ``rotate`` did: data keys re-wrapped under the active master key by this call, and how
+    many are still wrapped under each other master key (empty: every old key can be retired)."""
+
+    rewrapped: int
+    remaining: dict[str, int]

@@ -23,7 +23,7 @@ from .errors import SchemaMismatch
 from .sql import QUERIES
 
 #: The schema version this package is built for: the last migration it ships.
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,11 @@ EXPECTED_COLUMNS: Final[dict[str, Column]] = {
     "message_feedback.inherited": Column("boolean", True, "false"),
     "message_feedback.created_at": Column(_TS, True, "now()"),
     "message_feedback.updated_at": Column(_TS, True, "now()"),
+    "convdb_user_keys.user_id": Column("text", True),
+    "convdb_user_keys.key_id": Column("text", True),
+    "convdb_user_keys.master_key_id": Column("text", True),
+    "convdb_user_keys.wrapped_key": Column("bytea", True),
+    "convdb_user_keys.created_at": Column(_TS, True, "now()"),
 }
 
 # As pg_get_constraintdef prints them. The primary keys make seq unique per conversation and the
@@ -137,6 +142,10 @@ EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
     "message_feedback.message_feedback_rating_range": "CHECK (((rating >= '-1'::integer) AND (rating <= 1)))",
     "message_feedback.message_feedback_comment_length": "CHECK (((comment IS NULL) OR (length(comment) <= 4000)))",
     "message_feedback.message_feedback_tags_count": "CHECK ((cardinality(tags) <= 16))",
+    "convdb_user_keys.convdb_user_keys_pkey": "PRIMARY KEY (user_id)",
+    "convdb_user_keys.convdb_user_keys_user_id_length": "CHECK (((length(user_id) >= 1) AND (length(user_id) <= 255)))",
+    "convdb_user_keys.convdb_user_keys_key_id_length": "CHECK (((length(key_id) >= 1) AND (length(key_id) <= 64)))",
+    "convdb_user_keys.convdb_user_keys_master_key_id_length": "CHECK (((length(master_key_id) >= 1) AND (length(master_key_id) <= 64)))",
 }
 
 # As pg_get_indexdef prints them, without "CREATE INDEX name ON table"; " (INVALID)" is appended to
@@ -156,6 +165,7 @@ EXPECTED_INDEXES: Final[dict[str, str]] = {
     "conversations.conversations_forks": "USING btree (parent_id, user_id) WHERE (parent_id IS NOT NULL)",
     "conversations.conversations_branches": "USING btree (root_id, user_id) WHERE (root_id IS NOT NULL)",
     "message_feedback.message_feedback_pkey": "UNIQUE USING btree (conversation_id, seq)",
+    "convdb_user_keys.convdb_user_keys_pkey": "UNIQUE USING btree (user_id)",
 }
 
 # Constraints created NOT VALID (migration 0003 must not scan messages under its lock; schema.sql

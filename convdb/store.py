@@ -9,8 +9,10 @@ translates driver errors. Ownership is checked by the statements themselves, in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,7 +20,8 @@ from typing import Any
 import asyncpg
 
 from . import schema_check
-from .errors import InvalidInput, translate
+from .crypto import Codec, DataKey, KeyCache, new_data_key, new_data_key_id, wrap_context
+from .errors import ConvDBError, DecryptionError, InvalidInput, translate
 from .export_format import (
     MessageParser,
     aiter_records,
@@ -29,12 +32,14 @@ from .export_format import (
     parse_header,
 )
 from .ids import new_conversation_id as make_conversation_id
+from .keys import KeyProvider
 from .listing import build_listing
 from .ops import Conn
 from .ops import branches as branch_ops
 from .ops import conversations as conversation_ops
 from .ops import erasure as erasure_ops
 from .ops import feedback as feedback_ops
+from .ops import keys as key_ops
 from .ops import messages as message_ops
 from .ops import search as search_ops
 from .ops import settings as settings_ops
@@ -50,6 +55,7 @@ from .records import (
     JSONValue,
     Message,
     Page,
+    RotationReport,
     SearchHit,
     Summary,
     Usage,
@@ -128,6 +134,13 @@ class ConversationStore:
       in a transaction that first sets ``convdb.user_id`` transaction-locally (``set_config(...,
       true)``), which the policies key on: three more round trips per single-statement operation
       (BEGIN, the setting, COMMIT), one more per batch. Off by default, and then it costs nothing.
+    - ``encryption``: a ``convdb.keys.KeyProvider`` (``StaticKeys``, or your KMS adapter) turns on
+      client-side encryption of message content, tool_calls and metadata and of conversation
+      titles and metadata (AES-256-GCM under per-user data keys; docs/data-protection.md). Needs
+      schema version 4 (``convdb_user_keys``). Single appends then take the batch path (the seq is
+      reserved before the value is sealed, as it is part of the associated data), and listing by
+      ``title_contains`` / ``metadata_contains`` is refused. ``key_cache_seconds`` (default 300)
+      and ``key_cache_size`` (default 10,000 users) bound the cache of unwrapped data keys.
 
     Every error a method raises is a ``ConvDBError``. Input is checked before any I/O: a bad
     argument raises ``InvalidInput`` and nothing is sent. An unknown conversation id and another
@@ -155,8 +168,15 @@ class ConversationStore:
         retry_reads: bool = True,
         retry_keyed_writes: bool = True,
         row_level_security: bool = False,
+        encryption: KeyProvider | None = None,
+        key_cache_seconds: float = 300.0,
+        key_cache_size: int = 10_000,
         _owns_pool: bool = False,
     ) -> None:
+        if encryption is not None and not isinstance(encryption, KeyProvider):
+            raise InvalidInput("encryption", "must be a convdb.keys.KeyProvider (such as StaticKeys)")
+        key_cache_seconds = check_seconds(key_cache_seconds, "key_cache_seconds")
+        key_cache_size = check_limit(key_cache_size, "key_cache_size", maximum=10_000_000)
         self._pool = pool
         self._owns_pool = _owns_pool
         self._runner = Runner(
@@ -172,6 +192,8 @@ class ConversationStore:
         self.batch_timeout = batch_timeout
         self.batch_timeout_per_mib = batch_timeout_per_mib
         self.max_batch_size = max_batch_size
+        self._keys = encryption
+        self._key_cache = KeyCache(key_cache_seconds, key_cache_size)
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -195,13 +217,20 @@ class ConversationStore:
         retry_reads: bool = True,
         retry_keyed_writes: bool = True,
         row_level_security: bool = False,
+        encryption: KeyProvider | None = None,
+        key_cache_seconds: float = 300.0,
+        key_cache_size: int = 10_000,
         **pool_options: Any,
     ) -> ConversationStore:
         """Create a pool (owned by the store) and check the schema unless ``verify_schema=False``.
 
+        Options other than the pool's are ``ConversationStore``'s (``encryption=`` among them).
+
         Raises ``DatabaseUnavailable`` when the server cannot be reached and ``SchemaMismatch``
         when the schema differs (the pool is then closed again).
         """
+        if encryption is not None and not isinstance(encryption, KeyProvider):
+            raise InvalidInput("encryption", "must be a convdb.keys.KeyProvider (such as StaticKeys)")
         try:
             pool = await create_pool(
                 dsn,
@@ -226,6 +255,9 @@ class ConversationStore:
             retry_reads=retry_reads,
             retry_keyed_writes=retry_keyed_writes,
             row_level_security=row_level_security,
+            encryption=encryption,
+            key_cache_seconds=key_cache_seconds,
+            key_cache_size=key_cache_size,
             _owns_pool=True,
         )
         if verify_schema:
@@ -287,6 +319,72 @@ class ConversationStore:
 
         await self._runner.run(verify, Policy.READ)
 
+    # -- encryption (convdb.crypto; every method below calls these only when encryption is on) --
+    @property
+    def encrypted(self) -> bool:
+        """Whether the store encrypts (``encryption=`` was given)."""
+        return self._keys is not None
+
+    async def _data_key(self, uid: str, *, create: bool) -> DataKey | None:
+        """The user's unwrapped data key: from the cache, else one round trip (two or three when
+        ``create`` makes the user's first key). None when the user has none and ``create`` is off."""
+        provider = self._keys
+        assert provider is not None
+        now = time.monotonic()
+        key = self._key_cache.get(uid, now)
+        if key is not None:
+            return key
+        row = await self._runner.run(functools.partial(key_ops.get, uid=uid), Policy.READ, user_id=uid)
+        if row is None:
+            if not create:
+                return None
+            key_id, secret = new_data_key_id(), new_data_key()
+            master, wrapped = await self._provider_call(
+                provider.wrap(secret, wrap_context(uid, key_id)), None
+            )
+            make = functools.partial(
+                key_ops.create, uid=uid, key_id=key_id, master_key_id=master, wrapped=wrapped
+            )
+            # READ: an insert that does nothing when a key exists, then a read: running it twice
+            # equals running it once.
+            row = await self._runner.run(make, Policy.READ, user_id=uid)
+            if row is None:  # a shred raced the creation: the key is gone, so is the conversation
+                raise DecryptionError(f"the data key of user {uid!r} was destroyed during the call")
+        key_id, master = row["key_id"], row["master_key_id"]
+        unwrap = provider.unwrap(master, bytes(row["wrapped_key"]), wrap_context(uid, key_id))
+        key = DataKey(key_id, await self._provider_call(unwrap, master))
+        self._key_cache.put(uid, key, now)
+        return key
+
+    @staticmethod
+    async def _provider_call(call: Any, key_id: str | None) -> Any:
+        """A key provider's result; what it raises becomes a ``ConvDBError`` (a KMS adapter may
+        raise anything)."""
+        try:
+            return await call
+        except ConvDBError:
+            raise
+        except Exception as exc:
+            raise DecryptionError(f"the key provider failed: {exc!r}", key_id) from exc
+
+    async def _codec(self, cid: str, uid: str, *, create: bool) -> Codec | None:
+        """The codec of this conversation when encryption is on, else None (nothing to do)."""
+        if self._keys is None:
+            return None
+        return Codec(cid, await self._data_key(uid, create=create))
+
+    def _refuse_encrypted_filter(self, field: str, value: object) -> None:
+        if self._keys is not None and value is not None:
+            raise InvalidInput(
+                field,
+                "cannot filter on an encrypted column: with encryption on, titles and metadata are "
+                "stored as ciphertext the database cannot match (filter the decrypted page instead)",
+            )
+
+    def _refuse_when_encrypted(self, method: str, why: str) -> None:
+        if self._keys is not None:
+            raise InvalidInput("encryption", f"{method} is not available with encryption on: {why}")
+
     # -- conversations -----------------------------------------------------------------------
     async def get_or_create_conversation(
         self,
@@ -310,16 +408,25 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         check_title(title, self.limits)
         meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
+        codec = await self._codec(cid, uid, create=True)
+        if codec is not None:
+            title, meta_json = codec.seal_title(title), codec.seal_metadata(meta_json)
         op = functools.partial(
             conversation_ops.get_or_create, cid=cid, uid=uid, title=title, metadata_json=meta_json
         )
-        return await self._runner.run(op, Policy.READ, user_id=uid)
+        conversation = await self._runner.run(op, Policy.READ, user_id=uid)
+        return conversation if codec is None else codec.open_conversation(conversation)
 
     async def get_conversation(self, conversation_id: str, user_id: str) -> Conversation:
         """This user's conversation; ``ConversationNotFound`` for an unknown or foreign id. One round trip."""
         cid, uid = check_conversation_key(conversation_id, user_id)
         op = functools.partial(conversation_ops.get, cid=cid, uid=uid)
-        return await self._runner.run(op, Policy.READ, user_id=uid)
+        conversation = await self._runner.run(op, Policy.READ, user_id=uid)
+        if self._keys is None:
+            return conversation
+        codec = await self._codec(cid, uid, create=False)
+        assert codec is not None
+        return codec.open_conversation(conversation)
 
     # -- messages ----------------------------------------------------------------------------
     async def save_message(
@@ -369,6 +476,8 @@ class ConversationStore:
         )
         expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
+        if self._keys is not None:
+            return (await self._save_sealed(cid, uid, [row], policy, expected=expected))[0]
         if expected is None:
             op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
         else:
@@ -376,6 +485,32 @@ class ConversationStore:
                 message_ops.save_guarded, cid=cid, uid=uid, row=row, expected_last_seq=expected
             )
         return await self._runner.run(op, policy, user_id=uid)
+
+    async def _save_sealed(
+        self,
+        cid: str,
+        uid: str,
+        rows: list[Any],
+        policy: Policy,
+        seconds: float | None = None,
+        *,
+        expected: int | None = None,
+    ) -> list[Message]:
+        """Encryption on: the batch path, which reserves the seqs before the values are sealed
+        (each value's associated data holds its seq). Single appends take it too: BEGIN, reserve,
+        insert, COMMIT instead of save_message's one statement."""
+        codec = await self._codec(cid, uid, create=True)
+        budget = self.batch_timeout if seconds is None else seconds
+        op = functools.partial(
+            message_ops.save_batch,
+            cid=cid,
+            uid=uid,
+            rows=rows,
+            time_budget=budget,
+            expected_last_seq=expected,
+            codec=codec,
+        )
+        return await self._runner.run_transactions(op, policy, user_id=uid, guard_seconds=budget)
 
     async def save_messages(
         self,
@@ -412,6 +547,10 @@ class ConversationStore:
         )
         seconds = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
         keyed = all(r.idempotency_key is not None for r in rows)
+        if self._keys is not None:
+            return await self._save_sealed(
+                cid, uid, rows, Policy.KEYED_WRITE if keyed else Policy.WRITE, seconds, expected=expected
+            )
 
         op = functools.partial(
             message_ops.save_batch,
@@ -466,7 +605,15 @@ class ConversationStore:
             trim=trimmed,
             summarized=summarize,
         )
-        return await self._runner.run(op, Policy.READ, user_id=uid)
+        window = await self._runner.run(op, Policy.READ, user_id=uid)
+        return window if self._keys is None else await self._open_messages(cid, uid, window)
+
+    async def _open_messages(self, cid: str, uid: str, messages: list[Message]) -> list[Message]:
+        if not messages:
+            return messages
+        codec = await self._codec(cid, uid, create=False)
+        assert codec is not None
+        return [codec.open_message(m) for m in messages]
 
     # -- agent turns -------------------------------------------------------------------------
     async def save_and_get_history(
@@ -505,6 +652,20 @@ class ConversationStore:
         summarize = check_flag(summarized, "summarized")
         expected = check_expected_last_seq(expected_last_seq)
         policy = Policy.WRITE if row.idempotency_key is None else Policy.KEYED_WRITE
+        if self._keys is not None:
+            # The batch path for the save (see _save_sealed), then the window that ends at it.
+            saved = (await self._save_sealed(cid, uid, [row], policy, expected=expected))[0]
+            window_op = functools.partial(
+                message_ops.window_until,
+                cid=cid,
+                uid=uid,
+                seq=saved.seq,
+                limit=n,
+                token_budget=token_budget,
+                summarized=summarize,
+            )
+            window = await self._runner.run(window_op, Policy.READ, user_id=uid)
+            return saved, await self._open_messages(cid, uid, window)
         op = functools.partial(
             message_ops.save_and_get_history,
             cid=cid,
@@ -552,24 +713,39 @@ class ConversationStore:
             count_tokens=self.count_tokens,
             limits=self.limits,
         )
+        content, metadata_json = row.content, row.metadata_json
+        codec = await self._codec(cid, uid, create=True)
+        if codec is not None:
+            content, metadata_json = codec.seal_summary(row.through_seq, content, metadata_json)
         op = functools.partial(
             summary_ops.save,
             cid=cid,
             uid=uid,
             through_seq=row.through_seq,
             role=row.role,
-            content=row.content,
-            metadata_json=row.metadata_json,
+            content=content,
+            metadata_json=metadata_json,
             token_count=row.token_count,
         )
         # An upsert of absolute values: a second run stores the same summary (READ's retry rule).
-        return await self._runner.run(op, Policy.READ, user_id=uid)
+        summary = await self._runner.run(op, Policy.READ, user_id=uid)
+        if codec is None:
+            return summary
+        # What was sent, decoded again: the caller's plaintext, never the ciphertext.
+        return dataclasses.replace(
+            summary, content=row.content, metadata=json.loads(row.metadata_json or "{}")
+        )
 
     async def list_summaries(self, conversation_id: str, user_id: str) -> list[Summary]:
         """Every summary of the conversation, oldest first. One round trip."""
         cid, uid = check_conversation_key(conversation_id, user_id)
         op = functools.partial(summary_ops.list_all, cid=cid, uid=uid)
-        return await self._runner.run(op, Policy.READ, user_id=uid)
+        summaries = await self._runner.run(op, Policy.READ, user_id=uid)
+        if self._keys is None or not summaries:
+            return summaries
+        codec = await self._codec(cid, uid, create=False)
+        assert codec is not None
+        return [codec.open_summary(s) for s in summaries]
 
     async def usage_report(
         self,
@@ -639,6 +815,8 @@ class ConversationStore:
         lineage root (forks of forks included; the root itself is not one of them). One round
         trip per page.
         """
+        self._refuse_encrypted_filter("title_contains", title_contains)
+        self._refuse_encrypted_filter("metadata_contains", metadata_contains)
         query = build_listing(
             user_id,
             limit=limit,
@@ -652,7 +830,12 @@ class ConversationStore:
         )
         uid = check_id(user_id, "user_id")  # validated by build_listing; named for row-level security
         op = functools.partial(conversation_ops.list_page, query=query)
-        return await self._runner.run(op, Policy.READ, user_id=uid)
+        page = await self._runner.run(op, Policy.READ, user_id=uid)
+        if self._keys is None or not page.items:
+            return page
+        codec = await self._codec("", uid, create=False)
+        assert codec is not None
+        return dataclasses.replace(page, items=[codec.open_conversation(c) for c in page.items])
 
     async def update_conversation(
         self,
@@ -676,6 +859,10 @@ class ConversationStore:
             if isinstance(metadata, Unset)
             else encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
         )
+        codec = await self._codec(cid, uid, create=True)
+        if codec is not None:
+            new_title = codec.seal_title(new_title)
+            meta_json = None if isinstance(metadata, Unset) else codec.seal_metadata(meta_json)
         op = functools.partial(
             conversation_ops.update,
             cid=cid,
@@ -686,7 +873,8 @@ class ConversationStore:
             metadata_json=meta_json,
         )
         # Absolute values: a second run sets the same ones (READ's retry rule).
-        return await self._runner.run(op, Policy.READ, user_id=uid)
+        conversation = await self._runner.run(op, Policy.READ, user_id=uid)
+        return conversation if codec is None else codec.open_conversation(conversation)
 
     async def delete_conversation(self, conversation_id: str, user_id: str) -> int:
         """Delete the conversation and its messages in one statement; returns the messages deleted.
@@ -722,7 +910,10 @@ class ConversationStore:
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         op = functools.partial(message_ops.pop_last, cid=cid, uid=uid)
-        return await self._runner.run(op, Policy.WRITE, user_id=uid)
+        popped = await self._runner.run(op, Policy.WRITE, user_id=uid)
+        if popped is None or self._keys is None:
+            return popped
+        return (await self._open_messages(cid, uid, [popped]))[0]
 
     async def count_messages(self, conversation_id: str, user_id: str) -> int:
         """How many messages the conversation holds (an index-only count); one round trip."""
@@ -767,6 +958,78 @@ class ConversationStore:
             # meanwhile below the cursor, and otherwise ends the loop.
             after = ids[-1] if len(ids) == per_batch else ""
 
+    async def shred_user(
+        self, user_id: str, *, conversations_per_batch: int = 100, messages_per_batch: int = 5000
+    ) -> ErasureCounts:
+        """Crypto-shredding: destroy the user's data key, then erase their rows like ``delete_user_data``.
+
+        The key goes first, in one statement: from its commit on, every copy of the user's
+        encrypted values (replicas; backups, once their copy of the key row has expired with them)
+        is unreadable, even while the purge is still running or if it is interrupted. Calling it
+        again finishes the purge (and the key is already gone). Works whether or not this store
+        encrypts (a store without ``encryption=`` still deletes the key row). Another process that
+        cached the key can use it for at most its ``key_cache_seconds``. Returns what the purge
+        deleted.
+        """
+        uid = check_id(user_id, "user_id")
+        per_batch = check_limit(conversations_per_batch, "conversations_per_batch")
+        chunk = check_limit(messages_per_batch, "messages_per_batch", maximum=100_000)
+        # ERASE: an idempotent delete (a second run deletes nothing more).
+        await self._runner.run(functools.partial(key_ops.shred, uid=uid), Policy.ERASE, user_id=uid)
+        self._key_cache.drop(uid)
+        return await self.delete_user_data(uid, conversations_per_batch=per_batch, messages_per_batch=chunk)
+
+    async def rotate(self, *, batch_size: int = 100, limit: int | None = None) -> RotationReport:
+        """Re-wrap every user's data key under the provider's active master key, in short batches.
+
+        Envelope encryption: a value is encrypted under its user's data key, and only the data
+        key is encrypted (wrapped) under a master key; rotating the master key re-wraps the data
+        keys (one row per user) and touches no message. Each batch reads ``batch_size`` keys still
+        under an old master key, unwraps and re-wraps them client-side, and writes them back with
+        a compare-and-set (a key shredded or re-wrapped meanwhile is left alone). Resumable: a
+        call killed midway loses nothing (every key is always wrapped under a key the provider
+        holds, old or new), and calling again finishes. ``limit`` stops after that many keys.
+        The report counts the keys left under each old master key: one that reports 0 (absent
+        from ``remaining``) can be removed from the provider.
+
+        Needs ``encryption=`` and sees every user's key, so it refuses ``row_level_security``
+        (run it from a maintenance store connected as the tables' owner).
+        """
+        provider = self._keys
+        if provider is None:
+            raise InvalidInput("encryption", "rotate() needs a store opened with encryption=")
+        if self.row_level_security:
+            raise InvalidInput(
+                "row_level_security",
+                "rotate() re-wraps every user's data key: run it from a store without row_level_security, "
+                "connected as the owner of convdb's tables",
+            )
+        per_batch = check_limit(batch_size, "batch_size", maximum=10_000)
+        most = None if limit is None else check_limit(limit, "limit", maximum=2**62)
+        active = provider.active_key_id
+        done, after = 0, ""
+        while most is None or done < most:
+            take = per_batch if most is None else min(per_batch, most - done)
+            batch = functools.partial(key_ops.rotation_batch, after=after, active=active, count=take)
+            rows = await self._runner.run(batch, Policy.READ)
+            if not rows:
+                break
+            updates = []
+            for row in rows:
+                uid, key_id, old = row["user_id"], row["key_id"], row["master_key_id"]
+                context = wrap_context(uid, key_id)
+                secret = await self._provider_call(
+                    provider.unwrap(old, bytes(row["wrapped_key"]), context), old
+                )
+                new, wrapped = await self._provider_call(provider.wrap(secret, context), None)
+                updates.append((uid, key_id, old, new, wrapped))
+            # KEYED_WRITE: compare-and-set updates, so a second run changes nothing more.
+            await self._runner.run(functools.partial(key_ops.rewrap, updates=updates), Policy.KEYED_WRITE)
+            done += len(rows)
+            after = rows[-1]["user_id"]
+        counts = await self._runner.run(key_ops.per_master_key, Policy.READ)
+        return RotationReport(done, {k: n for k, n in counts.items() if k != active})
+
     def export_conversation(
         self, conversation_id: str, user_id: str, *, chunk_size: int = 1000
     ) -> AsyncIterator[dict[str, Any]]:
@@ -796,12 +1059,21 @@ class ConversationStore:
         return self._stream_messages(cid, uid, size)
 
     async def _export(self, cid: str, uid: str, size: int) -> AsyncIterator[dict[str, Any]]:
+        # With encryption on, an export is decrypted (it is the user's data, for the user): the
+        # records hold plaintext, and an import into an encrypting store seals them again.
         stream = self._export_rows(cid, uid, size)
         head = await anext(stream)
-        yield header_record(head)
-        async for record in stream:
-            yield message_record(Message.from_record(cid, record))
+        codec = await self._codec(cid, uid, create=False)
+        if codec is None:
+            yield header_record(head)
+            async for record in stream:
+                yield message_record(Message.from_record(cid, record))
+        else:
+            yield header_record(head, codec.open_conversation(Conversation.from_record(head)))
+            async for record in stream:
+                yield message_record(codec.open_message(Message.from_record(cid, record)))
         # Feedback last, one round trip: records of the messages exported (seq below the bound).
+        # Feedback comments are stored in plaintext even with encryption on (docs/data-protection.md).
         feedback = functools.partial(transfer_ops.export_feedback, cid=cid, uid=uid, bound=head["next_seq"])
         for item in await self._runner.run(feedback, Policy.READ, user_id=uid):
             yield feedback_record(item)
@@ -809,8 +1081,10 @@ class ConversationStore:
     async def _stream_messages(self, cid: str, uid: str, size: int) -> AsyncIterator[Message]:
         stream = self._export_rows(cid, uid, size)
         await anext(stream)
+        codec = await self._codec(cid, uid, create=False)
         async for record in stream:
-            yield Message.from_record(cid, record)
+            message = Message.from_record(cid, record)
+            yield message if codec is None else codec.open_message(message)
 
     async def _export_rows(self, cid: str, uid: str, size: int) -> AsyncIterator[asyncpg.Record]:
         """The conversation row, then its message rows with seq below its next_seq, in chunks."""
@@ -875,11 +1149,22 @@ class ConversationStore:
                 first.append(parsed)
             if len(first) >= transfer_ops.IMPORT_CHUNK:
                 break
+        stored_header = header
+        codec = await self._codec(cid, uid, create=True)
+        if codec is not None:
+            # Sealed under the id the conversation is stored as (conversation_id= may differ).
+            parser.seal = codec.seal_row
+            first = [(seq, codec.seal_row(seq, row), at) for seq, row, at in first]
+            stored_header = dataclasses.replace(
+                header,
+                title=codec.seal_title(header.title),
+                metadata_json=codec.seal_metadata(header.metadata_json),
+            )
         op = functools.partial(
             transfer_ops.import_conversation,
             cid=cid,
             uid=uid,
-            header=header,
+            header=stored_header,
             parser=parser,
             first=first,
             rest=rest,
@@ -920,9 +1205,16 @@ class ConversationStore:
         conversation), and never changes with its source afterwards. ``new_conversation_id``: the
         fork's id (a new time-ordered one by default); one of this user's ids raises
         ``ConversationExists``, another user's ``ConversationNotFound``. One statement, one round
-        trip (two when the new id is taken); the cost grows with the messages copied.
+        trip (two when the new id is taken); the cost grows with the messages copied. Refused
+        (``InvalidInput``) with encryption on (docs/data-protection.md).
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
+        # The copy is made in SQL, but every encrypted value is bound to its conversation's id
+        # (associated data): copied ciphertexts would not open in the fork. Refused, not garbage.
+        self._refuse_when_encrypted(
+            "fork_conversation",
+            "encrypted values are bound to their conversation and cannot be copied in SQL",
+        )
         point = check_seq(at_seq, "at_seq", allow_zero=True)
         if point == MAX_SEQ:  # the fork's next seq, at_seq + 1, must still be a bigint
             raise InvalidInput("at_seq", f"must be between 0 and {MAX_SEQ - 1}, got {point}")
@@ -1027,8 +1319,12 @@ class ConversationStore:
         bounds on created_at. Each hit has ``conversation_id``, ``seq`` (None for a title), a
         highlighted ``snippet`` and ``rank``. Ranked keyset pagination: pass ``next_cursor`` back
         with the same arguments. One round trip per page. Fast on large histories once the DBA has
-        applied ``schema_search.sql`` (a GIN index; it costs appends, see the docs).
+        applied ``schema_search.sql`` (a GIN index; it costs appends, see the docs). Refused
+        (``InvalidInput``) with encryption on: the database holds only ciphertext.
         """
+        self._refuse_when_encrypted(
+            "search_messages", "message contents and titles are ciphertext the database cannot search"
+        )
         built = build_search(
             user_id,
             query,

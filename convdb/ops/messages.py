@@ -15,6 +15,7 @@ from typing import Final, TypeVar
 
 import asyncpg
 
+from ..crypto import Codec
 from ..errors import ConcurrentUpdate, ConversationNotFound, IdempotencyConflict
 from ..records import Message, summary_or_message_from_row
 from ..sql import QUERIES
@@ -164,19 +165,23 @@ async def save_batch(
     *,
     time_budget: float,
     expected_last_seq: int | None = None,
+    codec: Codec | None = None,
     begin: Begin = begin,
 ) -> list[Message]:
     """Append a batch in one transaction (opened with ``begin``); ``time_budget`` bounds its inserts.
 
     With ``expected_last_seq`` the range is reserved only if the newest stored seq is that one
     (``ConcurrentUpdate`` otherwise, and nothing is written).
-    """
+
+    With ``codec`` (encryption on) each row is sealed once its seq is reserved (the seq is part
+    of the associated data), and messages already stored under a key are opened before they are
+    compared and returned."""
     keys = [r.idempotency_key for r in rows if r.idempotency_key is not None]
     for attempt in range(_KEYED_BATCH_ATTEMPTS):
         try:
             async with begin(conn):
                 return await _save_batch_in_transaction(
-                    conn, cid, uid, rows, keys, time_budget, expected_last_seq
+                    conn, cid, uid, rows, keys, time_budget, expected_last_seq, codec
                 )
         except asyncpg.UniqueViolationError as exc:
             # Another writer stored one of our keys after this transaction's first snapshot.
@@ -215,6 +220,7 @@ async def _save_batch_in_transaction(
     keys: list[str],
     time_budget: float,
     expected_last_seq: int | None = None,
+    codec: Codec | None = None,
 ) -> list[Message]:
     stored: dict[str, Message] = {}
     if keys:
@@ -222,13 +228,18 @@ async def _save_batch_in_transaction(
         if not found:
             raise ConversationNotFound()
         stored = {r[8]: Message.from_record(cid, r) for r in found if r[0] is not None}
+        if codec is not None:
+            stored = {k: codec.open_message(m) for k, m in stored.items()}
     new_rows = [r for r in rows if r.idempotency_key not in stored] if stored else rows
     first_seq = 0
     created_at: datetime | None = None
     if new_rows:
         head = await _reserve(conn, cid, uid, len(new_rows), expected_last_seq)
         first_seq, created_at = head[0], head[1]
-        args = [(cid, first_seq + i, *r) for i, r in enumerate(new_rows)]
+        if codec is None:
+            args = [(cid, first_seq + i, *r) for i, r in enumerate(new_rows)]
+        else:
+            args = [(cid, first_seq + i, *codec.seal_row(first_seq + i, r)) for i, r in enumerate(new_rows)]
         # Always bounded: without a timeout asyncpg can wait forever for a socket drain when the
         # server stops reading mid-batch (asyncpg #873, #1265).
         await conn.executemany(_INSERT_MESSAGE_AT, args, timeout=time_budget)

@@ -206,7 +206,7 @@ WITH tables AS (
       JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = current_schema()
        AND c.relname IN ('conversations', 'messages', 'conversation_summaries', 'convdb_schema_version',
-                         'message_feedback')
+                         'message_feedback', 'convdb_user_keys')
        AND c.relkind IN ('r', 'p')
 )
 SELECT jsonb_build_object(
@@ -995,3 +995,45 @@ WITH copied AS (
 )
 SELECT (SELECT count(*) FROM copied), (SELECT count(*) FROM copied_summaries),
        (SELECT count(*) FROM copied_feedback);
+-- Encryption at rest (stores opened with encryption=): users' data keys, wrapped by a master key
+-- the database never sees (convdb.keys, convdb.crypto). One row per user, read once per process
+-- and user (the store caches the unwrapped key for key_cache_seconds).
+-- =============================================================================================
+
+-- name: get_user_key
+SELECT key_id, master_key_id, wrapped_key FROM convdb_user_keys WHERE user_id = $1;
+
+-- name: create_user_key
+-- The user's first encrypted write: store the data key the client generated and wrapped. A
+-- concurrent creator may win (nothing comes back): the caller then reads the winner's key with
+-- get_user_key (a new snapshot, taken after ON CONFLICT waited for the winner's commit).
+INSERT INTO convdb_user_keys (user_id, key_id, master_key_id, wrapped_key)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id) DO NOTHING
+RETURNING key_id, master_key_id, wrapped_key;
+
+-- name: shred_user_key
+-- shred_user, first step: destroy the user's data key. From the commit on, every copy of the
+-- user's encrypted values (this database, its replicas, its backups taken after the key is gone
+-- from them too) is unreadable; the rows are then purged as delete_user_data does.
+DELETE FROM convdb_user_keys WHERE user_id = $1 RETURNING key_id;
+
+-- name: rotation_batch
+-- rotate: the next $3 data keys (in user_id order, after $1) wrapped under a master key other
+-- than the active one ($2). A walk of the primary key, one short statement per batch.
+SELECT user_id, key_id, master_key_id, wrapped_key
+  FROM convdb_user_keys
+ WHERE user_id > $1 AND master_key_id <> $2
+ ORDER BY user_id
+ LIMIT $3;
+
+-- name: rewrap_user_key
+-- rotate: replace one wrapped data key by the same key wrapped under master key $4. A
+-- compare-and-set on (key_id, master_key_id): a key shredded or re-wrapped meanwhile is left
+-- alone. The data key itself does not change, so no stored value is touched.
+UPDATE convdb_user_keys SET master_key_id = $4, wrapped_key = $5
+ WHERE user_id = $1 AND key_id = $2 AND master_key_id = $3;
+
+-- name: keys_per_master_key
+-- rotate's report: how many data keys each master key wraps.
+SELECT master_key_id, count(*) AS keys FROM convdb_user_keys GROUP BY master_key_id ORDER BY master_key_id;

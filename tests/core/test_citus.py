@@ -69,6 +69,11 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "feedback_summary_conversation": ("c1", "u1", None, None),
     "export_feedback": ("c1", "u1", 100),
     "import_feedback": ("c1", 1, 1, None, [], False, _NOW, _NOW, "u1"),
+    # convdb_user_keys is distributed by user_id: one user's key is one shard's row.
+    "get_user_key": ("u1",),
+    "create_user_key": ("u1", "0123456789abcdef", "k1", b"wrapped"),
+    "shred_user_key": ("u1",),
+    "rewrap_user_key": ("u1", "0123456789abcdef", "k1", "k2", b"wrapped"),
 }
 # ONE_SHARD_STEPS: an INSERT inside a CTE (or INSERT ... SELECT from one). Citus 13.2's router
 # planner refuses INSERT common table expressions ("Router planner doesn't support INSERT common
@@ -96,6 +101,9 @@ USER_WIDE = {
     "erase_conversations",
     "usage_report_user",
     "feedback_summary_user",
+    # rotate(): every user's data key (convdb_user_keys, by user_id), a batch at a time.
+    "rotation_batch",
+    "keys_per_master_key",
 }
 # Two conversations: a fork reads its source's shard and writes the new conversation's, which is
 # in general another shard (and worker). Multi-shard, and correct across shards (see below); rare
@@ -122,6 +130,8 @@ def _literal(value: Any, type_name: str) -> str:
         text = "ARRAY[" + ",".join(_literal(v, "text") for v in value) + "]"
     elif isinstance(value, datetime):
         text = f"'{value.isoformat()}'"
+    elif isinstance(value, bytes):
+        text = "'\\x" + value.hex() + "'"
     else:
         text = "'" + str(value).replace("'", "''") + "'"
     sql_type = {"_text": "text[]"}.get(type_name, type_name)

@@ -40,6 +40,7 @@ from convdb import (
     ConversationStore,
     IdempotencyConflict,
     InvalidInput,
+    StaticKeys,
 )
 from convdb.errors import MessageNotFound
 from tests.support.fix_server import TEMPLATE, Server
@@ -78,8 +79,11 @@ class Env:
         return self.runner.run(coro)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def env(pg_server: Server, template_db: str) -> Iterator[Env]:
+# Every property test runs twice: as is, and with encryption at rest on (issue 13), where every
+# text and JSON value goes through AES-GCM and back.
+@pytest.fixture(scope="module", params=["plain", "encrypted"])
+def env(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> Iterator[Env]:
+    provider = StaticKeys({"k1": os.urandom(32)}, "k1") if request.param == "encrypted" else None
     name = f"p_{uuid.uuid4().hex[:16]}"
     runner = asyncio.Runner()
 
@@ -96,7 +100,9 @@ def env(pg_server: Server, template_db: str) -> Iterator[Env]:
         runner.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
     dsn = pg_server.dsn(name)
     store = runner.run(
-        ConversationStore.connect(dsn, min_size=1, max_size=4, max_content_bytes=MAX_CONTENT_BYTES)
+        ConversationStore.connect(
+            dsn, min_size=1, max_size=4, max_content_bytes=MAX_CONTENT_BYTES, encryption=provider
+        )
     )
     try:
         yield Env(runner, store, dsn)
@@ -709,6 +715,9 @@ class StoreMachine(RuleBasedStateMachine):
         model = self.model.get(cid)
         at_seq = max(0, (model.next_seq - 1 if model else 0) - back)
         status, got = self.outcome(lambda: self.store.fork_conversation(cid, uid, at_seq=at_seq))
+        if self.store.encrypted:  # refused before any I/O, whoever asks (docs/data-protection.md)
+            assert (status, got) == ("refused", "encryption")
+            return f"{self.prefix}-nofork-{uuid.uuid4().hex[:8]}"
         if self.expect_not_found(cid, uid, status):
             return f"{self.prefix}-nofork-{uuid.uuid4().hex[:8]}"  # unknown to everyone, like a foreign id
         assert model is not None and (got.parent_id, got.forked_at_seq) == (cid, at_seq)

@@ -1,5 +1,5 @@
 """Shared by the test_schema_* tests: empty databases on the test server, the schema files, and the
-test-only migrations 0006 (additive) and 0007 (breaking) kept in schema_test_migrations/."""
+test-only migrations SCHEMA_VERSION + 1 (additive) and + 2 (breaking) kept in schema_test_migrations/."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def packaged_migration_files() -> dict[str, str]:
 
 
 def with_test_migrations() -> tuple[Migration, ...]:
-    """The package's migrations followed by the test-only 0006 and 0007."""
+    """The package's migrations followed by the two test-only ones."""
     files = packaged_migration_files()
     files.update({p.name: p.read_text(encoding="utf-8") for p in TEST_MIGRATIONS_DIR.glob("*.sql")})
     migrations = parse_migrations(files)

@@ -84,11 +84,11 @@ async def test_connect_can_skip_the_check(empty_db: str) -> None:
         ("DROP INDEX messages_idempotency_key", "index messages_idempotency_key on messages is missing"),
         (
             "UPDATE convdb_schema_version SET version = 0",
-            "at schema version 0 and this package needs version 5",
+            f"at schema version 0 and this package needs version {SCHEMA_VERSION}",
         ),
         (
-            "UPDATE convdb_schema_version SET compatible_from = 6",
-            "supports packages built for schema 6 or later",
+            f"UPDATE convdb_schema_version SET compatible_from = {SCHEMA_VERSION + 1}",
+            f"supports packages built for schema {SCHEMA_VERSION + 1} or later",
         ),
         ("DROP TABLE convdb_schema_version", "no schema version is recorded"),
     ],

@@ -8,7 +8,7 @@ import json
 import asyncpg
 import pytest
 
-from convdb import ConversationStore, SchemaMismatch
+from convdb import SCHEMA_VERSION, ConversationStore, SchemaMismatch
 from convdb.schema_check import EXPECTED_COLUMNS, EXPECTED_CONSTRAINTS, EXPECTED_INDEXES
 from convdb.sql import QUERIES
 
@@ -23,7 +23,7 @@ async def test_expectations_are_exactly_what_schema_sql_creates(db: asyncpg.Conn
     assert catalog["indexes"] == EXPECTED_INDEXES
 
 
-async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection) -> None:
+async def test_the_catalog_statement_sees_all_five_tables(db: asyncpg.Connection) -> None:
     catalog = json.loads(await db.fetchval(QUERIES["schema_catalog"]))
     tables = {
         name.partition(".")[0] for kind in ("columns", "constraints", "indexes") for name in catalog[kind]
@@ -34,6 +34,7 @@ async def test_the_catalog_statement_sees_all_four_tables(db: asyncpg.Connection
         "conversation_summaries",
         "convdb_schema_version",
         "message_feedback",
+        "convdb_user_keys",
     }
 
 
@@ -155,7 +156,7 @@ async def test_verify_schema_refuses_a_broken_database(
         await db.execute(statement)
     with pytest.raises(SchemaMismatch, match=expected) as info:
         await store.verify_schema()
-    assert "the database records schema version 5 but differs from it" in str(info.value)
+    assert f"the database records schema version {SCHEMA_VERSION} but differs from it" in str(info.value)
 
 
 async def test_connect_refuses_a_non_unique_idempotency_index(dsn: str, db: asyncpg.Connection) -> None:

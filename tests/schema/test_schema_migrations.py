@@ -242,5 +242,5 @@ async def test_two_runs_of_a_migration_at_once_serialise(new_db: NewDatabase) ->
     _, err = await asyncio.wait_for(second.communicate(), 120)
     assert second.returncode == 0, err.decode()
     fresh = await new_db()
-    apply_schema(fresh, fresh_install_file(2))  # 0002 takes the database to version 2
+    apply_schema(fresh, fresh_install_file(2))
     assert await catalog_snapshot(dsn) == await catalog_snapshot(fresh)

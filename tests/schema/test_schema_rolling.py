@@ -1,4 +1,5 @@
-"""Rolling upgrades with the test-only migrations 0006 (additive) and 0007 (breaking, floor 6):
+"""Rolling upgrades with the test-only migrations V+1 (additive) and V+2 (breaking, floor V+1), V
+being this package's SCHEMA_VERSION (the files in schema_test_migrations/ are renumbered when it moves):
 this package keeps working on an additively migrated database, refuses one whose floor is above it,
 a later package (SCHEMA_VERSION monkeypatched) refuses a database that lacks its migrations and
 names them, and migrations applied out of order fail and change nothing."""
@@ -9,7 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from convdb import ConstraintViolation, ConversationStore, SchemaMismatch, migrations, schema_check
+from convdb import (
+    SCHEMA_VERSION,
+    ConstraintViolation,
+    ConversationStore,
+    SchemaMismatch,
+    migrations,
+    schema_check,
+)
 from convdb.migrations import Migration
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from tests.schema.schema_support import SCHEMA, NewDatabase, new_db, with_test_migrations
@@ -17,12 +25,13 @@ from tests.schema.schema_support import SCHEMA, NewDatabase, new_db, with_test_m
 __all__ = ["new_db"]  # the fixture, imported for pytest
 
 ALL = with_test_migrations()
-ADDITIVE, BREAKING = ALL[5], ALL[6]
+V = SCHEMA_VERSION
+ADDITIVE, BREAKING = ALL[V], ALL[V + 1]
 
 
 def test_the_test_migrations_declare_their_kinds() -> None:
-    assert (ADDITIVE.version, ADDITIVE.kind, ADDITIVE.floor) == (6, "additive", 1)
-    assert (BREAKING.version, BREAKING.kind, BREAKING.floor) == (7, "breaking", 6)
+    assert (ADDITIVE.version, ADDITIVE.kind, ADDITIVE.floor) == (V + 1, "additive", 1)
+    assert (BREAKING.version, BREAKING.kind, BREAKING.floor) == (V + 2, "breaking", V + 1)
 
 
 async def current_database(new_db: NewDatabase) -> str:
@@ -54,7 +63,7 @@ async def test_this_package_keeps_working_on_an_additively_migrated_database(new
         await exercise(running, "running")
     async with await ConversationStore.connect(
         dsn, min_size=1, max_size=2
-    ) as restarted:  # connect() accepts V=6
+    ) as restarted:  # connect() accepts V + 1
         await exercise(restarted, "restarted")
 
 
@@ -64,20 +73,20 @@ async def test_a_breaking_migration_raises_the_floor_and_this_package_refuses(ne
     async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as running:
         conv = await running.get_or_create_conversation(None, "alice")
         apply_sql(dsn, BREAKING.sql)
-        # What the floor protects against: this package does not write the column 0007 requires.
+        # What the floor protects against: this package does not write the column BREAKING requires.
         with pytest.raises(ConstraintViolation):
             await running.save_message(conv.id, "alice", "user", "x")
     with pytest.raises(SchemaMismatch) as info:
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
     assert (
-        "the database is at schema version 7 and supports packages built for schema 6 or later; this "
-        "package is built for schema 5: it is too old, upgrade convdb"
+        f"the database is at schema version {V + 2} and supports packages built for schema {V + 1} or later; "
+        f"this package is built for schema {V}: it is too old, upgrade convdb"
     ) in str(info.value)
 
 
 @pytest.fixture
 def later_package(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """This code standing in for a package built for schema 7 that ships 0006 and 0007."""
+    """This code standing in for a package built for a later schema that ships the test migrations."""
 
     def become(version: int) -> None:
         monkeypatch.setattr(schema_check, "SCHEMA_VERSION", version)
@@ -89,26 +98,26 @@ def later_package(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 async def test_a_later_package_refuses_a_database_without_its_migrations_and_names_them(
     new_db: NewDatabase, later_package: Callable[[int], None]
 ) -> None:
-    later_package(7)
+    later_package(V + 2)
     dsn = await current_database(new_db)
     with pytest.raises(SchemaMismatch) as info:
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
     assert (
-        "the database is at schema version 5 and this package needs version 7: apply, in order, "
-        "0006_test_label.sql, 0007_test_label_required.sql with: python -m convdb migrations --from 5 "
+        f"the database is at schema version {V} and this package needs version {V + 2}: apply, in order, "
+        f"{ADDITIVE.filename}, {BREAKING.filename} with: python -m convdb migrations --from {V} "
         "| psql -v ON_ERROR_STOP=1 -d <database> -f -"
     ) in str(info.value)
     apply_sql(dsn, ADDITIVE.sql)
     with pytest.raises(
         SchemaMismatch,
-        match=r"at schema version 6 .* apply, in order, 0007_test_label_required\.sql "
-        r"with: python -m convdb migrations --from 6",
+        match=rf"at schema version {V + 1} .* apply, in order, {BREAKING.filename.replace('.', '[.]')} "
+        rf"with: python -m convdb migrations --from {V + 1}",
     ):
         await ConversationStore.connect(dsn, min_size=1, max_size=1)
     apply_sql(dsn, BREAKING.sql)
     async with await ConversationStore.connect(dsn, min_size=1, max_size=1) as store:
         await store.verify_schema()
-    later_package(6)  # a package built for schema 6 is at the floor: accepted
+    later_package(V + 1)  # a package built for schema V + 1 is at the floor: accepted
     async with await ConversationStore.connect(dsn, min_size=1, max_size=1) as store:
         await store.verify_schema()
 
@@ -116,17 +125,17 @@ async def test_a_later_package_refuses_a_database_without_its_migrations_and_nam
 @pytest.mark.parametrize(
     ("applied", "migration"),
     [
-        pytest.param(5, BREAKING, id="0007-on-version-5"),
-        pytest.param(7, ADDITIVE, id="0006-on-version-7"),
-        pytest.param(6, ALL[1], id="0002-on-version-6"),
-        pytest.param(7, ALL[2], id="0003-on-version-7"),
+        pytest.param(V, BREAKING, id="breaking-on-current"),
+        pytest.param(V + 2, ADDITIVE, id="additive-on-breaking"),
+        pytest.param(V + 1, ALL[V - 1], id="current-on-additive"),
+        pytest.param(V + 2, ALL[V - 1], id="current-on-breaking"),
     ],
 )
 async def test_out_of_order_fails_and_changes_nothing(
     new_db: NewDatabase, applied: int, migration: Migration
 ) -> None:
     dsn = await current_database(new_db)
-    for m in ALL[5:applied]:
+    for m in ALL[V:applied]:
         apply_sql(dsn, m.sql)
     before = await catalog_snapshot(dsn)
     with pytest.raises(
@@ -146,4 +155,9 @@ async def test_the_test_migrations_rerun_as_no_ops(new_db: NewDatabase) -> None:
         after = await catalog_snapshot(dsn)
         apply_sql(dsn, m.sql)
         assert await catalog_snapshot(dsn) == after
-    assert ("version row", '{"version": 7, "singleton": true, "compatible_from": 6}', "", "") in after
+    assert (
+        "version row",
+        f'{{"version": {V + 2}, "singleton": true, "compatible_from": {V + 1}}}',
+        "",
+        "",
+    ) in after

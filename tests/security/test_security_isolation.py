@@ -4,12 +4,13 @@ optional least-privilege role with row-level security (schema_rls.sql)."""
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import asyncpg
 import pytest
 
-from convdb import ConversationNotFound, ConversationStore
+from convdb import ConversationNotFound, ConversationStore, InvalidInput, StaticKeys
 from tests.support.surface import (
     CREATING,
     USER_WIDE,
@@ -52,34 +53,51 @@ def test_introspection_finds_the_public_surface() -> None:
         )
 
 
+# Conversation-scoped methods an encrypting store refuses (docs/data-protection.md).
+REFUSED_WHEN_ENCRYPTED = {"fork_conversation", "search_messages"}
+
+
 @pytest.mark.parametrize(
     "mode",
     [
         "plain",
+        "encrypted",  # encryption at rest on: the same refusals, the same single message
         # Engine-specific: schema_rls.sql does not apply on Citus (the messages policy's subquery is
         # refused: "unexpected non-SELECT command in SubLink"); no Citus twin yet (stage 2).
         pytest.param("row_level_security", marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
+        pytest.param(
+            "row_level_security_encrypted", marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")
+        ),
     ],
 )
 @pytest.mark.guarantee(1, 9)
 async def test_every_method_treats_foreign_and_unknown_ids_identically(
     dsn: str, db: asyncpg.Connection, mode: str
 ) -> None:
-    rls = mode == "row_level_security"
+    rls = mode.startswith("row_level_security")
     app_dsn = await enable_rls(dsn) if rls else dsn
+    provider = StaticKeys({"k1": os.urandom(32)}, "k1") if mode.endswith("encrypted") else None
     async with await ConversationStore.connect(
-        app_dsn, min_size=1, max_size=4, row_level_security=rls
+        app_dsn, min_size=1, max_size=4, row_level_security=rls, encryption=provider
     ) as store:
         await seed_victim(store)
         await store.get_or_create_conversation("attacker-own", "attacker")
         await store.save_message("attacker-own", "attacker", "user", "mine")
         records = await export_records(store, "attacker-own", "attacker")
         before = await dump(db)
+        assert any("my secret" in r for r in before) == (provider is None)
 
         messages: dict[str, str] = {}
         checked: set[str] = set()
         for name in public_methods():
             if name in USER_WIDE:
+                continue
+            if provider is not None and name in REFUSED_WHEN_ENCRYPTED:
+                # Refused for every id alike, before any I/O: says nothing about who owns what.
+                for owner in ("attacker", "no-such-user"):
+                    with pytest.raises(InvalidInput, match=f"encryption: {name} is not available"):
+                        await call(store, name, "victim-conv", owner, records)
+                checked.add(name)
                 continue
             foreign = await not_found(
                 functools.partial(call, store, name, "victim-conv", "attacker", records)
@@ -104,7 +122,7 @@ async def test_every_method_treats_foreign_and_unknown_ids_identically(
         listed = await store.list_conversations("attacker", limit=100)
         assert [c.id for c in listed.items] == ["attacker-own"]
         assert (await store.list_conversations("no-such-user")).items == []
-        erased = await store.delete_user_data("attacker")
+        erased = await (store.shred_user if provider else store.delete_user_data)("attacker")
         assert (erased.conversations, erased.messages) == (1, 1)
         assert [r for r in await dump(db) if "victim" in r] == [r for r in before if "victim" in r]
         assert [m.content for m in await store.get_history("victim-conv", "victim")] == ["my secret", "noted"]

@@ -13,17 +13,18 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from convdb import ConversationNotFound, ConversationStore
+from convdb import ConversationNotFound, ConversationStore, InvalidInput
 from convdb.testing import apply_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_RLS = ROOT / "schema_rls.sql"
 APP_ROLE = "convdb_test_app"  # a login role, member of convdb_app (schema_rls.sql)
 
-# Not operations on user data: they take no user id.
-LIFECYCLE = frozenset({"connect", "close", "verify_schema"})
+# Not operations on one user's data: they take no user id (rotate re-wraps every user's data key;
+# tests/security/test_security_encryption.py covers it).
+LIFECYCLE = frozenset({"connect", "close", "verify_schema", "rotate"})
 # Methods that take no conversation id: they act on "everything of this user".
-USER_WIDE = frozenset({"list_conversations", "delete_user_data"})
+USER_WIDE = frozenset({"list_conversations", "delete_user_data", "shred_user"})
 # Methods for which an unknown id is not an error: it names the conversation to create.
 CREATING = frozenset({"get_or_create_conversation", "import_conversation"})
 
@@ -187,12 +188,21 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     copy = await store.import_conversation(uid, records, conversation_id=f"{prefix}-copy")
     assert [m.content for m in await store.get_history(copy.id, uid)] == ["hello", None, "42", "done"]
     called.add("import_conversation")
-    fork = await store.fork_conversation(cid, uid, at_seq=2, title="branch")
-    assert (fork.parent_id, fork.forked_at_seq, [m.seq for m in await store.get_history(fork.id, uid)]) == (
-        cid,
-        2,
-        [1, 2],
-    )
+    if store.encrypted:  # refused: the values are bound to their conversation (docs/data-protection.md)
+        with pytest.raises(InvalidInput, match="encryption: fork_conversation"):
+            await store.fork_conversation(cid, uid, at_seq=2, title="branch")
+        fork = None
+    else:
+        fork = await store.fork_conversation(cid, uid, at_seq=2, title="branch")
+        assert (
+            fork.parent_id,
+            fork.forked_at_seq,
+            [m.seq for m in await store.get_history(fork.id, uid)],
+        ) == (
+            cid,
+            2,
+            [1, 2],
+        )
     called.add("fork_conversation")
     rated = await store.set_feedback(cid, uid, 4, rating=1, comment="ok", tags=["t"])
     assert (rated.seq, rated.rating, rated.tags) == (4, 1, ("t",))
@@ -204,11 +214,19 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     called.add("feedback_summary")
     assert await store.clear_feedback(cid, uid, 4) is True
     called.add("clear_feedback")
-    hits = await store.search_messages(uid, "done", conversation_id=cid)
-    assert [(h.conversation_id, h.seq) for h in hits.items] == [(cid, 4)]
-    assert {h.conversation_id for h in (await store.search_messages(uid, "hello")).items} >= {cid, fork.id}
+    if fork is None:
+        with pytest.raises(InvalidInput, match="encryption: search_messages"):
+            await store.search_messages(uid, "done", conversation_id=cid)
+    else:
+        hits = await store.search_messages(uid, "done", conversation_id=cid)
+        assert [(h.conversation_id, h.seq) for h in hits.items] == [(cid, 4)]
+        assert {h.conversation_id for h in (await store.search_messages(uid, "hello")).items} >= {
+            cid,
+            fork.id,
+        }
     called.add("search_messages")
-    assert await store.delete_conversation(fork.id, uid) == 2
+    if fork is not None:
+        assert await store.delete_conversation(fork.id, uid) == 2
     assert await store.clear_conversation(cid, uid) == 4
     assert await store.get_history(cid, uid) == []
     called.add("clear_conversation")
@@ -217,6 +235,10 @@ async def exercise_every_method(store: ConversationStore, uid: str, prefix: str)
     erased = await store.delete_user_data(uid)
     assert erased.conversations >= 1
     called.add("delete_user_data")
+    await store.get_or_create_conversation(cid, uid, title="again")
+    shredded = await store.shred_user(uid)
+    assert (shredded.conversations, shredded.messages) == (1, 0)
+    called.add("shred_user")
     with pytest.raises(ConversationNotFound):
         await store.get_conversation(cid, uid)
     return called
