@@ -75,6 +75,7 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "shred_user_key": ("u1",),
     "rewrap_user_key": ("u1", "0123456789abcdef", "k1", "k2", b"wrapped"),
 }
+BY_USER_KEY = {"get_user_key", "create_user_key", "shred_user_key", "rewrap_user_key"}
 # ONE_SHARD_STEPS: an INSERT inside a CTE (or INSERT ... SELECT from one). Citus 13.2's router
 # planner refuses INSERT common table expressions ("Router planner doesn't support INSERT common
 # table expressions", multi_router_planner.c), so the statement runs as several steps from the
@@ -177,12 +178,13 @@ async def _worker_nodes(db: asyncpg.Connection, jobs: list[dict[str, Any]]) -> s
     return {n for n in nodes if not re.search(rf"\bport={port}\b", n)}
 
 
-async def _shard_node(db: asyncpg.Connection, conversation_id: str) -> str:
+async def _shard_node(db: asyncpg.Connection, conversation_id: str, table: str = "conversations") -> str:
     row = await db.fetchrow(
         "SELECT nodename, nodeport FROM citus_shards "
-        "WHERE table_name = 'conversations'::regclass "
-        "AND shardid = get_shard_id_for_distribution_column('conversations', $1::text)",
+        "WHERE table_name = $2::regclass "
+        "AND shardid = get_shard_id_for_distribution_column($2::regclass, $1::text)",
         conversation_id,
+        table,
     )
     assert row is not None
     return f"host={row[0]} port={row[1]} "
@@ -194,7 +196,9 @@ async def test_conversation_statement_is_one_router_task(db: asyncpg.Connection,
     jobs = _jobs(await _citus_plan(db, QUERIES[name], ROUTER[name]))
     assert [job["Task Count"] for job in jobs] == [1], f"{name}: {jobs}"
     nodes = await _worker_nodes(db, jobs)
-    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, "c1")), nodes
+    # The user-key statements route by user id (convdb_user_keys is distributed by user_id).
+    table, value = ("convdb_user_keys", "u1") if name in BY_USER_KEY else ("conversations", "c1")
+    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, value, table)), nodes
 
 
 @citus_only
@@ -205,7 +209,9 @@ async def test_insert_statement_runs_each_step_on_the_one_shard(db: asyncpg.Conn
     assert 1 <= len(jobs) <= most_steps, f"{name}: {len(jobs)} steps"
     assert all(job["Task Count"] == 1 for job in jobs), f"{name}: {[j['Task Count'] for j in jobs]}"
     nodes = await _worker_nodes(db, jobs)
-    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, "c1")), nodes
+    # The user-key statements route by user id (convdb_user_keys is distributed by user_id).
+    table, value = ("convdb_user_keys", "u1") if name in BY_USER_KEY else ("conversations", "c1")
+    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, value, table)), nodes
 
 
 @citus_only
