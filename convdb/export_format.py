@@ -31,6 +31,7 @@ from .errors import InvalidInput
 from .records import Conversation, Feedback, Message
 from .validation import (
     DEFAULT_LIMITS,
+    MESSAGE_FIELDS,
     MessageRow,
     SizeLimits,
     TokenCounter,
@@ -53,23 +54,8 @@ FORMAT: Final = "convdb.conversation/1"
 _HEADER_FIELDS: Final = frozenset(
     {"type", "format", "id", "user_id", "title", "metadata", "created_at", "updated_at", "next_seq"}
 )
-_MESSAGE_FIELDS: Final = frozenset(
-    {
-        "type",
-        "seq",
-        "role",
-        "content",
-        "tool_name",
-        "tool_call_id",
-        "tool_calls",
-        "metadata",
-        "token_count",
-        "idempotency_key",
-        "created_at",
-        "conversation_id",
-        "usage",
-    }
-)
+# A message record: the fields a message is saved with, plus where it sits and when it was made.
+_MESSAGE_FIELDS: Final = MESSAGE_FIELDS | {"type", "seq", "created_at", "conversation_id"}
 # The largest seq and next_seq an import accepts. 2**53 is the largest integer every JSON reader
 # keeps exact (a JavaScript number), and it leaves ~9.2e18 sequence numbers below bigint's
 # 2**63 - 1, so an imported conversation can always take more messages: an import of

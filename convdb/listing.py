@@ -15,10 +15,6 @@ still filters on the caller's user_id.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +26,7 @@ from pypika.enums import Comparator
 from pypika.functions import Cast
 from pypika.terms import BasicCriterion, Criterion, Term
 
+from .cursors import digest, seal, unseal
 from .errors import InvalidInput
 from .records import JSONValue
 from .validation import check_aware_datetime, check_id, check_limit, check_text, encode_json
@@ -39,7 +36,6 @@ MAX_PAGE_SIZE: Final = 1000
 # bound keeps it far from PostgreSQL's regex complexity limits (1,000 bracketed non-ASCII
 # letters compile and match instantly on the embedded server).
 MAX_TITLE_SEARCH: Final = 1000
-_CURSOR_VERSION: Final = 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS: Final = (
     "id",
@@ -121,47 +117,24 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x1f")
-    return h.hexdigest()[:16]
-
-
 def encode_cursor(updated_at: datetime, conversation_id: str, context: str) -> str:
     micros = (updated_at - _EPOCH) // timedelta(microseconds=1)
-    body = [_CURSOR_VERSION, micros, conversation_id]
-    check = _digest(json.dumps(body), context)
-    raw = json.dumps([*body, check], separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return seal([micros, conversation_id], context)
+
+
+def _listing_shape(fields: list[Any]) -> bool:
+    return len(fields) == 2 and type(fields[0]) is int and isinstance(fields[1], str)
 
 
 def decode_cursor(cursor: object, context: str) -> tuple[datetime, str]:
     """The (updated_at, id) a cursor points after; ``InvalidInput`` for anything not made by us."""
-    if not isinstance(cursor, str):
-        raise InvalidInput("cursor", f"must be a str returned as next_cursor, got {type(cursor).__name__}")
-    if len(cursor) > 2048:
-        raise InvalidInput("cursor", "is not a cursor returned by list_conversations")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput("cursor", "is not a cursor returned by list_conversations") from exc
-    if (
-        not isinstance(value, list)
-        or len(value) != 4
-        or value[0] != _CURSOR_VERSION
-        or type(value[1]) is not int
-        or not isinstance(value[2], str)
-        or not isinstance(value[3], str)
-    ):
-        raise InvalidInput("cursor", "is not a cursor returned by list_conversations")
-    version, micros, conversation_id, check = value
-    if check != _digest(json.dumps([version, micros, conversation_id]), context):
-        raise InvalidInput(
-            "cursor", "was altered, or belongs to another listing (other user or other filters)"
-        )
+    micros, conversation_id = unseal(
+        cursor,
+        context,
+        shape=_listing_shape,
+        made_by="list_conversations",
+        altered="another listing (other user or other filters)",
+    )
     try:
         updated_at = _EPOCH + timedelta(microseconds=micros)
     except OverflowError as exc:
@@ -194,7 +167,7 @@ def build_listing(
     before = None if updated_before is None else check_aware_datetime(updated_before, "updated_before")
     parent = None if parent_id is None else check_id(parent_id, "parent_id")
     root = None if root_id is None else check_id(root_id, "root_id")
-    context = _digest(
+    context = digest(
         uid,
         repr(title),
         meta_json or "",

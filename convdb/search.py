@@ -19,15 +19,12 @@ it belongs to (user, query, configuration, filters): a tampered or foreign curso
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Final
 
+from .cursors import digest, seal, unseal
 from .errors import InvalidInput
 from .records import MARK_END, MARK_START, ROLES
 from .validation import check_aware_datetime, check_id, check_limit, check_text
@@ -68,7 +65,6 @@ SEARCH_CONFIGS: Final = frozenset(
         "yiddish",
     }
 )
-_CURSOR_VERSION: Final = 1
 _HEADLINE: Final = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=30, MinWords=10, MaxFragments=2"
 
 
@@ -93,48 +89,29 @@ def _order(alias: str) -> str:
     return f"{alias}.rank DESC, {alias}.conversation_id DESC, coalesce({alias}.seq, 0) DESC"
 
 
-def _digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x1f")
-    return h.hexdigest()[:16]
-
-
 def encode_cursor(rank: float, conversation_id: str, seq: int | None, context: str) -> str:
-    body = [_CURSOR_VERSION, rank, conversation_id, seq or 0]
-    check = _digest(json.dumps(body), context)
-    raw = json.dumps([*body, check], separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return seal([rank, conversation_id, seq or 0], context)
+
+
+def _search_shape(fields: list[Any]) -> bool:
+    return (
+        len(fields) == 3
+        and type(fields[0]) in (int, float)
+        and isinstance(fields[1], str)
+        and type(fields[2]) is int
+    )
 
 
 def decode_cursor(cursor: object, context: str) -> tuple[float, str, int]:
-    refused = InvalidInput("cursor", "is not a cursor returned by search_messages")
-    if not isinstance(cursor, str):
-        raise InvalidInput("cursor", f"must be a str returned as next_cursor, got {type(cursor).__name__}")
-    if len(cursor) > 2048:
-        raise refused
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8"))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise refused from exc
-    if (
-        not isinstance(value, list)
-        or len(value) != 5
-        or value[0] != _CURSOR_VERSION
-        or type(value[1]) not in (int, float)
-        or not isinstance(value[2], str)
-        or type(value[3]) is not int
-        or not isinstance(value[4], str)
-    ):
-        raise refused
-    version, rank, conversation_id, seq, check = value
-    if check != _digest(json.dumps([version, rank, conversation_id, seq]), context):
-        raise InvalidInput(
-            "cursor", "was altered, or belongs to another search (other user, query or filters)"
-        )
+    rank, conversation_id, seq = unseal(
+        cursor,
+        context,
+        shape=_search_shape,
+        made_by="search_messages",
+        altered="another search (other user, query or filters)",
+    )
     if not math.isfinite(rank):
-        raise refused
+        raise InvalidInput("cursor", "is not a cursor returned by search_messages")
     return float(rank), check_id(conversation_id, "cursor"), seq
 
 
@@ -169,7 +146,7 @@ def build_search(
             f"must be one of PostgreSQL's text search configurations "
             f"{sorted(SEARCH_CONFIGS)}, got {config!r}",
         )
-    context = _digest(
+    context = digest(
         uid,
         text,
         config,
