@@ -42,7 +42,24 @@ UNDO = {
     "ALTER TABLE conversations DROP CONSTRAINT conversations_fork_lineage, DROP COLUMN parent_id, "
     "DROP COLUMN forked_at_seq, DROP COLUMN root_id; UPDATE convdb_schema_version SET version = 3",
     5: "DROP TABLE message_feedback; UPDATE convdb_schema_version SET version = 4",
+    7: "ALTER TABLE conversations DROP CONSTRAINT conversations_valid; "
+    "ALTER TABLE messages DROP CONSTRAINT messages_valid; "
+    "DROP FUNCTION convdb_check_conversation(text, text, jsonb, bigint, text, bigint, text); "
+    "DROP FUNCTION convdb_check_message(bigint, text, text, text, text, jsonb, jsonb, integer, text, "
+    "integer, integer, integer, integer, numeric, integer); UPDATE convdb_schema_version SET version = 6",
+    # 8 drops CHECKs: its undo re-adds them as they were (read from the database before the first run).
+    8: "",
 }
+
+# The CHECKs of conversations and messages as ADD CONSTRAINT statements (NOT VALID: no scan).
+_READD_CHECKS = """
+SELECT string_agg(format('ALTER TABLE %s ADD CONSTRAINT %I %s%s;', conrelid::regclass, conname,
+                         pg_get_constraintdef(oid), CASE WHEN convalidated THEN ' NOT VALID' ELSE '' END),
+                  ' ' ORDER BY conname)
+  FROM pg_constraint
+ WHERE conrelid IN ('conversations'::regclass, 'messages'::regclass) AND contype = 'c'
+   AND conname NOT IN ('conversations_valid', 'messages_valid')
+"""
 
 
 @dataclass
@@ -50,6 +67,12 @@ class Timeline:
     """(start, seconds) of every call a background loop made."""
 
     calls: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _lock_both_block(sql: str) -> str:
+    """The DO block of a migration that locks conversations and messages together."""
+    blocks = [b for b in sql.split("DO $$") if "LOCK TABLE conversations, messages" in b]
+    return "DO $$" + blocks[0].split("$$;")[0] + "$$;"
 
 
 def _body(sql: str) -> str:
@@ -135,6 +158,13 @@ async def measure(dsn: str, version: int, runs: int, conversations: int) -> None
     tx_times: list[float] = []
     psql_times: list[float] = []
     locks: list[tuple[str, str]] = []
+    undo = UNDO[version]
+    if version == 8:
+        readd = await conn.fetchval(_READD_CHECKS)
+        undo = readd + " UPDATE convdb_schema_version SET version = 7, compatible_from = 1"
+    if version in (7, 8):
+        # The undo alters both tables too: it takes their locks the migration's way (or deadlocks).
+        undo = _lock_both_block(migration.sql) + "\n" + undo
     try:
         tasks = [
             asyncio.create_task(_writer(store, conversations, stop, writes)),
@@ -158,7 +188,7 @@ async def measure(dsn: str, version: int, runs: int, conversations: int) -> None
             end = time.perf_counter()
             windows.append((start, end))
             tx_times.append(end - start)
-            await conn.execute(UNDO[version])
+            await conn.execute(undo)
             await asyncio.sleep(1.0)
             start = time.perf_counter()
             psql = await asyncio.create_subprocess_exec(
@@ -181,7 +211,7 @@ async def measure(dsn: str, version: int, runs: int, conversations: int) -> None
             end = time.perf_counter()
             windows.append((start, end))
             psql_times.append(end - start)
-            await conn.execute(UNDO[version])
+            await conn.execute(undo)
             await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*tasks)

@@ -23,7 +23,7 @@ from .errors import SchemaMismatch
 from .sql import QUERIES
 
 #: The schema version this package is built for: the last migration it ships.
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,31 +102,18 @@ EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
     "convdb_schema_version.convdb_schema_version_pkey": "PRIMARY KEY (singleton)",
     "convdb_schema_version.convdb_schema_version_singleton_check": "CHECK (singleton)",
     "conversations.conversations_pkey": "PRIMARY KEY (id)",
-    "conversations.conversations_id_length": "CHECK (((length(id) >= 1) AND (length(id) <= 255)))",
-    "conversations.conversations_user_id_length": "CHECK (((length(user_id) >= 1) AND (length(user_id) <= 255)))",
-    "conversations.conversations_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
-    "conversations.conversations_next_seq_positive": "CHECK ((next_seq >= 1))",
+    # The row rules (schema version 7): one CHECK per table calling a function of schema.sql (its
+    # body is checked below, EXPECTED_FUNCTIONS), NOT VALID as migration 0007 adds them.
+    "conversations.conversations_valid": (
+        "CHECK (convdb_check_conversation(id, user_id, metadata, next_seq, parent_id, forked_at_seq, root_id)) "
+        "NOT VALID"
+    ),
     "messages.messages_pkey": "PRIMARY KEY (conversation_id, seq)",
     "messages.messages_conversation_fkey": "FOREIGN KEY (conversation_id) REFERENCES conversations(id) ON DELETE CASCADE",
-    "messages.messages_seq_positive": "CHECK ((seq >= 1))",
-    "messages.messages_role_known": "CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text, 'tool'::text])))",
-    "messages.messages_tool_has_call_id": "CHECK (((role <> 'tool'::text) OR (tool_call_id IS NOT NULL)))",
-    "messages.messages_tool_name_length": "CHECK (((tool_name IS NULL) OR ((length(tool_name) >= 1) AND (length(tool_name) <= 255))))",
-    "messages.messages_tool_call_id_length": "CHECK (((tool_call_id IS NULL) OR ((length(tool_call_id) >= 1) AND (length(tool_call_id) <= 255))))",
-    "messages.messages_idempotency_key_length": "CHECK (((idempotency_key IS NULL) OR ((length(idempotency_key) >= 1) "
-    "AND (length(idempotency_key) <= 255))))",
-    "messages.messages_tool_calls_array": "CHECK (((tool_calls IS NULL) OR (jsonb_typeof(tool_calls) = 'array'::text)))",
-    "messages.messages_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
-    "messages.messages_token_count_nonnegative": "CHECK ((token_count >= 0))",
-    "messages.messages_usage_valid": (
-        "CHECK ((((model IS NULL) OR ((length(model) >= 1) AND (length(model) <= 255))) "
-        "AND (input_tokens >= 0) AND (output_tokens >= 0) AND (cached_tokens >= 0) "
-        "AND (reasoning_tokens >= 0) AND (cost >= (0)::numeric) AND (latency_ms >= 0) "
-        "AND ((input_tokens IS NULL) = (output_tokens IS NULL)) "
-        "AND ((input_tokens IS NULL) = (cached_tokens IS NULL)) "
-        "AND ((input_tokens IS NULL) = (reasoning_tokens IS NULL)) "
-        "AND ((input_tokens IS NOT NULL) OR ((model IS NULL) AND (cost IS NULL) "
-        "AND (latency_ms IS NULL))))) NOT VALID"
+    "messages.messages_valid": (
+        "CHECK (convdb_check_message(seq, role, tool_name, tool_call_id, idempotency_key, tool_calls, metadata, "
+        "token_count, model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms)) "
+        "NOT VALID"
     ),
     "conversation_summaries.conversation_summaries_pkey": "PRIMARY KEY (conversation_id, through_seq)",
     "conversation_summaries.conversation_summaries_conversation_fkey": "FOREIGN KEY (conversation_id) REFERENCES conversations(id) ON DELETE CASCADE",
@@ -134,8 +121,6 @@ EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
     "conversation_summaries.conversation_summaries_role_known": "CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text])))",
     "conversation_summaries.conversation_summaries_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
     "conversation_summaries.conversation_summaries_token_count_nonnegative": "CHECK ((token_count >= 0))",
-    "conversations.conversations_fork_lineage": "CHECK ((((parent_id IS NULL) AND (forked_at_seq IS NULL) AND (root_id IS NULL)) OR "
-    "((parent_id IS NOT NULL) AND (forked_at_seq >= 0) AND (root_id IS NOT NULL))))",
     # The cascade is what keeps pop, clear, delete and erasure working on rated messages.
     "message_feedback.message_feedback_pkey": "PRIMARY KEY (conversation_id, seq)",
     "message_feedback.message_feedback_message_fkey": "FOREIGN KEY (conversation_id, seq) REFERENCES messages(conversation_id, seq) ON DELETE CASCADE",
@@ -168,10 +153,19 @@ EXPECTED_INDEXES: Final[dict[str, str]] = {
     "convdb_user_keys.convdb_user_keys_pkey": "UNIQUE USING btree (user_id)",
 }
 
-# Constraints created NOT VALID (migration 0003 must not scan messages under its lock; schema.sql
+# The functions the row rules call, by signature (as regprocedure prints it): volatility and the md5
+# of the body. A body changed in place (CREATE OR REPLACE) would change what the CHECKs enforce
+# without changing their definitions, so it is refused like a changed constraint.
+EXPECTED_FUNCTIONS: Final[dict[str, str]] = {
+    "convdb_check_conversation(text,text,jsonb,bigint,text,bigint,text)": "immutable 04ac49127a44a5911f57927254312042",
+    "convdb_check_message(bigint,text,text,text,text,jsonb,jsonb,integer,text,integer,integer,integer,integer,"
+    "numeric,integer)": "immutable 5506807efc8d66598ab2979538b4034a",
+}
+
+# Constraints created NOT VALID (migration 0007 must not scan the tables under its lock; schema.sql
 # does the same so that both give one catalog). A DBA may VALIDATE them later: that form is accepted
 # too (pg_get_constraintdef appends " NOT VALID" only to the unvalidated one).
-MAY_BE_VALIDATED: Final = frozenset({"messages.messages_usage_valid"})
+MAY_BE_VALIDATED: Final = frozenset({"conversations.conversations_valid", "messages.messages_valid"})
 
 FRESH_INSTALL: Final = (
     "apply the fresh-install schema: python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f - "
@@ -235,6 +229,15 @@ def _structure_problems(catalog: dict[str, Any]) -> list[str]:
                 name in MAY_BE_VALIDATED and found[name] == definition.removesuffix(" NOT VALID")
             ):
                 problems.append(f"{kind} {short} on {table} is {found[name]}, expected {definition}")
+    functions: dict[str, str] = catalog.get("functions") or {}
+    for signature, want_body in EXPECTED_FUNCTIONS.items():
+        if signature not in functions:
+            problems.append(f"function {signature} is missing")
+        elif functions[signature] != want_body:
+            problems.append(
+                f"function {signature} is not this package's (volatility and body digest {functions[signature]}, "
+                f"expected {want_body})"
+            )
     return problems
 
 

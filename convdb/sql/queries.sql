@@ -196,9 +196,9 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- name: schema_catalog
 -- What verify_schema compares with the package's expectations (convdb.schema_check): every column
 -- (type, NOT NULL, default), constraint (as PostgreSQL prints its definition) and index (unique,
--- method, columns, predicate, valid) of convdb's tables in the current schema, as one JSON
--- text. Reads only the system catalogs, so it works on an empty database and can say what is
--- missing. Index definitions lose their "CREATE INDEX name ON schema.table" prefix, so that the
+-- method, columns, predicate, valid) of convdb's tables in the current schema, and the volatility
+-- and body digest of its functions (convdb_*: the row rules' CHECKs call them), as one JSON text.
+-- Reads only the system catalogs, so it works on an empty database and can say what is missing. Index definitions lose their "CREATE INDEX name ON schema.table" prefix, so that the
 -- schema name does not matter.
 WITH tables AS (
     SELECT c.oid, c.relname
@@ -226,7 +226,13 @@ SELECT jsonb_build_object(
                     || CASE WHEN i.indisvalid THEN '' ELSE ' (INVALID)' END), '{}')
                   FROM tables t
                   JOIN pg_index i ON i.indrelid = t.oid
-                  JOIN pg_class ic ON ic.oid = i.indexrelid)
+                  JOIN pg_class ic ON ic.oid = i.indexrelid),
+    'functions', (SELECT coalesce(jsonb_object_agg(p.oid::regprocedure::text,
+                      CASE p.provolatile WHEN 'i' THEN 'immutable' WHEN 's' THEN 'stable' ELSE 'volatile' END
+                      || ' ' || md5(p.prosrc)), '{}')
+                    FROM pg_proc p
+                   WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+                     AND p.proname LIKE 'convdb\_%')
 )::text AS catalog
 
 -- name: schema_version_row

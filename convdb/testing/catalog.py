@@ -3,7 +3,8 @@
 Two databases built by different paths (schema.sql; migrations 0001..N; an old release's schema
 plus migrations) must compare equal. The snapshot covers convdb's tables in the current schema:
 columns in order with types, NOT NULL and defaults; constraints and indexes with their definitions;
-row-level security flags and policies; table and schema grants; the recorded version and floor.
+row-level security flags and policies; table and schema grants; convdb's functions (signature,
+volatility, parallel safety, grants, body digest); the recorded version and floor.
 Names of indexes and constraints are part of it (the package's checks and error mapping use them).
 """
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 
 import asyncpg
 
-_TABLES = "('conversations', 'messages', 'convdb_schema_version')"
+_TABLES = (
+    "('conversations', 'messages', 'convdb_schema_version', 'conversation_summaries', 'message_feedback', "
+    "'convdb_user_keys')"
+)
 
 SNAPSHOT_SQL = f"""
 WITH t AS (
@@ -58,6 +62,14 @@ SELECT 'schema grant', coalesce(r.rolname, 'PUBLIC'),
   LEFT JOIN pg_roles r ON r.oid = g.grantee
  WHERE n.nspname = current_schema() AND g.grantee <> n.nspowner
  GROUP BY r.rolname
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text,
+       p.provolatile::text || ' ' || p.proparallel::text || ' '
+           || coalesce(array_to_string(p.proacl, ','), ''),
+       md5(p.prosrc)
+  FROM pg_proc p
+ WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+   AND p.proname LIKE 'convdb\\_%'
 ORDER BY 1, 2, 3, 4
 """
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from convdb import SCHEMA_VERSION, ConversationStore, SchemaMismatch
-from convdb.schema_check import EXPECTED_COLUMNS, EXPECTED_CONSTRAINTS, EXPECTED_INDEXES
+from convdb.schema_check import EXPECTED_COLUMNS, EXPECTED_CONSTRAINTS, EXPECTED_FUNCTIONS, EXPECTED_INDEXES
 from convdb.sql import QUERIES
 
 
@@ -21,6 +21,7 @@ async def test_expectations_are_exactly_what_schema_sql_creates(db: asyncpg.Conn
     assert columns == {name: (c.type, c.not_null, c.default) for name, c in EXPECTED_COLUMNS.items()}
     assert catalog["constraints"] == EXPECTED_CONSTRAINTS
     assert catalog["indexes"] == EXPECTED_INDEXES
+    assert catalog["functions"] == EXPECTED_FUNCTIONS
 
 
 async def test_the_catalog_statement_sees_all_five_tables(db: asyncpg.Connection) -> None:
@@ -101,23 +102,40 @@ BROKEN = [
         id="pk-missing",
     ),
     pytest.param(
-        ["ALTER TABLE messages DROP CONSTRAINT messages_role_known"],
-        "constraint messages_role_known on messages is missing",
+        ["ALTER TABLE messages DROP CONSTRAINT messages_valid"],
+        "constraint messages_valid on messages is missing",
         id="check-missing",
     ),
     pytest.param(
         [
-            "ALTER TABLE messages DROP CONSTRAINT messages_role_known",
-            "ALTER TABLE messages ADD CONSTRAINT messages_role_known CHECK (role IN ('system', 'user', "
+            "ALTER TABLE messages DROP CONSTRAINT messages_valid",
+            "ALTER TABLE messages ADD CONSTRAINT messages_valid CHECK (role IN ('system', 'user', "
             "'assistant', 'tool', 'wizard'))",
         ],
-        r"constraint messages_role_known on messages is CHECK .*'wizard'",
+        r"constraint messages_valid on messages is CHECK .*'wizard'",
         id="check-changed",
     ),
     pytest.param(
-        ["ALTER TABLE conversations DROP CONSTRAINT conversations_user_id_length"],
-        "constraint conversations_user_id_length on conversations is missing",
+        ["ALTER TABLE conversations DROP CONSTRAINT conversations_valid"],
+        "constraint conversations_valid on conversations is missing",
         id="check-missing-conv",
+    ),
+    pytest.param(
+        # The CHECK's definition unchanged, the rule it calls gutted: refused all the same.
+        [
+            "CREATE OR REPLACE FUNCTION convdb_check_message(seq bigint, role text, tool_name text, "
+            "tool_call_id text, idempotency_key text, tool_calls jsonb, metadata jsonb, token_count integer, "
+            "model text, input_tokens integer, output_tokens integer, cached_tokens integer, "
+            "reasoning_tokens integer, cost numeric, latency_ms integer) RETURNS boolean "
+            "LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN true; END $$"
+        ],
+        r"function convdb_check_message\(bigint,text,.*\) is not this package's",
+        id="rule-function-replaced",
+    ),
+    pytest.param(
+        ["ALTER FUNCTION convdb_check_conversation(text, text, jsonb, bigint, text, bigint, text) VOLATILE"],
+        r"function convdb_check_conversation\(.*\) is not this package's \(volatility and body digest volatile ",
+        id="rule-function-volatility",
     ),
     pytest.param(
         ["ALTER TABLE convdb_schema_version DROP CONSTRAINT convdb_schema_version_singleton_check"],

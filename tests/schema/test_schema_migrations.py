@@ -162,8 +162,18 @@ async def test_the_snapshot_sees_what_the_equivalence_relies_on(new_db: NewDatab
                 "ALTER INDEX x RENAME TO conversations_user_id",
             ),
             (
-                "ALTER TABLE messages RENAME CONSTRAINT messages_seq_positive TO x",
-                "ALTER TABLE messages RENAME CONSTRAINT x TO messages_seq_positive",
+                "ALTER TABLE messages RENAME CONSTRAINT messages_valid TO x",
+                "ALTER TABLE messages RENAME CONSTRAINT x TO messages_valid",
+            ),
+            (
+                "ALTER TABLE conversation_summaries RENAME CONSTRAINT conversation_summaries_role_known TO x",
+                "ALTER TABLE conversation_summaries RENAME CONSTRAINT x TO conversation_summaries_role_known",
+            ),
+            (
+                "ALTER FUNCTION convdb_check_message(bigint, text, text, text, text, jsonb, jsonb, integer, text, "
+                "integer, integer, integer, integer, numeric, integer) VOLATILE",
+                "ALTER FUNCTION convdb_check_message(bigint, text, text, text, text, jsonb, jsonb, integer, text, "
+                "integer, integer, integer, integer, numeric, integer) IMMUTABLE",
             ),
             ("REVOKE DELETE ON messages FROM convdb_app", "GRANT DELETE ON messages TO convdb_app"),
             (
@@ -177,7 +187,7 @@ async def test_the_snapshot_sees_what_the_equivalence_relies_on(new_db: NewDatab
             ),
             (
                 "UPDATE convdb_schema_version SET compatible_from = 2",
-                "UPDATE convdb_schema_version SET compatible_from = 1",
+                f"UPDATE convdb_schema_version SET compatible_from = {MIGRATIONS[-1].floor}",
             ),
         ]:
             await conn.execute(change)
@@ -244,3 +254,75 @@ async def test_two_runs_of_a_migration_at_once_serialise(new_db: NewDatabase) ->
     fresh = await new_db()
     apply_schema(fresh, fresh_install_file(2))
     assert await catalog_snapshot(dsn) == await catalog_snapshot(fresh)
+
+
+@pytest.mark.parametrize("version", [7, 8])
+async def test_a_migration_locking_both_tables_never_deadlocks_a_writer(
+    new_db: NewDatabase, version: int
+) -> None:
+    """Writers lock messages and conversations in both orders (save_message's statement takes
+    messages first). The exact interleaving that deadlocked 0007 and 0008 under a live writer: a
+    writer holds messages, the migration takes conversations and queues for messages, then the
+    writer asks for conversations. Without the migrations' lock-both-or-neither block PostgreSQL
+    cancels one of the two after deadlock_timeout; with it the migration gives back what it took
+    within 100 ms, the writer's update runs, and the migration follows."""
+    import asyncio
+
+    import asyncpg
+
+    from convdb.testing import find_binary
+
+    dsn = await new_db()
+    apply_schema(dsn, fresh_install_file(version - 1))
+    writer = await asyncpg.connect(dsn)
+    monitor = await asyncpg.connect(dsn)
+    psql = None
+    try:
+        await writer.execute("INSERT INTO conversations (id, user_id) VALUES ('c', 'u')")
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute("LOCK TABLE messages IN ROW EXCLUSIVE MODE")  # as an INSERT's first step
+        psql = await asyncio.create_subprocess_exec(
+            find_binary("psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            dsn,
+            "-f",
+            "-",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert psql.stdin is not None
+        psql.stdin.write(MIGRATIONS[version - 1].sql.encode())
+        await psql.stdin.drain()
+        psql.stdin.close()
+        for _ in range(3000):
+            # The migration holds conversations and waits for messages (the writer's).
+            if await monitor.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_locks w ON w.pid = l.pid "
+                "WHERE l.relation = 'conversations'::regclass AND l.mode = 'AccessExclusiveLock' AND l.granted "
+                "AND w.relation = 'messages'::regclass AND NOT w.granted"
+            ):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the migration never held conversations while waiting for messages")
+        # The writer's next step: the conversation row (what save_message's CTE updates).
+        await asyncio.wait_for(
+            writer.execute("UPDATE conversations SET next_seq = next_seq + 1 WHERE id = 'c'"), 30
+        )
+        await tx.commit()
+        _, err = await asyncio.wait_for(psql.communicate(), 60)
+        assert psql.returncode == 0, err.decode()
+        assert await monitor.fetchval("SELECT version FROM convdb_schema_version") == version
+        assert await monitor.fetchval("SELECT next_seq FROM conversations WHERE id = 'c'") == 2
+    finally:
+        if psql is not None and psql.returncode is None:
+            psql.kill()
+            await psql.wait()
+        await writer.close()
+        await monitor.close()

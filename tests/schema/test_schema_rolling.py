@@ -30,7 +30,8 @@ ADDITIVE, BREAKING = ALL[V], ALL[V + 1]
 
 
 def test_the_test_migrations_declare_their_kinds() -> None:
-    assert (ADDITIVE.version, ADDITIVE.kind, ADDITIVE.floor) == (V + 1, "additive", 1)
+    # An additive migration keeps the floor the database had (the last shipped migration's).
+    assert (ADDITIVE.version, ADDITIVE.kind, ADDITIVE.floor) == (V + 1, "additive", ALL[V - 1].floor)
     assert (BREAKING.version, BREAKING.kind, BREAKING.floor) == (V + 2, "breaking", V + 1)
 
 
