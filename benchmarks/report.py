@@ -79,6 +79,46 @@ def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+# The performance goals (issue 14), each a within-run ratio: (measure, ops, concurrencies, target).
+# "best peer" is the fastest peer measured for that op; an op no peer runs has no such goal.
+GOALS: tuple[tuple[str, tuple[str, ...], tuple[int, ...], float], ...] = (
+    (
+        "convdb_over_best_peer",
+        ("append", "append_batch_10", "append_batch_100", "history_50", "get_or_create", "turn"),
+        (1, 8),
+        1.2,
+    ),
+    ("convdb_over_pgbench", ("append", "append_batch_10", "append_batch_100"), (1, 8), 0.85),
+    ("convdb_over_pgbench", ("history_50", "get_or_create", "turn"), (1,), 0.6),
+    ("convdb_over_pgbench", ("history_50", "get_or_create", "turn"), (8,), 0.5),
+)
+
+
+def goals(ratio_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each goal this run can judge: the measured ratio, the target and whether it was met."""
+    found = {(r["op"], r["concurrency"]): r for r in ratio_rows}
+    out = []
+    for measure, ops, concurrencies, target in GOALS:
+        for op in ops:
+            for c in concurrencies:
+                entry = found.get((op, c))
+                value = None if entry is None else entry.get(measure)
+                if value is None:
+                    continue
+                out.append(
+                    {
+                        "op": op,
+                        "concurrency": c,
+                        "measure": measure,
+                        "target": target,
+                        "measured": value,
+                        "met": value >= target,
+                        "best_peer": entry.get("best_peer") if entry is not None else None,
+                    }
+                )
+    return out
+
+
 class _NoCell:
     ops_per_s = None
 
@@ -151,6 +191,7 @@ def document(
         "ratios": ratios(rows),
         "scaling": [{**asdict(p), "p50_ms": _round(p.p50_ms, 3)} for p in scaling],
     }
+    doc["goals"] = goals(doc["ratios"])
     return doc if previous is None else compare_with_previous(doc, previous, previous_source)
 
 
@@ -222,6 +263,23 @@ def text(doc: dict[str, Any]) -> str:
         "ratios of throughput\n"
         + _table(["op", "c", "convdb/pgbench", "convdb/asyncpg-raw", "convdb/best peer"], ratio_rows)
     )
+    goal_rows = [
+        [
+            g["op"],
+            str(g["concurrency"]),
+            _GOAL_LABELS[g["measure"]]
+            + (f" ({g['best_peer']})" if g["measure"] == "convdb_over_best_peer" else ""),
+            f">= {g['target']}",
+            _fmt(g["measured"], 2),
+            "met" if g["met"] else "MISSED",
+        ]
+        for g in doc.get("goals", [])
+    ]
+    if goal_rows:
+        parts.append(
+            "the goals (issue 14): within-run ratios against their targets\n"
+            + _table(["op", "c", "ratio", "target", "measured", ""], goal_rows)
+        )
     previous_run = doc["meta"].get("previous_run")
     if previous_run:
         parts.append(_previous_table(doc, previous_run, found))
@@ -248,6 +306,9 @@ def text(doc: dict[str, Any]) -> str:
     if problems:
         parts.append("errors and unsupported ops\n" + "\n".join(problems))
     return "\n\n".join(parts) + "\n"
+
+
+_GOAL_LABELS = {"convdb_over_best_peer": "convdb/best peer", "convdb_over_pgbench": "convdb/pgbench"}
 
 
 def _change(now: float | None, ratio: float | None, digits: int = 2) -> str:

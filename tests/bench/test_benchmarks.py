@@ -270,3 +270,35 @@ def test_batch_anatomy_scripts_are_complete_and_add_one_feature_at_a_time() -> N
     assert convdb_batch.script.count("INSERT INTO messages") == 100
     # Each feature table is created once, from messages' own definition.
     assert all("LIKE messages" in ddl for ddl in _TABLES.values())
+
+
+def test_goals_are_judged_from_the_runs_own_ratios_in_json_and_text() -> None:
+    doc = _doc(
+        {
+            ("convdb", "append", 1): 1_300.0,
+            ("pgbench", "append", 1): 2_000.0,  # 0.65 < 0.85: missed
+            ("langchain-postgres", "append", 1): 1_000.0,  # 1.3 >= 1.2: met
+            ("convdb", "history_50", 8): 600.0,
+            ("pgbench", "history_50", 8): 1_000.0,  # 0.6 >= 0.5 at c=8: met
+            ("convdb", "turn_two_calls", 1): 10.0,  # no goal for it
+        }
+    )
+    judged = {(g["op"], g["concurrency"], g["measure"]): g for g in doc["goals"]}
+    assert judged[("append", 1, "convdb_over_pgbench")]["met"] is False
+    assert judged[("append", 1, "convdb_over_pgbench")]["target"] == 0.85
+    assert judged[("append", 1, "convdb_over_best_peer")]["met"] is True
+    assert judged[("append", 1, "convdb_over_best_peer")]["best_peer"] == "langchain-postgres"
+    assert judged[("history_50", 8, "convdb_over_pgbench")] == {
+        "op": "history_50",
+        "concurrency": 8,
+        "measure": "convdb_over_pgbench",
+        "target": 0.5,
+        "measured": 0.6,
+        "met": True,
+        "best_peer": None,
+    }
+    assert ("history_50", 8, "convdb_over_best_peer") not in judged  # no peer measured
+    assert not any(g["op"] == "turn_two_calls" for g in doc["goals"])
+    table = report.text(doc).split("the goals (issue 14)", 1)[1].split("\n\n", 1)[0]
+    assert any("append" in line and "0.65" in line and "MISSED" in line for line in table.splitlines())
+    assert any("history_50" in line and "0.60" in line and "met" in line for line in table.splitlines())
