@@ -185,13 +185,14 @@ def document(
     previous: dict[str, Any] | None = None,
     previous_source: str = "",
 ) -> dict[str, Any]:
-    doc = {
+    ratio_rows = ratios(rows)
+    doc: dict[str, Any] = {
         "meta": meta,
         "results": [row_json(r) for r in rows],
-        "ratios": ratios(rows),
+        "ratios": ratio_rows,
+        "goals": goals(ratio_rows),
         "scaling": [{**asdict(p), "p50_ms": _round(p.p50_ms, 3)} for p in scaling],
     }
-    doc["goals"] = goals(doc["ratios"])
     return doc if previous is None else compare_with_previous(doc, previous, previous_source)
 
 
