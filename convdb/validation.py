@@ -109,9 +109,17 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
+def _storable_ascii(text: str) -> bool:
+    # str.isascii() reads a flag CPython keeps on every string (no scan), and an ASCII string holds
+    # no surrogate; NUL is then one memchr. Most text is ASCII: this skips the regex scan for it.
+    return text.isascii() and "\x00" not in text
+
+
 def check_text(value: object, field: str, *, index: int | None = None) -> str:
     if not isinstance(value, str):
         raise InvalidInput(field, f"must be a str, got {type(value).__name__}", index=index)
+    if _storable_ascii(value):
+        return value
     bad = _UNSTORABLE.search(value)
     if bad is not None:
         what = "a NUL character" if bad.group() == "\x00" else "an unpaired surrogate"
@@ -501,6 +509,10 @@ def prepare_message_dict(
     )
 
 
+_ROLE_AND_CONTENT: Final = frozenset({"role", "content"})
+_ROLES_WITHOUT_CALL_ID: Final = ROLES - {"tool"}
+
+
 def prepare_batch(
     messages: object,
     *,
@@ -514,6 +526,24 @@ def prepare_batch(
     rows: list[MessageRow] = []
     keys: set[str] = set()
     for index, message in enumerate(messages):
+        # The common batch message, {"role": ..., "content": "..."} with a role that needs no
+        # tool_call_id, takes a shortcut with the same checks and result as prepare_message_dict
+        # (tests/unit/test_validation.py compares them): its keyword-argument calls were ~60 % of a
+        # batch's client CPU (cProfile of save_messages, 100 messages: 5.5 µs per message).
+        if type(message) is dict and message.keys() <= _ROLE_AND_CONTENT:
+            role, content = message.get("role"), message.get("content")
+            if (
+                type(role) is str
+                and role in _ROLES_WITHOUT_CALL_ID
+                and type(content) is str
+                and (_storable_ascii(content) or _UNSTORABLE.search(content) is None)
+                and not _too_large(content, max_content_bytes)
+            ):
+                tokens = count_tokens(content) if content else 0
+                rows.append(MessageRow(role, content, None, None, None, None, tokens, None))
+                if len(rows) > max_batch:
+                    raise InvalidInput("messages", f"a batch holds at most {max_batch} messages")
+                continue
         row = prepare_message_dict(
             message,
             max_content_bytes=max_content_bytes,

@@ -245,3 +245,50 @@ def test_batch_repeated_key_is_refused() -> None:
 def test_batch_accepts_generators_and_keeps_order() -> None:
     rows = batch({"role": "user", "content": str(i)} for i in range(5))
     assert [r.content for r in rows] == ["0", "1", "2", "3", "4"]
+
+
+def test_a_batchs_plain_messages_shortcut_gives_what_the_general_path_gives() -> None:
+    """prepare_batch's shortcut for {"role", "content"} dicts: the same rows, and every message it
+    must not take (a tool role, no content, bad text, too large, extra keys) still gets the
+    general path's answer, errors included."""
+    from convdb.validation import prepare_batch, prepare_message_dict
+
+    def general(messages: list[object]) -> list[object]:
+        return [
+            prepare_message_dict(m, max_content_bytes=64, count_tokens=len, index=i)
+            for i, m in enumerate(messages)
+        ]
+
+    def batch(messages: list[object]) -> list[object]:
+        return list(prepare_batch(messages, max_content_bytes=64, count_tokens=len, max_batch=100))
+
+    fine: list[object] = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": ""},
+        {"role": "system", "content": "é" * 16},  # 32 bytes of UTF-8
+        {"content": "x", "role": "user"},
+        {"role": "user"},  # no content: the general path
+        {"role": "tool", "content": "x", "tool_call_id": "c1"},
+        {"role": "user", "content": "x", "metadata": {"a": 1}},
+    ]
+    assert batch(fine) == general(fine)
+    for bad, field in [
+        ({"role": "tool", "content": "x"}, "tool_call_id"),
+        ({"role": "wizard", "content": "x"}, "role"),
+        ({"role": ["user"], "content": "x"}, "role"),
+        ({"content": "x"}, "role"),
+        ({"role": "user", "content": "a\x00b"}, "content"),
+        ({"role": "user", "content": "\ud800"}, "content"),
+        ({"role": "user", "content": "é" * 33}, "content"),  # 66 bytes > 64
+        ({"role": "user", "content": 5}, "content"),
+    ]:
+        with pytest.raises(InvalidInput) as via_batch:
+            batch([{"role": "user", "content": "ok"}, bad])
+        with pytest.raises(InvalidInput) as via_general:
+            general([{"role": "user", "content": "ok"}, bad])
+        assert (via_batch.value.field, via_batch.value.index) == (field, 1)
+        assert str(via_batch.value) == str(via_general.value)
+    with pytest.raises(InvalidInput, match="at most 2 messages"):
+        prepare_batch(
+            [{"role": "user", "content": "x"}] * 3, max_content_bytes=64, count_tokens=len, max_batch=2
+        )
