@@ -714,24 +714,38 @@ SELECT s.through_seq, s.role, s.content, s.token_count, s.metadata, s.created_at
 
 -- name: usage_report_user
 -- Usage of user $1's messages with $2 <= created_at < $3, per day in time zone $4 and per model
--- (only model $5 when it is not NULL), grouped four ways in one pass (GROUPING SETS): per (day,
--- model), per day, per model, and the total, which is always one row (zeros when nothing
--- matched). The user's conversations come from conversations_user_id, their messages with usage
--- in the range from the partial index messages_usage.
-SELECT GROUPING(u.day) = 1 AS all_days, GROUPING(u.model) = 1 AS all_models, u.day, u.model,
-       count(u.input_tokens) AS messages, coalesce(sum(u.input_tokens), 0) AS input_tokens,
-       coalesce(sum(u.output_tokens), 0) AS output_tokens, coalesce(sum(u.cached_tokens), 0) AS cached_tokens,
-       coalesce(sum(u.reasoning_tokens), 0) AS reasoning_tokens, sum(u.cost) AS cost,
-       sum(u.latency_ms) AS latency_ms, true AS owned
-  FROM (
-        SELECT (m.created_at AT TIME ZONE $4::text)::date AS day, m.model, m.input_tokens,
-               m.output_tokens, m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
+-- (only model $5 when it is not NULL), grouped four ways (GROUPING SETS): per (day, model), per
+-- day, per model, and the total, which is always one row (zeros when nothing matched). The user's
+-- conversations come from conversations_user_id, their messages with usage in the range from the
+-- partial index messages_usage. Two stages: the messages are summed per (day, model) in a
+-- MATERIALIZED CTE, and the four groupings roll those few rows up. Citus refuses GROUPING SETS in
+-- a query over several shards ("could not run distributed query with GROUPING"); this way the CTE
+-- is the distributed part (summed on each shard, combined on the coordinator) and the rollup runs
+-- on the coordinator over its result. One text for both engines: on PostgreSQL too the rollup of
+-- a few (day, model) rows beats four hash keys over every message (200k messages of one user:
+-- 118 ms against 203 ms for one GROUPING SETS pass, medians of 7, PG 15). Sums of sums are cast
+-- back to the one-stage types (sum(bigint) is numeric): the rows are the same values of the same
+-- types (tests/agent/test_usage_report.py compares both shapes).
+WITH per_day_model AS MATERIALIZED (
+        SELECT (m.created_at AT TIME ZONE $4::text)::date AS day, m.model,
+               count(m.input_tokens) AS messages, sum(m.input_tokens) AS input_tokens,
+               sum(m.output_tokens) AS output_tokens, sum(m.cached_tokens) AS cached_tokens,
+               sum(m.reasoning_tokens) AS reasoning_tokens, sum(m.cost) AS cost,
+               sum(m.latency_ms) AS latency_ms
           FROM conversations c
           JOIN messages m ON m.conversation_id = c.id
          WHERE c.user_id = $1 AND m.input_tokens IS NOT NULL
            AND m.created_at >= $2 AND m.created_at < $3
            AND ($5::text IS NULL OR m.model = $5::text)
-       ) u
+         GROUP BY 1, 2
+)
+SELECT GROUPING(u.day) = 1 AS all_days, GROUPING(u.model) = 1 AS all_models, u.day, u.model,
+       coalesce(sum(u.messages), 0)::bigint AS messages, coalesce(sum(u.input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(u.output_tokens), 0)::bigint AS output_tokens,
+       coalesce(sum(u.cached_tokens), 0)::bigint AS cached_tokens,
+       coalesce(sum(u.reasoning_tokens), 0)::bigint AS reasoning_tokens, sum(u.cost) AS cost,
+       sum(u.latency_ms)::bigint AS latency_ms, true AS owned
+  FROM per_day_model u
  GROUP BY GROUPING SETS ((u.day, u.model), (u.day), (u.model), ())
  ORDER BY all_days, all_models, u.day, u.model;
 
