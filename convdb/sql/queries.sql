@@ -234,12 +234,6 @@ SELECT jsonb_build_object(
 -- (compatible_from arrives with version 2), and the check must read every version's table.
 SELECT to_jsonb(v)::text FROM convdb_schema_version v
 
--- name: set_rls_user
--- Only with ConversationStore(row_level_security=True): the first statement of every transaction,
--- naming the user the policies of schema_rls.sql admit. is_local = true: the setting ends with the
--- transaction, so a pooled (or PgBouncer-shared) connection never carries it to another user.
-SELECT set_config('convdb.user_id', $1, true)
-
 -- =============================================================================================
 -- Agent features: model-ready windows, one-round-trip turns, conversation management, erasure,
 -- export and import. The same rules as above: ownership in the same statement, seq from the
@@ -854,7 +848,11 @@ SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.cr
 -- not this user's conversation; a NULL seq = no such message. Not a message write: next_seq and
 -- updated_at are left alone. $1 is spelled on every relation and is the inserted distribution
 -- value, so on Citus every step runs on the conversation's shard. A replaced row's updated_at is
--- the proposed row's default (now()): Citus refuses now() itself in DO UPDATE SET.
+-- the proposed row's default (now()): Citus refuses now() itself in DO UPDATE SET. The answer is
+-- the saved row, else (UNION ALL) the conversation's NULL row: no outer join of conversations with
+-- the saved step, which Citus on PostgreSQL 15/16 cannot plan under row-level security (the
+-- policy's user_id = current_setting(...) next to user_id = $2 gives a pseudoconstant qual:
+-- "Distributed queries with outer joins and pseudoconstant quals are not supported").
 WITH target AS (
     SELECT m.seq
       FROM conversations c
@@ -869,9 +867,12 @@ WITH target AS (
     RETURNING seq, rating, comment, tags, inherited, created_at, updated_at
 )
 SELECT s.seq, s.rating, s.comment, s.tags, s.inherited, s.created_at, s.updated_at
+  FROM saved s
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM conversations c
-  LEFT JOIN saved s ON true
- WHERE c.id = $1 AND c.user_id = $2;
+ WHERE c.id = $1 AND c.user_id = $2
+   AND NOT EXISTS (SELECT 1 FROM saved);
 
 -- name: clear_feedback
 -- Rows back: none = not this user's conversation; otherwise how many were deleted (0 or 1).

@@ -193,7 +193,7 @@ async def test_guarded_writes_cost_no_extra_round_trip_through_the_coordinator(
     steps the coordinator runs itself are no round trips of the client's (the routing of the
     statements is checked by tests/core/test_citus.py)."""
     store, log = logged
-    log.count_client_statements_only()
+    await log.count_client_statements_only(store)
     await _guarded_round_trips(store, log)
 
 

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from convdb import ConversationNotFound, ConversationStore, InvalidInput, build_message_array
+from convdb.runner import set_rls_user
 from tests.agent.test_agent_round_trips import StatementLog, _count, logged
 
 __all__ = ["logged"]  # the fixture, imported for pytest
@@ -281,7 +282,7 @@ async def test_summarized_reads_and_turns_take_one_round_trip_through_the_coordi
 ) -> None:
     """The Citus twin: one statement from the client to the coordinator per call, as on one node."""
     store, log = logged
-    log.count_client_statements_only()
+    await log.count_client_statements_only(store)
     await _summarized_round_trips(store, log)
 
 
@@ -302,7 +303,6 @@ async def _summarized_round_trips(store: ConversationStore, log: StatementLog) -
     assert counts == dict.fromkeys(single, 1)
 
 
-@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses its messages policy")
 async def test_raw_sql_under_the_app_role_cannot_reach_another_users_summaries(
     dsn: str, db: asyncpg.Connection
 ) -> None:
@@ -317,12 +317,12 @@ async def test_raw_sql_under_the_app_role_cannot_reach_another_users_summaries(
     try:
         assert await conn.fetchval("SELECT count(*) FROM conversation_summaries") == 0
         async with conn.transaction():
-            await conn.execute("SELECT set_config('convdb.user_id', 'mallory', true)")
+            await conn.execute(set_rls_user("mallory"))
             assert await conn.fetchval("SELECT count(*) FROM conversation_summaries") == 0
             assert await conn.execute("DELETE FROM conversation_summaries") == "DELETE 0"
         forge = "INSERT INTO conversation_summaries (conversation_id, through_seq, content) VALUES ($1, 3, 'forged')"
         async with conn.transaction():
-            await conn.execute("SELECT set_config('convdb.user_id', 'mallory', true)")
+            await conn.execute(set_rls_user("mallory"))
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the policy's WITH CHECK
                 await conn.execute(forge, cid)
     finally:

@@ -307,7 +307,7 @@ async def test_a_report_is_one_round_trip_through_the_coordinator(
 ) -> None:
     """The Citus twin: one statement from the client to the coordinator per report, as on one node."""
     store, log = logged
-    log.count_client_statements_only()
+    await log.count_client_statements_only(store)
     await _report_round_trips(store, log)
 
 
