@@ -9,8 +9,8 @@ help:
 	@echo "make types           mypy --strict over convdb, tests, benchmarks and tools"
 	@echo "make test            the whole test suite (python -m pytest), as the README says"
 	@echo "make test-pgbouncer  the database tests again, every store through PgBouncer"
-	@echo "make test-citus      the database tests again on a 3-node Citus cluster (.ci/citus.sh builds Citus)"
-	@echo "make test-citus-engine  the Citus-only tests on that cluster (what CI runs)"
+	@echo "make test-citus      the database tests again on a 3-node Citus cluster (what CI runs; .ci/citus.sh builds Citus)"
+	@echo "make test-citus-engine  the Citus-only tests on that cluster (a quick subset of test-citus)"
 	@echo "make check           lint, types, test, test-pgbouncer, conformance: what CI runs (with the Citus tests)"
 	@echo "make bench-quick     the three-minute benchmark on the embedded server (needs .[bench])"
 	@echo "make conformance     the frameworks' own test suites against the adapters (.[conformance])"
@@ -65,6 +65,6 @@ conformance:
 
 # The Citus-only tests alone (one router task per conversation-scoped statement, EXPLAIN twins,
 # user-wide correctness across shards, schema_citus.sql and the command's output, a batch killed on
-# its worker backend): what CI runs (the full test-citus rerun is not yet green: docs/citus.md, Status).
+# its worker backend): a quick subset of test-citus, which CI runs whole.
 test-citus-engine:
 	CONVDB_TEST_CITUS=1 python -m pytest tests/core/test_citus.py

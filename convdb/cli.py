@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rls",
         action="store_true",
         help="append schema_rls.sql: the least-privilege role convdb_app and "
-        "row-level security (apply as the tables' owner)",
+        "row-level security (apply as the tables' owner; with --citus it comes after schema_citus.sql)",
     )
     schema.add_argument(
         "--citus",

@@ -221,7 +221,18 @@ def translate(exc: BaseException) -> BaseException:
     return translated
 
 
+_RLS_CONFLICT: Final = "violates row-level security policy (USING expression)"
+
+
 def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncpg.exceptions.InsufficientPrivilegeError) and _RLS_CONFLICT in str(exc):
+        # Row-level security's check of the row an upsert would update (ON CONFLICT DO UPDATE: the
+        # policy's USING on the existing row). convdb's upserts of a conversation
+        # (get_or_create_conversation_locked, import_conversation_row) filter another user's row
+        # out in their WHERE; PostgreSQL 16 evaluates that WHERE first and returns no row, while
+        # 15 (15.20, and so Citus 13.2 on it) checks the policy first and raises this. Either way
+        # the id is another user's: the same answer as for an unknown id.
+        return ConversationNotFound()
     if isinstance(exc, asyncpg.exceptions.LockNotAvailableError):
         # 55P03: lock_timeout ran out (convdb never uses NOWAIT, the other source of this code).
         return QueryTimeout(f"gave up waiting for a lock (lock_timeout): {exc}")

@@ -122,13 +122,15 @@ MIGRATIONS: tuple[Migration, ...] = load_migrations(_SQL / "migrations")
 
 def fresh_install_sql(*, row_level_security: bool = False, citus: bool = False) -> str:
     """``schema.sql`` (the fresh install of this package's schema version), followed by
-    ``schema_rls.sql`` when ``row_level_security``, then ``schema_citus.sql`` (the distribution
-    over a Citus cluster, applied on the coordinator) when ``citus``."""
+    ``schema_citus.sql`` (the distribution over a Citus cluster, applied on the coordinator) when
+    ``citus``, then ``schema_rls.sql`` when ``row_level_security``: after the distribution, since
+    Citus refuses to distribute a table whose policies have subqueries, and schema_rls.sql writes
+    its Citus rule only where the tables are Citus's (docs/citus.md, "Row-level security")."""
     text = (_SQL / "schema.sql").read_text(encoding="utf-8")
-    if row_level_security:
-        text += "\n" + (_SQL / "schema_rls.sql").read_text(encoding="utf-8")
     if citus:
         text += "\n" + (_SQL / "schema_citus.sql").read_text(encoding="utf-8")
+    if row_level_security:
+        text += "\n" + (_SQL / "schema_rls.sql").read_text(encoding="utf-8")
     return text
 
 

@@ -22,12 +22,10 @@ import asyncpg
 
 from .errors import ConvDBError, DatabaseUnavailable, PoolTimeout, QueryTimeout, WrongEventLoop, translate
 from .ops import Begin, Conn, autocommit, begin
-from .sql import QUERIES
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
-_SET_RLS_USER: Final = QUERIES["set_rls_user"]
 _CANCEL_GRACE_SECONDS: Final = 5.0
 # How often a call forwarded to the owning loop checks that the loop still runs: a loop stopped
 # with loop.stop() never completes (nor cancels) the forwarded task, so waiting on it alone would
@@ -343,6 +341,24 @@ async def _forward(
     return waiter.result()
 
 
+def set_rls_user(user_id: str) -> str:
+    """The first statement of every transaction with ``row_level_security``: ``SET LOCAL
+    convdb.user_id``, the user the policies of schema_rls.sql admit. Transaction-local: it ends
+    with the transaction, so a pooled (or PgBouncer-shared) connection never carries it to another
+    user.
+
+    ``SET LOCAL`` rather than ``set_config(..., true)``: on Citus only a SET statement reaches the
+    workers, which evaluate the policies on the shards (with ``citus.propagate_set_commands =
+    'local'``, which schema_rls.sql sets there); PostgreSQL reads both the same way. SET takes no
+    parameter, so the validated id (1 to 255 characters, no NUL) is written as an escape string
+    literal, its backslashes and quotes escaped: E'' strings mean the same whatever
+    standard_conforming_strings says. The only convdb statement with a value in its text
+    (tests/security/test_security_rls_setting.py sends hostile ids through it). One round trip,
+    as the prepared set_config was."""
+    escaped = user_id.replace("\\", "\\\\").replace("'", "\\'")
+    return f"SET LOCAL convdb.user_id = E'{escaped}'"
+
+
 def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn], Awaitable[T]]:
     """``op`` in a transaction that first sets ``convdb.user_id`` (transaction-local) for RLS.
 
@@ -354,7 +370,7 @@ def _as_user(op: Callable[[Conn], Awaitable[T]], user_id: str) -> Callable[[Conn
 
     async def run(conn: Conn) -> T:
         async with begin(conn):
-            await conn.execute(_SET_RLS_USER, user_id)
+            await conn.execute(set_rls_user(user_id))
             return await op(conn)
 
     return run
@@ -368,7 +384,7 @@ def _user_begin(user_id: str) -> Begin:
         nested = conn.is_in_transaction()
         async with begin(conn):
             if not nested:
-                await conn.execute(_SET_RLS_USER, user_id)
+                await conn.execute(set_rls_user(user_id))
             yield
 
     def factory(conn: Conn) -> AbstractAsyncContextManager[Any]:

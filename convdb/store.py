@@ -131,9 +131,10 @@ class ConversationStore:
       carries an idempotency key (the key makes the retry exactly-once); also the delete steps of
       ``delete_user_data``, which are idempotent deletes.
     - ``row_level_security``: for databases with ``schema_rls.sql`` applied. Every operation runs
-      in a transaction that first sets ``convdb.user_id`` transaction-locally (``set_config(...,
-      true)``), which the policies key on: three more round trips per single-statement operation
-      (BEGIN, the setting, COMMIT), one more per batch. Off by default, and then it costs nothing.
+      in a transaction that first sets ``convdb.user_id`` transaction-locally (``SET LOCAL``, which
+      also reaches Citus's workers), which the policies key on: three more round trips per
+      single-statement operation (BEGIN, the setting, COMMIT), one more per batch. Off by
+      default, and then it costs nothing.
     - ``encryption``: a ``convdb.keys.KeyProvider`` (``StaticKeys``, or your KMS adapter) turns on
       client-side encryption of message content, tool_calls and metadata and of conversation
       titles and metadata (AES-256-GCM under per-user data keys; docs/data-protection.md). Needs

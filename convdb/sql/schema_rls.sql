@@ -19,19 +19,36 @@
 --   * Row-level security on conversations and messages for members of convdb_app: a row is visible
 --     and writable only while the transaction-local setting convdb.user_id equals its owner. With
 --     row_level_security=True convdb begins every operation with
---     SELECT set_config('convdb.user_id', <user_id>, true): transaction-local, so it ends at COMMIT
+--     SET LOCAL convdb.user_id = <user_id>: transaction-local, so it ends at COMMIT
 --     and never leaks to the next user of a pooled or PgBouncer-shared connection. Without the
 --     setting (or after the transaction) nothing is visible: RLS fails closed.
 --
 -- convdb already checks ownership in every statement (WHERE id = $1 AND user_id = $2); this is a
 -- second, independent wall for deployments where other code also connects with the app role.
--- Cost: each single-statement operation becomes BEGIN, set_config, statement, COMMIT (see the
+-- Cost: each single-statement operation becomes BEGIN, SET LOCAL, statement, COMMIT (see the
 -- README's Guarantees section for the measured figure). Table owners and superusers bypass RLS,
 -- so migrations and DBA work are unaffected.
+--
+-- On Citus (docs/citus.md, "Row-level security"): apply it on the coordinator AFTER
+-- schema_citus.sql. Citus refuses subqueries in the policies of distributed tables, so where the
+-- citus extension is installed the per-message rule is a function, convdb_conversation_owner(),
+-- created here, instead of the EXISTS subquery; and Citus carries a transaction's SET LOCAL to the
+-- workers only with citus.propagate_set_commands = 'local', which this file sets on the database.
+-- convdb sends the user as SET LOCAL convdb.user_id = ..., which both engines read the same way.
 --
 -- Idempotent: running it again changes nothing.
 
 BEGIN;
+
+-- Citus: one connection per worker for this whole transaction (citus.multi_shard_modify_mode), as
+-- Citus requires to create the function of R3 after the policies' parallel DDL on the shards.
+DO $$
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- R1. The application role (cluster-wide; created once, granted per database below)
@@ -70,17 +87,45 @@ CREATE POLICY convdb_conversations_owner ON conversations
     USING (user_id = current_setting('convdb.user_id', true))
     WITH CHECK (user_id = current_setting('convdb.user_id', true));
 
--- A message belongs to whoever owns its conversation. The subquery is itself filtered by the
--- conversations policy, and is one primary-key probe per message row.
+-- A message belongs to whoever owns its conversation. On PostgreSQL the rule is a subquery, itself
+-- filtered by the conversations policy, one primary-key probe per message row. On Citus, which
+-- refuses subqueries in policies, it is convdb_conversation_owner(conversation_id), the same probe
+-- in a SQL function: on a worker it reads the conversation's co-located shard on the same node (a
+-- nested, local execution, hence the function's citus.allow_nested_distributed_execution).
+DO $$
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN  -- the citus extension
+        EXECUTE format($f$
+            CREATE OR REPLACE FUNCTION %1$I.convdb_conversation_owner(conversation_id text) RETURNS text
+                LANGUAGE sql STABLE
+                SET citus.allow_nested_distributed_execution = on
+                AS 'SELECT c.user_id FROM %1$I.conversations c WHERE c.id = $1'
+        $f$, current_schema());
+        EXECUTE format('ALTER DATABASE %I SET citus.propagate_set_commands = %L', current_database(), 'local');
+    END IF;
+END
+$$;
+
 DROP POLICY IF EXISTS convdb_messages_owner ON messages;
-CREATE POLICY convdb_messages_owner ON messages
-    FOR ALL TO convdb_app
-    USING (EXISTS (SELECT FROM conversations c
-                    WHERE c.id = messages.conversation_id
-                      AND c.user_id = current_setting('convdb.user_id', true)))
-    WITH CHECK (EXISTS (SELECT FROM conversations c
-                         WHERE c.id = messages.conversation_id
-                           AND c.user_id = current_setting('convdb.user_id', true)));
+DO $$
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        CREATE POLICY convdb_messages_owner ON messages
+            FOR ALL TO convdb_app
+            USING (convdb_conversation_owner(messages.conversation_id) = current_setting('convdb.user_id', true))
+            WITH CHECK (convdb_conversation_owner(messages.conversation_id) = current_setting('convdb.user_id', true));
+    ELSE
+        CREATE POLICY convdb_messages_owner ON messages
+            FOR ALL TO convdb_app
+            USING (EXISTS (SELECT FROM conversations c
+                            WHERE c.id = messages.conversation_id
+                              AND c.user_id = current_setting('convdb.user_id', true)))
+            WITH CHECK (EXISTS (SELECT FROM conversations c
+                                 WHERE c.id = messages.conversation_id
+                                   AND c.user_id = current_setting('convdb.user_id', true)));
+    END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- R4. conversation_summaries (schema version 3 and later): the same grants and rule as messages.
@@ -96,6 +141,15 @@ BEGIN
     GRANT SELECT, INSERT, UPDATE, DELETE ON conversation_summaries TO convdb_app;
     ALTER TABLE conversation_summaries ENABLE ROW LEVEL SECURITY;
     DROP POLICY IF EXISTS convdb_summaries_owner ON conversation_summaries;
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN  -- Citus: see R3
+        CREATE POLICY convdb_summaries_owner ON conversation_summaries
+            FOR ALL TO convdb_app
+            USING (convdb_conversation_owner(conversation_summaries.conversation_id)
+                   = current_setting('convdb.user_id', true))
+            WITH CHECK (convdb_conversation_owner(conversation_summaries.conversation_id)
+                        = current_setting('convdb.user_id', true));
+        RETURN;
+    END IF;
     CREATE POLICY convdb_summaries_owner ON conversation_summaries
         FOR ALL TO convdb_app
         USING (EXISTS (SELECT FROM conversations c
@@ -118,14 +172,23 @@ BEGIN
         GRANT SELECT, INSERT, UPDATE, DELETE ON message_feedback TO convdb_app;
         ALTER TABLE message_feedback ENABLE ROW LEVEL SECURITY;
         DROP POLICY IF EXISTS convdb_feedback_owner ON message_feedback;
-        CREATE POLICY convdb_feedback_owner ON message_feedback
-            FOR ALL TO convdb_app
-            USING (EXISTS (SELECT FROM conversations c
-                            WHERE c.id = message_feedback.conversation_id
-                              AND c.user_id = current_setting('convdb.user_id', true)))
-            WITH CHECK (EXISTS (SELECT FROM conversations c
-                                 WHERE c.id = message_feedback.conversation_id
-                                   AND c.user_id = current_setting('convdb.user_id', true)));
+        IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN  -- Citus: see R3
+            CREATE POLICY convdb_feedback_owner ON message_feedback
+                FOR ALL TO convdb_app
+                USING (convdb_conversation_owner(message_feedback.conversation_id)
+                       = current_setting('convdb.user_id', true))
+                WITH CHECK (convdb_conversation_owner(message_feedback.conversation_id)
+                            = current_setting('convdb.user_id', true));
+        ELSE
+            CREATE POLICY convdb_feedback_owner ON message_feedback
+                FOR ALL TO convdb_app
+                USING (EXISTS (SELECT FROM conversations c
+                                WHERE c.id = message_feedback.conversation_id
+                                  AND c.user_id = current_setting('convdb.user_id', true)))
+                WITH CHECK (EXISTS (SELECT FROM conversations c
+                                     WHERE c.id = message_feedback.conversation_id
+                                       AND c.user_id = current_setting('convdb.user_id', true)));
+        END IF;
     END IF;
 END
 $$;

@@ -9,8 +9,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from convdb import ConversationNotFound, ConversationStore
+from convdb import ConversationNotFound, ConversationStore, TransientError
 from convdb.records import Message
+from tests.support.fix_server import ENGINE
 
 U = "alice"
 
@@ -111,13 +112,38 @@ async def test_pop_returns_newest_then_none(store: ConversationStore) -> None:
     assert (await store.save_message(cid, U, "user", "new")).seq == 3  # seq never reused
 
 
+def _false_distributed_deadlocks(results: list[Any]) -> int:
+    """How many calls Citus cancelled as a distributed deadlock that is none; any other failure,
+    and any failure at all on PostgreSQL, is raised.
+
+    Every call here takes the one conversation row's lock first, so the waits form a queue on
+    that row and no cycle exists (PostgreSQL waits them out). Citus 13.2's detector merges every
+    worker backend that is not in a distributed transaction (a single-statement router query:
+    a pop's first try, a single-shard UPDATE) into one node of its wait graph, so a queue of
+    local / distributed / local / distributed waiters reads as a cycle and the distributed one
+    (a pop's locked re-run, an append's multi-step statement) is cancelled (docs/citus.md,
+    "Distributed deadlock detection"; reproduced by tests/core/test_citus.py). The cancelled call
+    raises the documented TransientError and commits nothing: the callers below prove it."""
+    failed = [r for r in results if isinstance(r, BaseException)]
+    for exc in failed:
+        if ENGINE != "citus" or not isinstance(exc, TransientError) or "distributed deadlock" not in str(exc):
+            raise exc
+    return len(failed)
+
+
 async def test_concurrent_pops_never_return_the_same_message(store: ConversationStore) -> None:
     cid = await _conv(store, 30)
-    results = await asyncio.gather(*(store.pop_last_message(cid, U) for _ in range(40)))
-    popped = [m for m in results if m is not None]
-    assert sorted(m.seq for m in popped) == list(range(1, 31))
-    assert results.count(None) == 10
-    assert await store.count_messages(cid, U) == 0
+    results = await asyncio.gather(
+        *(store.pop_last_message(cid, U) for _ in range(40)), return_exceptions=True
+    )
+    cancelled = _false_distributed_deadlocks(results)
+    popped = [m for m in results if isinstance(m, Message)]
+    # No appends: once a pop found the conversation empty it stays empty. Every call that was not
+    # cancelled popped one message while there was one, then returned None.
+    assert len({m.seq for m in popped}) == len(popped) == min(30, 40 - cancelled)
+    assert results.count(None) == max(0, 10 - cancelled)
+    remaining = await store.get_history(cid, U, limit=1000)
+    assert sorted([m.seq for m in popped] + [m.seq for m in remaining]) == list(range(1, 31))
 
 
 async def test_pops_racing_appends_always_pop_the_newest(store: ConversationStore) -> None:
@@ -129,14 +155,21 @@ async def test_pops_racing_appends_always_pop_the_newest(store: ConversationStor
     async def append(i: int) -> Message:
         return await store.save_message(cid, U, "user", f"a{i}")
 
-    results = await asyncio.gather(*(pop() if i % 2 else append(i) for i in range(40)))
-    popped = [r for r in results[1::2] if r is not None]
+    results = await asyncio.gather(
+        *(pop() if i % 2 else append(i) for i in range(40)), return_exceptions=True
+    )
+    _false_distributed_deadlocks(results)
+    popped = [r for r in results[1::2] if isinstance(r, Message)]
+    appended = [r for r in results[0::2] if isinstance(r, Message)]
     assert len({m.seq for m in popped}) == len(popped)
     remaining = await store.get_history(cid, U, limit=1000)
-    # everything is accounted for exactly once: stored = remaining + popped
-    stored = 5 + 20
-    assert len(remaining) + len(popped) == stored
-    assert not {m.seq for m in remaining} & {m.seq for m in popped}
+    # everything is accounted for exactly once: stored (the 5, then every append that returned;
+    # a cancelled one stored nothing) = remaining + popped
+    stored = [1, 2, 3, 4, 5] + [m.seq for m in appended]
+    assert sorted([m.seq for m in remaining] + [m.seq for m in popped]) == sorted(stored)
+    assert {m.seq: m.content for m in appended}.items() <= {
+        m.seq: m.content for m in [*remaining, *popped]
+    }.items()
 
 
 async def test_pop_waiting_behind_an_append_pops_that_append(

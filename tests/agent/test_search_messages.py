@@ -17,6 +17,7 @@ from convdb.records import MARK_END, MARK_START
 from convdb.search import INDEXED_CHARS, build_search
 from convdb.testing import apply_schema
 from tests.security.test_security_isolation import INJECTION_CORPUS
+from tests.support.fix_server import ENGINE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -247,7 +248,14 @@ async def test_with_the_optional_index_search_uses_it_and_long_messages_still_ap
         )
     await db.execute("ANALYZE")
     built = build_search("alice", "fushimi")
-    async with store.pool.acquire() as conn:
+    async with store.pool.acquire() as conn, conn.transaction():
+        if ENGINE == "citus":
+            # Each shard's planner decides on its own statistics (here 32 small shards, where a
+            # sequential scan wins): with sequential scans off on the workers (a SET LOCAL that
+            # Citus carries to them), the plan shows the index exists on the shards and serves.
+            await conn.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+            await conn.execute("SET LOCAL citus.explain_all_tasks = on")
+            await conn.execute("SET LOCAL enable_seqscan = off")
         plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + built.sql, *built.args)
     assert "messages_content_search" in plan
     # A message whose text is past the indexed prefix is stored (a full tsvector would exceed 1 MB).

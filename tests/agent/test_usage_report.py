@@ -222,6 +222,34 @@ async def test_report_per_conversation_model_and_time_zone(
     assert str(foreign.value) == str(unknown.value)
 
 
+async def test_the_two_stage_user_report_equals_the_one_stage_conversation_report(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """usage_report_user sums per (day, model) first and rolls up after (Citus refuses GROUPING
+    SETS over several shards); usage_report_conversation groups the messages in one pass. For a
+    user with one conversation both must give the same rows, value for value and type for type,
+    on both engines: NULL costs, several days and models, a time zone, a model filter, an empty
+    range."""
+    a, _ = await _seed(store, db)
+    await db.execute("DELETE FROM conversations WHERE user_id = $1 AND id <> $2", U, a)
+
+    def typed(records: list[asyncpg.Record]) -> list[list[tuple[type, object]]]:
+        return [[(type(v), v) for k, v in r.items() if k != "owned"] for r in records]
+
+    empty = {"since": datetime(2020, 1, 1, tzinfo=UTC), "until": datetime(2020, 2, 1, tzinfo=UTC)}
+    for window, time_zone, model in [
+        (MARCH, "UTC", None),
+        (MARCH, "Europe/Paris", None),
+        (MARCH, "Asia/Tokyo", "m1"),
+        (empty, "UTC", None),
+    ]:
+        args = (U, window["since"], window["until"], time_zone, model)
+        two_stage = await db.fetch(QUERIES["usage_report_user"], *args)
+        one_stage = await db.fetch(QUERIES["usage_report_conversation"], *args, a)
+        assert typed(two_stage) == typed(one_stage), (time_zone, model)
+        assert len(one_stage) > 1 or window is empty
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -265,8 +293,25 @@ async def test_the_report_reads_the_partial_usage_index(db: asyncpg.Connection) 
         assert "messages_usage" in json.dumps(plan), (name, plan)
 
 
+@pytest.mark.engine_specific("postgresql", "counts every statement of the database in one node's server log")
 async def test_a_report_is_one_round_trip(logged: tuple[ConversationStore, StatementLog]) -> None:
+    """Counted from the single node's log, every statement of the test's database. On Citus the
+    coordinator also logs the rollup it runs over the per-shard sums: the twin counts the store's
+    backend."""
+    await _report_round_trips(*logged)
+
+
+@pytest.mark.engine_specific("citus", "counts the client's statements in the coordinator's log")
+async def test_a_report_is_one_round_trip_through_the_coordinator(
+    logged: tuple[ConversationStore, StatementLog],
+) -> None:
+    """The Citus twin: one statement from the client to the coordinator per report, as on one node."""
     store, log = logged
+    await log.count_client_statements_only(store)
+    await _report_round_trips(store, log)
+
+
+async def _report_round_trips(store: ConversationStore, log: StatementLog) -> None:
     cid = (await store.get_or_create_conversation(None, U)).id
     await store.save_message(cid, U, "assistant", "a", usage=GPT)
     window: _Range = {

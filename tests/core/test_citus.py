@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from convdb import ConvDBError, ConversationNotFound, ConversationStore
+from convdb import ConvDBError, ConversationNotFound, ConversationStore, TransientError
 from convdb.listing import build_listing
 from convdb.sql import QUERIES
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
@@ -92,7 +92,10 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
         9,
     ),
     "save_summary": (("c1", "u1", 1, "system", "summary", None, 1), 4),
-    "set_feedback": (("c1", "u1", 1, 1, None, []), 2),
+    # The answer is the saved row UNION ALL the conversation's NULL row (an outer join of
+    # conversations with the saved step is refused under row-level security on PG 15/16): one
+    # more step, still on the one shard.
+    "set_feedback": (("c1", "u1", 1, 1, None, []), 3),
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
 USER_WIDE = {
@@ -111,7 +114,7 @@ USER_WIDE = {
 # next to the hot path, which on the fork is single-shard again (the copy lives with the fork).
 TWO_CONVERSATIONS = {"fork_conversation", "fork_create", "fork_copy"}
 # Not about conversations' rows: the catalog report, the reference-table version, a setting.
-NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation", "set_rls_user"}
+NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation"}
 
 
 def test_every_statement_is_classified() -> None:
@@ -533,3 +536,76 @@ async def test_batch_is_all_or_nothing_when_its_worker_backend_is_killed(
                 await store.pool.release(c)
         saved = await store.save_messages(conv.id, "alice", batch[:3])
         assert [m.seq for m in saved] == [1, 2, 3]
+
+
+async def _conversation_shard(
+    db: asyncpg.Connection, pg_server: Server, conversation_id: str
+) -> tuple[int, str]:
+    """The index (in ``Server.citus.workers``) of the worker holding the conversation's row, and
+    its conversations shard's name there."""
+    assert pg_server.citus is not None
+    row = await db.fetchrow(
+        "SELECT s.shard_name::text AS shard, s.nodeport FROM citus_shards s "
+        "WHERE s.shardid = get_shard_id_for_distribution_column('conversations', $1::text)",
+        conversation_id,
+    )
+    assert row is not None
+    return [w.port for w in pg_server.citus.workers].index(row["nodeport"]), str(row["shard"])
+
+
+@citus_only
+async def test_a_queue_on_one_row_is_cancelled_as_a_distributed_deadlock(
+    pg_server: Server, db: asyncpg.Connection, db_name: str
+) -> None:
+    """Why the concurrent pop tests (tests/agent/test_agent_management.py) accept TransientError
+    on Citus: Citus 13.2's distributed deadlock detector cancels a plain lock queue.
+
+    A session on the worker holds the conversation row (a local transaction). Then, each seen
+    waiting on the worker before the next starts: an append (save_message: several steps, so a
+    distributed transaction), a title update (one router statement: on the worker, no
+    distributed transaction), a second append. Every wait is on the one row, in queue order: no
+    cycle, and PostgreSQL runs them one by one once the holder ends. Citus's wait graph merges the
+    worker's backends that are in no distributed transaction (the holder and the update) into one
+    node, so "the first append waits for the holder, the update waits for the first append" reads
+    as a cycle, and the first append is cancelled (SQLSTATE 40P01) while the holder still holds:
+    a TransientError, nothing stored. The others then complete in order. If a Citus release stops
+    doing this, this test fails at the first wait_for: docs/citus.md must then be updated."""
+    assert pg_server.citus is not None
+    async with await ConversationStore.connect(pg_server.dsn(db_name), min_size=3, max_size=3) as store:
+        cid = (await store.get_or_create_conversation(None, "alice")).id
+        index, shard = await _conversation_shard(db, pg_server, cid)
+        holder = await asyncpg.connect(pg_server.citus.worker_dsn(index, db_name))
+        watcher = await asyncpg.connect(pg_server.citus.worker_dsn(index, db_name))
+        try:
+            await holder.execute("SET citus.override_table_visibility = off")
+            await holder.execute("BEGIN")
+            await holder.execute(f"SELECT 1 FROM {shard} WHERE id = $1 FOR NO KEY UPDATE", cid)
+
+            async def waiting(n: int) -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    count = await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                    if count == n:
+                        return
+                    await asyncio.sleep(0.02)
+                raise AssertionError(f"{n} waiters never seen on the worker")
+
+            first = asyncio.create_task(store.save_message(cid, "alice", "user", "first"))
+            await waiting(1)
+            update = asyncio.create_task(store.update_conversation(cid, "alice", title="t"))
+            await waiting(2)
+            second = asyncio.create_task(store.save_message(cid, "alice", "user", "second"))
+            await waiting(3)
+            with pytest.raises(TransientError, match="distributed deadlock"):
+                await asyncio.wait_for(first, 60)
+            assert not update.done() and not second.done(), "they still wait for the holder"
+            await holder.execute("COMMIT")
+            assert (await asyncio.wait_for(update, 60)).title == "t"
+            assert (await asyncio.wait_for(second, 60)).seq == 1
+        finally:
+            await holder.close()
+            await watcher.close()
+        assert [m.content for m in await store.get_history(cid, "alice")] == ["second"]

@@ -73,7 +73,6 @@ async def test_batches_are_read_committed_whatever_the_default(dsn: str, level: 
 
 
 @pytest.mark.guarantee(12)
-@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses the messages policy's subquery")
 async def test_row_level_security_runs_every_call_read_committed(dsn: str) -> None:
     """With row_level_security every call is a READ COMMITTED transaction of convdb's own: connect
     accepts a serializable default, and concurrent single-statement writes all succeed."""

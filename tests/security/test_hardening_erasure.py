@@ -56,12 +56,7 @@ async def _wait_for_lock_wait(admin: asyncpg.Connection) -> None:
     "mode",
     [
         "plain",
-        pytest.param(
-            "row_level_security",
-            marks=pytest.mark.engine_specific(
-                "postgresql", "schema_rls.sql: Citus refuses its messages policy"
-            ),
-        ),
+        "row_level_security",
     ],
 )
 async def test_erasure_chunks_are_committed_while_it_waits(dsn: str, mode: str) -> None:

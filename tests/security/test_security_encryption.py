@@ -129,34 +129,39 @@ async def test_a_ciphertext_moved_to_another_row_column_or_conversation_fails(
         await store.save_message("conv-m", "mallory", "user", "mallory's message")
         # Another seq of the same conversation.
         await db.execute(
-            "UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1) WHERE conversation_id = 'conv-a' AND seq = 3"
+            "UPDATE messages SET content = $1 WHERE conversation_id = 'conv-a' AND seq = 3",
+            await db.fetchval("SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1"),
         )
         with pytest.raises(DecryptionError, match="message 3 of conversation 'conv-a': content") as info:
             await store.get_history("conv-a", "alice")
         assert info.value.key_id is not None and type(info.value) is DecryptionError
         # Another conversation of the same user (same data key): the associated data differs.
         await db.execute(
-            "UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1) WHERE conversation_id = 'conv-b' AND seq = 1"
+            "UPDATE messages SET content = $1 WHERE conversation_id = 'conv-b' AND seq = 1",
+            await db.fetchval("SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 1"),
         )
         with pytest.raises(DecryptionError, match="does not decrypt"):
             await store.get_history("conv-b", "alice")
         # Another column: a title copied into metadata's place, a conversation's title to another.
         await db.execute(
-            "UPDATE conversations SET title = (SELECT title FROM conversations WHERE id = 'conv-a') WHERE id = 'conv-b'"
+            "UPDATE conversations SET title = $1 WHERE id = 'conv-b'",
+            await db.fetchval("SELECT title FROM conversations WHERE id = 'conv-a'"),
         )
         with pytest.raises(DecryptionError, match="title of conversation 'conv-b'"):
             await store.get_conversation("conv-b", "alice")
         # Another user's conversation: mallory's data key is another key, named in the error.
         alice_key = await db.fetchval("SELECT key_id FROM convdb_user_keys WHERE user_id = 'alice'")
         await db.execute(
-            "UPDATE messages SET content = (SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 4) WHERE conversation_id = 'conv-m' AND seq = 1"
+            "UPDATE messages SET content = $1 WHERE conversation_id = 'conv-m' AND seq = 1",
+            await db.fetchval("SELECT content FROM messages WHERE conversation_id = 'conv-a' AND seq = 4"),
         )
         with pytest.raises(KeyNotFound, match=alice_key) as missing:
             await store.get_history("conv-m", "mallory")
         assert missing.value.key_id == alice_key
         # A summary's content in the place of the message at its seq (same conversation, same seq).
         await db.execute(
-            "UPDATE messages SET content = (SELECT content FROM conversation_summaries WHERE conversation_id = 'conv-a') WHERE conversation_id = 'conv-a' AND seq = 2"
+            "UPDATE messages SET content = $1 WHERE conversation_id = 'conv-a' AND seq = 2",
+            await db.fetchval("SELECT content FROM conversation_summaries WHERE conversation_id = 'conv-a'"),
         )
         with pytest.raises(DecryptionError, match="message 2 of conversation 'conv-a': content"):
             await store.get_history("conv-a", "alice", limit=3)

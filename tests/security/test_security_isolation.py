@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from convdb import ConversationNotFound, ConversationStore, InvalidInput, StaticKeys
+from convdb.runner import set_rls_user
 from tests.support.surface import (
     CREATING,
     USER_WIDE,
@@ -62,12 +63,8 @@ REFUSED_WHEN_ENCRYPTED = {"fork_conversation", "search_messages"}
     [
         "plain",
         "encrypted",  # encryption at rest on: the same refusals, the same single message
-        # Engine-specific: schema_rls.sql does not apply on Citus (the messages policy's subquery is
-        # refused: "unexpected non-SELECT command in SubLink"); no Citus twin yet (stage 2).
-        pytest.param("row_level_security", marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")),
-        pytest.param(
-            "row_level_security_encrypted", marks=pytest.mark.engine_specific("postgresql", "schema_rls.sql")
-        ),
+        "row_level_security",  # on Citus too: schema_rls.sql's Citus rule (docs/citus.md)
+        "row_level_security_encrypted",
     ],
 )
 @pytest.mark.guarantee(1, 9)
@@ -229,7 +226,6 @@ async def test_injection_corpus_is_stored_verbatim(store: ConversationStore, db:
 
 
 # -- the least-privilege role with row-level security --------------------------------------------
-@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses its messages policy")
 @pytest.mark.guarantee(9)
 async def test_package_works_under_the_app_role_with_rls(dsn: str) -> None:
     app_dsn = await enable_rls(dsn)
@@ -245,7 +241,6 @@ async def test_package_works_under_the_app_role_with_rls(dsn: str) -> None:
     assert called == set(public_methods())
 
 
-@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses its messages policy")
 @pytest.mark.guarantee(9)
 async def test_rls_off_in_the_store_sees_nothing_under_the_policies(dsn: str) -> None:
     """Forgetting row_level_security=True fails closed: every id looks unknown."""
@@ -260,14 +255,13 @@ async def test_rls_off_in_the_store_sees_nothing_under_the_policies(dsn: str) ->
 async def _expect_denied(conn: asyncpg.Connection, sql: str, *args: Any) -> None:
     async def attempt() -> None:
         async with conn.transaction():
-            await conn.execute("SELECT set_config('convdb.user_id', 'mallory', true)")
+            await conn.execute(set_rls_user("mallory"))
             await conn.execute(sql, *args)
 
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await attempt()
 
 
-@pytest.mark.engine_specific("postgresql", "schema_rls.sql: Citus refuses its messages policy")
 @pytest.mark.guarantee(9)
 async def test_raw_sql_under_the_app_role_cannot_cross_users(dsn: str, db: asyncpg.Connection) -> None:
     app_dsn = await enable_rls(dsn)
@@ -281,7 +275,7 @@ async def test_raw_sql_under_the_app_role_cannot_cross_users(dsn: str, db: async
         assert await conn.fetchval("SELECT count(*) FROM conversations") == 0
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
         async with conn.transaction():
-            await conn.execute("SELECT set_config('convdb.user_id', 'mallory', true)")
+            await conn.execute(set_rls_user("mallory"))
             assert await conn.fetchval("SELECT array_agg(id) FROM conversations") == ["mallory-own"]
             assert await conn.fetchval("SELECT count(*) FROM messages") == 0
             assert (

@@ -60,6 +60,13 @@ def test_fresh_install_sql_is_schema_sql_with_optional_rls() -> None:
     assert fresh_install_sql(citus=True) == (
         (ROOT / "schema.sql").read_text() + "\n" + (ROOT / "schema_citus.sql").read_text()
     )
+    assert fresh_install_sql(row_level_security=True, citus=True) == (  # distributed first
+        (ROOT / "schema.sql").read_text()
+        + "\n"
+        + (ROOT / "schema_citus.sql").read_text()
+        + "\n"
+        + (ROOT / "schema_rls.sql").read_text()
+    )
 
 
 def _file(kind: str = "additive", floor: str | None = None, body: str = "BEGIN;\nCOMMIT;\n") -> str:
