@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import secrets
@@ -340,7 +341,9 @@ def count_statements(text: str, database: str) -> dict[str, int]:
         found = _LOGGED.match(line)
         if found is None or found.group(1) != database:
             continue
-        statement = line[found.end() :] + " " + (lines[index + 1] if index + 1 < len(lines) else "")
+        # A statement's text goes on over the following lines that start with a tab.
+        rest = [x for x in itertools.takewhile(lambda x: x.startswith("\t"), lines[index + 1 : index + 40])]
+        statement = " ".join([line[found.end() :], *rest])
         if any(marker in statement for marker in _BACKGROUND):
             continue
         kind = _kind(statement)
