@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,16 +88,14 @@ async def seed_source(dsn: str, messages: int) -> dict[str, Any]:
         await conn.execute(
             """
             INSERT INTO conversation_summaries (conversation_id, through_seq, content, token_count)
-            SELECT k::text, 500, 'summary of ' || k, 10 FROM generate_series($1::bigint, $1 + 19) AS k
-            """,
-            SCALE_BASE,
+            SELECT id, 500, 'summary of ' || id, 10 FROM conversations ORDER BY id LIMIT 20
+            """
         )
         await conn.execute(
             """
             INSERT INTO message_feedback (conversation_id, seq, rating)
-            SELECT k::text, 2, 1 FROM generate_series($1::bigint, $1 + 19) AS k
-            """,
-            SCALE_BASE,
+            SELECT id, 2, 1 FROM conversations ORDER BY id LIMIT 20
+            """
         )
     finally:
         await conn.close()
@@ -245,18 +244,27 @@ async def rebalance(cluster: LocalCitusCluster, database: str, writers: int) -> 
     retried = 0
     done = asyncio.Event()
 
+    conn = await asyncpg.connect(cluster.dsn(database), timeout=60)
+    try:
+        ids = [str(r[0]) for r in await conn.fetch("SELECT id FROM conversations ORDER BY id")]
+    finally:
+        await conn.close()
+    latencies: list[float] = []
+
     async def writer(index: int) -> None:
         nonlocal retried
-        key = SCALE_BASE + index * 37  # spread over the shards
+        key = int(ids[index * len(ids) // writers])  # spread over the conversations, so the shards
         cid, uid = str(key), str(key % USERS)
         n = 0
         while not done.is_set():
             n += 1
             for attempt in range(20):
                 try:
+                    start = time.perf_counter()
                     message = await store.save_message(
                         cid, uid, "user", text_of(n), idempotency_key=f"rebalance-{index}-{n}"
                     )
+                    latencies.append(time.perf_counter() - start)
                     acked.setdefault(cid, []).append(message.seq)
                     break
                 except (TransientError, DatabaseUnavailable, QueryTimeout) as exc:
@@ -312,11 +320,18 @@ async def rebalance(cluster: LocalCitusCluster, database: str, writers: int) -> 
         "add_node_s": round(add_s, 2),
         "rebalance_s": round(rebalance_s, 2),
         "job_state": status,
-        "moves_done": int(tasks_done),
+        "background_tasks_done": int(tasks_done),
         "before": before,
         "after": after,
         "writers": writers,
         "appends_acknowledged": sum(len(s) for s in acked.values()),
+        "append_ms_p50_p99_max": [
+            round(statistics.median(latencies) * 1000, 1),
+            round(sorted(latencies)[int(len(latencies) * 0.99)] * 1000, 1),
+            round(max(latencies) * 1000, 1),
+        ]
+        if latencies
+        else None,
         "writer_errors_retried": errors,
         "retries": retried,
         "writer_failures": failures,
