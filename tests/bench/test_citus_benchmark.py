@@ -108,3 +108,33 @@ def test_citus_run_without_citus_says_how_to_get_it(monkeypatch: pytest.MonkeyPa
         asyncio.run(start())
     assert "bash .ci/citus.sh" in str(failed.value)
     assert "no PostgreSQL with Citus found" in str(failed.value)
+
+
+@pytest.mark.slow
+def test_citus_move_of_a_small_database_keeps_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "move.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.citus_move", "--messages", "3000", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    move = json.loads(out.read_text())["move"]
+    assert move["counts_source"]["messages"] == 3000
+    assert move["counts_source"]["conversation_summaries"] == 3
+    assert move["counts_target"] == move["counts_source"]
+    assert move["counts_equal"] is True
+    assert move["conversations_checked"] == 3
+    assert move["checksums_differing"] == 0
+    assert move["store_read_ok"] is True
+    assert set(move["steps_s"]) == {
+        "1_pg_dump_s",
+        "2_create_database_s",
+        "3_pg_restore_s",
+        "4_schema_citus_s",
+        "5_truncate_local_s",
+        "6_verify_s",
+    }
