@@ -259,7 +259,7 @@ async def shard_sizes(dsn: str) -> dict[str, Any]:
 
 
 # -- capacity: statements and server CPU per call, per node ---------------------------------------
-_LOGGED = re.compile(r"^\S+ \S+ \S+ \[\d+\] (\S*) LOG:  (?:statement|execute [^:]*):")
+_LOGGED = re.compile(r"^\S+ \S+ \S+ \[\d+\] (\S*) LOG:  (statement|execute [^:]*):")
 # The Citus maintenance daemon's distributed deadlock detection polls every node's lock graph
 # every few seconds (in this database and in postgres): not caused by the calls measured.
 _BACKGROUND = ("waiting_pid, waiting_node_id",)
@@ -319,18 +319,28 @@ async def _settled_size(path: Path, within_s: float = 10) -> int:
     return size
 
 
-def _kind(statement: str) -> str:
+def _kind(verb: str, statement: str) -> str:
+    """What a logged statement is: the client's (asyncpg's named prepared statements, its
+    BEGIN/COMMIT), or Citus's: a task on a worker (``execute <unnamed>``), the transaction's
+    begin, commit, two-phase ``prepare`` and ``commit prepared``, a ``copy`` of an intermediate
+    result, or a ``local step`` (a simple-protocol query: on the coordinator, the part of a
+    multi-step plan it runs itself over the intermediate results)."""
+    if verb.startswith("execute __asyncpg_"):
+        return "client"
+    text = statement.lstrip()
+    if verb == "statement" and text.rstrip(";").strip() in ("BEGIN", "COMMIT", "ROLLBACK"):
+        return "client begin/commit"
     for marker, kind in (
         ("PREPARE TRANSACTION", "prepare"),
         ("COMMIT PREPARED", "commit prepared"),
         ("assign_distributed_transaction_id", "begin"),
-        ("BEGIN", "begin"),
-        ("COMMIT", "commit"),
         ("COPY ", "copy"),
     ):
-        if marker in statement:
+        if text.startswith(marker) or (kind == "begin" and marker in text):
             return kind
-    return "query"
+    if text.startswith("COMMIT"):
+        return "commit"
+    return "task" if verb.startswith("execute") else "local step"
 
 
 def count_statements(text: str, database: str) -> dict[str, int]:
@@ -346,7 +356,7 @@ def count_statements(text: str, database: str) -> dict[str, int]:
         statement = " ".join([line[found.end() :], *rest])
         if any(marker in statement for marker in _BACKGROUND):
             continue
-        kind = _kind(statement)
+        kind = _kind(found.group(2), statement)
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
 
@@ -550,6 +560,7 @@ def text(doc: dict[str, Any]) -> str:
                 r["op"],
                 r["node"],
                 fmt(r["statements_per_call"], 2),
+                " ".join(f"{k}:{v:g}" for k, v in r["statement_kinds_per_call"].items()),
                 fmt(r["server_cpu_ms_per_call"], 3),
                 fmt(r["wall_ms_per_call"], 2),
                 fmt(r["client_cpu_ms_per_call"], 3),
@@ -559,7 +570,19 @@ def text(doc: dict[str, Any]) -> str:
         parts.append(
             "capacity: per call, one connection, calls one at a time (statements counted in each "
             "node's statement log; server CPU from /proc)\n"
-            + table(["target", "op", "node", "statements", "server CPU ms", "wall ms", "client CPU ms"], body)
+            + table(
+                [
+                    "target",
+                    "op",
+                    "node",
+                    "statements",
+                    "of which",
+                    "server CPU ms",
+                    "wall ms",
+                    "client CPU ms",
+                ],
+                body,
+            )
         )
     scale = doc.get("scale")
     if scale:

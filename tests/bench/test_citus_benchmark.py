@@ -80,6 +80,11 @@ def test_citus_tiny_run_end_to_end(tmp_path: Path) -> None:
         )
     assert capacity[("single", "append", "single")]["statements_per_call"] == 1
     assert capacity[("single", "history_50", "single")]["statements_per_call"] == 1
+    # The client sends one statement per one-statement call on both engines; what Citus adds
+    # (its own steps on the coordinator, its tasks on the workers) is counted apart.
+    for op in ("append", "history_50", "get_or_create", "turn"):
+        for target, node in (("single", "single"), ("citus", "coordinator")):
+            assert capacity[(target, op, node)]["statement_kinds_per_call"]["client"] == 1, (target, op)
     for op in OPS:
         assert capacity[("citus", op, "coordinator")]["statements_per_call"] >= 1
         on_workers = sum(capacity[("citus", op, w)]["statements_per_call"] for w in ("worker1", "worker2"))
