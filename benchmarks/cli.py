@@ -85,7 +85,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the client's event loop (uvloop: pip install uvloop); recorded in the JSON",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    citus = parser.add_argument_group(
+        "Citus", "convdb through a local Citus cluster against one PostgreSQL (docs/citus.md)"
+    )
+    citus.add_argument(
+        "--citus",
+        action="store_true",
+        help="start a local coordinator + 2 workers and one PostgreSQL from the installed Citus "
+        "(bash .ci/citus.sh) and measure convdb's hot paths on both; default concurrency 1,8,32",
+    )
+    citus.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        metavar="MESSAGES",
+        help="with --citus: then grow both to this many more messages and measure again",
+    )
+    citus.add_argument("--scale-concurrency", type=int, default=8, help="with --scale (default 8)")
+    citus.add_argument(
+        "--capacity-calls",
+        type=int,
+        default=200,
+        help="with --citus: calls per op in the capacity pass (statements and server CPU per call); 0: none",
+    )
     args = parser.parse_args(argv)
+    if args.citus and args.concurrency == "1,8":
+        args.concurrency = "1,8,32"
+    if (args.scale or args.capacity_calls != 200) and not args.citus:
+        parser.error("--scale and --capacity-calls go with --citus")
     args.mode = args.mode or "default"
     return args
 
@@ -197,8 +224,25 @@ async def run(
     return report.document(meta, rows, scaling, *previous)
 
 
+def citus_main(args: argparse.Namespace) -> int:
+    from . import citus
+
+    if args.dsn:
+        raise SystemExit("--citus starts its own local cluster and single node; it takes no --dsn")
+    levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as loop_runner:
+        doc = loop_runner.run(citus.run(args, mode_of(args), levels))
+    doc["meta"]["event_loop"] = args.loop
+    sys.stdout.write(citus.text(doc))
+    if args.json_path:
+        report.write_json(args.json_path, doc)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.citus:
+        return citus_main(args)
     with admin_dsn(args) as admin, asyncio.Runner(loop_factory=loop_factory(args.loop)) as loop_runner:
         doc = loop_runner.run(run(args, admin, previous_run(args)))
     sys.stdout.write(report.text(doc))

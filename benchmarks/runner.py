@@ -6,6 +6,7 @@ import gc
 import statistics
 import sys
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,11 +100,14 @@ async def prepare(ctx: Context, names: list[str], quiet: bool) -> list[System]:
 
 
 def cell_plan(
-    systems: list[System], concurrencies: list[int], repeats: int
+    systems: list[System], concurrencies: list[int], repeats: int, only: Sequence[str] | None = None
 ) -> list[tuple[int, str, int, System]]:
-    """Every (repeat, op, concurrency, system), systems interleaved and their order rotated."""
+    """Every (repeat, op, concurrency, system), systems interleaved and their order rotated;
+    ``only``: these ops (in this order) where the systems have them (the --citus run's)."""
     plan = []
     ops = list(dict.fromkeys(op for s in systems for op in ops_of(display_name(s))))
+    if only is not None:
+        ops = [op for op in only if op in ops]
     for repeat in range(repeats):
         for op_index, op in enumerate(ops):
             for c in concurrencies:
@@ -114,8 +118,14 @@ def cell_plan(
     return plan
 
 
-async def run_matrix(systems: list[System], concurrencies: list[int], mode: Mode, quiet: bool) -> list[Row]:
-    plan = cell_plan(systems, concurrencies, mode.repeats)
+async def run_matrix(
+    systems: list[System],
+    concurrencies: list[int],
+    mode: Mode,
+    quiet: bool,
+    ops: Sequence[str] | None = None,
+) -> list[Row]:
+    plan = cell_plan(systems, concurrencies, mode.repeats, ops)
     cells: dict[tuple[str, str, int], list[Cell]] = {}
     notes: dict[tuple[str, str, int], str | None] = {}
     with Progress(len(plan), "measuring", "cell", enabled=not quiet) as bar:
