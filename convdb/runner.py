@@ -104,7 +104,14 @@ class _Connection:
     ) -> None:
         conn, self._conn = self._conn, None
         try:
-            if conn is not None:
+            if conn is not None and _closed(conn):
+                # A connection the server closed under the op (a restart, a terminated backend)
+                # whose close asyncpg has not cleaned up: its release() then returns without
+                # freeing the pool slot ("the close does it"), and the slot is lost for good: a
+                # restart under load leaked 2 of 8 and the pool then hung. terminate() runs that
+                # clean-up, which frees the slot; the next acquire reconnects it.
+                conn.terminate()
+            elif conn is not None:
                 # Bounded only after a failure or cancellation: a completed operation leaves nothing
                 # to wait for (no transaction, no cancel in flight), so its release sends nothing.
                 await self._pool.release(conn, timeout=None if exc is None else RELEASE_GRACE_SECONDS)
@@ -120,6 +127,15 @@ class _Connection:
             translated = translate(exc)
             if translated is not exc:
                 raise translated from exc
+
+
+def _closed(conn: Conn) -> bool:
+    """Whether a checked-out connection is closed; False once it is back in the pool (asyncpg
+    detaches the proxy then, and any call on it raises ``InterfaceError``)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.exceptions.InterfaceError:
+        return False
 
 
 class Runner:

@@ -25,6 +25,7 @@ from convdb import (
     PoolTimeout,
     QueryTimeout,
 )
+from convdb.runner import Policy
 from tests.support.fix_server import Server
 
 T = TypeVar("T")
@@ -173,6 +174,36 @@ async def test_restart_under_keyed_append_load_loses_and_duplicates_nothing(
         f"\nrestart under load: {len(acknowledged)} acknowledged messages, all present once; "
         f"errors seen by clients and retried: {dict(errors)}"
     )
+
+
+async def test_a_connection_closed_under_an_op_without_asyncpgs_clean_up_frees_its_pool_slot(
+    controlled_dsn: str,
+) -> None:
+    """Under a restart with 8 pooled connections and 16 writers, about one run in two lost 2 of
+    the 8 slots for good (the pool then hung every caller, and close()): the connections had been
+    closed under their ops, but asyncpg had not run its close clean-up, so their release() returned
+    without freeing the slot. This builds that state on purpose (the protocol aborted without the
+    Connection's clean-up, as asyncpg's own abort path leaves it) on a one-connection pool, ten
+    times: each time the next call must get the slot back, reconnected."""
+    store = await ConversationStore.connect(controlled_dsn, min_size=1, max_size=1, acquire_timeout=5)
+    try:
+        await store.get_or_create_conversation("slot", "alice")
+
+        async def closed_under_the_op(conn: Any) -> None:
+            conn._con._protocol.abort()  # closed, and Connection._cleanup() has not run
+            await conn.fetchval("SELECT 1")
+
+        for i in range(10):
+            with pytest.raises(DatabaseUnavailable):
+                await store._runner.run(closed_under_the_op, Policy.WRITE)
+            # A lost slot would be a PoolTimeout here (the pool has one slot).
+            saved = await asyncio.wait_for(store.save_message("slot", "alice", "user", f"after {i}"), HANG)
+            assert saved.seq == i + 1
+        assert [m.content for m in await store.get_history("slot", "alice")] == [
+            f"after {i}" for i in range(10)
+        ]
+    finally:
+        await asyncio.wait_for(store.close(), HANG)
 
 
 # -- killed backend mid-batch --------------------------------------------------------------------
