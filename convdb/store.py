@@ -936,6 +936,8 @@ class ConversationStore:
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
         set_expiry = not (isinstance(expires_at, Unset) and isinstance(ttl, Unset))
+        if check_flag(sliding, "sliding") and (isinstance(ttl, Unset) or ttl is None):
+            raise InvalidInput("sliding", "needs ttl= (a sliding expiry moves by its ttl)")
         if isinstance(title, Unset) and isinstance(metadata, Unset) and not set_expiry:
             raise InvalidInput("title", "nothing to update: pass title=, metadata= and/or expires_at= / ttl=")
         if not isinstance(expires_at, Unset) and not isinstance(ttl, Unset):
@@ -945,8 +947,6 @@ class ConversationStore:
         )
         span = None if isinstance(ttl, Unset) or ttl is None else check_ttl(ttl)
         slide = check_flag(sliding, "sliding")
-        if slide and span is None:
-            raise InvalidInput("sliding", "needs ttl= (a sliding expiry moves by its ttl)")
         new_title = None if isinstance(title, Unset) else check_title(title, self.limits)
         meta_json = (
             None
