@@ -942,8 +942,10 @@ class ConversationStore:
             raise InvalidInput("title", "nothing to update: pass title=, metadata= and/or expires_at= / ttl=")
         if not isinstance(expires_at, Unset) and not isinstance(ttl, Unset):
             raise InvalidInput("ttl", "give expires_at= or ttl=, not both")
-        at = None if isinstance(expires_at, Unset) or expires_at is None else check_aware_datetime(
-            expires_at, "expires_at"
+        at = (
+            None
+            if isinstance(expires_at, Unset) or expires_at is None
+            else check_aware_datetime(expires_at, "expires_at")
         )
         span = None if isinstance(ttl, Unset) or ttl is None else check_ttl(ttl)
         slide = check_flag(sliding, "sliding")

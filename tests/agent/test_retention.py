@@ -8,7 +8,6 @@ import asyncio
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from convdb import ConversationNotFound, ConversationStore, InvalidInput, StaticKeys
+from convdb import ConversationStore, InvalidInput, StaticKeys
 from tests.support.surface import CREATING, USER_WIDE, call, export_records, not_found, public_methods
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +28,9 @@ REFUSED_WHEN_ENCRYPTED = {"fork_conversation", "search_messages"}
 
 async def expire(db: asyncpg.Connection, *ids: str) -> None:
     """Expire conversations now, as the clock would: their expires_at moves into the past."""
-    await db.execute("UPDATE conversations SET expires_at = now() - interval '1 second' WHERE id = ANY($1)", ids)
+    await db.execute(
+        "UPDATE conversations SET expires_at = now() - interval '1 second' WHERE id = ANY($1)", ids
+    )
 
 
 async def dump(db: asyncpg.Connection) -> list[str]:
@@ -80,7 +81,9 @@ async def test_every_method_treats_an_expired_conversation_as_unknown(
             foreign = await not_found(functools.partial(call, store, name, "alive", "intruder", records))
             assert expired.args == foreign.args, name
             if name not in CREATING:
-                unknown = await not_found(functools.partial(call, store, name, "no-such-conv", "owner", records))
+                unknown = await not_found(
+                    functools.partial(call, store, name, "no-such-conv", "owner", records)
+                )
                 assert expired.args == unknown.args, name
             checked.add(name)
         assert checked | USER_WIDE == set(public_methods())
@@ -142,7 +145,9 @@ async def test_fixed_and_sliding_expiry(store: ConversationStore, db: asyncpg.Co
         lambda: store.save_and_get_history("slide", "u", {"role": "user", "content": "d"}),
     ]
     for append in appends:
-        await db.execute("UPDATE conversations SET expires_at = now() + interval '1 minute' WHERE id = 'slide'")
+        await db.execute(
+            "UPDATE conversations SET expires_at = now() + interval '1 minute' WHERE id = 'slide'"
+        )
         await append()
         at, ttl = await db_expiry(db, "slide")
         assert ttl == timedelta(hours=1) and at is not None
@@ -187,7 +192,11 @@ async def test_store_policy_and_temporary_conversations(dsn: str, db: asyncpg.Co
         assert temp.temporary and temp.ttl is None and temp.expires_at is not None
         assert timedelta(minutes=4) < temp.expires_at - now < timedelta(minutes=6)
         longer = await store.get_or_create_conversation("temp2", "u", temporary=True, ttl=timedelta(hours=2))
-        assert longer.temporary and longer.expires_at is not None and longer.expires_at - now > timedelta(hours=1)
+        assert (
+            longer.temporary
+            and longer.expires_at is not None
+            and longer.expires_at - now > timedelta(hours=1)
+        )
         await store.save_message("temp", "u", "user", "usable like any other")
         assert [m.content for m in await store.get_history("temp", "u")] == ["usable like any other"]
         assert {c.id for c in (await store.list_conversations("u")).items} == {"idle", "own"}
@@ -204,7 +213,9 @@ async def test_store_policy_and_temporary_conversations(dsn: str, db: asyncpg.Co
 
 # -- message caps ----------------------------------------------------------------------------------
 async def seqs(db: asyncpg.Connection, cid: str) -> list[int]:
-    return [r[0] for r in await db.fetch("SELECT seq FROM messages WHERE conversation_id = $1 ORDER BY seq", cid)]
+    return [
+        r[0] for r in await db.fetch("SELECT seq FROM messages WHERE conversation_id = $1 ORDER BY seq", cid)
+    ]
 
 
 async def test_message_cap_deletes_the_oldest_in_the_same_write(
@@ -366,38 +377,44 @@ async def test_two_processes_purge_at_once_without_double_counting_or_lock_waits
     await populate(db, expired=300, live=5, per=3)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PURGER, dsn, "25"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            PURGER,
+            dsn,
+            "25",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             env=env,
         )
         for _ in range(2)
     ]
     try:
         for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            assert p.stdout is not None
+            line = await asyncio.wait_for(p.stdout.readline(), 60)
+            assert line.strip() == b"ready", line
         for p in procs:  # both start together
             assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
+            p.stdin.write(b"go\n")
+            await p.stdin.drain()
         lock_waits = 0
-        while any(p.poll() is None for p in procs):
+        while any(p.returncode is None for p in procs):
             lock_waits += await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'purger' AND wait_event_type = 'Lock'"
             )
             await asyncio.sleep(0.01)
         results = []
         for p in procs:
-            out, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
+            out, err = await asyncio.wait_for(p.communicate(), 120)
+            assert p.returncode == 0, err.decode()
+            results.append(json.loads(out.decode().strip().splitlines()[-1]))
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.returncode is None:
                 p.kill()
+                await p.wait()
     assert lock_waits == 0, "a purger waited for a lock"
     assert sum(r[0] for r in results) == 300 and sum(r[1] for r in results) == 900
     assert all(r[0] > 0 for r in results), f"one process did all the work: {results}"
@@ -430,11 +447,20 @@ BAD_CALLS: dict[str, tuple[Callable[[ConversationStore], Awaitable[Any]], str]] 
         lambda s: s.get_or_create_conversation("n", "u", sliding=True, expires_at=datetime.now(UTC)),
         "sliding",
     ),
-    "sliding_type": (lambda s: s.get_or_create_conversation("n", "u", ttl=timedelta(1), sliding=1), "sliding"),  # type: ignore[arg-type]
+    "sliding_type": (
+        lambda s: s.get_or_create_conversation("n", "u", ttl=timedelta(1), sliding=1),  # type: ignore[arg-type]
+        "sliding",
+    ),
     "temporary_type": (lambda s: s.get_or_create_conversation("n", "u", temporary="yes"), "temporary"),  # type: ignore[arg-type]
     "max_messages_zero": (lambda s: s.get_or_create_conversation("n", "u", max_messages=0), "max_messages"),
-    "max_messages_bool": (lambda s: s.get_or_create_conversation("n", "u", max_messages=True), "max_messages"),
-    "max_messages_huge": (lambda s: s.get_or_create_conversation("n", "u", max_messages=2**31), "max_messages"),
+    "max_messages_bool": (
+        lambda s: s.get_or_create_conversation("n", "u", max_messages=True),
+        "max_messages",
+    ),
+    "max_messages_huge": (
+        lambda s: s.get_or_create_conversation("n", "u", max_messages=2**31),
+        "max_messages",
+    ),
     "update_naive": (lambda s: s.update_conversation("c", "u", expires_at=NAIVE), "expires_at"),
     "update_both": (lambda s: s.update_conversation("c", "u", expires_at=None, ttl=timedelta(1)), "ttl"),
     "update_ttl_zero": (lambda s: s.update_conversation("c", "u", ttl=timedelta(0)), "ttl"),

@@ -90,7 +90,10 @@ def test_the_checker_catches_a_missing_predicate() -> None:
         "c.user_id = $2"
     ]
     # The predicate on another alias does not count for this one.
-    other = "SELECT 1 FROM conversations c, conversations o WHERE o.user_id = $1 AND c.user_id = $1 AND " + live("c")
+    other = (
+        "SELECT 1 FROM conversations c, conversations o WHERE o.user_id = $1 AND c.user_id = $1 AND "
+        + live("c")
+    )
     assert missing_predicates(other) == ["o.user_id = $1"]
 
 
@@ -109,7 +112,7 @@ def test_the_claim_is_skip_locked_and_spells_its_conversation() -> None:
 
 def test_listing_never_shows_expired_or_temporary_conversations() -> None:
     for kwargs in ({}, {"parent_id": "p"}, {"updated_after": datetime(2020, 1, 1, tzinfo=UTC)}):
-        query = build_listing("u", **kwargs)  # type: ignore[arg-type]
+        query = build_listing("u", **kwargs)
         assert re.search(r'"expires_at" IS NULL OR "expires_at">NOW\(\)', query.sql), query.sql
         assert 'NOT "temporary"' in query.sql, query.sql
 
