@@ -25,7 +25,7 @@
 WITH inserted AS (
     INSERT INTO conversations (id, user_id, title, metadata, expires_at, ttl, temporary, max_messages)
     VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb),
-            COALESCE($5::timestamptz, now() + $6::interval),
+            GREATEST($5::timestamptz, now() + $6::interval),
             CASE WHEN $7::boolean THEN $6::interval END, $8, $9)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, user_id, title, metadata, created_at, updated_at, true AS created,
@@ -52,14 +52,15 @@ SELECT id, user_id, title, metadata, created_at, updated_at, false, parent_id, f
 -- value, it only makes the lock a statement outcome); another user's row fails the WHERE and
 -- nothing comes back (the WHERE is evaluated before row-level security's UPDATE check, so under
 -- RLS a foreign id is not an error either). An expired row of this user fails the
--- WHERE too (get_or_create_conversation says why).
+-- WHERE too (get_or_create_conversation says why); its "now" is EXCLUDED.created_at, the proposed
+-- row's default now(): Citus refuses a function that is not IMMUTABLE in an ON CONFLICT WHERE.
 INSERT INTO conversations (id, user_id, title, metadata, expires_at, ttl, temporary, max_messages)
 VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb),
-        COALESCE($5::timestamptz, now() + $6::interval),
+        GREATEST($5::timestamptz, now() + $6::interval),
         CASE WHEN $7::boolean THEN $6::interval END, $8, $9)
 ON CONFLICT (id) DO UPDATE SET title = conversations.title
  WHERE conversations.user_id = EXCLUDED.user_id
-   AND (conversations.expires_at IS NULL OR conversations.expires_at > now())
+   AND (conversations.expires_at IS NULL OR conversations.expires_at > EXCLUDED.created_at)
 RETURNING id, user_id, title, metadata, created_at, updated_at, (xmax = 0) AS created,
           parent_id, forked_at_seq, root_id, expires_at, ttl, temporary, max_messages;
 
@@ -75,13 +76,14 @@ SELECT id, user_id, title, metadata, created_at, updated_at, parent_id, forked_a
 -- in one statement. No row back means "no such conversation for this user". With an idempotency
 -- key that is already stored, the unique index fails the whole statement, so no seq is consumed.
 -- Retention: an expired conversation is not updated (no row back). A sliding one (ttl set) has its
--- expiry moved to now() + ttl; otherwise expires_at is set to itself, which keeps the update HOT
--- (no indexed value changes). With max_messages, the messages older than the newest max_messages
+-- expiry moved to now() + ttl (GREATEST: never backwards; GREATEST ignores the NULL of now() + ttl
+-- when ttl is NULL, and Citus refuses now() inside COALESCE or CASE in a modification); otherwise
+-- expires_at is set to itself, which keeps the update HOT (no indexed value changes). With max_messages, the messages older than the newest max_messages
 -- seqs go in the same statement ("capped"; feedback follows by cascade). Summaries are kept: they
 -- are what still stands for the deleted messages in summarized windows (docs/retention.md).
 WITH reserved AS (
     UPDATE conversations
-       SET next_seq = next_seq + 1, updated_at = now(), expires_at = COALESCE(now() + ttl, expires_at)
+       SET next_seq = next_seq + 1, updated_at = now(), expires_at = GREATEST(expires_at, now() + ttl)
      WHERE id = $1 AND user_id = $2
        AND (expires_at IS NULL OR expires_at > now())
  RETURNING id, next_seq - 1 AS seq, max_messages
@@ -125,7 +127,7 @@ WITH snapshot AS (
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = COALESCE(now() + c.ttl, c.expires_at)
+       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, now() + c.ttl)
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $18::bigint
  RETURNING c.id, c.next_seq - 1 AS seq, c.max_messages
@@ -155,7 +157,7 @@ SELECT i.seq, i.created_at, k.fresh, k.last_seq
 -- Retention: as save_message (expired: no row; sliding: expiry moved); max_messages comes back so
 -- that the batch deletes what its inserts push beyond the cap (cap_messages, same transaction).
 UPDATE conversations
-   SET next_seq = next_seq + $3, updated_at = now(), expires_at = COALESCE(now() + ttl, expires_at)
+   SET next_seq = next_seq + $3, updated_at = now(), expires_at = GREATEST(expires_at, now() + ttl)
  WHERE id = $1 AND user_id = $2
    AND (expires_at IS NULL OR expires_at > now())
 RETURNING next_seq - $3 AS first_seq, updated_at AS created_at, max_messages;
@@ -181,7 +183,7 @@ WITH snapshot AS (
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + $3, updated_at = now(), expires_at = COALESCE(now() + c.ttl, c.expires_at)
+       SET next_seq = c.next_seq + $3, updated_at = now(), expires_at = GREATEST(c.expires_at, now() + c.ttl)
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $4::bigint
  RETURNING c.next_seq - $3 AS first_seq, c.updated_at AS created_at, c.max_messages
@@ -423,7 +425,7 @@ WITH snapshot AS MATERIALIZED (
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = COALESCE(now() + c.ttl, c.expires_at)
+       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, now() + c.ttl)
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND ($21::bigint IS NULL OR (k.fresh AND k.last_seq = $21::bigint))
  RETURNING c.id, c.next_seq - 1 AS seq, c.max_messages
@@ -510,7 +512,7 @@ SELECT count(m.seq)
 UPDATE conversations
    SET title = CASE WHEN $3::boolean THEN $4::text ELSE title END,
        metadata = CASE WHEN $5::boolean THEN COALESCE($6::text::jsonb, '{}'::jsonb) ELSE metadata END,
-       expires_at = CASE WHEN $7::boolean THEN COALESCE($8::timestamptz, now() + $9::interval) ELSE expires_at END,
+       expires_at = GREATEST(CASE WHEN $7::boolean THEN $8::timestamptz ELSE expires_at END, now() + $9::interval),
        ttl = CASE WHEN $7::boolean THEN CASE WHEN $10::boolean THEN $9::interval END ELSE ttl END,
        updated_at = now()
  WHERE id = $1 AND user_id = $2
@@ -695,16 +697,18 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- With $8 (replace) an existing conversation of the same user is overwritten (its messages are
 -- then deleted by import_clear_messages); another user's id is never touched. No row back: the
 -- id exists (this user's without replace, or another user's, or this user's but expired: that
--- one is ConversationNotFound, as everywhere, until purge_expired frees the id). A replace keeps
--- the conversation's retention settings; an import creates a conversation without expiry.
+-- one is ConversationNotFound, as everywhere, until purge_expired frees the id). The expiry is
+-- not checked here (Citus refuses now() in an ON CONFLICT WHERE, and the row's created_at is the
+-- export's): when a replaced row has an expiry (expires_at back), the caller checks it with
+-- import_owner_check in the same transaction and rolls back if it has passed. A replace keeps the
+-- conversation's retention settings; an import creates a conversation without expiry.
 INSERT INTO conversations (id, user_id, title, metadata, next_seq, created_at, updated_at)
 VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $6, $7)
 ON CONFLICT (id) DO UPDATE
    SET title = EXCLUDED.title, metadata = EXCLUDED.metadata, next_seq = EXCLUDED.next_seq,
        created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
  WHERE conversations.user_id = EXCLUDED.user_id AND $8::boolean
-   AND (conversations.expires_at IS NULL OR conversations.expires_at > now())
-RETURNING (xmax = 0) AS created;
+RETURNING (xmax = 0) AS created, expires_at;
 
 -- name: import_owner_check
 -- After import_conversation_row returned nothing: does the id belong to this user?
@@ -901,7 +905,7 @@ WITH source AS (
     INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id,
                                expires_at, ttl, temporary, max_messages)
     SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
-           s.id, $5::bigint, s.root_id, COALESCE(now() + s.ttl, s.expires_at), s.ttl, s.temporary,
+           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, now() + s.ttl), s.ttl, s.temporary,
            s.max_messages
       FROM source s
      WHERE $5::bigint < s.next_seq
@@ -1066,7 +1070,7 @@ WITH source AS (
     INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id,
                                expires_at, ttl, temporary, max_messages)
     SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
-           s.id, $5::bigint, s.root_id, COALESCE(now() + s.ttl, s.expires_at), s.ttl, s.temporary,
+           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, now() + s.ttl), s.ttl, s.temporary,
            s.max_messages
       FROM source s
      WHERE $5::bigint < s.next_seq

@@ -31,6 +31,9 @@ ALLOWED = {
     # The executemany body of a batch: it runs in the transaction of reserve_seq_range, which
     # checked ownership and expiry and holds the conversation row's lock until commit.
     "insert_message_at": "after reserve_seq_range in its transaction",
+    # A replace checks the row's expiry in the same transaction, with import_owner_check, when
+    # the row it overwrote has one (Citus refuses now() in an ON CONFLICT WHERE).
+    "import_conversation_row": "expiry checked by import_owner_check in its transaction",
     # Catalog and session statements: they name the tables, not a conversation's data.
     "schema_catalog": "catalog",
     "schema_version_row": "catalog",
@@ -45,9 +48,14 @@ _CONVERSATIONS = re.compile(r"\b(?:FROM|JOIN|UPDATE|INTO|USING)\s+conversations\
 _OWNERSHIP = re.compile(r"\b(?:(\w+)\.)?user_id = (?:\$\d+|EXCLUDED\.user_id)")
 
 
-def live(alias: str | None) -> str:
+def live(alias: str | None, now: str = "now()") -> str:
     prefix = f"{alias}." if alias else ""
-    return f"({prefix}expires_at IS NULL OR {prefix}expires_at > now())"
+    return f"({prefix}expires_at IS NULL OR {prefix}expires_at > {now})"
+
+
+# In an upsert's ON CONFLICT WHERE, "now" is the proposed row's created_at (its default, now()):
+# Citus refuses a function that is not IMMUTABLE there.
+_UPSERT_NOW = "EXCLUDED.created_at"
 
 
 def missing_predicates(sql: str) -> list[str]:
@@ -57,7 +65,8 @@ def missing_predicates(sql: str) -> list[str]:
     missing = []
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(sql)
-        if live(match.group(1)) not in sql[match.end() : end]:
+        span = sql[match.end() : end]
+        if live(match.group(1)) not in span and live(match.group(1), _UPSERT_NOW) not in span:
             missing.append(match.group(0))
     return missing
 
@@ -99,8 +108,8 @@ def test_the_checker_catches_a_missing_predicate() -> None:
 
 def test_appends_move_a_sliding_expiry_and_nothing_else_of_it() -> None:
     for name in ("save_message", "save_message_guarded", "reserve_seq_range", "reserve_seq_range_guarded"):
-        assert "expires_at = COALESCE(now() + " in QUERIES[name], name
-    assert "expires_at = COALESCE(now() + c.ttl, c.expires_at)" in QUERIES["save_and_get_history"]
+        assert "expires_at = GREATEST(" in QUERIES[name] and "now() + " in QUERIES[name], name
+    assert "expires_at = GREATEST(c.expires_at, now() + c.ttl)" in QUERIES["save_and_get_history"]
 
 
 def test_the_claim_is_skip_locked_and_spells_its_conversation() -> None:
