@@ -42,6 +42,10 @@ UNDO = {
     "ALTER TABLE conversations DROP CONSTRAINT conversations_fork_lineage, DROP COLUMN parent_id, "
     "DROP COLUMN forked_at_seq, DROP COLUMN root_id; UPDATE convdb_schema_version SET version = 3",
     5: "DROP TABLE message_feedback; UPDATE convdb_schema_version SET version = 4",
+    7: "DROP INDEX conversations_expires; ALTER TABLE conversations "
+    "DROP CONSTRAINT conversations_ttl_positive, DROP CONSTRAINT conversations_max_messages_positive, "
+    "DROP COLUMN expires_at, DROP COLUMN ttl, DROP COLUMN temporary, DROP COLUMN max_messages; "
+    "UPDATE convdb_schema_version SET version = 6",
 }
 
 
@@ -82,11 +86,32 @@ async def _seed(dsn: str, messages: int, per_conversation: int) -> None:
         await conn.close()
 
 
-async def _writer(store: ConversationStore, conversations: int, stop: asyncio.Event, out: Timeline) -> None:
+# The append of a server built for schema 6 (save_message as released): from migration 0007 on,
+# this package's own statements name columns that the database before the migration lacks, and
+# during a rolling upgrade it is the old servers that write while the migration runs.
+_V6_SAVE_MESSAGE = """
+WITH reserved AS (
+    UPDATE conversations SET next_seq = next_seq + 1, updated_at = now()
+     WHERE id = $1 AND user_id = $2
+ RETURNING id, next_seq - 1 AS seq
+)
+INSERT INTO messages (conversation_id, seq, role, content)
+SELECT reserved.id, reserved.seq, $3, $4 FROM reserved
+RETURNING seq, created_at
+"""
+
+
+async def _writer(
+    store: ConversationStore, conversations: int, stop: asyncio.Event, out: Timeline, version: int
+) -> None:
     while not stop.is_set():
         cid = f"c{random.randint(1, conversations)}"
+        uid = f"u{int(cid[1:]) % 1000}"
         start = time.perf_counter()
-        await store.save_message(cid, f"u{int(cid[1:]) % 1000}", "user", "a new message")
+        if version >= 7:
+            await store.pool.fetchrow(_V6_SAVE_MESSAGE, cid, uid, "user", "a new message")
+        else:
+            await store.save_message(cid, uid, "user", "a new message")
         out.calls.append((start, time.perf_counter() - start))
 
 
@@ -137,8 +162,8 @@ async def measure(dsn: str, version: int, runs: int, conversations: int) -> None
     locks: list[tuple[str, str]] = []
     try:
         tasks = [
-            asyncio.create_task(_writer(store, conversations, stop, writes)),
-            asyncio.create_task(_writer(store, conversations, stop, writes)),
+            asyncio.create_task(_writer(store, conversations, stop, writes, version)),
+            asyncio.create_task(_writer(store, conversations, stop, writes, version)),
             asyncio.create_task(_version_reader(dsn, stop, reads)),
         ]
         await asyncio.sleep(2.0)

@@ -76,14 +76,17 @@ SELECT id, user_id, title, metadata, created_at, updated_at, parent_id, forked_a
 -- in one statement. No row back means "no such conversation for this user". With an idempotency
 -- key that is already stored, the unique index fails the whole statement, so no seq is consumed.
 -- Retention: an expired conversation is not updated (no row back). A sliding one (ttl set) has its
--- expiry moved to now() + ttl (GREATEST: never backwards; GREATEST ignores the NULL of now() + ttl
--- when ttl is NULL, and Citus refuses now() inside COALESCE or CASE in a modification); otherwise
--- expires_at is set to itself, which keeps the update HOT (no indexed value changes). With max_messages, the messages older than the newest max_messages
+-- expiry moved to now() + ttl; otherwise expires_at is set to itself, which keeps the update HOT
+-- (no indexed value changes). Spelled for Citus, which refuses now() inside COALESCE or CASE of a
+-- modification, and a STABLE function of a column in an UPDATE (timestamptz + interval is
+-- STABLE): GREATEST ignores the NULL a NULL ttl gives (and never moves the expiry backwards), and
+-- the sum is taken in epoch seconds (extract of now() alone is evaluated once, up front; extract
+-- of an interval and to_timestamp are IMMUTABLE). With max_messages, the messages older than the newest max_messages
 -- seqs go in the same statement ("capped"; feedback follows by cascade). Summaries are kept: they
 -- are what still stands for the deleted messages in summarized windows (docs/retention.md).
 WITH reserved AS (
     UPDATE conversations
-       SET next_seq = next_seq + 1, updated_at = now(), expires_at = GREATEST(expires_at, now() + ttl)
+       SET next_seq = next_seq + 1, updated_at = now(), expires_at = GREATEST(expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM ttl)))
      WHERE id = $1 AND user_id = $2
        AND (expires_at IS NULL OR expires_at > now())
  RETURNING id, next_seq - 1 AS seq, max_messages
@@ -127,7 +130,7 @@ WITH snapshot AS (
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, now() + c.ttl)
+       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $18::bigint
  RETURNING c.id, c.next_seq - 1 AS seq, c.max_messages
@@ -157,7 +160,7 @@ SELECT i.seq, i.created_at, k.fresh, k.last_seq
 -- Retention: as save_message (expired: no row; sliding: expiry moved); max_messages comes back so
 -- that the batch deletes what its inserts push beyond the cap (cap_messages, same transaction).
 UPDATE conversations
-   SET next_seq = next_seq + $3, updated_at = now(), expires_at = GREATEST(expires_at, now() + ttl)
+   SET next_seq = next_seq + $3, updated_at = now(), expires_at = GREATEST(expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM ttl)))
  WHERE id = $1 AND user_id = $2
    AND (expires_at IS NULL OR expires_at > now())
 RETURNING next_seq - $3 AS first_seq, updated_at AS created_at, max_messages;
@@ -183,7 +186,7 @@ WITH snapshot AS (
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + $3, updated_at = now(), expires_at = GREATEST(c.expires_at, now() + c.ttl)
+       SET next_seq = c.next_seq + $3, updated_at = now(), expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $4::bigint
  RETURNING c.next_seq - $3 AS first_seq, c.updated_at AS created_at, c.max_messages
@@ -425,7 +428,7 @@ WITH snapshot AS MATERIALIZED (
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, now() + c.ttl)
+       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND ($21::bigint IS NULL OR (k.fresh AND k.last_seq = $21::bigint))
  RETURNING c.id, c.next_seq - 1 AS seq, c.max_messages
@@ -905,7 +908,7 @@ WITH source AS (
     INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id,
                                expires_at, ttl, temporary, max_messages)
     SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
-           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, now() + s.ttl), s.ttl, s.temporary,
+           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM s.ttl))), s.ttl, s.temporary,
            s.max_messages
       FROM source s
      WHERE $5::bigint < s.next_seq
@@ -1070,7 +1073,7 @@ WITH source AS (
     INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id,
                                expires_at, ttl, temporary, max_messages)
     SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
-           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, now() + s.ttl), s.ttl, s.temporary,
+           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM s.ttl))), s.ttl, s.temporary,
            s.max_messages
       FROM source s
      WHERE $5::bigint < s.next_seq

@@ -53,6 +53,7 @@ async def seed(store: ConversationStore, cid: str, uid: str, n: int = 3) -> None
 
 # -- the expiry matrix ---------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["plain", "encrypted"])
+@pytest.mark.guarantee(14)
 async def test_every_method_treats_an_expired_conversation_as_unknown(
     dsn: str, db: asyncpg.Connection, mode: str
 ) -> None:
@@ -289,6 +290,7 @@ async def populate(db: asyncpg.Connection, expired: int, live: int, per: int) ->
     )
 
 
+@pytest.mark.guarantee(14)
 async def test_purge_counts_limit_and_resume(store: ConversationStore, db: asyncpg.Connection) -> None:
     await populate(db, expired=9, live=3, per=4)
     await store.get_or_create_conversation("big", "u", expires_at=datetime.now(UTC) + timedelta(days=1))
@@ -310,6 +312,7 @@ async def test_purge_counts_limit_and_resume(store: ConversationStore, db: async
     assert await store.purge_expired() == type(first)(0, 0)
 
 
+@pytest.mark.guarantee(14)
 async def test_purge_interrupted_by_cancellation_then_resumed(
     store: ConversationStore, db: asyncpg.Connection
 ) -> None:
@@ -331,6 +334,7 @@ async def test_purge_interrupted_by_cancellation_then_resumed(
     assert await db.fetchval("SELECT count(*) FROM conversations") == 2
 
 
+@pytest.mark.guarantee(14)
 async def test_purge_under_concurrent_writers(store: ConversationStore, db: asyncpg.Connection) -> None:
     await populate(db, expired=80, live=4, per=2)
     stop = asyncio.Event()
@@ -371,6 +375,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.guarantee(14)
 async def test_two_processes_purge_at_once_without_double_counting_or_lock_waits(
     dsn: str, db: asyncpg.Connection
 ) -> None:

@@ -79,6 +79,7 @@ def test_the_allow_list_names_real_statements() -> None:
     assert set(ALLOWED) <= set(QUERIES), set(ALLOWED) - set(QUERIES)
 
 
+@pytest.mark.guarantee(14)
 @pytest.mark.parametrize("name", per_conversation_statements())
 def test_every_per_conversation_statement_checks_expiry_with_ownership(name: str) -> None:
     sql = QUERIES[name]
@@ -108,8 +109,13 @@ def test_the_checker_catches_a_missing_predicate() -> None:
 
 def test_appends_move_a_sliding_expiry_and_nothing_else_of_it() -> None:
     for name in ("save_message", "save_message_guarded", "reserve_seq_range", "reserve_seq_range_guarded"):
-        assert "expires_at = GREATEST(" in QUERIES[name] and "now() + " in QUERIES[name], name
-    assert "expires_at = GREATEST(c.expires_at, now() + c.ttl)" in QUERIES["save_and_get_history"]
+        assert "expires_at = GREATEST(" in QUERIES[name] and "extract(epoch FROM now())" in QUERIES[name], (
+            name
+        )
+    assert (
+        "expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))"
+        in QUERIES["save_and_get_history"]
+    )
 
 
 def test_the_claim_is_skip_locked_and_spells_its_conversation() -> None:
