@@ -73,7 +73,8 @@ def show(title: str, medians: dict[str, float], base: str) -> None:
 
 def without_predicate(sql: str) -> str:
     cut = sql.replace(f"\n   AND {LIVE}", "").replace(f"\n       AND {LIVE_BARE}", "")
-    assert LIVE not in cut and LIVE_BARE not in cut, "the predicate's spelling changed"
+    assert LIVE not in cut, "the predicate's spelling changed"
+    assert LIVE_BARE not in cut, "the predicate's spelling changed"
     return cut
 
 
@@ -229,7 +230,10 @@ async def measure(dsn: str, calls: int, repeats: int, purge: int) -> None:
             assert deleted == purge
         show(
             f"purge ({purge} expired conversations of 5 messages, conversations/s)",
-            {"single_statement": statistics.median(bare_rates), "purge_expired": statistics.median(claim_rates)},
+            {
+                "single_statement": statistics.median(bare_rates),
+                "purge_expired": statistics.median(claim_rates),
+            },
             "single_statement",
         )
     finally:
@@ -238,7 +242,9 @@ async def measure(dsn: str, calls: int, repeats: int, purge: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--purge", type=int, default=2000)
