@@ -87,13 +87,15 @@ BY_USER_KEY = {"get_user_key", "create_user_key", "shred_user_key", "rewrap_user
 # the conversation's shard. Value: the most steps seen, so a rewrite that adds hops fails here.
 ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
     "get_or_create_conversation": (("c1", "u1", None, None, None, None, False, False, None), 3),
-    "save_message": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE), 2),
+    # Retention (schema 7): the message cap's DELETE CTE is one more step of every append (3, 5 and
+    # 10 steps, measured on Citus 13.2, each one task on the conversation's shard; docs/retention.md).
+    "save_message": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE), 3),
     # Measured on Citus 13.2 (3-node local cluster): the guard's snapshot read and the summary's
     # CTE are subplans of their own, each still one task on the conversation's shard.
-    "save_message_guarded": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 0), 4),
+    "save_message_guarded": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 0), 5),
     "save_and_get_history": (
         ("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 50, None, True, 0),
-        9,
+        10,
     ),
     "save_summary": (("c1", "u1", 1, "system", "summary", None, 1), 4),
     "set_feedback": (("c1", "u1", 1, 1, None, []), 2),
