@@ -53,22 +53,29 @@ async def rate(op: Op, calls: int) -> float:
     return calls / (time.perf_counter() - start)
 
 
-async def compare(variants: dict[str, Op], calls: int, repeats: int) -> dict[str, float]:
-    """Median ops/s of each variant, rounds interleaved after a warm-up."""
+async def compare(variants: dict[str, Op], calls: int, repeats: int) -> dict[str, list[float]]:
+    """ops/s of each variant per round, rounds interleaved (the order rotating) after a warm-up."""
     for op in variants.values():
         await rate(op, max(10, calls // 10))
     runs: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, op in variants.items():
-            runs[name].append(await rate(op, calls))
-    return {name: statistics.median(r) for name, r in runs.items()}
+    names = list(variants)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            runs[name].append(await rate(variants[name], calls))
+    return runs
 
 
-def show(title: str, medians: dict[str, float], base: str) -> None:
-    print(f"{title}: " + ", ".join(f"{k} {v:.0f} ops/s" for k, v in medians.items()))
-    for name, value in medians.items():
+def show(title: str, runs: dict[str, list[float]], base: str) -> None:
+    """Medians, and the median (and range) of the per-round ratios to ``base``: each round measures
+    the variants back to back, so its ratio is less exposed to the machine's load than medians'."""
+    print(f"{title}: " + ", ".join(f"{k} {statistics.median(v):.0f} ops/s" for k, v in runs.items()))
+    for name, values in runs.items():
         if name != base:
-            print(f"    {name} / {base} = {value / medians[base]:.3f}")
+            ratios = sorted(v / b for v, b in zip(values, runs[base], strict=True))
+            print(
+                f"    {name} / {base} = {statistics.median(ratios):.3f} "
+                f"(rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
+            )
 
 
 def without_predicate(sql: str) -> str:
@@ -78,11 +85,16 @@ def without_predicate(sql: str) -> str:
     return cut
 
 
-async def hot_share(db: asyncpg.Connection, work: Callable[[], Awaitable[None]]) -> float:
+async def hot_share(
+    db: asyncpg.Connection, work: Callable[[], Awaitable[None]], flush: Callable[[], Awaitable[object]]
+) -> float:
     """The share of conversations' updates that were HOT while ``work`` ran."""
 
     async def counters() -> tuple[int, int]:
-        await asyncio.sleep(1.2)  # the statistics are flushed about once a second
+        # A backend flushes its statistics at a transaction's end once a second has passed since
+        # its last flush (PostgreSQL 15+), else only after 10 s idle: wait, then end one more.
+        await asyncio.sleep(1.2)
+        await flush()
         await db.execute("SELECT pg_stat_clear_snapshot()")
         row = await db.fetchrow(
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'conversations'"
@@ -127,7 +139,7 @@ async def measure(dsn: str, calls: int, repeats: int, purge: int) -> None:
         for cid, kwargs in {
             "plain": {},
             "expiring": {"expires_at": FAR},
-            "sliding": {"ttl": timedelta(days=365 * 900), "sliding": True},
+            "sliding": {"ttl": timedelta(days=365 * 90), "sliding": True},
             "capped": {"max_messages": 50},
         }.items():
             await store.get_or_create_conversation(cid, "u", **kwargs)  # type: ignore[arg-type]
@@ -206,7 +218,8 @@ async def measure(dsn: str, calls: int, repeats: int, purge: int) -> None:
                 for _ in range(calls):
                     await store.save_message(cid, "u", "user", content)
 
-            print(f"HOT share of conversations updates, appends to {cid}: {await hot_share(db, appends):.1%}")
+            share = await hot_share(db, appends, lambda: store.get_conversation("plain", "u"))
+            print(f"HOT share of conversations updates, appends to {cid}: {share:.1%}")
 
         # The purge: both ways on fresh, equal data, alternating.
         claim_rates, bare_rates = [], []
@@ -230,10 +243,7 @@ async def measure(dsn: str, calls: int, repeats: int, purge: int) -> None:
             assert deleted == purge
         show(
             f"purge ({purge} expired conversations of 5 messages, conversations/s)",
-            {
-                "single_statement": statistics.median(bare_rates),
-                "purge_expired": statistics.median(claim_rates),
-            },
+            {"single_statement": bare_rates, "purge_expired": claim_rates},
             "single_statement",
         )
     finally:

@@ -1140,9 +1140,10 @@ class ConversationStore:
         it with cron, pg_cron or an application task: docs/retention.md).
 
         Lists ``batch_size`` expired conversations at a time through the partial index
-        ``conversations_expires`` (a read, no lock), then claims and deletes each one in its own
-        statement with ``FOR UPDATE SKIP LOCKED`` (a conversation of more than
-        ``messages_per_batch`` messages goes in several, each its own short transaction). Safe
+        ``conversations_expires`` (a read, no lock), then claims and deletes each one with one
+        statement, ``FOR UPDATE SKIP LOCKED``, the batch's statements pipelined in one round trip
+        and one short transaction (a conversation of more than ``messages_per_batch`` messages
+        then goes in several more statements, each its own short transaction). Safe
         from several processes at once: each conversation is deleted and counted by exactly one
         of them, and none waits for another's locks (a claimed row is skipped). Resumable: what
         was deleted stays deleted, and calling it again (after a cancellation, a lost connection,
@@ -1172,15 +1173,12 @@ class ConversationStore:
                     break
                 after, purged_this_pass = start, 0
                 continue
-            for _, cid in listed:
-                if most is not None and progress.conversations >= most:
-                    break
-                purge = functools.partial(
-                    retention_ops.purge_conversation, cid=cid, chunk=chunk, progress=progress
-                )
-                # ERASE: an idempotent delete step (a second run deletes only what is left).
-                if await self._runner.run(purge, Policy.ERASE):
-                    purged_this_pass += 1
+            ids = [cid for _, cid in listed]
+            if most is not None:
+                ids = ids[: most - progress.conversations]
+            purge = functools.partial(retention_ops.purge_listed, cids=ids, chunk=chunk, progress=progress)
+            # ERASE: an idempotent delete step (a second run deletes only what is left).
+            purged_this_pass += await self._runner.run(purge, Policy.ERASE)
             after = listed[-1]
             if len(listed) < per_batch and purged_this_pass == 0:
                 break

@@ -49,6 +49,29 @@ async def purge_conversation(conn: Conn, cid: str, chunk: int, progress: Erasure
             return True
 
 
+async def purge_listed(conn: Conn, cids: list[str], chunk: int, progress: ErasureProgress) -> int:
+    """Claim and delete the listed conversations: one pipelined round trip for the whole batch
+    (``fetchmany``: the statements run in one implicit transaction, short, claiming with SKIP
+    LOCKED so it waits for no one), then one conversation at a time for those that need more
+    statements (stale snapshot, or more than ``chunk`` messages). Returns how many it deleted."""
+    rows = await conn.fetchmany(_PURGE, [(cid, chunk) for cid in cids])
+    deleted, again = 0, []
+    for row in rows:  # one row per claimed conversation; none for a skipped one
+        if not row["fresh"]:
+            again.append(row["id"])
+            continue
+        progress.messages += row["chunk"]
+        if row["conversations"]:
+            progress.conversations += 1
+            progress.messages += row["messages"]
+            deleted += 1
+        else:
+            again.append(row["id"])
+    for cid in again:
+        deleted += await purge_conversation(conn, cid, chunk, progress)
+    return deleted
+
+
 async def cap(conn: Conn, cid: str, uid: str, through_seq: int) -> None:
     """Inside a batch's transaction: delete the messages with seq <= ``through_seq``."""
     await conn.execute(_CAP, cid, uid, through_seq)

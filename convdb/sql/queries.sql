@@ -1204,7 +1204,9 @@ SELECT id, expires_at
 -- shard (a multi-shard SKIP LOCKED is not possible; the list-then-claim shape avoids it).
 -- Rows back: none = not claimed (locked, gone, or no longer expired): skip it; fresh = false:
 -- nothing done, run it again; otherwise chunk (messages deleted without their conversation) or
--- conversations = 1 with messages (deleted with it).
+-- conversations = 1 with messages (deleted with it). purge_expired sends it for a whole listed
+-- batch in one round trip (asyncpg's pipelined fetchmany, one short implicit transaction), then
+-- runs it again one conversation at a time for those that need more (stale, or chunked).
 WITH snapshot AS MATERIALIZED (
     SELECT c.xmin AS version,
            (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.conversation_id = $1)
@@ -1229,6 +1231,6 @@ WITH snapshot AS MATERIALIZED (
      WHERE k.fresh AND k.messages <= $2 AND c.id = k.id AND c.id = $1
     RETURNING c.id
 )
-SELECT k.fresh, (SELECT count(*) FROM chunk) AS chunk, (SELECT count(*) FROM gone) AS conversations,
+SELECT k.id, k.fresh, (SELECT count(*) FROM chunk) AS chunk, (SELECT count(*) FROM gone) AS conversations,
        k.messages
   FROM checked k;
