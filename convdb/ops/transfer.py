@@ -79,6 +79,10 @@ async def import_conversation(
                 raise ConversationExists(cid)
             raise ConversationNotFound()
         if not row["created"]:
+            # A replace: the row's expiry is checked here, in this transaction (queries.sql says
+            # why not in import_conversation_row); an expired one is unknown, and rolled back.
+            if row["expires_at"] is not None and not await conn.fetchval(_IMPORT_OWNER, cid, uid):
+                raise ConversationNotFound()
             await conn.execute(_IMPORT_CLEAR, cid, uid)
 
         def args(seq: int, record: MessageRow, created_at: datetime) -> tuple[Any, ...]:
