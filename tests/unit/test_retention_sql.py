@@ -37,7 +37,6 @@ ALLOWED = {
     # Catalog and session statements: they name the tables, not a conversation's data.
     "schema_catalog": "catalog",
     "schema_version_row": "catalog",
-    "set_rls_user": "session",
     "default_isolation": "session",
 }
 
