@@ -173,6 +173,12 @@ def build_search(
         # The conversation id on both relations: one shard on Citus, the primary key here.
         message_filters += [f"c.id = {p}", f"m.conversation_id = {p}"]
         title_filters.append(f"c.id = {p}")
+    else:
+        # A temporary conversation is never listed, and a search over all of a user's conversations
+        # lists them by content: it leaves temporary ones out. Searching one by its id (known to
+        # the caller, as for get_history) finds its messages.
+        message_filters.append("NOT c.temporary")
+        title_filters.append("NOT c.temporary")
     if role is not None:
         message_filters.append(f"m.role = {param(role)}")
     if lower is not None:

@@ -1279,6 +1279,10 @@ class ConversationStore:
         An id that already holds a conversation of this user raises ``ConversationExists``
         unless ``replace=True``, which overwrites it (its messages are replaced) atomically. An
         id of another user's conversation raises ``ConversationNotFound`` and is never touched.
+        Retention (an export carries none): a conversation the import creates takes the store's
+        policy, ``default_ttl`` from the import on (sliding if the store's is) and
+        ``max_messages`` (enforced from its next append), and is never temporary; a replaced one
+        keeps its own. The returned ``Conversation`` has the stored retention.
         ``time_limit`` (seconds) bounds each pipelined chunk, and the whole import with a few
         seconds' grace; when it runs out (``QueryTimeout``), or the call is cancelled, the
         connection is closed and nothing is stored.
@@ -1325,8 +1329,9 @@ class ConversationStore:
             rest=rest,
             replace=overwrite,
             chunk_seconds=time_limit,
+            policy=(self.default_ttl, self.sliding, self.max_messages),
         )
-        await self._runner.run_transactions(op, Policy.WRITE, user_id=uid, guard_seconds=time_limit)
+        row = await self._runner.run_transactions(op, Policy.WRITE, user_id=uid, guard_seconds=time_limit)
         return Conversation(
             id=cid,
             user_id=uid,
@@ -1334,6 +1339,10 @@ class ConversationStore:
             metadata=json.loads(header.metadata_json or "{}"),
             created_at=header.created_at,
             updated_at=header.updated_at,
+            expires_at=row["expires_at"],
+            ttl=row["ttl"],
+            temporary=row["temporary"],
+            max_messages=row["max_messages"],
         )
 
     # -- branches, feedback, search ----------------------------------------------------------

@@ -704,14 +704,18 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- not checked here (Citus refuses now() in an ON CONFLICT WHERE, and the row's created_at is the
 -- export's): when a replaced row has an expiry (expires_at back), the caller checks it with
 -- import_owner_check in the same transaction and rolls back if it has passed. A replace keeps the
--- conversation's retention settings; an import creates a conversation without expiry.
-INSERT INTO conversations (id, user_id, title, metadata, next_seq, created_at, updated_at)
-VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $6, $7)
+-- conversation's retention settings. A created conversation takes the store's policy (an export
+-- carries no retention): $9 the store's default_ttl (expires_at = now() + $9; NULL: no expiry),
+-- stored as the sliding TTL when $10 (sliding), and $11 its max_messages. It is never temporary.
+INSERT INTO conversations (id, user_id, title, metadata, next_seq, created_at, updated_at, expires_at, ttl,
+                           max_messages)
+VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $6, $7, now() + $9::interval,
+        CASE WHEN $10::boolean THEN $9::interval END, $11)
 ON CONFLICT (id) DO UPDATE
    SET title = EXCLUDED.title, metadata = EXCLUDED.metadata, next_seq = EXCLUDED.next_seq,
        created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
  WHERE conversations.user_id = EXCLUDED.user_id AND $8::boolean
-RETURNING (xmax = 0) AS created, expires_at;
+RETURNING (xmax = 0) AS created, expires_at, ttl, temporary, max_messages;
 
 -- name: import_owner_check
 -- After import_conversation_row returned nothing: does the id belong to this user?

@@ -212,6 +212,62 @@ async def test_store_policy_and_temporary_conversations(dsn: str, db: asyncpg.Co
         assert await db.fetchval("SELECT count(*) FROM conversations") == 2
 
 
+async def test_a_temporary_conversation_is_left_out_of_user_wide_search_but_counted_in_usage(
+    store: ConversationStore,
+) -> None:
+    # Decision (docs/retention.md): "never listed" covers the user-wide search, which lists
+    # conversations by their content; by id (which the caller holds) it is searchable as any
+    # other. Usage reports list no conversation and are accounting: its spent tokens count.
+    await seed(store, "kept", "u")
+    await store.get_or_create_conversation("temp", "u", title="title temp needle", temporary=True)
+    await store.save_message("temp", "u", "user", "needle temp 0", usage={"input_tokens": 5})
+
+    hits = (await store.search_messages("u", "needle")).items
+    assert hits and {h.conversation_id for h in hits} == {"kept"}
+    inside = (await store.search_messages("u", "needle", conversation_id="temp")).items
+    assert {(h.conversation_id, h.seq) for h in inside} == {("temp", 1), ("temp", None)}
+
+    since, until = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    report = await store.usage_report("u", since=since, until=until)
+    assert (report.total.messages, report.total.input_tokens) == (4, 3 + 5)
+    only = await store.usage_report("u", since=since, until=until, conversation_id="temp")
+    assert (only.total.messages, only.total.input_tokens) == (1, 5)
+
+
+async def test_an_import_that_creates_a_conversation_applies_the_store_policy(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as plain:
+        await seed(plain, "src", "u", n=3)
+        records = await export_records(plain, "src", "u")
+    async with await ConversationStore.connect(
+        dsn, min_size=1, max_size=2, default_ttl=timedelta(days=30), sliding=True, max_messages=3
+    ) as store:
+        now = await db.fetchval("SELECT now()")
+        copy = await store.import_conversation("u", records, conversation_id="copy")
+        stored = await db.fetchrow(
+            "SELECT expires_at, ttl, temporary, max_messages FROM conversations WHERE id = 'copy'"
+        )
+        assert stored["ttl"] == timedelta(days=30) and stored["max_messages"] == 3 and not stored["temporary"]
+        assert timedelta(days=29) < stored["expires_at"] - now < timedelta(days=31)
+        assert (copy.expires_at, copy.ttl, copy.sliding, copy.temporary, copy.max_messages) == (
+            stored["expires_at"],
+            timedelta(days=30),
+            True,
+            False,
+            3,
+        )
+        # Every message is restored; the cap acts from the next append on.
+        assert await seqs(db, "copy") == [1, 2, 3]
+        await store.save_message("copy", "u", "user", "fourth")
+        assert await seqs(db, "copy") == [2, 3, 4]
+
+        # A replace keeps the replaced conversation's own retention (here: none).
+        replaced = await store.import_conversation("u", records, replace=True)
+        assert (replaced.expires_at, replaced.ttl, replaced.max_messages) == (None, None, None)
+        assert await db.fetchval("SELECT expires_at FROM conversations WHERE id = 'src'") is None
+
+
 # -- message caps ----------------------------------------------------------------------------------
 async def seqs(db: asyncpg.Connection, cid: str) -> list[int]:
     return [

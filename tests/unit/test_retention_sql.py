@@ -137,3 +137,10 @@ def test_search_never_finds_expired_conversations(conversation_id: str | None) -
     # Messages and titles, each over its conversation row (and the ownership probe for one id).
     expected = 2 if conversation_id is None else 3
     assert query.sql.count(live("c")) + query.sql.count(live("o")) == expected, query.sql
+
+
+@pytest.mark.parametrize("conversation_id", [None, "c1"])
+def test_user_wide_search_leaves_temporary_conversations_out(conversation_id: str | None) -> None:
+    query = build_search("u", "word", conversation_id=conversation_id)
+    # Messages and titles over all of a user's conversations; none when searching one by its id.
+    assert query.sql.count("NOT c.temporary") == (2 if conversation_id is None else 0), query.sql
