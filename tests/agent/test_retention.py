@@ -248,6 +248,7 @@ async def test_an_import_that_creates_a_conversation_applies_the_store_policy(
         stored = await db.fetchrow(
             "SELECT expires_at, ttl, temporary, max_messages FROM conversations WHERE id = 'copy'"
         )
+        assert stored is not None
         assert stored["ttl"] == timedelta(days=30) and stored["max_messages"] == 3 and not stored["temporary"]
         assert timedelta(days=29) < stored["expires_at"] - now < timedelta(days=31)
         assert (copy.expires_at, copy.ttl, copy.sliding, copy.temporary, copy.max_messages) == (
