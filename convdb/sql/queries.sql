@@ -410,7 +410,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- newest stored seq is $21 (save_message_guarded's rule); otherwise written is false, with no
 -- message rows, and last_seq says what the newest seq was.
 -- Retention: save_message's (expiry checked, sliding expiry moved, max_messages capped in this
--- statement; the window leaves out what the cap deletes).
+-- statement; the window leaves out what the cap deletes: seq > r.seq - r.max_messages).
 WITH snapshot AS MATERIALIZED (
     SELECT c.xmin AS version,
            CASE WHEN $21::bigint IS NULL THEN NULL
@@ -475,7 +475,7 @@ WITH snapshot AS MATERIALIZED (
               FROM messages
              WHERE conversation_id = r.id AND conversation_id = $1 AND seq < r.seq
                AND seq > coalesce((SELECT su.through_seq FROM summary su), 0)
-               AND (r.max_messages IS NULL OR seq > r.seq - r.max_messages)  -- not the capped ones
+               AND (r.max_messages IS NULL OR seq > r.seq - r.max_messages)
              ORDER BY seq DESC
              LIMIT $18::integer - 1
            ) o

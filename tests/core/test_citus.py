@@ -50,7 +50,7 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "pop_last_message": ("c1", "u1"),
     "export_header": ("c1", "u1"),
     "export_messages": ("c1", "u1", 0, 100, 50),
-    "import_conversation_row": ("c1", "u1", "t", None, 1, _NOW, _NOW, True),
+    "import_conversation_row": ("c1", "u1", "t", None, 1, _NOW, _NOW, True, timedelta(days=1), True, None),
     "import_owner_check": ("c1", "u1"),
     "import_clear_messages": ("c1", "u1"),
     "import_message": ("c1", 1, "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, _NOW, "u1"),
