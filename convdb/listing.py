@@ -23,8 +23,8 @@ from typing import Any, Final
 from pypika import Order, Parameter, Table, Tuple
 from pypika.dialects import PostgreSQLQuery
 from pypika.enums import Comparator
-from pypika.functions import Cast
-from pypika.terms import BasicCriterion, Criterion, Term
+from pypika.functions import Cast, Now
+from pypika.terms import BasicCriterion, Criterion, Not, Term
 
 from .cursors import digest, seal, unseal
 from .errors import InvalidInput
@@ -47,6 +47,10 @@ _COLUMNS: Final = (
     "parent_id",
     "forked_at_seq",
     "root_id",
+    "expires_at",
+    "ttl",
+    "temporary",
+    "max_messages",
 )
 
 
@@ -184,7 +188,12 @@ def build_listing(
         args.append(value)
         return Parameter(f"${len(args)}")
 
-    conditions: list[Criterion] = [t.user_id == param(uid)]
+    # Retention: expired conversations are unknown, temporary ones are never listed.
+    conditions: list[Criterion] = [
+        t.user_id == param(uid),
+        t.expires_at.isnull() | (t.expires_at > Now()),  # type: ignore[no-untyped-call]
+        Not(t.temporary),
+    ]
     if position is not None:
         conditions.append(Tuple(t.updated_at, t.id) < Tuple(param(position[0]), param(position[1])))
     if title is not None:

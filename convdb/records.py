@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -38,6 +38,22 @@ class Conversation:
     forked_at_seq: int | None = None
     #: The first conversation of the lineage (the source of the first fork); None if never forked.
     root_id: str | None = None
+    #: When the conversation expires (docs/retention.md); None: never. From that instant on every
+    #: method treats it as unknown (``ConversationNotFound``) and ``purge_expired`` deletes it.
+    expires_at: datetime | None = None
+    #: The sliding expiry's TTL: each append moves ``expires_at`` to the append's time plus this.
+    #: None for a fixed expiry or none.
+    ttl: timedelta | None = None
+    #: A temporary conversation: never listed (``list_conversations``), expiring by default after
+    #: the store's ``temporary_ttl``.
+    temporary: bool = False
+    #: The message cap: an append beyond it deletes the oldest messages in the same statement.
+    max_messages: int | None = None
+
+    @property
+    def sliding(self) -> bool:
+        """Whether each append pushes the expiry forward (``ttl`` is set)."""
+        return self.ttl is not None
 
     @property
     def root(self) -> str:
@@ -57,6 +73,10 @@ class Conversation:
             parent_id=row.get("parent_id"),
             forked_at_seq=row.get("forked_at_seq"),
             root_id=row.get("root_id"),
+            expires_at=row.get("expires_at"),
+            ttl=row.get("ttl"),
+            temporary=row.get("temporary") or False,
+            max_messages=row.get("max_messages"),
         )
 
 
@@ -211,7 +231,7 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class ErasureCounts:
-    """What ``delete_user_data`` deleted."""
+    """What ``delete_user_data``, ``shred_user`` or ``purge_expired`` deleted."""
 
     conversations: int
     messages: int

@@ -23,7 +23,7 @@ from .errors import SchemaMismatch
 from .sql import QUERIES
 
 #: The schema version this package is built for: the last migration it ships.
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +78,11 @@ EXPECTED_COLUMNS: Final[dict[str, Column]] = {
     "conversations.parent_id": Column("text", False),
     "conversations.forked_at_seq": Column("bigint", False),
     "conversations.root_id": Column("text", False),
+    # Retention (0007): every statement filters expired rows; purge_expired deletes them.
+    "conversations.expires_at": Column(_TS, False),
+    "conversations.ttl": Column("interval", False),
+    "conversations.temporary": Column("boolean", True, "false"),
+    "conversations.max_messages": Column("integer", False),
     # Feedback (0005).
     "message_feedback.conversation_id": Column("text", True),
     "message_feedback.seq": Column("bigint", True),
@@ -121,6 +126,8 @@ EXPECTED_CONSTRAINTS: Final[dict[str, str]] = {
     "conversation_summaries.conversation_summaries_role_known": "CHECK ((role = ANY (ARRAY['system'::text, 'user'::text, 'assistant'::text])))",
     "conversation_summaries.conversation_summaries_metadata_object": "CHECK ((jsonb_typeof(metadata) = 'object'::text))",
     "conversation_summaries.conversation_summaries_token_count_nonnegative": "CHECK ((token_count >= 0))",
+    "conversations.conversations_ttl_positive": "CHECK (((ttl IS NULL) OR (ttl > '00:00:00'::interval))) NOT VALID",
+    "conversations.conversations_max_messages_positive": "CHECK (((max_messages IS NULL) OR (max_messages > 0))) NOT VALID",
     # The cascade is what keeps pop, clear, delete and erasure working on rated messages.
     "message_feedback.message_feedback_pkey": "PRIMARY KEY (conversation_id, seq)",
     "message_feedback.message_feedback_message_fkey": "FOREIGN KEY (conversation_id, seq) REFERENCES messages(conversation_id, seq) ON DELETE CASCADE",
@@ -150,6 +157,8 @@ EXPECTED_INDEXES: Final[dict[str, str]] = {
     "conversations.conversations_forks": "USING btree (parent_id, user_id) WHERE (parent_id IS NOT NULL)",
     "conversations.conversations_branches": "USING btree (root_id, user_id) WHERE (root_id IS NOT NULL)",
     "message_feedback.message_feedback_pkey": "UNIQUE USING btree (conversation_id, seq)",
+    # purge_expired lists expired conversations through it (without it: a scan of every row).
+    "conversations.conversations_expires": "USING btree (expires_at) WHERE (expires_at IS NOT NULL)",
     "convdb_user_keys.convdb_user_keys_pkey": "UNIQUE USING btree (user_id)",
 }
 
@@ -165,7 +174,14 @@ EXPECTED_FUNCTIONS: Final[dict[str, str]] = {
 # Constraints created NOT VALID (migration 0007 must not scan the tables under its lock; schema.sql
 # does the same so that both give one catalog). A DBA may VALIDATE them later: that form is accepted
 # too (pg_get_constraintdef appends " NOT VALID" only to the unvalidated one).
-MAY_BE_VALIDATED: Final = frozenset({"conversations.conversations_valid", "messages.messages_valid"})
+MAY_BE_VALIDATED: Final = frozenset(
+    {
+        "conversations.conversations_valid",
+        "messages.messages_valid",
+        "conversations.conversations_ttl_positive",
+        "conversations.conversations_max_messages_positive",
+    }
+)
 
 FRESH_INSTALL: Final = (
     "apply the fresh-install schema: python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f - "

@@ -164,13 +164,21 @@ def build_search(
         return f"${len(args)}"
 
     tsquery = f"websearch_to_tsquery('{config}'::regconfig, $2)"
-    message_filters = ["c.user_id = $1", f"{document('m.content', config)} @@ {tsquery}"]
-    title_filters = ["c.user_id = $1", f"{document('c.title', config)} @@ {tsquery}"]
+    # Retention: an expired conversation is unknown here too (its messages and its title).
+    live = "(c.expires_at IS NULL OR c.expires_at > now())"
+    message_filters = ["c.user_id = $1", live, f"{document('m.content', config)} @@ {tsquery}"]
+    title_filters = ["c.user_id = $1", live, f"{document('c.title', config)} @@ {tsquery}"]
     if cid is not None:
         p = param(cid)
         # The conversation id on both relations: one shard on Citus, the primary key here.
         message_filters += [f"c.id = {p}", f"m.conversation_id = {p}"]
         title_filters.append(f"c.id = {p}")
+    else:
+        # A temporary conversation is never listed, and a search over all of a user's conversations
+        # lists them by content: it leaves temporary ones out. Searching one by its id (known to
+        # the caller, as for get_history) finds its messages.
+        message_filters.append("NOT c.temporary")
+        title_filters.append("NOT c.temporary")
     if role is not None:
         message_filters.append(f"m.role = {param(role)}")
     if lower is not None:
@@ -215,7 +223,7 @@ def build_search(
         # No row: not this user's conversation; one row of NULLs: no hits.
         sql = (
             f"SELECT s.* FROM conversations o LEFT JOIN LATERAL ({outer}) s ON true "
-            f"WHERE o.id = $3 AND o.user_id = $1 "
+            f"WHERE o.id = $3 AND o.user_id = $1 AND (o.expires_at IS NULL OR o.expires_at > now()) "
             f"ORDER BY {_order('s')}"
         )
     return SearchQuery(sql, tuple(args), n, context, cid)

@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -41,6 +41,7 @@ from .ops import erasure as erasure_ops
 from .ops import feedback as feedback_ops
 from .ops import keys as key_ops
 from .ops import messages as message_ops
+from .ops import retention as retention_ops
 from .ops import search as search_ops
 from .ops import settings as settings_ops
 from .ops import summaries as summary_ops
@@ -80,6 +81,7 @@ from .validation import (
     check_flag,
     check_id,
     check_limit,
+    check_max_messages,
     check_optional_id,
     check_rating,
     check_seconds,
@@ -89,6 +91,7 @@ from .validation import (
     check_time_zone,
     check_title,
     check_token_budget,
+    check_ttl,
     check_usage,
     encode_json,
     estimate_tokens,
@@ -109,6 +112,17 @@ def _runner_option(name: str) -> Any:
         setattr(store._runner, name, value)
 
     return property(get, set_, doc=f"The runner's ``{name}`` (see ``ConversationStore``).")
+
+
+def _retention_policy(
+    default_ttl: object, sliding: object, temporary_ttl: object, max_messages: object
+) -> tuple[timedelta | None, bool, timedelta, int | None]:
+    """The store-wide retention policy of ``connect()`` / ``ConversationStore()``, checked (no I/O)."""
+    ttl = None if default_ttl is None else check_ttl(default_ttl, "default_ttl")
+    slide = check_flag(sliding, "sliding")
+    if slide and ttl is None:
+        raise InvalidInput("sliding", "needs default_ttl= (a sliding expiry moves by its ttl)")
+    return ttl, slide, check_ttl(temporary_ttl, "temporary_ttl"), check_max_messages(max_messages)
 
 
 class ConversationStore:
@@ -142,6 +156,11 @@ class ConversationStore:
       reserved before the value is sealed, as it is part of the associated data), and listing by
       ``title_contains`` / ``metadata_contains`` is refused. ``key_cache_seconds`` (default 300)
       and ``key_cache_size`` (default 10,000 users) bound the cache of unwrapped data keys.
+    - Retention (docs/retention.md), the policy of conversations created without one of their own:
+      ``default_ttl`` (a ``timedelta``; None, the default: no expiry) and ``sliding`` (each append
+      pushes the expiry to now + ``default_ttl``: "expire after N days idle"); ``temporary_ttl``
+      (default 24 hours), the lifetime of ``temporary=True`` conversations; ``max_messages``
+      (None: no cap), the message cap of new conversations. Checked before any I/O.
 
     Every error a method raises is a ``ConvDBError``. Input is checked before any I/O: a bad
     argument raises ``InvalidInput`` and nothing is sent. An unknown conversation id and another
@@ -172,10 +191,15 @@ class ConversationStore:
         encryption: KeyProvider | None = None,
         key_cache_seconds: float = 300.0,
         key_cache_size: int = 10_000,
+        default_ttl: timedelta | None = None,
+        sliding: bool = False,
+        temporary_ttl: timedelta = timedelta(hours=24),
+        max_messages: int | None = None,
         _owns_pool: bool = False,
     ) -> None:
         if encryption is not None and not isinstance(encryption, KeyProvider):
             raise InvalidInput("encryption", "must be a convdb.keys.KeyProvider (such as StaticKeys)")
+        policy = _retention_policy(default_ttl, sliding, temporary_ttl, max_messages)
         key_cache_seconds = check_seconds(key_cache_seconds, "key_cache_seconds")
         key_cache_size = check_limit(key_cache_size, "key_cache_size", maximum=10_000_000)
         self._pool = pool
@@ -195,6 +219,7 @@ class ConversationStore:
         self.max_batch_size = max_batch_size
         self._keys = encryption
         self._key_cache = KeyCache(key_cache_seconds, key_cache_size)
+        self.default_ttl, self.sliding, self.temporary_ttl, self.max_messages = policy
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -221,6 +246,10 @@ class ConversationStore:
         encryption: KeyProvider | None = None,
         key_cache_seconds: float = 300.0,
         key_cache_size: int = 10_000,
+        default_ttl: timedelta | None = None,
+        sliding: bool = False,
+        temporary_ttl: timedelta = timedelta(hours=24),
+        max_messages: int | None = None,
         **pool_options: Any,
     ) -> ConversationStore:
         """Create a pool (owned by the store) and check the schema unless ``verify_schema=False``.
@@ -232,6 +261,7 @@ class ConversationStore:
         """
         if encryption is not None and not isinstance(encryption, KeyProvider):
             raise InvalidInput("encryption", "must be a convdb.keys.KeyProvider (such as StaticKeys)")
+        _retention_policy(default_ttl, sliding, temporary_ttl, max_messages)  # before any I/O
         try:
             pool = await create_pool(
                 dsn,
@@ -259,6 +289,10 @@ class ConversationStore:
             encryption=encryption,
             key_cache_seconds=key_cache_seconds,
             key_cache_size=key_cache_size,
+            default_ttl=default_ttl,
+            sliding=sliding,
+            temporary_ttl=temporary_ttl,
+            max_messages=max_messages,
             _owns_pool=True,
         )
         if verify_schema:
@@ -394,8 +428,23 @@ class ConversationStore:
         *,
         title: str | None = None,
         metadata: Mapping[str, JSONValue] | None = None,
+        expires_at: datetime | None = None,
+        ttl: timedelta | None = None,
+        sliding: bool | None = None,
+        temporary: bool = False,
+        max_messages: int | None = None,
     ) -> Conversation:
         """Load this user's conversation, or create it (with a new time-ordered id when None).
+
+        Retention (docs/retention.md), applied only when the conversation is created, as ``title``
+        and ``metadata`` are: ``expires_at`` (timezone-aware; one in the past expires it at once)
+        or ``ttl`` (a positive ``timedelta`` from now), not both; ``sliding=True``: each append
+        pushes the expiry to now + ttl (None: the store's ``sliding`` when the store's
+        ``default_ttl`` applies, else False); ``temporary=True``: never listed, and expiring after
+        the store's ``temporary_ttl`` unless ``ttl``/``expires_at`` say otherwise; ``max_messages``:
+        the cap (None: the store's). Without any of them the store's policy applies. An id whose
+        conversation has expired raises ``ConversationNotFound`` (as another user's id does) until
+        ``purge_expired`` deletes it: it is never revived with its old messages.
 
         An id that belongs to another user raises ``ConversationNotFound``; ``title`` and
         ``metadata`` apply only when the conversation is created. Racing creators of one id get
@@ -409,14 +458,41 @@ class ConversationStore:
         uid = check_id(user_id, "user_id")
         check_title(title, self.limits)
         meta_json = encode_json(metadata, "metadata", kind=dict, max_bytes=self.limits.metadata)
+        retention = self._new_retention(expires_at, ttl, sliding, temporary, max_messages)
         codec = await self._codec(cid, uid, create=True)
         if codec is not None:
             title, meta_json = codec.seal_title(title), codec.seal_metadata(meta_json)
         op = functools.partial(
-            conversation_ops.get_or_create, cid=cid, uid=uid, title=title, metadata_json=meta_json
+            conversation_ops.get_or_create,
+            cid=cid,
+            uid=uid,
+            title=title,
+            metadata_json=meta_json,
+            retention=retention,
         )
         conversation = await self._runner.run(op, Policy.READ, user_id=uid)
         return conversation if codec is None else codec.open_conversation(conversation)
+
+    def _new_retention(
+        self, expires_at: object, ttl: object, sliding: object, temporary: object, max_messages: object
+    ) -> conversation_ops.Retention:
+        """A new conversation's retention: its own arguments, else the store's policy (no I/O)."""
+        temp = check_flag(temporary, "temporary")
+        slide = None if sliding is None else check_flag(sliding, "sliding")
+        at = None if expires_at is None else check_aware_datetime(expires_at, "expires_at")
+        span = None if ttl is None else check_ttl(ttl)
+        if at is not None and span is not None:
+            raise InvalidInput("ttl", "give expires_at= or ttl=, not both")
+        if at is not None and slide:
+            raise InvalidInput("sliding", "needs ttl= (a sliding expiry moves by its ttl), not expires_at=")
+        if at is None and span is None:
+            span, store_sliding = (self.temporary_ttl, False) if temp else (self.default_ttl, self.sliding)
+            if slide is None:
+                slide = store_sliding
+        if slide and span is None:
+            raise InvalidInput("sliding", "needs a ttl: ttl= or the store's default_ttl")
+        cap = self.max_messages if max_messages is None else check_max_messages(max_messages)
+        return conversation_ops.Retention(at, span, bool(slide), temp, cap)
 
     async def get_conversation(self, conversation_id: str, user_id: str) -> Conversation:
         """This user's conversation; ``ConversationNotFound`` for an unknown or foreign id. One round trip."""
@@ -845,15 +921,35 @@ class ConversationStore:
         *,
         title: str | Unset | None = UNSET,
         metadata: Mapping[str, JSONValue] | Unset | None = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+        ttl: timedelta | Unset | None = UNSET,
+        sliding: bool = False,
     ) -> Conversation:
-        """Set the title and/or replace the metadata; returns the updated conversation.
+        """Set the title and/or replace the metadata and/or set the expiry; returns the updated
+        conversation.
 
         An argument left out is left alone; ``title=None`` clears the title and ``metadata=None``
-        (or ``{}``) empties the metadata. Touches ``updated_at``. One round trip.
+        (or ``{}``) empties the metadata. Expiry (docs/retention.md): ``expires_at`` (aware; in
+        the past: expired at once) or ``ttl`` (from now; with ``sliding=True`` each append pushes
+        it forward), not both; ``expires_at=None`` (or ``ttl=None``) removes the expiry. An
+        expired conversation is unknown (``ConversationNotFound``): its expiry cannot be lifted.
+        Touches ``updated_at``. One round trip.
         """
         cid, uid = check_conversation_key(conversation_id, user_id)
-        if isinstance(title, Unset) and isinstance(metadata, Unset):
-            raise InvalidInput("title", "nothing to update: pass title= and/or metadata=")
+        set_expiry = not (isinstance(expires_at, Unset) and isinstance(ttl, Unset))
+        if check_flag(sliding, "sliding") and (isinstance(ttl, Unset) or ttl is None):
+            raise InvalidInput("sliding", "needs ttl= (a sliding expiry moves by its ttl)")
+        if isinstance(title, Unset) and isinstance(metadata, Unset) and not set_expiry:
+            raise InvalidInput("title", "nothing to update: pass title=, metadata= and/or expires_at= / ttl=")
+        if not isinstance(expires_at, Unset) and not isinstance(ttl, Unset):
+            raise InvalidInput("ttl", "give expires_at= or ttl=, not both")
+        at = (
+            None
+            if isinstance(expires_at, Unset) or expires_at is None
+            else check_aware_datetime(expires_at, "expires_at")
+        )
+        span = None if isinstance(ttl, Unset) or ttl is None else check_ttl(ttl)
+        slide = check_flag(sliding, "sliding")
         new_title = None if isinstance(title, Unset) else check_title(title, self.limits)
         meta_json = (
             None
@@ -872,8 +968,13 @@ class ConversationStore:
             title=new_title,
             set_metadata=not isinstance(metadata, Unset),
             metadata_json=meta_json,
+            set_expiry=set_expiry,
+            expires_at=at,
+            ttl=span,
+            sliding=slide,
         )
-        # Absolute values: a second run sets the same ones (READ's retry rule).
+        # Absolute values: a second run sets the same ones (READ's retry rule; a ttl is counted
+        # from the second run's time).
         conversation = await self._runner.run(op, Policy.READ, user_id=uid)
         return conversation if codec is None else codec.open_conversation(conversation)
 
@@ -1031,6 +1132,59 @@ class ConversationStore:
         counts = await self._runner.run(key_ops.per_master_key, Policy.READ)
         return RotationReport(done, {k: n for k, n in counts.items() if k != active})
 
+    async def purge_expired(
+        self, *, batch_size: int = 100, limit: int | None = None, messages_per_batch: int = 5000
+    ) -> ErasureCounts:
+        """Delete the expired conversations (``expires_at`` passed) with their messages; returns the
+        counts. A maintenance call, not scoped to a user: it sees every user's expired rows (run
+        it from a store without ``row_level_security``, as the owner of convdb's tables; schedule
+        it with cron, pg_cron or an application task: docs/retention.md).
+
+        Lists ``batch_size`` expired conversations at a time through the partial index
+        ``conversations_expires`` (a read, no lock), then claims and deletes each one with one
+        statement, ``FOR UPDATE SKIP LOCKED``, the batch's statements pipelined in one round trip
+        and one short transaction (a conversation of more than ``messages_per_batch`` messages
+        then goes in several more statements, each its own short transaction). Safe
+        from several processes at once: each conversation is deleted and counted by exactly one
+        of them, and none waits for another's locks (a claimed row is skipped). Resumable: what
+        was deleted stays deleted, and calling it again (after a cancellation, a lost connection,
+        a killed process) finishes the job. ``limit`` stops after that many conversations. Until
+        it runs, an expired conversation is already invisible to every other method.
+        """
+        if self.row_level_security:
+            raise InvalidInput(
+                "row_level_security",
+                "purge_expired() deletes every user's expired conversations: run it from a store "
+                "without row_level_security, connected as the owner of convdb's tables",
+            )
+        per_batch = check_limit(batch_size, "batch_size", maximum=10_000)
+        most = None if limit is None else check_limit(limit, "limit", maximum=2**62)
+        chunk = check_limit(messages_per_batch, "messages_per_batch", maximum=100_000)
+        progress = erasure_ops.ErasureProgress()
+        start = (datetime.min.replace(tzinfo=UTC), "")
+        after, purged_this_pass = start, 0
+        while most is None or progress.conversations < most:
+            take = functools.partial(retention_ops.list_expired, after=after, count=per_batch)
+            listed = await self._runner.run(take, Policy.READ)
+            if not listed:
+                # One more pass from the start when this one deleted something: it finds what
+                # was skipped (claimed by another purger that may have given it up) or expired
+                # meanwhile below the cursor. A pass that deletes nothing ends the call.
+                if after == start or purged_this_pass == 0:
+                    break
+                after, purged_this_pass = start, 0
+                continue
+            ids = [cid for _, cid in listed]
+            if most is not None:
+                ids = ids[: most - progress.conversations]
+            purge = functools.partial(retention_ops.purge_listed, cids=ids, chunk=chunk, progress=progress)
+            # ERASE: an idempotent delete step (a second run deletes only what is left).
+            purged_this_pass += await self._runner.run(purge, Policy.ERASE)
+            after = listed[-1]
+            if len(listed) < per_batch and purged_this_pass == 0:
+                break
+        return ErasureCounts(progress.conversations, progress.messages)
+
     def export_conversation(
         self, conversation_id: str, user_id: str, *, chunk_size: int = 1000
     ) -> AsyncIterator[dict[str, Any]]:
@@ -1125,6 +1279,10 @@ class ConversationStore:
         An id that already holds a conversation of this user raises ``ConversationExists``
         unless ``replace=True``, which overwrites it (its messages are replaced) atomically. An
         id of another user's conversation raises ``ConversationNotFound`` and is never touched.
+        Retention (an export carries none): a conversation the import creates takes the store's
+        policy, ``default_ttl`` from the import on (sliding if the store's is) and
+        ``max_messages`` (enforced from its next append), and is never temporary; a replaced one
+        keeps its own. The returned ``Conversation`` has the stored retention.
         ``time_limit`` (seconds) bounds each pipelined chunk, and the whole import with a few
         seconds' grace; when it runs out (``QueryTimeout``), or the call is cancelled, the
         connection is closed and nothing is stored.
@@ -1171,8 +1329,9 @@ class ConversationStore:
             rest=rest,
             replace=overwrite,
             chunk_seconds=time_limit,
+            policy=(self.default_ttl, self.sliding, self.max_messages),
         )
-        await self._runner.run_transactions(op, Policy.WRITE, user_id=uid, guard_seconds=time_limit)
+        row = await self._runner.run_transactions(op, Policy.WRITE, user_id=uid, guard_seconds=time_limit)
         return Conversation(
             id=cid,
             user_id=uid,
@@ -1180,6 +1339,10 @@ class ConversationStore:
             metadata=json.loads(header.metadata_json or "{}"),
             created_at=header.created_at,
             updated_at=header.updated_at,
+            expires_at=row["expires_at"],
+            ttl=row["ttl"],
+            temporary=row["temporary"],
+            max_messages=row["max_messages"],
         )
 
     # -- branches, feedback, search ----------------------------------------------------------

@@ -14,7 +14,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final, NamedTuple
 
@@ -336,6 +336,29 @@ def check_aware_datetime(value: object, field: str, *, index: int | None = None)
             index=index,
         ) from None
     return value
+
+
+MAX_TTL: Final = timedelta(days=100 * 366)
+"""The longest ``ttl`` accepted (a century): far beyond any retention policy, far within an interval."""
+MAX_MESSAGES_CAP: Final = 2**31 - 1
+
+
+def check_ttl(value: object, field: str = "ttl") -> timedelta:
+    """A positive ``datetime.timedelta`` of at most ``MAX_TTL``."""
+    if not isinstance(value, timedelta):
+        raise InvalidInput(field, f"must be a datetime.timedelta, got {type(value).__name__}")
+    if value <= timedelta(0):
+        raise InvalidInput(field, f"must be positive, got {value}")
+    if value > MAX_TTL:
+        raise InvalidInput(field, f"must be at most {MAX_TTL.days} days, got {value}")
+    return value
+
+
+def check_max_messages(value: object, field: str = "max_messages") -> int | None:
+    """A message cap: None (no cap) or an int from 1."""
+    if value is None:
+        return None
+    return check_limit(value, field, maximum=MAX_MESSAGES_CAP)
 
 
 def check_token_count(value: object, *, index: int | None = None) -> int:

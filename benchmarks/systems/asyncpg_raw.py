@@ -82,7 +82,11 @@ class AsyncpgRawSystem(System):
             get_or_create_sql = QUERIES["get_or_create_conversation"]
 
             async def get_or_create(key: int) -> None:
-                await self.pool.fetchrow(get_or_create_sql, conversation_id(key), user_of(key), None, None)
+                # No title or metadata; no retention ($5..$9: expires_at, ttl, sliding, temporary, cap).
+                no_retention = (None, None, False, False, None)
+                await self.pool.fetchrow(
+                    get_or_create_sql, conversation_id(key), user_of(key), None, None, *no_retention
+                )
 
             return Operation(get_or_create, "an existing conversation: the per-request path")
         if op == "turn":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Final
 
 import asyncpg
@@ -21,16 +23,40 @@ _CLEAR_CONVERSATION: Final = QUERIES["clear_conversation"]
 _LOCK_CONVERSATION: Final = QUERIES["lock_conversation"]
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """A new conversation's retention, as get_or_create_conversation's statements take it: a fixed
+    ``expires_at``, else now() + ``ttl`` (stored as the sliding TTL when ``sliding``), the
+    ``temporary`` flag and the message cap."""
+
+    expires_at: datetime | None = None
+    ttl: timedelta | None = None
+    sliding: bool = False
+    temporary: bool = False
+    max_messages: int | None = None
+
+    def args(self) -> tuple[object, ...]:
+        return (self.expires_at, self.ttl, self.sliding, self.temporary, self.max_messages)
+
+
+NO_RETENTION: Final = Retention()
+
+
 async def get_or_create(
-    conn: Conn, cid: str, uid: str, title: str | None, metadata_json: str | None
+    conn: Conn,
+    cid: str,
+    uid: str,
+    title: str | None,
+    metadata_json: str | None,
+    retention: Retention = NO_RETENTION,
 ) -> Conversation:
-    row = await conn.fetchrow(_GET_OR_CREATE, cid, uid, title, metadata_json)
+    row = await conn.fetchrow(_GET_OR_CREATE, cid, uid, title, metadata_json, *retention.args())
     if row is None:
         # Another user owns the id, or a concurrent creator or delete changed the row after our
         # snapshot. A re-read is not enough (the row can be deleted between the two statements:
         # ~45 of 1,800 racing calls then told the owner "not found"); the locking variant decides
         # on the newest row version instead.
-        row = await conn.fetchrow(_GET_OR_CREATE_LOCKED, cid, uid, title, metadata_json)
+        row = await conn.fetchrow(_GET_OR_CREATE_LOCKED, cid, uid, title, metadata_json, *retention.args())
         if row is None:
             raise ConversationNotFound()
     return Conversation.from_record(row)
@@ -61,8 +87,24 @@ async def update(
     title: str | None,
     set_metadata: bool,
     metadata_json: str | None,
+    set_expiry: bool = False,
+    expires_at: datetime | None = None,
+    ttl: timedelta | None = None,
+    sliding: bool = False,
 ) -> Conversation:
-    row = await conn.fetchrow(_UPDATE_CONVERSATION, cid, uid, set_title, title, set_metadata, metadata_json)
+    row = await conn.fetchrow(
+        _UPDATE_CONVERSATION,
+        cid,
+        uid,
+        set_title,
+        title,
+        set_metadata,
+        metadata_json,
+        set_expiry,
+        expires_at,
+        ttl,
+        sliding,
+    )
     if row is None:
         raise ConversationNotFound()
     return Conversation.from_record(row)

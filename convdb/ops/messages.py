@@ -22,6 +22,7 @@ from ..sql import QUERIES
 from ..validation import MAX_SEQ, MessageRow
 from ..windows import history_from_records, summarized_from_records, trim_orphan_tool_results
 from . import Begin, Conn, begin
+from . import retention as retention_ops
 from .conversations import owned_count, run_fresh
 
 T = TypeVar("T")
@@ -243,6 +244,11 @@ async def _save_batch_in_transaction(
         # Always bounded: without a timeout asyncpg can wait forever for a socket drain when the
         # server stops reading mid-batch (asyncpg #873, #1265).
         await conn.executemany(_INSERT_MESSAGE_AT, args, timeout=time_budget)
+        cap = head["max_messages"]
+        if cap is not None and first_seq + len(new_rows) - 1 > cap:
+            # The cap, in this transaction (which holds the row's lock): one more round trip,
+            # only for capped conversations whose cap this batch exceeds.
+            await retention_ops.cap(conn, cid, uid, first_seq + len(new_rows) - 1 - cap)
     result: list[Message] = []
     next_seq = first_seq
     for r in rows:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -58,10 +58,14 @@ async def import_conversation(
     *,
     replace: bool,
     chunk_seconds: float,
+    policy: tuple[timedelta | None, bool, int | None] = (None, False, None),
     begin: Begin = begin,
-) -> None:
+) -> asyncpg.Record:
     """Restore one conversation in one transaction. ``first`` is pre-validated; ``rest`` is parsed
-    (validated) chunk by chunk as it is sent; ``chunk_seconds`` bounds each pipelined chunk."""
+    (validated) chunk by chunk as it is sent; ``chunk_seconds`` bounds each pipelined chunk.
+    ``policy``: the store's (default_ttl, sliding, max_messages), for a conversation the import
+    creates (a replaced one keeps its own). Returns the row's retention columns."""
+    default_ttl, sliding, max_messages = policy
     async with begin(conn):
         row = await conn.fetchrow(
             _IMPORT_ROW,
@@ -73,12 +77,19 @@ async def import_conversation(
             header.created_at,
             header.updated_at,
             replace,
+            default_ttl,
+            sliding,
+            max_messages,
         )
         if row is None:
             if await conn.fetchval(_IMPORT_OWNER, cid, uid):
                 raise ConversationExists(cid)
             raise ConversationNotFound()
         if not row["created"]:
+            # A replace: the row's expiry is checked here, in this transaction (queries.sql says
+            # why not in import_conversation_row); an expired one is unknown, and rolled back.
+            if row["expires_at"] is not None and not await conn.fetchval(_IMPORT_OWNER, cid, uid):
+                raise ConversationNotFound()
             await conn.execute(_IMPORT_CLEAR, cid, uid)
 
         def args(seq: int, record: MessageRow, created_at: datetime) -> tuple[Any, ...]:
@@ -104,6 +115,7 @@ async def import_conversation(
                 )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise InvalidInput("seq", "a feedback record names a seq with no message record") from exc
+    return row
 
 
 async def export_feedback(conn: Conn, cid: str, uid: str, bound: int) -> list[Feedback]:

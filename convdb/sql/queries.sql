@@ -3,25 +3,43 @@
 -- Parameters are positional ($n); jsonb parameters arrive as JSON text (see convdb.pool).
 -- Every statement that touches a conversation's data filters on (id, user_id): ownership is
 -- checked by the database, in the same statement, never by a prior read.
+--
+-- Retention (docs/retention.md): every one of them also filters on the conversation row being
+-- live, "(expires_at IS NULL OR expires_at > now())", next to its ownership check, so that from the
+-- instant it expires a conversation is unknown to every read and write (fail closed, no extra
+-- round trip), before purge_expired deletes it. now() is the transaction's start time.
+-- tests/unit/test_retention_sql.py fails on a per-conversation statement without it; the purge
+-- and erasure statements, which must see expired rows, are its commented allow-list.
 
 -- name: get_or_create_conversation
 -- One round trip for both "load" and "create". ON CONFLICT DO NOTHING waits for a concurrent
 -- creator to commit; if that creator was this same user, the fallback SELECT cannot see its row
 -- (statement snapshot), so no row comes back and the caller runs
 -- get_or_create_conversation_locked.
+-- Retention, applied on creation only (as title and metadata): $5 expires_at, else now() + $6
+-- (ttl; NULL: no expiry); the ttl is stored only when $7 (sliding), so that appends move the
+-- expiry; $8 temporary; $9 max_messages. An existing row that has expired is not returned (and
+-- get_or_create_conversation_locked does not return it either): the caller gets
+-- ConversationNotFound, as for another user's id, until purge_expired frees the id. It is never
+-- revived with its old messages.
 WITH inserted AS (
-    INSERT INTO conversations (id, user_id, title, metadata)
-    VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
+    INSERT INTO conversations (id, user_id, title, metadata, expires_at, ttl, temporary, max_messages)
+    VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb),
+            GREATEST($5::timestamptz, now() + $6::interval),
+            CASE WHEN $7::boolean THEN $6::interval END, $8, $9)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, user_id, title, metadata, created_at, updated_at, true AS created,
-              parent_id, forked_at_seq, root_id
+              parent_id, forked_at_seq, root_id, expires_at, ttl, temporary, max_messages
 )
-SELECT id, user_id, title, metadata, created_at, updated_at, created, parent_id, forked_at_seq, root_id
+SELECT id, user_id, title, metadata, created_at, updated_at, created, parent_id, forked_at_seq, root_id,
+       expires_at, ttl, temporary, max_messages
   FROM inserted
 UNION ALL
-SELECT id, user_id, title, metadata, created_at, updated_at, false, parent_id, forked_at_seq, root_id
+SELECT id, user_id, title, metadata, created_at, updated_at, false, parent_id, forked_at_seq, root_id,
+       expires_at, ttl, temporary, max_messages
   FROM conversations
  WHERE id = $1 AND user_id = $2
+   AND (expires_at IS NULL OR expires_at > now())
    AND NOT EXISTS (SELECT 1 FROM inserted);
 
 -- name: get_or_create_conversation_locked
@@ -33,35 +51,60 @@ SELECT id, user_id, title, metadata, created_at, updated_at, false, parent_id, f
 -- waited for and then created anew; this user's row is locked and returned (the SET changes no
 -- value, it only makes the lock a statement outcome); another user's row fails the WHERE and
 -- nothing comes back (the WHERE is evaluated before row-level security's UPDATE check, so under
--- RLS a foreign id is not an error either).
-INSERT INTO conversations (id, user_id, title, metadata)
-VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb))
+-- RLS a foreign id is not an error either). An expired row of this user fails the
+-- WHERE too (get_or_create_conversation says why); its "now" is EXCLUDED.created_at, the proposed
+-- row's default now(): Citus refuses a function that is not IMMUTABLE in an ON CONFLICT WHERE.
+INSERT INTO conversations (id, user_id, title, metadata, expires_at, ttl, temporary, max_messages)
+VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb),
+        GREATEST($5::timestamptz, now() + $6::interval),
+        CASE WHEN $7::boolean THEN $6::interval END, $8, $9)
 ON CONFLICT (id) DO UPDATE SET title = conversations.title
  WHERE conversations.user_id = EXCLUDED.user_id
-RETURNING id, user_id, title, metadata, created_at, updated_at, (xmax = 0) AS created;
+   AND (conversations.expires_at IS NULL OR conversations.expires_at > EXCLUDED.created_at)
+RETURNING id, user_id, title, metadata, created_at, updated_at, (xmax = 0) AS created,
+          parent_id, forked_at_seq, root_id, expires_at, ttl, temporary, max_messages;
 
 -- name: get_conversation
-SELECT id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
+SELECT id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id,
+       expires_at, ttl, temporary, max_messages
   FROM conversations
- WHERE id = $1 AND user_id = $2;
+ WHERE id = $1 AND user_id = $2
+   AND (expires_at IS NULL OR expires_at > now());
 
 -- name: save_message
 -- Ownership check, seq allocation under the conversation row's lock, updated_at touch and insert,
 -- in one statement. No row back means "no such conversation for this user". With an idempotency
 -- key that is already stored, the unique index fails the whole statement, so no seq is consumed.
+-- Retention: an expired conversation is not updated (no row back). A sliding one (ttl set) has its
+-- expiry moved to now() + ttl; otherwise expires_at is set to itself, which keeps the update HOT
+-- (no indexed value changes). Spelled for Citus, which refuses now() inside COALESCE or CASE of a
+-- modification, and a STABLE function of a column in an UPDATE (timestamptz + interval is
+-- STABLE): GREATEST ignores the NULL a NULL ttl gives (and never moves the expiry backwards), and
+-- the sum is taken in epoch seconds (extract of now() alone is evaluated once, up front; extract
+-- of an interval and to_timestamp are IMMUTABLE). With max_messages, the messages older than the newest max_messages
+-- seqs go in the same statement ("capped"; feedback follows by cascade). Summaries are kept: they
+-- are what still stands for the deleted messages in summarized windows (docs/retention.md).
 WITH reserved AS (
     UPDATE conversations
-       SET next_seq = next_seq + 1, updated_at = now()
+       SET next_seq = next_seq + 1, updated_at = now(), expires_at = GREATEST(expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM ttl)))
      WHERE id = $1 AND user_id = $2
- RETURNING id, next_seq - 1 AS seq
+       AND (expires_at IS NULL OR expires_at > now())
+ RETURNING id, next_seq - 1 AS seq, max_messages
+), inserted AS (
+    INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                          metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
+                          cached_tokens, reasoning_tokens, cost, latency_ms)
+    SELECT r.id, r.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
+           $11, $12, $13, $14, $15, $16, $17
+      FROM reserved r
+    RETURNING seq, created_at
+), capped AS (
+    DELETE FROM messages m USING reserved r
+     WHERE r.max_messages IS NOT NULL AND m.conversation_id = r.id AND m.conversation_id = $1
+       AND m.seq <= r.seq - r.max_messages
+    RETURNING m.seq
 )
-INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                      metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
-                      cached_tokens, reasoning_tokens, cost, latency_ms)
-SELECT reserved.id, reserved.seq, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
-       $11, $12, $13, $14, $15, $16, $17
-  FROM reserved
-RETURNING seq, created_at;
+SELECT i.seq, i.created_at FROM inserted i;
 
 -- name: save_message_guarded
 -- save_message with expected_last_seq ($18): the insert happens only if the newest stored
@@ -77,18 +120,20 @@ WITH snapshot AS (
                AS last_seq
       FROM conversations c
      WHERE c.id = $1 AND c.user_id = $2
+       AND (c.expires_at IS NULL OR c.expires_at > now())
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now()) FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq
       FROM locked l
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now()
+       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $18::bigint
- RETURNING c.id, c.next_seq - 1 AS seq
+ RETURNING c.id, c.next_seq - 1 AS seq, c.max_messages
 ), inserted AS (
     INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
                           metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
@@ -97,6 +142,11 @@ WITH snapshot AS (
            $11, $12, $13, $14, $15, $16, $17
       FROM reserved r
     RETURNING seq, created_at
+), capped AS (
+    DELETE FROM messages m USING reserved r
+     WHERE r.max_messages IS NOT NULL AND m.conversation_id = r.id AND m.conversation_id = $1
+       AND m.seq <= r.seq - r.max_messages
+    RETURNING m.seq
 )
 SELECT i.seq, i.created_at, k.fresh, k.last_seq
   FROM checked k
@@ -107,10 +157,13 @@ SELECT i.seq, i.created_at, k.fresh, k.last_seq
 -- $3 sequence numbers and touches updated_at. now() is the transaction time, the created_at every
 -- row of the batch receives; it is returned as the updated_at just set to it, because Citus
 -- refuses a non-immutable function (now()) in the RETURNING of a distributed table.
+-- Retention: as save_message (expired: no row; sliding: expiry moved); max_messages comes back so
+-- that the batch deletes what its inserts push beyond the cap (cap_messages, same transaction).
 UPDATE conversations
-   SET next_seq = next_seq + $3, updated_at = now()
+   SET next_seq = next_seq + $3, updated_at = now(), expires_at = GREATEST(expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM ttl)))
  WHERE id = $1 AND user_id = $2
-RETURNING next_seq - $3 AS first_seq, updated_at AS created_at;
+   AND (expires_at IS NULL OR expires_at > now())
+RETURNING next_seq - $3 AS first_seq, updated_at AS created_at, max_messages;
 
 -- name: reserve_seq_range_guarded
 -- reserve_seq_range with expected_last_seq ($4), the guard of save_message_guarded. It locks the
@@ -123,20 +176,22 @@ WITH snapshot AS (
                AS last_seq
       FROM conversations c
      WHERE c.id = $1 AND c.user_id = $2
+       AND (c.expires_at IS NULL OR c.expires_at > now())
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now()) FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq
       FROM locked l
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + $3, updated_at = now()
+       SET next_seq = c.next_seq + $3, updated_at = now(), expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND k.fresh AND k.last_seq = $4::bigint
- RETURNING c.next_seq - $3 AS first_seq, c.updated_at AS created_at
+ RETURNING c.next_seq - $3 AS first_seq, c.updated_at AS created_at, c.max_messages
 )
-SELECT r.first_seq, r.created_at, k.fresh, k.last_seq
+SELECT r.first_seq, r.created_at, k.fresh, k.last_seq, r.max_messages
   FROM checked k
   LEFT JOIN reserved r ON true;
 
@@ -147,12 +202,14 @@ SELECT r.first_seq, r.created_at, k.fresh, k.last_seq
 SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
        m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
        m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
-  FROM (SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE) c
+  FROM (SELECT id FROM conversations WHERE id = $1 AND user_id = $2
+           AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE) c
   LEFT JOIN messages m
     ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.idempotency_key = ANY($3::text[]);
 
 -- name: insert_message_at
--- The executemany body of a batch: the seq was reserved by reserve_seq_range in this transaction.
+-- The executemany body of a batch: the seq was reserved by reserve_seq_range in this transaction,
+-- which checked ownership and expiry and holds the conversation row's lock until commit.
 INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
                       metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
                       cached_tokens, reasoning_tokens, cost, latency_ms)
@@ -166,7 +223,8 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
        m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
   FROM conversations c
   JOIN messages m ON m.conversation_id = c.id
- WHERE c.id = $1 AND c.user_id = $2 AND m.idempotency_key = $3;
+ WHERE c.id = $1 AND c.user_id = $2 AND m.idempotency_key = $3
+   AND (c.expires_at IS NULL OR c.expires_at > now());
 
 -- name: get_history
 -- The newest $3 messages, oldest first, in one ownership-checked JOIN. The LATERAL subquery walks
@@ -191,6 +249,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
          LIMIT $3
   ) m ON true
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  ORDER BY m.seq;
 
 -- name: schema_catalog
@@ -283,6 +342,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
          WHERE $5::bigint IS NULL OR w.running <= $5::bigint
   ) m ON true
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  ORDER BY m.seq;
 
 -- name: get_history_summarized
@@ -332,6 +392,7 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
          WHERE $5::bigint IS NULL OR w.running <= $5::bigint
   ) m ON true
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  ORDER BY m.seq;
 
 -- name: save_and_get_history
@@ -348,6 +409,8 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
 -- $21 (expected_last_seq, NULL: unguarded): the write happens only on a fresh snapshot whose
 -- newest stored seq is $21 (save_message_guarded's rule); otherwise written is false, with no
 -- message rows, and last_seq says what the newest seq was.
+-- Retention: save_message's (expiry checked, sliding expiry moved, max_messages capped in this
+-- statement; the window leaves out what the cap deletes: seq > r.seq - r.max_messages).
 WITH snapshot AS MATERIALIZED (
     SELECT c.xmin AS version,
            CASE WHEN $21::bigint IS NULL THEN NULL
@@ -355,18 +418,25 @@ WITH snapshot AS MATERIALIZED (
                AS last_seq
       FROM conversations c
      WHERE c.id = $1 AND c.user_id = $2
+       AND (c.expires_at IS NULL OR c.expires_at > now())
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now()) FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq
       FROM locked l
       LEFT JOIN snapshot s ON true
 ), reserved AS (
     UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now()
+       SET next_seq = c.next_seq + 1, updated_at = now(), expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
       FROM checked k
      WHERE c.id = k.id AND c.id = $1 AND ($21::bigint IS NULL OR (k.fresh AND k.last_seq = $21::bigint))
- RETURNING c.id, c.next_seq - 1 AS seq
+ RETURNING c.id, c.next_seq - 1 AS seq, c.max_messages
+), capped AS (
+    DELETE FROM messages m USING reserved r
+     WHERE r.max_messages IS NOT NULL AND m.conversation_id = r.id AND m.conversation_id = $1
+       AND m.seq <= r.seq - r.max_messages
+    RETURNING m.seq
 ), summary AS (
     SELECT s.through_seq, s.role, s.content, s.metadata, s.token_count, s.created_at
       FROM reserved r
@@ -405,6 +475,7 @@ WITH snapshot AS MATERIALIZED (
               FROM messages
              WHERE conversation_id = r.id AND conversation_id = $1 AND seq < r.seq
                AND seq > coalesce((SELECT su.through_seq FROM summary su), 0)
+               AND (r.max_messages IS NULL OR seq > r.seq - r.max_messages)
              ORDER BY seq DESC
              LIMIT $18::integer - 1
            ) o
@@ -433,16 +504,24 @@ SELECT count(m.seq)
   FROM conversations c
   LEFT JOIN messages m ON m.conversation_id = c.id
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  GROUP BY c.id;
 
 -- name: update_conversation
 -- $3/$5 say whether title/metadata were given, so "set to NULL" differs from "leave alone".
+-- $7 says whether the expiry was given: then expires_at becomes $8, else now() + $9 (ttl), else
+-- NULL (cleared), and the ttl is kept only when $10 (sliding). An expired conversation is not
+-- updated (no row back): an expiry cannot be lifted once it has passed.
 UPDATE conversations
    SET title = CASE WHEN $3::boolean THEN $4::text ELSE title END,
        metadata = CASE WHEN $5::boolean THEN COALESCE($6::text::jsonb, '{}'::jsonb) ELSE metadata END,
+       expires_at = GREATEST(CASE WHEN $7::boolean THEN $8::timestamptz ELSE expires_at END, now() + $9::interval),
+       ttl = CASE WHEN $7::boolean THEN CASE WHEN $10::boolean THEN $9::interval END ELSE ttl END,
        updated_at = now()
  WHERE id = $1 AND user_id = $2
-RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id;
+   AND (expires_at IS NULL OR expires_at > now())
+RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id,
+          expires_at, ttl, temporary, max_messages;
 
 -- name: delete_conversation
 -- Messages go with it (ON DELETE CASCADE), in the same transaction; the count is for the caller.
@@ -453,8 +532,10 @@ RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forke
 -- the row lock. Rows back: none = not this user's conversation; fresh = false: re-run.
 WITH snapshot AS (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now())
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE
 ), checked AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), gone AS (
@@ -472,8 +553,10 @@ SELECT k.fresh, (SELECT count(*) FROM messages m, gone g WHERE m.conversation_id
 -- No row back: not this user's conversation.
 WITH snapshot AS (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now())
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now()) FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), cleared AS (
@@ -501,8 +584,10 @@ SELECT k.fresh, (SELECT count(*) FROM cleared) AS deleted FROM checked k;
 -- a NULL seq: the conversation is empty.
 WITH snapshot AS (
     SELECT xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now())
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now()) FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, l.version IS NOT DISTINCT FROM (SELECT s.version FROM snapshot s) AS fresh FROM locked l
 ), popped AS (
@@ -586,7 +671,8 @@ SELECT (SELECT count(*) FROM gone) AS conversations, (SELECT messages FROM count
 -- message appended while the export runs is not half-included.
 SELECT id, user_id, title, metadata, created_at, updated_at, next_seq
   FROM conversations
- WHERE id = $1 AND user_id = $2;
+ WHERE id = $1 AND user_id = $2
+   AND (expires_at IS NULL OR expires_at > now());
 
 -- name: export_messages
 -- export_conversation, then: keyset chunks of $5 messages with $3 < seq < $4, ownership checked
@@ -606,29 +692,41 @@ SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.me
          LIMIT $5
   ) m ON true
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  ORDER BY m.seq;
 
 -- name: import_conversation_row
 -- import_conversation, first (in its transaction): create the conversation exactly as exported.
 -- With $8 (replace) an existing conversation of the same user is overwritten (its messages are
 -- then deleted by import_clear_messages); another user's id is never touched. No row back: the
--- id exists (this user's without replace, or another user's).
-INSERT INTO conversations (id, user_id, title, metadata, next_seq, created_at, updated_at)
-VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $6, $7)
+-- id exists (this user's without replace, or another user's, or this user's but expired: that
+-- one is ConversationNotFound, as everywhere, until purge_expired frees the id). The expiry is
+-- not checked here (Citus refuses now() in an ON CONFLICT WHERE, and the row's created_at is the
+-- export's): when a replaced row has an expiry (expires_at back), the caller checks it with
+-- import_owner_check in the same transaction and rolls back if it has passed. A replace keeps the
+-- conversation's retention settings. A created conversation takes the store's policy (an export
+-- carries no retention): $9 the store's default_ttl (expires_at = now() + $9; NULL: no expiry),
+-- stored as the sliding TTL when $10 (sliding), and $11 its max_messages. It is never temporary.
+INSERT INTO conversations (id, user_id, title, metadata, next_seq, created_at, updated_at, expires_at, ttl,
+                           max_messages)
+VALUES ($1, $2, $3, COALESCE($4::text::jsonb, '{}'::jsonb), $5, $6, $7, now() + $9::interval,
+        CASE WHEN $10::boolean THEN $9::interval END, $11)
 ON CONFLICT (id) DO UPDATE
    SET title = EXCLUDED.title, metadata = EXCLUDED.metadata, next_seq = EXCLUDED.next_seq,
        created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
  WHERE conversations.user_id = EXCLUDED.user_id AND $8::boolean
-RETURNING (xmax = 0) AS created;
+RETURNING (xmax = 0) AS created, expires_at, ttl, temporary, max_messages;
 
 -- name: import_owner_check
 -- After import_conversation_row returned nothing: does the id belong to this user?
-SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2);
+SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2
+                 AND (expires_at IS NULL OR expires_at > now()));
 
 -- name: import_clear_messages
 DELETE FROM messages m
  USING conversations c
- WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id AND m.conversation_id = $1;
+ WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id AND m.conversation_id = $1
+   AND (c.expires_at IS NULL OR c.expires_at > now());
 
 -- name: import_message
 -- The executemany body of an import: every column as exported, created_at included. Ownership
@@ -640,17 +738,20 @@ INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_
 SELECT c.id, $2, $3, $4, $5, $6, $7::text::jsonb, COALESCE($8::text::jsonb, '{}'::jsonb), $9, $10,
        $11, $12, $13, $14, $15, $16, $17, $18
   FROM conversations c
- WHERE c.id = $1 AND c.user_id = $19;
+ WHERE c.id = $1 AND c.user_id = $19
+   AND (c.expires_at IS NULL OR c.expires_at > now());
 
 -- name: import_finish
 -- Last step of an import whose header gave no next_seq: continue after the highest imported seq.
 UPDATE conversations SET next_seq = GREATEST(next_seq, $3)
- WHERE id = $1 AND user_id = $2;
+ WHERE id = $1 AND user_id = $2
+   AND (expires_at IS NULL OR expires_at > now());
 
 -- name: lock_conversation
 -- Inside a transaction: hold the conversation row's lock, so the next statement's snapshot is
 -- the newest state (the contended path of the "fresh view" statements).
-SELECT id FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE;
+SELECT id FROM conversations WHERE id = $1 AND user_id = $2
+   AND (expires_at IS NULL OR expires_at > now()) FOR NO KEY UPDATE;
 
 -- name: default_isolation
 -- verify_schema: the isolation convdb's single statements (no BEGIN of their own) run at. They
@@ -678,8 +779,10 @@ WITH snapshot AS (
              WHERE s.conversation_id = c.id AND s.conversation_id = $1) AS newest
       FROM conversations c
      WHERE c.id = $1 AND c.user_id = $2
+       AND (c.expires_at IS NULL OR c.expires_at > now())
 ), locked AS (
-    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2 FOR NO KEY UPDATE
+    SELECT id, xmin AS version FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now()) FOR NO KEY UPDATE
 ), checked AS (
     SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.last_seq, s.newest
       FROM locked l
@@ -710,6 +813,7 @@ SELECT s.through_seq, s.role, s.content, s.token_count, s.metadata, s.created_at
   FROM conversations c
   LEFT JOIN conversation_summaries s ON s.conversation_id = c.id AND s.conversation_id = $1
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  ORDER BY s.through_seq;
 
 -- name: usage_report_user
@@ -735,6 +839,7 @@ WITH per_day_model AS MATERIALIZED (
           FROM conversations c
           JOIN messages m ON m.conversation_id = c.id
          WHERE c.user_id = $1 AND m.input_tokens IS NOT NULL
+           AND (c.expires_at IS NULL OR c.expires_at > now())
            AND m.created_at >= $2 AND m.created_at < $3
            AND ($5::text IS NULL OR m.model = $5::text)
          GROUP BY 1, 2
@@ -757,13 +862,15 @@ SELECT GROUPING(u.day) = 1 AS all_days, GROUPING(u.model) = 1 AS all_models, u.d
        coalesce(sum(u.output_tokens), 0) AS output_tokens, coalesce(sum(u.cached_tokens), 0) AS cached_tokens,
        coalesce(sum(u.reasoning_tokens), 0) AS reasoning_tokens, sum(u.cost) AS cost,
        sum(u.latency_ms) AS latency_ms,
-       EXISTS (SELECT 1 FROM conversations o WHERE o.id = $6 AND o.user_id = $1) AS owned
+       EXISTS (SELECT 1 FROM conversations o WHERE o.id = $6 AND o.user_id = $1
+                 AND (o.expires_at IS NULL OR o.expires_at > now())) AS owned
   FROM (
         SELECT (m.created_at AT TIME ZONE $4::text)::date AS day, m.model, m.input_tokens,
                m.output_tokens, m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
           FROM conversations c
           JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $6
          WHERE c.id = $6 AND c.user_id = $1 AND m.input_tokens IS NOT NULL
+           AND (c.expires_at IS NULL OR c.expires_at > now())
            AND m.created_at >= $2 AND m.created_at < $3
            AND ($5::text IS NULL OR m.model = $5::text)
        ) u
@@ -781,13 +888,15 @@ WITH recorded AS (
            reasoning_tokens = $8, cost = $9, latency_ms = $10
       FROM conversations c
      WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id AND m.conversation_id = $1
+       AND (c.expires_at IS NULL OR c.expires_at > now())
        AND m.seq = $3
        AND m.input_tokens IS NULL
     RETURNING m.seq
 )
 SELECT EXISTS (SELECT 1 FROM recorded) AS recorded
   FROM conversations
- WHERE id = $1 AND user_id = $2;
+ WHERE id = $1 AND user_id = $2
+   AND (expires_at IS NULL OR expires_at > now());
 
 -- =============================================================================================
 -- Branches (forks), feedback on messages. Ownership in the same statement, as everywhere.
@@ -802,21 +911,28 @@ SELECT EXISTS (SELECT 1 FROM recorded) AS recorded
 -- is listed, usage included (features that add message columns extend both lists, here and in
 -- fork_copy); the summaries within the prefix (through_seq <= $5) are copied, so the fork's
 -- summarized windows are the source's; the source's feedback is copied as inherited. Title and
--- metadata: $4 / $6, or the source's when NULL.
+-- metadata: $4 / $6, or the source's when NULL. Retention: the fork has its source's (ttl, temporary,
+-- max_messages, and expires_at: the source's, or now() + ttl when sliding); an expired source is
+-- unknown, as everywhere.
 -- Rows back: none = not this user's source; a NULL id with $5 >= source_next_seq: at_seq is past
 -- the source's newest seq; a NULL id otherwise: id $3 is taken.
 WITH source AS (
-    SELECT id, title, metadata, next_seq, COALESCE(root_id, id) AS root_id
+    SELECT id, title, metadata, next_seq, COALESCE(root_id, id) AS root_id, expires_at, ttl, temporary,
+           max_messages
       FROM conversations
      WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now())
 ), created AS (
-    INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id)
+    INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id,
+                               expires_at, ttl, temporary, max_messages)
     SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
-           s.id, $5::bigint, s.root_id
+           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM s.ttl))), s.ttl, s.temporary,
+           s.max_messages
       FROM source s
      WHERE $5::bigint < s.next_seq
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
+    RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id,
+              expires_at, ttl, temporary, max_messages
 ), copied AS (
     INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
                           metadata, token_count, idempotency_key, created_at, model, input_tokens,
@@ -843,7 +959,7 @@ WITH source AS (
     RETURNING seq
 )
 SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.created_at, c.updated_at,
-       c.parent_id, c.forked_at_seq, c.root_id,
+       c.parent_id, c.forked_at_seq, c.root_id, c.expires_at, c.ttl, c.temporary, c.max_messages,
        (SELECT count(*) FROM copied) AS copied, (SELECT count(*) FROM copied_summaries) AS copied_summaries,
        (SELECT count(*) FROM copied_feedback) AS copied_feedback
   FROM source s
@@ -863,7 +979,7 @@ WITH target AS (
     SELECT m.seq
       FROM conversations c
       JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.seq = $3
-     WHERE c.id = $1 AND c.user_id = $2
+     WHERE c.id = $1 AND c.user_id = $2 AND (c.expires_at IS NULL OR c.expires_at > now())
 ), saved AS (
     INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags)
     SELECT $1, t.seq, $4, $5, $6::text[] FROM target t
@@ -877,7 +993,7 @@ SELECT s.seq, s.rating, s.comment, s.tags, s.inherited, s.created_at, s.updated_
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM conversations c
- WHERE c.id = $1 AND c.user_id = $2
+ WHERE c.id = $1 AND c.user_id = $2 AND (c.expires_at IS NULL OR c.expires_at > now())
    AND NOT EXISTS (SELECT 1 FROM saved);
 
 -- name: clear_feedback
@@ -886,10 +1002,12 @@ WITH gone AS (
     DELETE FROM message_feedback f
      USING conversations c
      WHERE c.id = $1 AND c.user_id = $2 AND f.conversation_id = c.id AND f.conversation_id = $1
+       AND (c.expires_at IS NULL OR c.expires_at > now())
        AND f.seq = $3
     RETURNING f.seq
 )
-SELECT (SELECT count(*) FROM gone) FROM conversations WHERE id = $1 AND user_id = $2;
+SELECT (SELECT count(*) FROM gone) FROM conversations WHERE id = $1 AND user_id = $2
+   AND (expires_at IS NULL OR expires_at > now());
 
 -- name: get_feedback
 -- Every feedback row of the conversation, in seq order. No row back: not this user's
@@ -898,6 +1016,7 @@ SELECT f.seq, f.rating, f.comment, f.tags, f.inherited, f.created_at, f.updated_
   FROM conversations c
   LEFT JOIN message_feedback f ON f.conversation_id = c.id AND f.conversation_id = $1
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  ORDER BY f.seq;
 
 -- name: feedback_summary_user
@@ -909,6 +1028,7 @@ WITH rated AS (
       FROM conversations c
       JOIN message_feedback f ON f.conversation_id = c.id
      WHERE c.user_id = $1 AND NOT f.inherited
+       AND (c.expires_at IS NULL OR c.expires_at > now())
        AND ($2::timestamptz IS NULL OR f.updated_at > $2::timestamptz)
        AND ($3::timestamptz IS NULL OR f.updated_at < $3::timestamptz)
 )
@@ -924,6 +1044,7 @@ SELECT count(*) AS count, count(*) FILTER (WHERE rating > 0) AS positive,
 -- user's conversation.
 WITH owned AS (
     SELECT id FROM conversations WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now())
 ), rated AS (
     SELECT f.rating, f.tags
       FROM owned o
@@ -948,6 +1069,7 @@ SELECT f.seq, f.rating, f.comment, f.tags, f.inherited, f.created_at, f.updated_
   FROM conversations c
   LEFT JOIN message_feedback f ON f.conversation_id = c.id AND f.conversation_id = $1 AND f.seq < $3
  WHERE c.id = $1 AND c.user_id = $2
+   AND (c.expires_at IS NULL OR c.expires_at > now())
  ORDER BY f.seq;
 
 -- name: import_feedback
@@ -955,7 +1077,8 @@ SELECT f.seq, f.rating, f.comment, f.tags, f.inherited, f.created_at, f.updated_
 INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at, updated_at)
 SELECT c.id, $2, $3, $4, $5::text[], $6, $7, $8
   FROM conversations c
- WHERE c.id = $1 AND c.user_id = $9;
+ WHERE c.id = $1 AND c.user_id = $9
+   AND (c.expires_at IS NULL OR c.expires_at > now());
 
 -- name: fork_create
 -- fork_conversation inside a transaction (row_level_security: the policies' WITH CHECK on messages
@@ -964,21 +1087,26 @@ SELECT c.id, $2, $3, $4, $5::text[], $6, $7, $8
 -- conversation row, with fork_conversation's rows back; FOR SHARE holds the source's row until
 -- commit, so no writer changes the source's messages before fork_copy reads them.
 WITH source AS (
-    SELECT id, title, metadata, next_seq, COALESCE(root_id, id) AS root_id
+    SELECT id, title, metadata, next_seq, COALESCE(root_id, id) AS root_id, expires_at, ttl, temporary,
+           max_messages
       FROM conversations
      WHERE id = $1 AND user_id = $2
+       AND (expires_at IS NULL OR expires_at > now())
        FOR SHARE
 ), created AS (
-    INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id)
+    INSERT INTO conversations (id, user_id, title, metadata, next_seq, parent_id, forked_at_seq, root_id,
+                               expires_at, ttl, temporary, max_messages)
     SELECT $3, $2, COALESCE($4::text, s.title), COALESCE($6::text::jsonb, s.metadata), $5::bigint + 1,
-           s.id, $5::bigint, s.root_id
+           s.id, $5::bigint, s.root_id, GREATEST(s.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM s.ttl))), s.ttl, s.temporary,
+           s.max_messages
       FROM source s
      WHERE $5::bigint < s.next_seq
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id
+    RETURNING id, user_id, title, metadata, created_at, updated_at, parent_id, forked_at_seq, root_id,
+              expires_at, ttl, temporary, max_messages
 )
 SELECT s.next_seq AS source_next_seq, c.id, c.user_id, c.title, c.metadata, c.created_at, c.updated_at,
-       c.parent_id, c.forked_at_seq, c.root_id
+       c.parent_id, c.forked_at_seq, c.root_id, c.expires_at, c.ttl, c.temporary, c.max_messages
   FROM source s
   LEFT JOIN created c ON true;
 
@@ -994,7 +1122,7 @@ WITH copied AS (
            m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms
       FROM conversations c
       JOIN messages m ON m.conversation_id = c.id AND m.conversation_id = $1 AND m.seq <= $4::bigint
-     WHERE c.id = $1 AND c.user_id = $2
+     WHERE c.id = $1 AND c.user_id = $2 AND (c.expires_at IS NULL OR c.expires_at > now())
     RETURNING seq
 ), copied_summaries AS (
     INSERT INTO conversation_summaries (conversation_id, through_seq, role, content, metadata, token_count,
@@ -1003,7 +1131,7 @@ WITH copied AS (
       FROM conversations c
       JOIN conversation_summaries s
         ON s.conversation_id = c.id AND s.conversation_id = $1 AND s.through_seq <= $4::bigint
-     WHERE c.id = $1 AND c.user_id = $2
+     WHERE c.id = $1 AND c.user_id = $2 AND (c.expires_at IS NULL OR c.expires_at > now())
     RETURNING through_seq
 ), copied_feedback AS (
     INSERT INTO message_feedback (conversation_id, seq, rating, comment, tags, inherited, created_at,
@@ -1011,7 +1139,7 @@ WITH copied AS (
     SELECT $3, f.seq, f.rating, f.comment, f.tags, true, f.created_at, f.updated_at
       FROM conversations c
       JOIN message_feedback f ON f.conversation_id = c.id AND f.conversation_id = $1 AND f.seq <= $4::bigint
-     WHERE c.id = $1 AND c.user_id = $2
+     WHERE c.id = $1 AND c.user_id = $2 AND (c.expires_at IS NULL OR c.expires_at > now())
     RETURNING seq
 )
 SELECT (SELECT count(*) FROM copied), (SELECT count(*) FROM copied_summaries),
@@ -1058,3 +1186,75 @@ UPDATE convdb_user_keys SET master_key_id = $4, wrapped_key = $5
 -- name: keys_per_master_key
 -- rotate's report: how many data keys each master key wraps.
 SELECT master_key_id, count(*) AS keys FROM convdb_user_keys GROUP BY master_key_id ORDER BY master_key_id;
+
+-- =============================================================================================
+-- Retention (schema version 7; docs/retention.md): message caps and purge_expired. The purge
+-- statements are the ones that must see expired rows (tests/unit/test_retention_sql.py's
+-- allow-list); they are maintenance statements, not scoped to a user.
+-- =============================================================================================
+
+-- name: cap_messages
+-- The batch path's cap, after its inserts in the same transaction (reserve_seq_range returned the
+-- cap and holds the conversation row's lock, so this snapshot holds every message): delete the
+-- messages with seq <= $3 (the newest seq minus max_messages). Feedback follows by cascade.
+DELETE FROM messages m
+ USING conversations c
+ WHERE c.id = $1 AND c.user_id = $2 AND m.conversation_id = c.id AND m.conversation_id = $1
+   AND (c.expires_at IS NULL OR c.expires_at > now())
+   AND m.seq <= $3;
+
+-- name: purge_expired_list
+-- purge_expired, step 1: the next $3 expired conversations after ($1, $2) in (expires_at, id)
+-- order, read through the partial index conversations_expires (never-expiring rows are not in
+-- it). A read without locks: on Citus it fans out to every shard (one small index range each),
+-- and several purgers may list the same ids; the claim below decides who deletes each one.
+SELECT id, expires_at
+  FROM conversations
+ WHERE expires_at <= now()
+   AND expires_at >= $1::timestamptz AND (expires_at, id) > ($1::timestamptz, $2::text)
+ ORDER BY expires_at, id
+ LIMIT $3;
+
+-- name: purge_expired_conversation
+-- purge_expired, step 2, one statement (its own transaction) per conversation: claim expired
+-- conversation $1 with FOR UPDATE SKIP LOCKED - a row another purger (or a writer that began
+-- before the expiry) holds is skipped, never waited for - and, when the statement's snapshot is
+-- fresh (the "fresh view" rule above: no writer committed to the conversation between the
+-- snapshot and the claim), delete it with its messages (cascade) if it holds at most $2 of them,
+-- else only its $2 oldest messages (the caller runs it again: every step stays short). The count
+-- is read from the snapshot, in its own CTE ahead of the deletes (Citus runs CTEs as steps; see
+-- erase_conversations), and is exact because the snapshot is fresh and the row is locked. Every
+-- relation spells $1: on Citus the whole statement is one router task on the conversation's
+-- shard (a multi-shard SKIP LOCKED is not possible; the list-then-claim shape avoids it).
+-- Rows back: none = not claimed (locked, gone, or no longer expired): skip it; fresh = false:
+-- nothing done, run it again; otherwise chunk (messages deleted without their conversation) or
+-- conversations = 1 with messages (deleted with it). purge_expired sends it for a whole listed
+-- batch in one round trip (asyncpg's pipelined fetchmany, one short implicit transaction), then
+-- runs it again one conversation at a time for those that need more (stale, or chunked).
+WITH snapshot AS MATERIALIZED (
+    SELECT c.xmin AS version,
+           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.conversation_id = $1)
+               AS messages
+      FROM conversations c
+     WHERE c.id = $1 AND c.expires_at <= now()
+), claimed AS (
+    SELECT id, xmin AS version FROM conversations
+     WHERE id = $1 AND expires_at <= now()
+       FOR UPDATE SKIP LOCKED
+), checked AS (
+    SELECT l.id, s.version IS NOT DISTINCT FROM l.version AS fresh, s.messages
+      FROM claimed l
+      LEFT JOIN snapshot s ON true
+), chunk AS (
+    DELETE FROM messages m USING checked k
+     WHERE k.fresh AND k.messages > $2 AND m.conversation_id = k.id AND m.conversation_id = $1
+       AND m.seq IN (SELECT seq FROM messages WHERE conversation_id = $1 ORDER BY seq LIMIT $2)
+    RETURNING m.seq
+), gone AS (
+    DELETE FROM conversations c USING checked k
+     WHERE k.fresh AND k.messages <= $2 AND c.id = k.id AND c.id = $1
+    RETURNING c.id
+)
+SELECT k.id, k.fresh, (SELECT count(*) FROM chunk) AS chunk, (SELECT count(*) FROM gone) AS conversations,
+       k.messages
+  FROM checked k;

@@ -1,4 +1,4 @@
--- convdb schema, version 8: the fresh install.
+-- convdb schema, version 9: the fresh install.
 --
 -- Applied by a DBA, never by the package:   psql -v ON_ERROR_STOP=1 -d <database> -f schema.sql
 -- (or, from an installed package:  python -m convdb schema | psql -v ON_ERROR_STOP=1 -d <database> -f -)
@@ -12,7 +12,7 @@
 BEGIN;
 
 -- ---------------------------------------------------------------------------------------------
--- 0. Guard: an empty database, or one already at version 8 (a re-run changes nothing)
+-- 0. Guard: an empty database, or one already at version 9 (a re-run changes nothing)
 -- ---------------------------------------------------------------------------------------------
 -- CREATE TABLE IF NOT EXISTS would silently skip a table that exists in an older shape and the
 -- stamp would then claim a version the tables do not have; an older database takes migrations.
@@ -23,9 +23,9 @@ BEGIN
     IF to_regclass('convdb_schema_version') IS NOT NULL THEN
         SELECT max(version) INTO found FROM convdb_schema_version;
     END IF;
-    IF found IS NOT NULL AND found <> 8 THEN
-        RAISE EXCEPTION 'convdb schema.sql installs schema version 8, but this database is at version %', found
-            USING HINT = CASE WHEN found < 8
+    IF found IS NOT NULL AND found <> 9 THEN
+        RAISE EXCEPTION 'convdb schema.sql installs schema version 9, but this database is at version %', found
+            USING HINT = CASE WHEN found < 9
                               THEN 'upgrade it with: python -m convdb migrations --from ' || found
                                    || ' | psql -v ON_ERROR_STOP=1 -d <database> -f -'
                               ELSE 'the database is newer than this file; nothing to install' END;
@@ -162,6 +162,14 @@ CREATE TABLE IF NOT EXISTS conversations (
     parent_id     text,
     forked_at_seq bigint,
     root_id       text,
+    -- Retention (migration 0009; docs/retention.md). expires_at NULL: never expires; from that
+    -- instant on, every statement treats the conversation as unknown, and purge_expired deletes
+    -- it. ttl is set only for a sliding expiry (each append moves expires_at to now() + ttl).
+    -- temporary: never listed. max_messages NULL: no cap (an append beyond it deletes the oldest).
+    expires_at    timestamptz,
+    ttl           interval,
+    temporary     boolean     NOT NULL DEFAULT false,
+    max_messages  integer,
     CONSTRAINT conversations_pkey PRIMARY KEY (id)
 );
 
@@ -218,6 +226,23 @@ BEGIN
 END
 $$;
 
+-- The retention CHECKs, NOT VALID as migration 0009 adds them (no scan under its lock); enforced
+-- on every insert and update all the same.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'conversations_ttl_positive'
+                      AND conrelid = 'conversations'::regclass) THEN
+        ALTER TABLE conversations ADD CONSTRAINT conversations_ttl_positive
+            CHECK (ttl IS NULL OR ttl > interval '0') NOT VALID;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'conversations_max_messages_positive'
+                      AND conrelid = 'conversations'::regclass) THEN
+        ALTER TABLE conversations ADD CONSTRAINT conversations_max_messages_positive
+            CHECK (max_messages IS NULL OR max_messages > 0) NOT VALID;
+    END IF;
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- 3. Indexes
 -- ---------------------------------------------------------------------------------------------
@@ -254,6 +279,14 @@ CREATE INDEX IF NOT EXISTS conversations_forks
     ON conversations (parent_id, user_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS conversations_branches
     ON conversations (root_id, user_id) WHERE root_id IS NOT NULL;
+
+-- Retention (migration 0009): purge_expired lists expired conversations through this index, in
+-- expires_at order, without reading the others. Partial: a conversation that never expires is not
+-- in it. A non-sliding append leaves expires_at as it is, so its update of the conversation row
+-- stays HOT; a sliding append moves expires_at, an indexed column, and is not HOT (measured in
+-- docs/retention.md).
+CREATE INDEX IF NOT EXISTS conversations_expires
+    ON conversations (expires_at) WHERE expires_at IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
 -- 3a. Summaries and usage (schema version 3; docs/summaries-usage.md)
@@ -334,9 +367,9 @@ CREATE TABLE IF NOT EXISTS convdb_user_keys (
 -- ---------------------------------------------------------------------------------------------
 -- 4. Version stamp (last, so a failed run leaves no version behind)
 -- ---------------------------------------------------------------------------------------------
--- The guard admits only version 8 or none, so DO NOTHING is exactly the re-run. Floor 7: migration
+-- The guard admits only version 9 or none, so DO NOTHING is exactly the re-run. Floor 7: migration
 -- 0008 dropped the separate CHECKs that packages built for schema 6 or older expect (CHANGELOG.md).
-INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 8, now(), 7)
+INSERT INTO convdb_schema_version (singleton, version, applied_at, compatible_from) VALUES (true, 9, now(), 7)
 ON CONFLICT (singleton) DO NOTHING;
 
 COMMIT;

@@ -264,7 +264,8 @@ class CitusCluster:
 
 
 # The state of a database that a test could change and TRUNCATE would not restore, as one digest
-# per node: every relation, column, constraint, index, trigger, policy, function, type, schema,
+# per node: every relation, column, constraint, index, trigger, policy, function (body, grants,
+# volatility, parallel safety: verify_schema checks the row rules' volatility), type, schema,
 # grant and setting outside the system schemas; the planner's statistics (relpages, reltuples,
 # pg_statistic rows); sequences; the Citus metadata (tables, shards, placements); prepared
 # transactions; the version table's rows. A database whose digests after TRUNCATE equal those of
@@ -299,7 +300,8 @@ WITH rels AS (
                   pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))
       FROM pg_policy p
     UNION ALL
-    SELECT format('fn %s %s %s', p.oid::regprocedure, md5(p.prosrc), p.proacl)
+    SELECT format('fn %s %s %s %s %s', p.oid::regprocedure, md5(p.prosrc), p.proacl, p.provolatile,
+                  p.proparallel)
       FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
     UNION ALL

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -44,19 +44,19 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "get_history": ("c1", "u1", 50),
     "get_history_window": ("c1", "u1", 100, 50, None),
     "count_messages": ("c1", "u1"),
-    "update_conversation": ("c1", "u1", True, "t", False, None),
+    "update_conversation": ("c1", "u1", True, "t", False, None, True, None, timedelta(hours=1), True),
     "delete_conversation": ("c1", "u1"),
     "clear_conversation": ("c1", "u1"),
     "pop_last_message": ("c1", "u1"),
     "export_header": ("c1", "u1"),
     "export_messages": ("c1", "u1", 0, 100, 50),
-    "import_conversation_row": ("c1", "u1", "t", None, 1, _NOW, _NOW, True),
+    "import_conversation_row": ("c1", "u1", "t", None, 1, _NOW, _NOW, True, timedelta(days=1), True, None),
     "import_owner_check": ("c1", "u1"),
     "import_clear_messages": ("c1", "u1"),
     "import_message": ("c1", 1, "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, _NOW, "u1"),
     "import_finish": ("c1", "u1", 5),
     "lock_conversation": ("c1", "u1"),
-    "get_or_create_conversation_locked": ("c1", "u1", None, None),
+    "get_or_create_conversation_locked": ("c1", "u1", None, None, None, None, False, False, None),
     # Schema version 3 (summaries and usage).
     "reserve_seq_range_guarded": ("c1", "u1", 3, 0),
     "get_history_summarized": ("c1", "u1", 100, 50, None),
@@ -74,6 +74,10 @@ ROUTER: dict[str, tuple[Any, ...]] = {
     "create_user_key": ("u1", "0123456789abcdef", "k1", b"wrapped"),
     "shred_user_key": ("u1",),
     "rewrap_user_key": ("u1", "0123456789abcdef", "k1", "k2", b"wrapped"),
+    # Schema version 7 (retention). The purge's claim-and-delete names its conversation on every
+    # relation: one router task (a multi-shard FOR UPDATE SKIP LOCKED is not possible on Citus).
+    "cap_messages": ("c1", "u1", 5),
+    "purge_expired_conversation": ("c1", 100),
 }
 BY_USER_KEY = {"get_user_key", "create_user_key", "shred_user_key", "rewrap_user_key"}
 # ONE_SHARD_STEPS: an INSERT inside a CTE (or INSERT ... SELECT from one). Citus 13.2's router
@@ -82,14 +86,16 @@ BY_USER_KEY = {"get_user_key", "create_user_key", "shred_user_key", "rewrap_user
 # coordinator (subplans, or INSERT ... SELECT "pull to coordinator"); each step is one task on
 # the conversation's shard. Value: the most steps seen, so a rewrite that adds hops fails here.
 ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
-    "get_or_create_conversation": (("c1", "u1", None, None), 3),
-    "save_message": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE), 2),
+    "get_or_create_conversation": (("c1", "u1", None, None, None, None, False, False, None), 3),
+    # Retention (schema 7): the message cap's DELETE CTE is one more step of every append (3, 5 and
+    # 10 steps, measured on Citus 13.2, each one task on the conversation's shard; docs/retention.md).
+    "save_message": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE), 3),
     # Measured on Citus 13.2 (3-node local cluster): the guard's snapshot read and the summary's
     # CTE are subplans of their own, each still one task on the conversation's shard.
-    "save_message_guarded": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 0), 4),
+    "save_message_guarded": (("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 0), 5),
     "save_and_get_history": (
         ("c1", "u1", "user", "hi", None, None, None, None, 1, None, *_NO_USAGE, 50, None, True, 0),
-        9,
+        10,
     ),
     "save_summary": (("c1", "u1", 1, "system", "summary", None, 1), 4),
     # The answer is the saved row UNION ALL the conversation's NULL row (an outer join of
@@ -108,6 +114,9 @@ USER_WIDE = {
     # rotate(): every user's data key (convdb_user_keys, by user_id), a batch at a time.
     "rotation_batch",
     "keys_per_master_key",
+    # purge_expired's listing: every user's expired conversations (through each shard's partial
+    # index conversations_expires); the claims that follow are router statements.
+    "purge_expired_list",
 }
 # Two conversations: a fork reads its source's shard and writes the new conversation's, which is
 # in general another shard (and worker). Multi-shard, and correct across shards (see below); rare

@@ -19,6 +19,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -290,6 +291,7 @@ def invalid_calls(draw: st.DrawFn) -> tuple[str, list[Any], dict[str, Any]]:
                 "update_title",
                 "update_metadata",
                 "turn_message",
+                "retention",
             ]
         )
     )
@@ -323,6 +325,24 @@ def invalid_calls(draw: st.DrawFn) -> tuple[str, list[Any], dict[str, Any]]:
     if slot in ("update_title", "update_metadata"):
         kwargs = {"title": draw(bad_text)} if slot == "update_title" else {"metadata": draw(bad_object)}
         return "update_conversation", ["c", "u"], kwargs
+    if slot == "retention":
+        bad_ttl = st.sampled_from([timedelta(0), timedelta(seconds=-1), 3600, "1h", timedelta(days=10**6)])
+        kwargs = draw(
+            st.sampled_from(
+                [
+                    {"expires_at": datetime(2030, 1, 1)},  # naive
+                    {"expires_at": "2030-01-01"},
+                    {"ttl": draw(bad_ttl)},
+                    {"ttl": timedelta(hours=1), "expires_at": datetime(2030, 1, 1, tzinfo=UTC)},
+                    {"sliding": True},
+                    {"max_messages": draw(st.sampled_from([0, -1, True, 1.5, 2**31]))},
+                    {"temporary": draw(st.sampled_from([1, "yes", None]))},
+                ]
+            )
+        )
+        if draw(st.booleans()) and "max_messages" not in kwargs and "temporary" not in kwargs:
+            return "update_conversation", ["c", "u"], kwargs
+        return "get_or_create_conversation", [draw(st.sampled_from(["c", None])), "u"], kwargs
     if slot == "limit":
         return "get_history", ["c", "u"], {"limit": draw(bad_limit)}
     if slot == "role":
@@ -432,6 +452,7 @@ class ModelConversation:
     next_seq: int = 1
     feedback: dict[int, int] = field(default_factory=dict)  # seq -> rating
     summaries: dict[int, str] = field(default_factory=dict)  # through_seq -> content
+    expired: bool = False  # unknown to everyone until purge_expired deletes it
 
     def last_seq(self) -> int:
         return self.messages[-1].seq if self.messages else 0
@@ -498,14 +519,14 @@ class StoreMachine(RuleBasedStateMachine):
         if model is None:  # deleted: the id is free again and names a new conversation
             assert status == "ok"
             self.model[cid] = ModelConversation(uid, title)
-        elif model.user != uid:
+        elif model.user != uid or model.expired:  # an expired id is not revived before the purge
             assert status == "not found"
         else:
             assert status == "ok" and conv.title == model.title
 
     def expect_not_found(self, cid: str, uid: str, status: str) -> bool:
         model = self.model.get(cid)
-        if model is None or model.user != uid:
+        if model is None or model.user != uid or model.expired:
             assert status == "not found", status
             return True
         return False
@@ -774,7 +795,35 @@ class StoreMachine(RuleBasedStateMachine):
     def listing(self, user: int) -> None:
         uid = self.users[user]
         page = self.run(self.store.list_conversations(uid, limit=100))
-        assert sorted(c.id for c in page.items) == sorted(c for c, m in self.model.items() if m.user == uid)
+        assert sorted(c.id for c in page.items) == sorted(
+            c for c, m in self.model.items() if m.user == uid and not m.expired
+        )
+
+    # -- retention (docs/retention.md) ---------------------------------------------------------
+    @rule(cid=conversations, owner=st.booleans(), past=st.booleans())
+    def set_expiry(self, cid: str, owner: bool, past: bool) -> None:
+        uid = self.owner_or_other(cid, owner)
+        at = datetime(2001, 1, 1, tzinfo=UTC) if past else datetime(2999, 1, 1, tzinfo=UTC)
+        status, got = self.outcome(lambda: self.store.update_conversation(cid, uid, expires_at=at))
+        if not self.expect_not_found(cid, uid, status):
+            assert got.expires_at == at
+            self.model[cid].expired = past
+
+    @rule()
+    def purge(self) -> None:
+        doomed = {c: m for c, m in self.model.items() if m.expired}
+        counts = self.run(self.store.purge_expired(batch_size=2))
+        assert (counts.conversations, counts.messages) == (
+            len(doomed),
+            sum(len(m.messages) for m in doomed.values()),
+        )
+        for cid in doomed:  # the ids are free again
+            del self.model[cid]
+
+    def teardown(self) -> None:
+        # purge_expired is store-wide: leave no expired row to the next example's counts.
+        if hasattr(self, "model"):
+            self.run(self.store.purge_expired())
 
     @invariant()
     def nothing_foreign_is_visible(self) -> None:

@@ -21,8 +21,9 @@ SCHEMA_RLS = ROOT / "schema_rls.sql"
 APP_ROLE = "convdb_test_app"  # a login role, member of convdb_app (schema_rls.sql)
 
 # Not operations on one user's data: they take no user id (rotate re-wraps every user's data key;
-# tests/security/test_security_encryption.py covers it).
-LIFECYCLE = frozenset({"connect", "close", "verify_schema", "rotate"})
+# tests/security/test_security_encryption.py covers it; purge_expired deletes every user's expired
+# conversations, a maintenance call: tests/agent/test_retention.py covers it).
+LIFECYCLE = frozenset({"connect", "close", "verify_schema", "rotate", "purge_expired"})
 # Methods that take no conversation id: they act on "everything of this user".
 USER_WIDE = frozenset({"list_conversations", "delete_user_data", "shred_user"})
 # Methods for which an unknown id is not an error: it names the conversation to create.

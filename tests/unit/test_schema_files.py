@@ -47,7 +47,7 @@ def test_version_constants() -> None:
     assert "version" in pyproject["project"]["dynamic"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "convdb._version.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", convdb.__version__)
-    assert convdb.SCHEMA_VERSION == SCHEMA_VERSION == 8
+    assert convdb.SCHEMA_VERSION == SCHEMA_VERSION == 9
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## {convdb.__version__}" in changelog and f"schema version {SCHEMA_VERSION}" in changelog
 

@@ -52,4 +52,9 @@ def test_data_statements_check_ownership(name: str) -> None:
     sql = QUERIES[name]
     if name in {"schema_catalog", "schema_version_row", "insert_message_at"}:
         return  # no user data read; insert_message_at runs after reserve_seq_range checked ownership
+    if name in {"purge_expired_list", "purge_expired_conversation"}:
+        # purge_expired: a maintenance call over every user's expired rows, never a user's call
+        # (it refuses row_level_security); its statements filter on expiry, not on a user.
+        assert "expires_at <= now()" in sql
+        return
     assert "user_id" in sql, f"{name} must filter on user_id"
