@@ -1,6 +1,7 @@
-"""What the row rules cost the server, in instructions: the same writes on schema versions 6, 7, 8.
+"""What the row rules and retention's predicate cost the server, in instructions.
 
     python -m benchmarks.check_instructions [--rows 200] [--json out.json]
+    python -m benchmarks.check_instructions --retention [--rows 200] [--json out.json]
 
 Counts the server's instructions with valgrind's callgrind, so the figure does not depend on how
 busy the machine is (a CPU-time figure on these shared cores moved by 2x between runs). One
@@ -15,6 +16,12 @@ the backend's start-up. The statements are convdb's own (``convdb.sql.QUERIES``)
   transaction (then rolled back, so every run sees the same table);
 - ``append``: ``save_message``, one statement per call, each its own transaction (both tables'
   rules: the conversation row's update and the message's insert).
+
+``--retention`` instead measures what failing closed costs (issue 13): on schema.sql, ``append``
+(``save_message``) and ``history_50`` (``get_history`` of 50 out of 200 messages) as shipped, with
+the live-conversation predicate ``(expires_at IS NULL OR expires_at > now())`` next to the
+ownership check, against the same texts with the predicate cut out
+(``benchmarks.retention_cost.without_predicate``).
 
 Needs valgrind (``apt-get install valgrind``); fails saying so when it is missing.
 """
@@ -44,6 +51,14 @@ DATABASES = {
     "v7": "schema 7: both (the upgrade window)",
     "v8": "schema 8: one rule per table",
 }
+#: The rule comparison runs on migrations 0001..N. The statements are today's, which read
+#: retention's columns (schema 9): each database gets those columns bare, without retention's own
+#: CHECKs and index, so the comparison stays one of the row rules alone.
+UPTO = {"v6": 6, "v7": 7, "v8": 8}
+RETENTION_COLUMNS = (
+    "ALTER TABLE conversations ADD COLUMN expires_at timestamptz, ADD COLUMN ttl interval, "
+    "ADD COLUMN temporary boolean NOT NULL DEFAULT false, ADD COLUMN max_messages integer"
+)
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
@@ -66,10 +81,25 @@ def batch_script(rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def append_script(calls: int) -> str:
-    lines = [f"PREPARE w AS {_one_line(QUERIES['save_message'])}"]
+def append_script(calls: int, sql: str | None = None, *, rolled_back: bool = False) -> str:
+    """``calls`` appends, each its own transaction; ``rolled_back``: all in one transaction rolled
+    back at the end, so every run starts from the same table (committed appends grow it, and
+    what a run costs then depends on the runs before it: up to 1.4x per append)."""
+    lines = [f"PREPARE w AS {_one_line(sql or QUERIES['save_message'])}"]
     values = ["'c1'", "'u1'", "'user'", _quote(CONTENT), *["NULL"] * 4, "70", *["NULL"] * 8]
+    lines += ["BEGIN"] if rolled_back else []
     lines += [f"EXECUTE w({', '.join(values)})"] * calls
+    lines += ["ROLLBACK"] if rolled_back else []
+    return "\n".join(lines) + "\n"
+
+
+def rolled_back_appends(calls: int, sql: str | None = None) -> str:
+    return append_script(calls, sql, rolled_back=True)
+
+
+def history_script(calls: int, sql: str | None = None) -> str:
+    lines = [f"PREPARE r AS {_one_line(sql or QUERIES['get_history'])}"]
+    lines += ["EXECUTE r('h1', 'u1', 50)"] * calls
     return "\n".join(lines) + "\n"
 
 
@@ -101,12 +131,70 @@ def build(server: EmbeddedPostgres) -> None:
     for name in DATABASES:
         apply_sql(server.dsn(), f"CREATE DATABASE {name}")
     for migration in MIGRATIONS:
-        for name, upto in (("v6", 6), ("v7", 7)):
+        for name, upto in UPTO.items():
             if migration.version <= upto:
                 apply_sql(server.dsn(name), migration.sql)
-    apply_schema(server.dsn("v8"), ROOT / "schema.sql")
     for name in DATABASES:
+        apply_sql(server.dsn(name), RETENTION_COLUMNS)
         apply_sql(server.dsn(name), "INSERT INTO conversations (id, user_id) VALUES ('c1', 'u1')")
+
+
+def build_retention(server: EmbeddedPostgres) -> None:
+    apply_sql(server.dsn(), "CREATE DATABASE v9")
+    apply_schema(server.dsn("v9"), ROOT / "schema.sql")
+    apply_sql(
+        server.dsn("v9"),
+        "INSERT INTO conversations (id, user_id, next_seq) VALUES ('c1', 'u1', 1), ('h1', 'u1', 201);"
+        "INSERT INTO messages (conversation_id, seq, role, content) "
+        "SELECT 'h1', g, CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END, "
+        f"{_quote(CONTENT)} FROM generate_series(1, 200) g",
+    )
+
+
+def measure_retention(rows: int) -> list[dict[str, Any]]:
+    from .retention_cost import without_predicate
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed: apt-get install valgrind (it counts the instructions)")
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="convdb-checks-") as folder:
+        server = EmbeddedPostgres(Path(folder) / "data")
+        server.start()
+        try:
+            build_retention(server)
+        finally:
+            server.stop()
+        # The first two backends after the build count ~1.3x per call whatever the statement
+        # (measured: the predicate cut, run first, "cost" 723k against 557k run again): one
+        # unmeasured run of each script first.
+        instructions(server, "v9", rolled_back_appends(rows))
+        instructions(server, "v9", history_script(rows))
+        for call, script, name in (
+            ("append", rolled_back_appends, "save_message"),
+            ("history_50", history_script, "get_history"),
+        ):
+            for variant, sql in (
+                ("shipped", QUERIES[name]),
+                ("predicate cut", without_predicate(QUERIES[name])),
+            ):
+                low = instructions(server, "v9", script(BASE_ROWS, sql))
+                high = instructions(server, "v9", script(rows, sql))
+                per = (high - low) / (rows - BASE_ROWS)
+                out.append({"call": call, "variant": variant, "instructions": round(per)})
+                print(f"{call:10s} {variant:14s} {per:>12,.0f}", flush=True)
+    return out
+
+
+def retention_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| call | statement | instructions per call | with / without the predicate |",
+        "|---|---|---:|---:|",
+    ]
+    cut = {r["call"]: r["instructions"] for r in results if r["variant"] == "predicate cut"}
+    for r in results:
+        ratio = r["instructions"] / cut[r["call"]]
+        lines.append(f"| {r['call']} | {r['variant']} | {r['instructions']:,} | {ratio:.3f} |")
+    return "\n".join(lines)
 
 
 def measure(rows: int) -> list[dict[str, Any]]:
@@ -120,6 +208,9 @@ def measure(rows: int) -> list[dict[str, Any]]:
             build(server)
         finally:
             server.stop()  # single-user mode needs the cluster to itself
+        for name in DATABASES:  # unmeasured first runs (see measure_retention)
+            instructions(server, name, batch_script(rows))
+            instructions(server, name, batch_script(rows))
         for write, script in (("batch row", batch_script), ("append", append_script)):
             for name, label in DATABASES.items():
                 low = instructions(server, name, script(BASE_ROWS))
@@ -143,12 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.check_instructions", description=__doc__)
     parser.add_argument("--rows", type=int, default=200, help="rows or calls per measured run (default 200)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--retention", action="store_true", help="the expiry predicate's cost instead")
     args = parser.parse_args(argv)
     if args.rows <= BASE_ROWS:
         parser.error(f"--rows must be more than {BASE_ROWS}")
-    results = measure(args.rows)
+    results = measure_retention(args.rows) if args.retention else measure(args.rows)
     print()
-    print(table(results))
+    print(retention_table(results) if args.retention else table(results))
     if args.json is not None:
         args.json.write_text(json.dumps({"rows": args.rows, "results": results}, indent=2) + "\n")
     return 0

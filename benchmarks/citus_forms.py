@@ -3,8 +3,9 @@
     python -m benchmarks.citus_forms [--calls 300] [--json FILE]
 
 ``save_message`` is one statement: a CTE ``UPDATE conversations ... RETURNING`` feeding ``INSERT
-INTO messages ... SELECT``. Citus plans an ``INSERT ... SELECT`` with its own planner, which for
-this one pulls the CTE's row to the coordinator and sends the insert back as a second step. This
+INTO messages ... SELECT`` (since schema 9 both are CTEs under a ``SELECT``, with retention's cap
+as a third, ``DELETE``, CTE). Citus plans an ``INSERT ... SELECT`` with its own planner, which
+pulls the CTE's row to the coordinator and sends the insert back as another step. This
 script asks the cluster (``EXPLAIN``) how it plans each candidate spelling of the same append and
 times each through one connection (prepared, one call after another, after a warm-up), on a
 local coordinator + 2 workers and, for the statement convdb sends, on one PostgreSQL from the same
@@ -30,6 +31,8 @@ from typing import Any
 
 import asyncpg
 
+from convdb.sql import QUERIES
+
 from . import citus as bench_citus
 
 _UPDATE = (
@@ -37,9 +40,14 @@ _UPDATE = (
     "WHERE id = $1 AND user_id = $2 RETURNING id, next_seq - 1 AS seq"
 )
 
-#: name -> (statement, what it does). $1 conversation id, $2 user, $3 content.
+#: name -> (statement, what it does). $1 conversation id, $2 user, $3 content; convdb's own
+#: statement takes save_message's 17 parameters ($3 role, $4 content, the rest NULL here).
 FORMS: dict[str, tuple[str, str]] = {
-    "statement (convdb's save_message)": (
+    "convdb's save_message as shipped (schema 9)": (
+        QUERIES["save_message"],
+        "the append, with retention's expiry check, sliding expiry and cap",
+    ),
+    "CTE UPDATE -> INSERT ... SELECT (save_message before schema 9)": (
         f"WITH reserved AS ({_UPDATE}) INSERT INTO messages (conversation_id, seq, role, content) "
         "SELECT reserved.id, reserved.seq, 'user', $3 FROM reserved RETURNING seq, created_at",
         "the append",
@@ -87,6 +95,26 @@ $body$
 """
 
 
+def _arguments(sql: str, content: str) -> tuple[object, ...]:
+    if sql == QUERIES["save_message"]:
+        # $9 token_count is NOT NULL (the store always counts); the rest may be NULL.
+        return ("forms-1", "alice", "user", content, None, None, None, None, 1, *[None] * 8)
+    return ("forms-1", "alice", content)
+
+
+def _literal(sql: str) -> str:
+    """The statement with its parameters as literals, for EXPLAIN (highest number first: $1
+    would otherwise eat the start of $12)."""
+    values = (
+        ["'forms-1'", "'alice'", "'user'", "'x'"]
+        if sql == QUERIES["save_message"]
+        else ["'forms-1'", "'alice'", "'x'"]
+    )
+    for n in range(17, 0, -1):
+        sql = sql.replace(f"${n}", values[n - 1] if n <= len(values) else "NULL")
+    return sql
+
+
 def _plan_summary(lines: list[str]) -> str:
     """The parts of an EXPLAIN that say how Citus runs it: the method and the task counts."""
     keep = []
@@ -99,13 +127,14 @@ def _plan_summary(lines: list[str]) -> str:
 
 async def _time(conn: asyncpg.Connection, sql: str, calls: int) -> float:
     statement = await conn.prepare(sql)
+    warm, measured = _arguments(sql, "warm-up"), _arguments(sql, "x")
     for _ in range(20):
-        await statement.fetch("forms-1", "alice", "warm-up")
+        await statement.fetch(*warm)
     samples = []
     for _ in range(3):
         began = time.perf_counter()
         for _ in range(calls):
-            await statement.fetch("forms-1", "alice", "x")
+            await statement.fetch(*measured)
         samples.append((time.perf_counter() - began) / calls * 1000)
     return statistics.median(samples)
 
@@ -125,9 +154,8 @@ async def run(calls: int) -> dict[str, Any]:
                 "'p_conversation_id', colocate_with := 'conversations')"
             )
             for name, (sql, does) in FORMS.items():
-                literal = sql.replace("$1", "'forms-1'").replace("$2", "'alice'").replace("$3", "'x'")
-                plan = [r[0] for r in await citus.fetch("EXPLAIN " + literal)]
-                foreign = await citus.fetch(sql, "forms-1", "mallory", "x")
+                plan = [r[0] for r in await citus.fetch("EXPLAIN " + _literal(sql))]
+                foreign = await citus.fetch(sql, "forms-1", "mallory", *_arguments(sql, "x")[2:])
                 rows.append(
                     {
                         "form": name,
@@ -145,9 +173,9 @@ async def run(calls: int) -> dict[str, Any]:
 
 
 def text(doc: dict[str, Any]) -> str:
-    lines = [f"{'form':<52} {'Citus ms':>9} {'single ms':>10}  Citus plan"]
+    lines = [f"{'form':<64} {'Citus ms':>9} {'single ms':>10}  Citus plan"]
     for r in doc["rows"]:
-        lines.append(f"{r['form']:<52} {r['citus_ms']:>9.3f} {r['single_ms']:>10.3f}  {r['citus_plan']}")
+        lines.append(f"{r['form']:<64} {r['citus_ms']:>9.3f} {r['single_ms']:>10.3f}  {r['citus_plan']}")
     return "\n".join(lines) + "\n"
 
 

@@ -302,3 +302,25 @@ def test_goals_are_judged_from_the_runs_own_ratios_in_json_and_text() -> None:
     table = report.text(doc).split("the goals (issue 14)", 1)[1].split("\n\n", 1)[0]
     assert any("append" in line and "0.65" in line and "MISSED" in line for line in table.splitlines())
     assert any("history_50" in line and "0.60" in line and "met" in line for line in table.splitlines())
+
+
+def test_instruction_scripts_compare_the_shipped_statements_with_the_predicate_cut_out() -> None:
+    from benchmarks.check_instructions import append_script, history_script
+    from benchmarks.retention_cost import LIVE, LIVE_BARE, without_predicate
+    from convdb.sql import QUERIES
+
+    for name, script in (("save_message", append_script), ("get_history", history_script)):
+        shipped, cut = QUERIES[name], without_predicate(QUERIES[name])
+        assert LIVE in shipped or LIVE_BARE in shipped, f"{name} fails closed in SQL"
+        assert LIVE not in cut and LIVE_BARE not in cut
+        # Nothing but the predicate is cut: the rest of the statement is the same.
+        assert len(shipped) - len(cut) in {
+            len(LIVE) + len("\n   AND "),
+            len(LIVE_BARE) + len("\n       AND "),
+        }
+        text = script(30, cut)
+        lines = text.splitlines()
+        # Single-user mode reads one statement per line: PREPARE, then one EXECUTE per call.
+        assert lines[0].startswith("PREPARE ") and "\n" not in lines[0]
+        assert len(lines) == 31
+        assert all(line.startswith("EXECUTE ") for line in lines[1:])

@@ -31,7 +31,11 @@ def test_citus_forms_report_each_plan_and_refuse_another_users_conversation(tmp_
     assert result.returncode == 0, f"needs Citus (bash .ci/citus.sh): {result.stderr[-3000:]}"
     rows = {r["form"]: r for r in json.loads(out.read_text())["rows"]}
     # convdb's statement is the two-step "pull to coordinator" plan this script exists to show...
-    assert "pull to coordinator" in rows["statement (convdb's save_message)"]["citus_plan"]
+    assert (
+        "pull to coordinator"
+        in rows["CTE UPDATE -> INSERT ... SELECT (save_message before schema 9)"]["citus_plan"]
+    )
+    assert "pull to coordinator" in rows["convdb's save_message as shipped (schema 9)"]["citus_plan"]
     # ...and the delegated function one task on the conversation's worker, like a bare UPDATE.
     assert rows["delegated PL/pgSQL function"]["citus_plan"] == "Task Count: 1"
     assert rows["the UPDATE alone (reference)"]["citus_plan"] == "Task Count: 1"
