@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from convdb import ConversationStore, InvalidInput, StaticKeys
+from tests.support.fix_server import VIA_CITUS
 from tests.support.surface import CREATING, USER_WIDE, call, export_records, not_found, public_methods
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -373,19 +374,32 @@ async def test_purge_counts_limit_and_resume(store: ConversationStore, db: async
 async def test_purge_interrupted_by_cancellation_then_resumed(
     store: ConversationStore, db: asyncpg.Connection
 ) -> None:
+    """The purge is cancelled while it is held on a lock, whatever the machine's speed: the
+    conversation it lists last (the latest expiry) has a message row locked by another
+    transaction, so the purge's last batch waits there after the first ones committed."""
     await populate(db, expired=60, live=2, per=3)
-    task = asyncio.ensure_future(store.purge_expired(batch_size=5))
-    deadline = time.monotonic() + 60
-    while await db.fetchval("SELECT count(*) FROM conversations WHERE id LIKE 'x%'") > 40:
-        assert time.monotonic() < deadline, "purge made no progress"
-        assert not task.done(), "the purge ended before it could be interrupted"
-        await asyncio.sleep(0.005)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await db.execute("UPDATE conversations SET expires_at = now() - interval '1 minute' WHERE id = 'x30'")
+    async with store.pool.acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM messages WHERE conversation_id = 'x30' AND seq = 1 FOR UPDATE")
+        task = asyncio.ensure_future(store.purge_expired(batch_size=5))
+        deadline = time.monotonic() + 60
+        # On Citus the wait is on the worker that holds the shard: citus_stat_activity sees every node.
+        activity = "citus_stat_activity" if VIA_CITUS else "pg_stat_activity"
+        while not await db.fetchval(
+            f"SELECT count(*) FROM {activity} WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            assert time.monotonic() < deadline, "the purge never reached the locked conversation"
+            assert not task.done(), "the purge ended without meeting the lock"
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     left = await db.fetchval("SELECT count(*) FROM conversations WHERE id LIKE 'x%'")
     left_messages = await db.fetchval("SELECT count(*) FROM messages WHERE conversation_id LIKE 'x%'")
+    # The batches before the locked one committed; the locked one (its 5 conversations, one
+    # implicit transaction) was rolled back by the cancellation.
     assert 0 < left < 60
+    assert await db.fetchval("SELECT count(*) FROM conversations WHERE id = 'x30'") == 1
     resumed = await store.purge_expired(batch_size=5)
     assert (resumed.conversations, resumed.messages) == (left, left_messages)
     assert await db.fetchval("SELECT count(*) FROM conversations") == 2
