@@ -352,7 +352,7 @@ class ClonePool:
     Cloning a database on three nodes took 2.4-4.2 s here (2 shared cores, other suites
     running), mostly waiting on the copy. Most tests change only rows, so a returned database
     is *recycled* (``recycle=True``): its sessions are ended, ``TRUNCATE conversations, messages
-    CASCADE`` run, and its state digest on every node (``_STATE_DIGEST``: catalogs, grants,
+    CASCADE`` (and ``convdb_user_keys``) run, and its state digest on every node (``_STATE_DIGEST``: catalogs, grants,
     statistics, sequences, Citus metadata, the version rows) compared with that of a fresh clone
     after the same TRUNCATE. Equal, it is ready for the next test; different (the test changed
     the schema, a grant, a policy, the statistics...) or any error, it is dropped (coordinator
@@ -506,7 +506,15 @@ class ClonePool:
                 await conn.close()
 
     async def _truncate(self, name: str) -> None:
-        await _execute(self.cluster.dsn(name), "TRUNCATE conversations, messages CASCADE")
+        # The users' data keys too: they reference no conversation, so the CASCADE leaves them,
+        # and a recycled database then held another test's key (a rotation test counted 10 keys
+        # under the old master key where it had made 9).
+        await _execute(
+            self.cluster.dsn(name),
+            "TRUNCATE conversations, messages CASCADE",
+            "DO $$ BEGIN IF to_regclass('convdb_user_keys') IS NOT NULL THEN "
+            "TRUNCATE convdb_user_keys; END IF; END $$",
+        )
 
     async def _digests(self, name: str) -> list[str]:
         found = []

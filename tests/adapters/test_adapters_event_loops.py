@@ -16,6 +16,7 @@ from agents.testing import ScriptedModel, assistant_message
 from langchain_core.messages import AIMessage, HumanMessage
 
 from convdb import ConversationNotFound, ConversationStore, InvalidInput, WrongEventLoop
+from convdb.integrations import langchain as langchain_integration
 from convdb.integrations.langchain import ConvDBChatMessageHistory
 from convdb.integrations.openai_agents import ConvDBSession, SessionOwner
 
@@ -279,7 +280,9 @@ async def test_langchain_sync_methods_in_a_sync_program(dsn: str) -> None:
     assert await asyncio.to_thread(sync_program) == [HumanMessage(content="one")]
 
 
-async def test_langchain_sync_call_waiting_on_a_stopped_loop_raises(dsn: str) -> None:
+async def test_langchain_sync_call_waiting_on_a_stopped_loop_raises(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
@@ -298,11 +301,23 @@ async def test_langchain_sync_call_waiting_on_a_stopped_loop_raises(dsn: str) ->
         loop.call_soon_threadsafe(lambda: loop.create_task(hold_then_stop()))
         assert held.wait(60)
 
+        # The loop is released only once the call has been handed to it and is waited for:
+        # released earlier, the loop could stop before the reader thread got there, and the
+        # read would then (rightly) run on the idle loop in the reader's thread instead.
+        handed = threading.Event()
+        original_wait = langchain_integration._wait
+
+        def wait_after_hand_over(*args: Any) -> Any:
+            handed.set()
+            return original_wait(*args)
+
+        monkeypatch.setattr(langchain_integration, "_wait", wait_after_hand_over)
+
         def read() -> Any:
             return h.messages
 
         reader = asyncio.ensure_future(asyncio.to_thread(read))
-        await asyncio.sleep(0)
+        assert await asyncio.to_thread(handed.wait, 60)
         release.set()
         with pytest.raises(WrongEventLoop, match=r"stopped while the call waited|not running"):
             await asyncio.wait_for(reader, 60)
