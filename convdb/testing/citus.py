@@ -352,8 +352,9 @@ class ClonePool:
     Cloning a database on three nodes took 2.4-4.2 s here (2 shared cores, other suites
     running), mostly waiting on the copy. Most tests change only rows, so a returned database
     is *recycled* (``recycle=True``): its sessions are ended, ``TRUNCATE conversations, messages
-    CASCADE`` (and ``convdb_user_keys``) run, and its state digest on every node (``_STATE_DIGEST``: catalogs, grants,
-    statistics, sequences, Citus metadata, the version rows) compared with that of a fresh clone
+    CASCADE`` (and ``convdb_user_keys``) run, and its state digest on every node
+    (``_STATE_DIGEST``: catalogs, grants, statistics, sequences, Citus metadata, the version rows)
+    compared with that of a fresh clone
     after the same TRUNCATE. Equal, it is ready for the next test; different (the test changed
     the schema, a grant, a policy, the statistics...) or any error, it is dropped (coordinator
     first, as ``drop_database``) and a clone made. ``ahead`` databases are kept ready.
