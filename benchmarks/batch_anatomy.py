@@ -259,13 +259,9 @@ def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def server_cpu_s(postmaster: int) -> float:
-    """CPU seconds the whole server has used: the postmaster with its reaped children, plus the
-    live ones. A backend that ends moves from the second sum into the first, so differences
-    count every backend once. Robust to load in a way wall time is not: another process's turn
-    on the CPU is not charged to the server."""
-    fields = _stat_fields(postmaster)
-    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+def server_children(postmaster: int) -> list[list[str]]:
+    """The ``/proc`` stat fields of the postmaster's processes (live, or exited and not yet reaped)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -274,7 +270,18 @@ def server_cpu_s(postmaster: int) -> float:
         except (OSError, ValueError):
             continue
         if child[1] == str(postmaster):
-            ticks += int(child[11]) + int(child[12])
+            found.append(child)
+    return found
+
+
+def server_cpu_s(postmaster: int) -> float:
+    """CPU seconds the whole server has used: the postmaster with its reaped children, plus the
+    live ones. A backend that ends moves from the second sum into the first, so differences
+    count every backend once. Robust to load in a way wall time is not: another process's turn
+    on the CPU is not charged to the server."""
+    fields = _stat_fields(postmaster)
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    ticks += sum(int(child[11]) + int(child[12]) for child in server_children(postmaster))
     return ticks / _TICK
 
 

@@ -54,6 +54,7 @@ from convdb.testing.citus import (
 from . import meta as run_meta
 from . import report, runner
 from . import seed as seeding
+from .batch_anatomy import server_cpu_s
 from .config import Mode
 from .server import SCHEMA, BenchDatabase, server_info
 from .systems.base import Context, System
@@ -269,31 +270,9 @@ def _log_file(node: EmbeddedPostgres) -> Path:
     return node.data_dir / "log" / "postgresql.log"
 
 
-def _ticks_of(pid: int, *, with_children: bool) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    # Fields after the name, from 3 (state): utime is 14, stime 15, cutime 16, cstime 17.
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return utime + stime + ((cutime + cstime) if with_children else 0)
-
-
 def node_cpu_s(node: EmbeddedPostgres) -> float:
     """CPU seconds used by the node so far: its postmaster, its live processes, the exited ones."""
-    postmaster = int((node.data_dir / "postmaster.pid").read_text().split()[0])
-    ticks = _ticks_of(postmaster, with_children=True)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == postmaster:
-            ticks += _ticks_of(int(entry.name), with_children=False)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return server_cpu_s(int((node.data_dir / "postmaster.pid").read_text().split()[0]))
 
 
 async def _set_log_statement(nodes: Sequence[EmbeddedPostgres], value: str | None) -> None:

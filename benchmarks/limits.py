@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runner, server
-from .batch_anatomy import _admin, postmaster_pid, server_cpu_s
+from .batch_anatomy import _admin, postmaster_pid, server_children, server_cpu_s
 from .config import MODES
 from .measure import Cell, Timing, describe, run_workers
 from .meta import load_average
@@ -80,20 +80,6 @@ class Sample:
     server_us: float
 
 
-def _backends(postmaster: int) -> int:
-    """How many processes the server has (live or exited and not yet reaped)."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry, "stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[1] == str(postmaster):
-                count += 1
-    return count
-
-
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -103,14 +89,14 @@ async def sample(system: System, op: str, c: int, seconds: float, seed: int, pos
     """One cell with its CPU counters, or the reason it has no figures."""
     timing = Timing(0.0, seconds)
     if isinstance(system, PgbenchSystem):
-        backends = _backends(postmaster)
+        backends = len(server_children(postmaster))
         before = (time.process_time(), _children_cpu_s(), server_cpu_s(postmaster))
         cell, _ = await system.measure(op, c, timing, seed)
         client_cpu_s = _children_cpu_s() - before[1]
         # pgbench's backends exit as it does: wait until the server has reaped them, so their
         # CPU is in the postmaster's children counters and not lost between the two reads.
         deadline = time.monotonic() + 5
-        while _backends(postmaster) > backends and time.monotonic() < deadline:  # noqa: ASYNC110 - polls /proc
+        while len(server_children(postmaster)) > backends and time.monotonic() < deadline:  # noqa: ASYNC110 - polls /proc
             await asyncio.sleep(0.01)
         server_s = server_cpu_s(postmaster) - before[2]
     else:
