@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
+from asyncpg import Record
+
 from ..sql import QUERIES
 from . import Conn
 from .erasure import ErasureProgress
@@ -42,11 +44,19 @@ async def purge_conversation(conn: Conn, cid: str, chunk: int, progress: Erasure
             if stale >= _FRESH_ATTEMPTS:
                 return False
             continue
-        progress.messages += row["chunk"]
-        if row["conversations"]:
-            progress.conversations += 1
-            progress.messages += row["messages"]
+        if _counted(row, progress):
             return True
+
+
+def _counted(row: Record, progress: ErasureProgress) -> bool:
+    """Add what a fresh purge step deleted to ``progress``; whether it deleted the conversation
+    (False: it deleted a chunk of its messages, and the conversation needs another step)."""
+    progress.messages += row["chunk"]
+    if row["conversations"]:
+        progress.conversations += 1
+        progress.messages += row["messages"]
+        return True
+    return False
 
 
 async def purge_listed(conn: Conn, cids: list[str], chunk: int, progress: ErasureProgress) -> int:
@@ -60,10 +70,7 @@ async def purge_listed(conn: Conn, cids: list[str], chunk: int, progress: Erasur
         if not row["fresh"]:
             again.append(row["id"])
             continue
-        progress.messages += row["chunk"]
-        if row["conversations"]:
-            progress.conversations += 1
-            progress.messages += row["messages"]
+        if _counted(row, progress):
             deleted += 1
         else:
             again.append(row["id"])
