@@ -171,6 +171,21 @@ EXPECTED_FUNCTIONS: Final[dict[str, str]] = {
     "numeric,integer)": "immutable 5506807efc8d66598ab2979538b4034a",
 }
 
+# The delegated functions of schema_citus.sql (docs/citus.md, "The hot write path"), by the same
+# signature and digest rule. Optional: a database without them (every single-node one) runs the
+# statements of queries.sql; the store calls them only when all three are present with exactly
+# these bodies, so that a database distributed by an older schema_citus.sql, or a function edited
+# by hand, keeps the statements rather than running code this package was not tested with.
+# tests/unit/test_schema_files.py recomputes the digests from schema_citus.sql.
+DELEGATED_FUNCTIONS: Final[dict[str, str]] = {
+    "convdb_save_message(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,integer,"
+    "integer,numeric,integer)": "volatile 76400cd480c7d139a88c88dbaefe6a4f",
+    "convdb_get_or_create_conversation(text,text,text,text,timestamp with time zone,interval,boolean,boolean,"
+    "integer)": "volatile c9a061c549c482c16b77939928c2495a",
+    "convdb_save_and_get_history(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,"
+    "integer,integer,numeric,integer,integer,bigint,boolean,bigint)": "volatile c431d98b8cab3e793087b2e305841130",
+}
+
 # Constraints created NOT VALID (migration 0007 must not scan the tables under its lock; schema.sql
 # does the same so that both give one catalog). A DBA may VALIDATE them later: that form is accepted
 # too (pg_get_constraintdef appends " NOT VALID" only to the unvalidated one).
@@ -203,6 +218,12 @@ class SchemaReport:
     missing_migrations: tuple[str, ...]
     #: Every difference that stops this package from running here, as sentences.
     problems: tuple[str, ...]
+    #: Whether the database has schema_citus.sql's delegated functions exactly as this package
+    #: expects (``DELEGATED_FUNCTIONS``): the store then calls them on its hot paths.
+    delegated: bool = False
+    #: The delegated functions found with another body (an older schema_citus.sql, or edited):
+    #: not used; running this package's schema_citus.sql again replaces them.
+    stale_delegated: tuple[str, ...] = ()
 
     @property
     def compatible(self) -> bool:
@@ -298,7 +319,10 @@ def assess(
                 "with python -m convdb schema and repair it, or rebuild it)"
             )
         problems.extend(drift)
-    return SchemaReport(wanted, version, floor, missing, tuple(problems))
+    functions: dict[str, str] = catalog.get("functions") or {}
+    delegated = all(functions.get(s) == want for s, want in DELEGATED_FUNCTIONS.items())
+    stale = tuple(s for s, want in DELEGATED_FUNCTIONS.items() if s in functions and functions[s] != want)
+    return SchemaReport(wanted, version, floor, missing, tuple(problems), delegated, stale)
 
 
 async def inspect(
@@ -319,7 +343,9 @@ async def inspect(
     return assess(catalog, version_row)
 
 
-async def verify(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+async def verify(conn: PoolConnectionProxy[asyncpg.Record]) -> SchemaReport:
+    """The report of a database this package runs on; ``SchemaMismatch`` otherwise."""
     report = await inspect(conn)
     if not report.compatible:
         raise SchemaMismatch(report.message())
+    return report

@@ -39,6 +39,7 @@ from .ops import branches as branch_ops
 from .ops import conversations as conversation_ops
 from .ops import erasure as erasure_ops
 from .ops import feedback as feedback_ops
+from .ops import forms as forms_ops
 from .ops import keys as key_ops
 from .ops import messages as message_ops
 from .ops import retention as retention_ops
@@ -220,6 +221,8 @@ class ConversationStore:
         self._keys = encryption
         self._key_cache = KeyCache(key_cache_seconds, key_cache_size)
         self.default_ttl, self.sliding, self.temporary_ttl, self.max_messages = policy
+        # The statements until verify_schema finds schema_citus.sql's delegated functions.
+        self._forms = forms_ops.STATEMENTS
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -347,12 +350,24 @@ class ConversationStore:
         """
         check_isolation = not self.row_level_security
 
-        async def verify(conn: Conn) -> None:
-            await schema_check.verify(conn)
+        async def verify(conn: Conn) -> schema_check.SchemaReport:
+            report = await schema_check.verify(conn)
             if check_isolation:
                 await settings_ops.check_isolation(conn)
+            return report
 
-        await self._runner.run(verify, Policy.READ)
+        report = await self._runner.run(verify, Policy.READ)
+        self._forms = forms_ops.DELEGATED if report.delegated else forms_ops.STATEMENTS
+
+    @property
+    def delegated(self) -> bool:
+        """Whether ``save_message``, ``get_or_create_conversation`` and ``save_and_get_history``
+        call schema_citus.sql's delegated functions (one call to the conversation's worker on
+        Citus; docs/citus.md) instead of their single statements. Decided by ``verify_schema``
+        (``connect()`` runs it): True when the database has those functions with exactly the
+        bodies this package expects; a store built on a borrowed pool sends the statements until
+        ``verify_schema()`` is awaited. Same results either way."""
+        return self._forms.delegated
 
     # -- encryption (convdb.crypto; every method below calls these only when encryption is on) --
     @property
@@ -469,6 +484,7 @@ class ConversationStore:
             title=title,
             metadata_json=meta_json,
             retention=retention,
+            forms=self._forms,
         )
         conversation = await self._runner.run(op, Policy.READ, user_id=uid)
         return conversation if codec is None else codec.open_conversation(conversation)
@@ -556,7 +572,7 @@ class ConversationStore:
         if self._keys is not None:
             return (await self._save_sealed(cid, uid, [row], policy, expected=expected))[0]
         if expected is None:
-            op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row)
+            op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row, forms=self._forms)
         else:
             op = functools.partial(
                 message_ops.save_guarded, cid=cid, uid=uid, row=row, expected_last_seq=expected
@@ -752,6 +768,7 @@ class ConversationStore:
             token_budget=token_budget,
             summarized=summarize,
             expected_last_seq=expected,
+            forms=self._forms,
         )
         return await self._runner.run(op, policy, user_id=uid)
 

@@ -13,8 +13,8 @@ from ..listing import ListingQuery, encode_cursor
 from ..records import Conversation, Page
 from ..sql import QUERIES
 from . import Begin, Conn, begin
+from .forms import STATEMENTS, Forms
 
-_GET_OR_CREATE: Final = QUERIES["get_or_create_conversation"]
 _GET_OR_CREATE_LOCKED: Final = QUERIES["get_or_create_conversation_locked"]
 _GET_CONVERSATION: Final = QUERIES["get_conversation"]
 _UPDATE_CONVERSATION: Final = QUERIES["update_conversation"]
@@ -49,8 +49,10 @@ async def get_or_create(
     title: str | None,
     metadata_json: str | None,
     retention: Retention = NO_RETENTION,
+    forms: Forms = STATEMENTS,
 ) -> Conversation:
-    row = await conn.fetchrow(_GET_OR_CREATE, cid, uid, title, metadata_json, *retention.args())
+    statement = forms.get_or_create_conversation
+    row = await conn.fetchrow(statement, cid, uid, title, metadata_json, *retention.args())
     if row is None:
         # Another user owns the id, or a concurrent creator or delete changed the row after our
         # snapshot. A re-read is not enough (the row can be deleted between the two statements:

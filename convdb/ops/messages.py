@@ -24,10 +24,10 @@ from ..windows import history_from_records, summarized_from_records, trim_orphan
 from . import Begin, Conn, begin
 from . import retention as retention_ops
 from .conversations import owned_count, run_fresh
+from .forms import STATEMENTS, Forms
 
 T = TypeVar("T")
 
-_SAVE_MESSAGE: Final = QUERIES["save_message"]
 _SAVE_MESSAGE_GUARDED: Final = QUERIES["save_message_guarded"]
 _RESERVE_SEQ_RANGE: Final = QUERIES["reserve_seq_range"]
 _RESERVE_SEQ_RANGE_GUARDED: Final = QUERIES["reserve_seq_range_guarded"]
@@ -37,7 +37,6 @@ _GET_MESSAGE_BY_KEY: Final = QUERIES["get_message_by_key"]
 _GET_HISTORY: Final = QUERIES["get_history"]
 _GET_HISTORY_WINDOW: Final = QUERIES["get_history_window"]
 _GET_HISTORY_SUMMARIZED: Final = QUERIES["get_history_summarized"]
-_SAVE_AND_GET_HISTORY: Final = QUERIES["save_and_get_history"]
 _COUNT_MESSAGES: Final = QUERIES["count_messages"]
 _POP_LAST_MESSAGE: Final = QUERIES["pop_last_message"]
 
@@ -145,10 +144,11 @@ async def save_guarded(conn: Conn, cid: str, uid: str, row: MessageRow, expected
     return _stored(cid, head[0], head[1], row)
 
 
-async def save(conn: Conn, cid: str, uid: str, row: MessageRow) -> Message:
-    """Append one message (one statement); a replayed idempotency key returns the stored one."""
+async def save(conn: Conn, cid: str, uid: str, row: MessageRow, forms: Forms = STATEMENTS) -> Message:
+    """Append one message (one statement, or one delegated call); a replayed idempotency key
+    returns the stored one."""
     try:
-        stored = await _keyed(conn, row, lambda: conn.fetchrow(_SAVE_MESSAGE, cid, uid, *row))
+        stored = await _keyed(conn, row, lambda: conn.fetchrow(forms.save_message, cid, uid, *row))
     except asyncpg.UniqueViolationError as exc:
         if row.idempotency_key is None or not is_replayed_key(exc):
             raise
@@ -319,16 +319,17 @@ async def save_and_get_history(
     token_budget: int | None,
     summarized: bool = False,
     expected_last_seq: int | None = None,
+    forms: Forms = STATEMENTS,
 ) -> tuple[Message, list[Message]]:
-    """Save one message and return it with the window that ends at it (one statement)."""
+    """Save one message and return it with the window that ends at it (one statement, or one
+    delegated call, which is never stale)."""
     args = (*row, limit, token_budget, summarized, expected_last_seq)
+    statement = forms.save_and_get_history
     try:
         if expected_last_seq is None:
-            records = await _keyed(conn, row, lambda: conn.fetch(_SAVE_AND_GET_HISTORY, cid, uid, *args))
+            records = await _keyed(conn, row, lambda: conn.fetch(statement, cid, uid, *args))
         else:
-            records = await _keyed(
-                conn, row, lambda: run_fresh(conn, _SAVE_AND_GET_HISTORY, cid, uid, args=args)
-            )
+            records = await _keyed(conn, row, lambda: run_fresh(conn, statement, cid, uid, args=args))
     except asyncpg.UniqueViolationError as exc:
         if row.idempotency_key is None or not is_replayed_key(exc):
             raise

@@ -42,6 +42,14 @@ SELECT id, user_id, title, metadata, created_at, updated_at, false, parent_id, f
    AND (expires_at IS NULL OR expires_at > now())
    AND NOT EXISTS (SELECT 1 FROM inserted);
 
+-- name: get_or_create_conversation_delegated
+-- get_or_create_conversation as one delegated call (see save_message_delegated): the same
+-- parameters and rows; no row back sends the caller to get_or_create_conversation_locked, as
+-- after the statement.
+SELECT id, user_id, title, metadata, created_at, updated_at, created, parent_id, forked_at_seq, root_id,
+       expires_at, ttl, temporary, max_messages
+  FROM convdb_get_or_create_conversation($1, $2, $3, $4, $5, $6, $7, $8, $9);
+
 -- name: get_or_create_conversation_locked
 -- The fallback when get_or_create_conversation returned nothing: another user owns the id, or
 -- a concurrent creator committed the row after that statement's snapshot, or a concurrent delete
@@ -105,6 +113,14 @@ WITH reserved AS (
     RETURNING m.seq
 )
 SELECT i.seq, i.created_at FROM inserted i;
+
+-- name: save_message_delegated
+-- save_message on a database that schema_citus.sql gave its delegated functions: the same
+-- parameters and result, one call that Citus sends whole to the conversation's worker
+-- (docs/citus.md, "The hot write path"). The store uses it only when verify_schema found
+-- convdb_save_message with the body this package expects (convdb.schema_check.DELEGATED_FUNCTIONS).
+SELECT seq, created_at
+  FROM convdb_save_message($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17);
 
 -- name: save_message_guarded
 -- save_message with expected_last_seq ($18): the insert happens only if the newest stored
@@ -497,6 +513,16 @@ SELECT w.seq, w.role, w.content, w.tool_name, w.tool_call_id, w.tool_calls, w.me
   LEFT JOIN windowed w
     ON w.is_new OR (w.rank <= $18::integer AND ($19::bigint IS NULL OR w.running <= $19::bigint))
  ORDER BY w.seq;
+
+-- name: save_and_get_history_delegated
+-- save_and_get_history as one delegated call (see save_message_delegated): the same 21
+-- parameters and the same columns, in the statement's order (seq); stale is always false and
+-- fresh true, as the function reads the window after its insert, under the row lock.
+SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata, token_count, idempotency_key,
+       created_at, model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms,
+       summary_through, is_new, in_window, stale, fresh, last_seq, written
+  FROM convdb_save_and_get_history($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                                   $17, $18, $19, $20, $21);
 
 -- name: count_messages
 -- Index-only count over messages_pkey; no row back: not this user's conversation.

@@ -103,6 +103,14 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
     # more step, still on the one shard.
     "set_feedback": (("c1", "u1", 1, 1, None, []), 3),
 }
+# DELEGATED: a call of a schema_citus.sql function (convdb.ops.forms), the other text of an
+# ONE_SHARD_STEPS statement: Citus sends the whole call to the conversation's worker, one task
+# whose remote plan is the function scan (the body runs there, on the local shards).
+DELEGATED: dict[str, tuple[Any, ...]] = {
+    "save_message_delegated": ONE_SHARD_STEPS["save_message"][0],
+    "get_or_create_conversation_delegated": ONE_SHARD_STEPS["get_or_create_conversation"][0],
+    "save_and_get_history_delegated": ONE_SHARD_STEPS["save_and_get_history"][0],
+}
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
 USER_WIDE = {
     "erase_list_conversations",
@@ -128,7 +136,9 @@ NOT_DISTRIBUTED = {"schema_catalog", "schema_version_row", "default_isolation"}
 
 def test_every_statement_is_classified() -> None:
     """A new statement in queries.sql must be added to one of the sets above (and so be checked)."""
-    classified = set(ROUTER) | set(ONE_SHARD_STEPS) | USER_WIDE | TWO_CONVERSATIONS | NOT_DISTRIBUTED
+    classified = (
+        set(ROUTER) | set(ONE_SHARD_STEPS) | set(DELEGATED) | USER_WIDE | TWO_CONVERSATIONS | NOT_DISTRIBUTED
+    )
     assert set(QUERIES) == classified, set(QUERIES) ^ classified
 
 
@@ -151,7 +161,9 @@ def _literal(value: Any, type_name: str) -> str:
     return f"({text})::{sql_type}"
 
 
-async def _citus_plan(db: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+async def _citus_plan(
+    db: asyncpg.Connection, sql: str, args: tuple[Any, ...], *, in_transaction: bool = True
+) -> Any:
     """EXPLAIN (FORMAT JSON) of ``sql`` with ``args`` spelled as typed literals.
 
     Literals, not parameters: Citus cannot EXPLAIN a parametrised INSERT ... SELECT ("could not
@@ -163,7 +175,10 @@ async def _citus_plan(db: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -
     text = sql
     for i in range(len(args), 0, -1):
         text = re.sub(rf"\${i}(?![0-9])", _literal(args[i - 1], types[i - 1]).replace("\\", "\\\\"), text)
-    async with db.transaction():
+    if in_transaction:
+        async with db.transaction():
+            raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + text)
+    else:  # Citus delegates a function call only outside a transaction block
         raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + text)
     return json.loads(raw) if isinstance(raw, str) else raw
 
@@ -224,6 +239,61 @@ async def test_insert_statement_runs_each_step_on_the_one_shard(db: asyncpg.Conn
     # The user-key statements route by user id (convdb_user_keys is distributed by user_id).
     table, value = ("convdb_user_keys", "u1") if name in BY_USER_KEY else ("conversations", "c1")
     assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, value, table)), nodes
+
+
+@citus_only
+@pytest.mark.parametrize("name", sorted(DELEGATED))
+async def test_delegated_call_is_one_task_on_the_conversations_worker(
+    db: asyncpg.Connection, name: str
+) -> None:
+    """The twin that matters for the hot paths: where the statement is several steps through the
+    coordinator, its delegated text is one task, the function scan, on the worker holding c1."""
+    jobs = _jobs(await _citus_plan(db, QUERIES[name], DELEGATED[name], in_transaction=False))
+    assert [job["Task Count"] for job in jobs] == [1], f"{name}: {jobs}"
+    remote = json.dumps(jobs[0]["Tasks"][0]["Remote Plan"])
+    assert '"Node Type": "Function Scan"' in remote and "convdb_" in remote, remote
+    nodes = await _worker_nodes(db, jobs)
+    assert len(nodes) == 1 and next(iter(nodes)).startswith(await _shard_node(db, "c1")), nodes
+
+
+@citus_only
+async def test_connect_finds_the_delegated_functions_and_citus_pushes_the_calls_down(
+    store: ConversationStore, db: asyncpg.Connection
+) -> None:
+    """schema_citus.sql distributed the three functions by their conversation id, co-located with
+    conversations, and Citus says it pushes a call down (its DEBUG1 message), as it does for the
+    store's own calls (``store.delegated``)."""
+    assert store.delegated
+    rows = await db.fetch(
+        "SELECT objid::regprocedure::text, distribution_argument_index, colocationid FROM pg_dist_object "
+        "WHERE objid::regprocedure::text LIKE ANY ($1)",
+        ["convdb_save_message(%", "convdb_get_or_create_conversation(%", "convdb_save_and_get_history(%"],
+    )
+    colocation = await db.fetchval(
+        "SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'conversations'::regclass"
+    )
+    assert len(rows) == 3 and {(r[1], r[2]) for r in rows} == {(0, colocation)}, rows
+    messages: list[str] = []
+    db.add_log_listener(lambda _conn, message: messages.append(message.message))
+    await db.execute("SET client_min_messages TO debug1")
+    try:
+        conv = await store.get_or_create_conversation(None, "alice")
+        created = await db.fetch(
+            QUERIES["get_or_create_conversation_delegated"],
+            "c-debug",
+            "alice",
+            *([None] * 4),
+            False,
+            False,
+            None,
+        )
+        saved = await db.fetch(
+            QUERIES["save_message_delegated"], conv.id, "alice", "user", "hi", *([None] * 4), 1, *([None] * 8)
+        )
+    finally:
+        await db.execute("RESET client_min_messages")
+    assert len(created) == 1 and [r["seq"] for r in saved] == [1]
+    assert messages.count("pushing down the function call") == 2, messages
 
 
 @citus_only

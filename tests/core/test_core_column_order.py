@@ -26,6 +26,7 @@ MESSAGE_STATEMENTS = frozenset(
         "get_history_window",
         "get_history_summarized",
         "save_and_get_history",
+        "save_and_get_history_delegated",
         "pop_last_message",
         "export_messages",
     }
@@ -40,6 +41,8 @@ LEADING_COLUMNS: dict[str, tuple[str, ...]] = {
     # summary_or_message_from_row: row[len(MESSAGE_COLUMNS)]
     "get_history_summarized": (*MESSAGE_COLUMNS, "summary_through"),
     "save_and_get_history": (*MESSAGE_COLUMNS, "summary_through"),
+    "save_and_get_history_delegated": (*MESSAGE_COLUMNS, "summary_through"),
+    "save_message_delegated": ("seq", "created_at"),
     # ops.summaries.list_all: r[0] ... r[5]
     "list_summaries": ("through_seq", "role", "content", "token_count", "metadata", "created_at"),
 }
@@ -59,25 +62,39 @@ async def _columns(db: asyncpg.Connection, name: str) -> tuple[str, ...]:
 
 @pytest.mark.parametrize("name", sorted(MESSAGE_STATEMENTS))
 async def test_message_statements_start_with_the_columns_from_record_reads(
-    db: asyncpg.Connection, name: str
+    delegated_db: asyncpg.Connection, name: str
 ) -> None:
-    columns = await _columns(db, name)
+    columns = await _columns(delegated_db, name)
     assert columns[: len(MESSAGE_COLUMNS)] == MESSAGE_COLUMNS, f"{name} returns {columns}"
 
 
-async def test_every_statement_returning_messages_is_pinned(db: asyncpg.Connection) -> None:
+async def test_every_statement_returning_messages_is_pinned(delegated_db: asyncpg.Connection) -> None:
     """A new statement that returns message rows must be added to MESSAGE_STATEMENTS (and so
     checked above); found by its result columns, not by its name."""
     returning_messages = {
-        name for name in QUERIES if {"role", "content", "seq"} <= set(await _columns(db, name))
+        name for name in QUERIES if {"role", "content", "seq"} <= set(await _columns(delegated_db, name))
     }
     assert returning_messages == MESSAGE_STATEMENTS
 
 
+@pytest.mark.parametrize("name", ["save_message", "get_or_create_conversation", "save_and_get_history"])
+async def test_a_delegated_call_returns_its_statements_columns_and_types(
+    delegated_db: asyncpg.Connection, name: str
+) -> None:
+    """The ops read both texts of a pair alike (convdb.ops.forms): same names, order and types,
+    and the same parameter types."""
+    statement = await delegated_db.prepare(QUERIES[name])
+    call = await delegated_db.prepare(QUERIES[f"{name}_delegated"])
+    assert [(a.name, a.type.name) for a in call.get_attributes()] == [
+        (a.name, a.type.name) for a in statement.get_attributes()
+    ]
+    assert [t.name for t in call.get_parameters()] == [t.name for t in statement.get_parameters()]
+
+
 @pytest.mark.parametrize("name", sorted(LEADING_COLUMNS))
-async def test_leading_columns_read_by_position(db: asyncpg.Connection, name: str) -> None:
+async def test_leading_columns_read_by_position(delegated_db: asyncpg.Connection, name: str) -> None:
     expected = LEADING_COLUMNS[name]
-    assert (await _columns(db, name))[: len(expected)] == expected
+    assert (await _columns(delegated_db, name))[: len(expected)] == expected
 
 
 @pytest.mark.parametrize("name", SINGLE_COLUMN)

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from convdb import ConversationStore
+from tests.support import delegated
 from tests.support.fix_pgbouncer import VIA_PGBOUNCER, bouncer_dsn
 from tests.support.fix_server import VIA_CITUS
 
@@ -35,6 +36,14 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def delegated_db(db: asyncpg.Connection) -> asyncpg.Connection:
+    """``db`` with schema_citus.sql's delegated functions: created here on a single node (without
+    the distribution), already there on Citus. A store connected after it calls them."""
+    await delegated.install(db)
+    return db
 
 
 RaceRowLock = Callable[..., Awaitable[Any]]

@@ -16,6 +16,7 @@ import pytest
 from convdb.listing import build_listing
 from convdb.search import build_search
 from convdb.sql import QUERIES
+from tests.support.delegated import function_bodies
 
 # Statements that must see expired conversations, or touch no conversation's data, and why.
 ALLOWED = {
@@ -144,3 +145,23 @@ def test_user_wide_search_leaves_temporary_conversations_out(conversation_id: st
     query = build_search("u", "word", conversation_id=conversation_id)
     # Messages and titles over all of a user's conversations; none when searching one by its id.
     assert query.sql.count("NOT c.temporary") == (2 if conversation_id is None else 0), query.sql
+
+
+_FUNCTION_OWNERSHIP = re.compile(r"\b(\w+)\.user_id = p_user_id\b")
+
+
+@pytest.mark.guarantee(14)
+@pytest.mark.parametrize("name", sorted(function_bodies()))
+def test_every_delegated_function_checks_expiry_with_ownership(name: str) -> None:
+    """schema_citus.sql's functions, which replace three statements on Citus, keep their rule:
+    each ownership filter on a conversations row is followed by that row's live predicate."""
+    body = function_bodies()[name]
+    matches = list(_FUNCTION_OWNERSHIP.finditer(body))
+    assert matches, f"{name} has no ownership filter"
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(body)
+        assert live(match.group(1)) in body[match.end() : end], f"{name}: {match.group(0)} without expiry"
+    # Every statement of the body names the conversation (one shard on Citus).
+    for statement in re.split(r";\s*\n", body):
+        if re.search(r"\b(FROM|UPDATE|INTO)\s+(conversations|messages|conversation_summaries)\b", statement):
+            assert "p_conversation_id" in statement, f"{name}: {statement.strip()[:80]}"

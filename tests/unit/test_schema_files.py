@@ -142,3 +142,33 @@ def test_plan_picks_the_files_between_two_versions() -> None:
 def test_plan_refuses_unknown_versions(start: int, end: int, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         migrations.plan(start, end)
+
+
+def test_delegated_function_digests_are_schema_citus_sqls_bodies() -> None:
+    """DELEGATED_FUNCTIONS is what schema_citus.sql creates: a body edited in the file without its
+    digest here (or the reverse) fails here, not as a store that silently stops delegating."""
+    import hashlib
+
+    from convdb.schema_check import DELEGATED_FUNCTIONS
+    from tests.support.delegated import function_bodies
+
+    bodies = function_bodies()
+    assert {name.partition("(")[0] for name in DELEGATED_FUNCTIONS} == set(bodies)
+    for signature, digest in DELEGATED_FUNCTIONS.items():
+        body = bodies[signature.partition("(")[0]]
+        assert digest == "volatile " + hashlib.md5(body.encode()).hexdigest(), signature
+
+
+def test_each_delegated_text_calls_its_function_with_every_parameter_of_its_statement() -> None:
+    from convdb.ops.forms import DELEGATED, STATEMENTS
+    from convdb.schema_check import DELEGATED_FUNCTIONS
+
+    for field in ("save_message", "get_or_create_conversation", "save_and_get_history"):
+        statement, call = getattr(STATEMENTS, field), getattr(DELEGATED, field)
+        wanted = max(int(n) for n in re.findall(r"\$(\d+)", statement))
+        assert f"convdb_{field}(" + ", ".join(f"${i}" for i in range(1, wanted + 1)) in re.sub(
+            r"\s+", " ", call
+        ).replace("( ", "("), field
+        signature = next(s for s in DELEGATED_FUNCTIONS if s.startswith(f"convdb_{field}("))
+        assert signature.count(",") + 1 == wanted, signature
+    assert DELEGATED.delegated and not STATEMENTS.delegated

@@ -1,0 +1,44 @@
+"""Which text of the statements that have two: the single statement, or the delegated call.
+
+On Citus a statement that writes twice (an ``UPDATE`` feeding an ``INSERT``) is planned as steps
+pulled through the coordinator and committed with two-phase commit; the same work as a function
+that Citus sends whole to the conversation's worker is one call (docs/citus.md, "The hot write
+path"). ``schema_citus.sql`` creates those functions; the store picks ``DELEGATED`` when
+``verify_schema`` finds them with the bodies this package expects, ``STATEMENTS`` otherwise (every
+other database, and a Citus one distributed by an older ``schema_citus.sql``). Both texts of each
+pair take the same parameters and return the same columns, so the operations read them alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from ..sql import QUERIES
+
+
+@dataclass(frozen=True, slots=True)
+class Forms:
+    """The texts a store sends for its three multi-step hot paths."""
+
+    #: True for the delegated calls (what ``ConversationStore.delegated`` reports).
+    delegated: bool
+    save_message: str
+    get_or_create_conversation: str
+    save_and_get_history: str
+
+
+STATEMENTS: Final = Forms(
+    False,
+    QUERIES["save_message"],
+    QUERIES["get_or_create_conversation"],
+    QUERIES["save_and_get_history"],
+)
+DELEGATED: Final = Forms(
+    True,
+    QUERIES["save_message_delegated"],
+    QUERIES["get_or_create_conversation_delegated"],
+    QUERIES["save_and_get_history_delegated"],
+)
+
+__all__ = ["DELEGATED", "STATEMENTS", "Forms"]
