@@ -173,7 +173,7 @@ EXPECTED_FUNCTIONS: Final[dict[str, str]] = {
 
 # The delegated functions of schema_citus.sql (docs/citus.md, "The hot write path"), by the same
 # signature and digest rule. Optional: a database without them (every single-node one) runs the
-# statements of queries.sql; the store calls them only when all three are present with exactly
+# statements of queries.sql; the store calls them only when all four are present with exactly
 # these bodies, so that a database distributed by an older schema_citus.sql, or a function edited
 # by hand, keeps the statements rather than running code this package was not tested with.
 # tests/unit/test_schema_files.py recomputes the digests from schema_citus.sql.
@@ -184,6 +184,8 @@ DELEGATED_FUNCTIONS: Final[dict[str, str]] = {
     "integer)": "volatile c9a061c549c482c16b77939928c2495a",
     "convdb_save_and_get_history(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,"
     "integer,integer,numeric,integer,integer,bigint,boolean,bigint)": "volatile c431d98b8cab3e793087b2e305841130",
+    "convdb_save_messages(text,text,bigint,text[],text[],text[],text[],text[],text[],integer[],text[],text[],"
+    "integer[],integer[],integer[],integer[],numeric[],integer[])": "volatile 471877e4caa33ded352308481ee4ea8f",
 }
 
 # Constraints created NOT VALID (migration 0007 must not scan the tables under its lock; schema.sql

@@ -357,15 +357,21 @@ class ConversationStore:
             return report
 
         report = await self._runner.run(verify, Policy.READ)
-        self._forms = forms_ops.DELEGATED if report.delegated else forms_ops.STATEMENTS
+        # With row_level_security every call is a transaction block, which Citus does not delegate:
+        # the functions would run on the coordinator, a router query per statement of their
+        # bodies, and their batch's INSERT ... SELECT as a COPY, which row-level security refuses.
+        delegate = report.delegated and not self.row_level_security
+        self._forms = forms_ops.DELEGATED if delegate else forms_ops.STATEMENTS
 
     @property
     def delegated(self) -> bool:
-        """Whether ``save_message``, ``get_or_create_conversation`` and ``save_and_get_history``
-        call schema_citus.sql's delegated functions (one call to the conversation's worker on
-        Citus; docs/citus.md) instead of their single statements. Decided by ``verify_schema``
+        """Whether ``save_message``, ``get_or_create_conversation``, ``save_and_get_history`` and
+        ``save_messages`` call schema_citus.sql's delegated functions (one call to the
+        conversation's worker on Citus; docs/citus.md) instead of their statements (a single
+        statement each; the batch's transaction of statements). Decided by ``verify_schema``
         (``connect()`` runs it): True when the database has those functions with exactly the
-        bodies this package expects; a store built on a borrowed pool sends the statements until
+        bodies this package expects and ``row_level_security`` is off (its transaction blocks are
+        not delegated); a store built on a borrowed pool sends the statements until
         ``verify_schema()`` is awaited. Same results either way."""
         return self._forms.delegated
 
@@ -645,6 +651,18 @@ class ConversationStore:
                 cid, uid, rows, Policy.KEYED_WRITE if keyed else Policy.WRITE, seconds, expected=expected
             )
 
+        policy = Policy.KEYED_WRITE if keyed else Policy.WRITE
+        if self._forms.save_messages is not None:
+            delegated = functools.partial(
+                message_ops.save_batch_delegated,
+                cid=cid,
+                uid=uid,
+                rows=rows,
+                statement=self._forms.save_messages,
+                time_budget=seconds,
+                expected_last_seq=expected,
+            )
+            return await self._runner.run_transactions(delegated, policy, user_id=uid, guard_seconds=seconds)
         op = functools.partial(
             message_ops.save_batch,
             cid=cid,
@@ -653,9 +671,7 @@ class ConversationStore:
             time_budget=seconds,
             expected_last_seq=expected,
         )
-        return await self._runner.run_transactions(
-            op, Policy.KEYED_WRITE if keyed else Policy.WRITE, user_id=uid, guard_seconds=seconds
-        )
+        return await self._runner.run_transactions(op, policy, user_id=uid, guard_seconds=seconds)
 
     async def get_history(
         self,

@@ -191,6 +191,48 @@ async def save_batch(
     raise AssertionError("unreachable")
 
 
+async def save_batch_delegated(
+    conn: Conn,
+    cid: str,
+    uid: str,
+    rows: list[MessageRow],
+    *,
+    statement: str,
+    time_budget: float,
+    expected_last_seq: int | None = None,
+    begin: Begin = begin,
+) -> list[Message]:
+    """``save_batch`` as one delegated call (``Forms.save_messages``; no encryption): the same
+    checks in the same order and the same result, the rows sent as one array per column.
+
+    The call runs in a transaction (``begin``: BEGIN, the call, COMMIT), though one statement is
+    atomic on its own: a bare call that the caller gave up on (the batch's time bound, a
+    cancellation, a lost connection) would still commit on the worker once it got there, and
+    "nothing was stored" would be false. Committed by the client, it is rolled back instead, as
+    the statements' transaction is. Citus delegates it inside the transaction block
+    (schema_citus.sql gives the function ``force_delegation``).
+    """
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    async with begin(conn):
+        records = await conn.fetch(statement, cid, uid, expected_last_seq, *columns, timeout=time_budget)
+    if not records:
+        raise ConversationNotFound()
+    head = records[0]
+    if head["refused"]:
+        assert expected_last_seq is not None
+        raise ConcurrentUpdate(expected_last_seq, head["last_seq"])
+    if head["conflict_key"] is not None:
+        raise IdempotencyConflict(head["conflict_key"])
+    by_place = {r["ord"]: r for r in records}
+    result: list[Message] = []
+    for place, row in enumerate(rows, start=1):
+        r = by_place[place]
+        result.append(
+            Message.from_record(cid, r) if r["replayed"] else _stored(cid, r[0], r["created_at"], row)
+        )
+    return result
+
+
 async def _reserve(
     conn: Conn, cid: str, uid: str, count: int, expected_last_seq: int | None
 ) -> asyncpg.Record:

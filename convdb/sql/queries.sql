@@ -211,6 +211,17 @@ SELECT r.first_seq, r.created_at, k.fresh, k.last_seq, r.max_messages
   FROM checked k
   LEFT JOIN reserved r ON true;
 
+-- name: save_messages_delegated
+-- A batch without encryption as one delegated call (see save_message_delegated): what
+-- lock_conversation_with_keys, reserve_seq_range(_guarded), the executemany of insert_message_at
+-- and cap_messages do in one transaction. $3 expected_last_seq (NULL: unguarded), then one array
+-- per column of the batch's rows, in insert_message_at's order. schema_citus.sql's
+-- convdb_save_messages says what comes back.
+SELECT seq, role, content, tool_name, tool_call_id, tool_calls, metadata, token_count, idempotency_key,
+       created_at, model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost, latency_ms,
+       ord, replayed, refused, last_seq, conflict_key
+  FROM convdb_save_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18);
+
 -- name: lock_conversation_with_keys
 -- First statement of a batch that carries idempotency keys: checks ownership, locks the row and
 -- returns the messages already stored under any of the keys (an empty conversation row marks

@@ -18,6 +18,12 @@
 --     checked by EXPLAIN in the Citus tests).
 --   * convdb_schema_version becomes a reference table (a copy on every node), so the version
 --     check at connect() is answered locally wherever it runs.
+--   * Four PL/pgSQL functions, convdb_save_message, convdb_get_or_create_conversation,
+--     convdb_save_and_get_history and convdb_save_messages, distributed by their conversation id
+--     and co-located with conversations: Citus sends each call whole to the worker that holds the
+--     conversation. convdb calls them instead of its multi-step statements when connect() finds
+--     them with this file's bodies (see "Delegated functions" below); the first server-side code
+--     convdb runs on the hot path, applied like the rest of this file by the DBA.
 --   * What fans out to every shard: listing a user's conversations, searching their messages,
 --     their feedback summary and erasing their data (by user_id, which is not the distribution
 --     column). All are correct across shards. Forking copies a conversation's prefix from its
@@ -270,6 +276,134 @@ BEGIN
 END
 $$;
 
+-- save_messages (a batch without encryption): what reserve_seq_range(_guarded),
+-- lock_conversation_with_keys, the executemany of insert_message_at and cap_messages do in one
+-- transaction, as one call; the rows of the batch arrive as one array per column. One row back
+-- per message of the batch (ord: its place in the batch; the new ones first): the new ones with
+-- their seq and created_at, the ones whose key was already stored as stored (replayed); or a single row: refused (the guard
+-- failed; last_seq says what the newest seq was) or conflict_key (a stored key with another role
+-- or content). Nothing is written then, as the statements' rolled-back transaction writes
+-- nothing. No row: not this user's conversation. The checks run in the statements' order:
+-- ownership, the guard (only when something is new), the keys' conflicts.
+CREATE OR REPLACE FUNCTION convdb_save_messages(
+    p_conversation_id text, p_user_id text, p_expected bigint, p_roles text[], p_contents text[],
+    p_tool_names text[], p_tool_call_ids text[], p_tool_calls text[], p_metadata text[],
+    p_token_counts integer[], p_keys text[], p_models text[], p_input_tokens integer[],
+    p_output_tokens integer[], p_cached_tokens integer[], p_reasoning_tokens integer[],
+    p_costs numeric[], p_latencies integer[]
+) RETURNS TABLE (seq bigint, role text, content text, tool_name text, tool_call_id text,
+                 tool_calls jsonb, metadata jsonb, token_count integer, idempotency_key text,
+                 created_at timestamptz, model text, input_tokens integer, output_tokens integer,
+                 cached_tokens integer, reasoning_tokens integer, cost numeric, latency_ms integer,
+                 ord integer, replayed boolean, refused boolean, last_seq bigint, conflict_key text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_keyed boolean := EXISTS (SELECT FROM unnest(p_keys) k WHERE k IS NOT NULL);
+    v_stored_keys text[] := '{}';
+    v_stored_roles text[] := '{}';
+    v_stored_contents text[] := '{}';
+    v_new integer;
+    v_first bigint;
+    v_cap integer;
+    v_last bigint;
+    v_conflict integer;
+    i integer;
+    j integer;
+BEGIN
+    IF v_keyed OR p_expected IS NOT NULL THEN
+        PERFORM FROM conversations c
+          WHERE c.id = p_conversation_id AND c.user_id = p_user_id
+            AND (c.expires_at IS NULL OR c.expires_at > now())
+            FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    IF v_keyed THEN
+        SELECT coalesce(array_agg(m.idempotency_key), '{}'), coalesce(array_agg(m.role), '{}'),
+               coalesce(array_agg(m.content), '{}')
+          INTO v_stored_keys, v_stored_roles, v_stored_contents
+          FROM messages m
+         WHERE m.conversation_id = p_conversation_id AND m.idempotency_key = ANY (p_keys);
+    END IF;
+    SELECT count(*) INTO v_new FROM unnest(p_keys) k WHERE k IS NULL OR k <> ALL (v_stored_keys);
+    IF v_new > 0 AND p_expected IS NOT NULL THEN
+        SELECT coalesce(max(m.seq), 0) INTO v_last FROM messages m WHERE m.conversation_id = p_conversation_id;
+        IF v_last <> p_expected THEN
+            RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::jsonb,
+                                NULL::jsonb, NULL::integer, NULL::text, NULL::timestamptz, NULL::text,
+                                NULL::integer, NULL::integer, NULL::integer, NULL::integer, NULL::numeric,
+                                NULL::integer, NULL::integer, false, true, v_last, NULL::text;
+            RETURN;
+        END IF;
+    END IF;
+    FOR j IN 1 .. cardinality(v_stored_keys) LOOP
+        i := array_position(p_keys, v_stored_keys[j]);
+        IF (v_stored_roles[j], v_stored_contents[j]) IS DISTINCT FROM (p_roles[i], p_contents[i])
+           AND (v_conflict IS NULL OR i < v_conflict) THEN
+            v_conflict := i;
+        END IF;
+    END LOOP;
+    IF v_conflict IS NOT NULL THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::jsonb,
+                            NULL::jsonb, NULL::integer, NULL::text, NULL::timestamptz, NULL::text,
+                            NULL::integer, NULL::integer, NULL::integer, NULL::integer, NULL::numeric,
+                            NULL::integer, v_conflict, false, false, NULL::bigint, p_keys[v_conflict];
+        RETURN;
+    END IF;
+    IF v_new > 0 THEN
+        UPDATE conversations c
+           SET next_seq = c.next_seq + v_new, updated_at = now(),
+               expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
+         WHERE c.id = p_conversation_id AND c.user_id = p_user_id
+           AND (c.expires_at IS NULL OR c.expires_at > now())
+        RETURNING c.next_seq - v_new, c.max_messages INTO v_first, v_cap;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
+                              metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
+                              cached_tokens, reasoning_tokens, cost, latency_ms)
+        SELECT p_conversation_id, v_first + row_number() OVER (ORDER BY u.ord) - 1, u.role, u.content,
+               u.tool_name, u.tool_call_id, u.tool_calls::jsonb, COALESCE(u.metadata::jsonb, '{}'::jsonb),
+               u.token_count, u.key, u.model, u.input_tokens, u.output_tokens, u.cached_tokens,
+               u.reasoning_tokens, u.cost, u.latency_ms
+          FROM unnest(p_roles, p_contents, p_tool_names, p_tool_call_ids, p_tool_calls, p_metadata,
+                      p_token_counts, p_keys, p_models, p_input_tokens, p_output_tokens,
+                      p_cached_tokens, p_reasoning_tokens, p_costs, p_latencies)
+               WITH ORDINALITY AS u(role, content, tool_name, tool_call_id, tool_calls, metadata,
+                                    token_count, key, model, input_tokens, output_tokens,
+                                    cached_tokens, reasoning_tokens, cost, latency_ms, ord)
+         WHERE u.key IS NULL OR u.key <> ALL (v_stored_keys);
+        IF v_cap IS NOT NULL AND v_first + v_new - 1 > v_cap THEN
+            DELETE FROM messages m
+             WHERE m.conversation_id = p_conversation_id AND m.seq <= v_first + v_new - 1 - v_cap;
+        END IF;
+        -- The new messages: their seq (in the batch's order) and created_at; the rest is the input.
+        RETURN QUERY
+        SELECT v_first + n.rank - 1, NULL::text, NULL::text, NULL::text, NULL::text, NULL::jsonb,
+               NULL::jsonb, NULL::integer, NULL::text, now(), NULL::text, NULL::integer, NULL::integer,
+               NULL::integer, NULL::integer, NULL::numeric, NULL::integer, n.ord::integer, false, false,
+               NULL::bigint, NULL::text
+          FROM (SELECT k.ord, row_number() OVER (ORDER BY k.ord) AS rank
+                  FROM unnest(p_keys) WITH ORDINALITY AS k(key, ord)
+                 WHERE k.key IS NULL OR k.key <> ALL (v_stored_keys)) n;
+    END IF;
+    -- The replayed ones, as stored.
+    IF cardinality(v_stored_keys) > 0 THEN
+        RETURN QUERY
+        SELECT m.seq, m.role, m.content, m.tool_name, m.tool_call_id, m.tool_calls, m.metadata,
+               m.token_count, m.idempotency_key, m.created_at, m.model, m.input_tokens, m.output_tokens,
+               m.cached_tokens, m.reasoning_tokens, m.cost, m.latency_ms,
+               array_position(p_keys, m.idempotency_key), true, false, NULL::bigint, NULL::text
+          FROM messages m
+         WHERE m.conversation_id = p_conversation_id AND m.idempotency_key = ANY (v_stored_keys);
+    END IF;
+END
+$$;
+
 -- Delegated by the conversation id (the first argument), co-located with conversations.
 DO $$
 DECLARE
@@ -285,6 +419,13 @@ BEGIN
     LOOP
         PERFORM create_distributed_function(signature::regprocedure, '$1', colocate_with := 'conversations');
     END LOOP;
+    -- The batch is called in a transaction block (BEGIN, the call, COMMIT), so that a batch whose
+    -- caller gave up or lost its connection is rolled back, never committed later on the worker
+    -- by itself: force_delegation sends it to the worker inside that transaction too.
+    PERFORM create_distributed_function(
+        'convdb_save_messages(text, text, bigint, text[], text[], text[], text[], text[], text[], '
+        'integer[], text[], text[], integer[], integer[], integer[], integer[], numeric[], integer[])'::regprocedure,
+        '$1', colocate_with := 'conversations', force_delegation := true);
 END
 $$;
 

@@ -22,6 +22,7 @@ import pytest
 
 from convdb import ConvDBError, ConversationNotFound, ConversationStore, TransientError
 from convdb.listing import build_listing
+from convdb.ops.forms import STATEMENTS
 from convdb.sql import QUERIES
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
 from tests.support.fix_server import ROOT, SCHEMA_CITUS, Server
@@ -110,6 +111,22 @@ DELEGATED: dict[str, tuple[Any, ...]] = {
     "save_message_delegated": ONE_SHARD_STEPS["save_message"][0],
     "get_or_create_conversation_delegated": ONE_SHARD_STEPS["get_or_create_conversation"][0],
     "save_and_get_history_delegated": ONE_SHARD_STEPS["save_and_get_history"][0],
+    # The batch (otherwise a transaction of a reservation and one insert per message, each a
+    # router task): the rows as one array per column.
+    "save_messages_delegated": (
+        "c1",
+        "u1",
+        None,
+        ["user", "assistant"],
+        ["hi", "yo"],
+        [None] * 2,
+        [None] * 2,
+        [None] * 2,
+        [None] * 2,
+        [1, 1],
+        ["k1", None],
+        *([[None] * 2] * 7),
+    ),
 }
 # By user_id (not the distribution column): they fan out, and must still be correct (see below).
 USER_WIDE = {
@@ -260,19 +277,24 @@ async def test_delegated_call_is_one_task_on_the_conversations_worker(
 async def test_connect_finds_the_delegated_functions_and_citus_pushes_the_calls_down(
     store: ConversationStore, db: asyncpg.Connection
 ) -> None:
-    """schema_citus.sql distributed the three functions by their conversation id, co-located with
+    """schema_citus.sql distributed the four functions by their conversation id, co-located with
     conversations, and Citus says it pushes a call down (its DEBUG1 message), as it does for the
     store's own calls (``store.delegated``)."""
     assert store.delegated
     rows = await db.fetch(
         "SELECT objid::regprocedure::text, distribution_argument_index, colocationid FROM pg_dist_object "
         "WHERE objid::regprocedure::text LIKE ANY ($1)",
-        ["convdb_save_message(%", "convdb_get_or_create_conversation(%", "convdb_save_and_get_history(%"],
+        [
+            "convdb_save_message(%",
+            "convdb_get_or_create_conversation(%",
+            "convdb_save_and_get_history(%",
+            "convdb_save_messages(%",
+        ],
     )
     colocation = await db.fetchval(
         "SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'conversations'::regclass"
     )
-    assert len(rows) == 3 and {(r[1], r[2]) for r in rows} == {(0, colocation)}, rows
+    assert len(rows) == 4 and {(r[1], r[2]) for r in rows} == {(0, colocation)}, rows
     messages: list[str] = []
     db.add_log_listener(lambda _conn, message: messages.append(message.message))
     await db.execute("SET client_min_messages TO debug1")
@@ -567,14 +589,22 @@ async def _worker_of(db: asyncpg.Connection, pg_server: Server, conversation_id:
 
 @citus_only
 @pytest.mark.guarantee(4)
+@pytest.mark.parametrize("delegated", [True, False], ids=["delegated call", "statements"])
 async def test_batch_is_all_or_nothing_when_its_worker_backend_is_killed(
-    pg_server: Server, db: asyncpg.Connection, db_name: str
+    pg_server: Server, db: asyncpg.Connection, db_name: str, delegated: bool
 ) -> None:
     """The worker's backend running the batch's INSERT on the shard is terminated while it waits
     (a session on that worker holds a SHARE lock on the shard): the call fails with a typed error,
-    nothing of the batch is stored, and every pool slot works again afterwards."""
+    nothing of the batch is stored, and every pool slot works again afterwards. Both forms of the
+    batch: the delegated call (its INSERT runs inside convdb_save_messages on the worker, which
+    pg_stat_activity shows as the call) and the statements' transaction (a store whose forms are
+    set back to the statements, as on a database without the functions)."""
     assert pg_server.citus is not None
     async with await ConversationStore.connect(pg_server.dsn(db_name), min_size=2, max_size=2) as store:
+        assert store.delegated
+        if not delegated:
+            store._forms = STATEMENTS  # what verify_schema picks where the functions are missing
+        running = "%convdb_save_messages(%" if delegated else "INSERT INTO %messages%"
         conv = await store.get_or_create_conversation(None, "alice")
         index, shard = await _worker_of(db, pg_server, conv.id)
         worker = await asyncpg.connect(pg_server.citus.worker_dsn(index, db_name))
@@ -593,7 +623,8 @@ async def test_batch_is_all_or_nothing_when_its_worker_backend_is_killed(
                 pid = await worker.fetchval(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                     "AND pid <> pg_backend_pid() AND state = 'active' AND wait_event_type = 'Lock' "
-                    "AND query LIKE 'INSERT INTO %messages%'"
+                    "AND query LIKE $1",
+                    running,
                 )
                 if pid is None:
                     await asyncio.sleep(0.05)

@@ -19,20 +19,35 @@ import asyncpg
 import pytest
 
 from convdb import ConvDBError, ConversationStore, DatabaseUnavailable, InvalidInput, QueryTimeout
+from convdb.ops.forms import STATEMENTS
 from convdb.sql import QUERIES
+from tests.support import delegated
+from tests.support.fix_server import VIA_CITUS
 
 BIG_BATCH = [{"role": "user", "content": f"{i:06d}" + "x" * 20_000} for i in range(400)]  # ~8 MB
 BOUND_SECONDS = 20
 
 
-async def _wait_for_stalled_insert(db: asyncpg.Connection) -> int:
-    """The pid of the store's backend once its INSERT is waiting on the lock (really in flight)."""
+async def _wait_for_stalled_insert(db: asyncpg.Connection, delegated: bool = False) -> int:
+    """The pid of the store's backend once its batch waits on the lock (really in flight).
+
+    The statements: the backend's own INSERT waits. The delegated call (schema_citus.sql's
+    convdb_save_messages): its INSERT runs inside the call, on one node in the same backend, on
+    Citus in the worker's backend that the call was delegated to (citus_stat_activity sees it).
+    """
+    running = "%convdb_save_messages(%" if delegated else "INSERT INTO messages%"
+    elsewhere = delegated and VIA_CITUS
+    waits = "citus_stat_activity w" if elsewhere else "pg_stat_activity w"
+    same_backend = "" if elsewhere else "AND w.pid = a.pid"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         pid = await db.fetchval(
-            """SELECT pid FROM pg_stat_activity
-                WHERE datname = current_database() AND pid <> pg_backend_pid()
-                  AND query LIKE 'INSERT INTO messages%' AND state = 'active' AND wait_event_type = 'Lock'"""
+            f"""SELECT a.pid FROM pg_stat_activity a
+                 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+                   AND a.query LIKE $1 AND a.state = 'active'
+                   AND EXISTS (SELECT FROM {waits} WHERE w.query LIKE $1 AND w.state = 'active'
+                                  AND w.wait_event_type = 'Lock' {same_backend})""",
+            running,
         )
         if pid is not None:
             return int(pid)
@@ -106,23 +121,42 @@ async def _assert_nothing_stored_and_pool_whole(
     assert [m.seq for m in saved] == [1, 2, 3]
 
 
+FORMS = pytest.mark.parametrize("form", ["statements", "delegated"])
+
+
+async def _connect(dsn: str, db: asyncpg.Connection, form: str, **options: Any) -> ConversationStore:
+    """A store sending the batch as the statements' transaction, or as the delegated call (the
+    functions of schema_citus.sql, created on a single node without their distribution)."""
+    if form == "delegated":
+        await delegated.install(db)
+    store = await ConversationStore.connect(dsn, **options)
+    if form == "statements":
+        store._forms = STATEMENTS  # what connect() picks where the functions are missing
+    assert store.delegated == (form == "delegated")
+    return store
+
+
 @pytest.fixture
-async def small_store(dsn: str) -> AsyncIterator[ConversationStore]:
-    async with await ConversationStore.connect(dsn, min_size=2, max_size=2) as s:
+async def small_store(dsn: str, db: asyncpg.Connection, form: str) -> AsyncIterator[ConversationStore]:
+    async with await _connect(dsn, db, form, min_size=2, max_size=2) as s:
         yield s
 
 
 @pytest.mark.parametrize("fault", ["cancel the task", "kill the backend"])
+@FORMS
 @pytest.mark.guarantee(4)
 async def test_fault_while_batch_insert_in_flight(
-    small_store: ConversationStore, db: asyncpg.Connection, locker: asyncpg.Connection, fault: str
+    small_store: ConversationStore, db: asyncpg.Connection, locker: asyncpg.Connection, fault: str, form: str
 ) -> None:
     await warm(small_store, 2)
     conv = await small_store.get_or_create_conversation(None, "alice")
     await lock(locker)
     task = asyncio.create_task(small_store.save_messages(conv.id, "alice", BIG_BATCH))
-    pid = await _wait_for_stalled_insert(db)
-    await assert_client_still_sending(small_store)
+    pid = await _wait_for_stalled_insert(db, delegated=form == "delegated")
+    if form == "statements":
+        # The delegated call is one message, which the server reads whole before it runs it: it
+        # has no stalled send, only the stalled INSERT inside it.
+        await assert_client_still_sending(small_store)
     started = time.monotonic()
     if fault == "cancel the task":
         task.cancel()
@@ -139,12 +173,15 @@ async def test_fault_while_batch_insert_in_flight(
     await _assert_nothing_stored_and_pool_whole(small_store, db, conv.id, 2)
 
 
+@FORMS
 @pytest.mark.guarantee(4)
 async def test_stalled_batch_times_out_with_nothing_stored(
-    dsn: str, db: asyncpg.Connection, locker: asyncpg.Connection
+    dsn: str, db: asyncpg.Connection, locker: asyncpg.Connection, form: str
 ) -> None:
-    async with await ConversationStore.connect(
-        dsn, min_size=1, max_size=1, batch_timeout=1.0, batch_timeout_per_mib=0.1
+    """Also the delegated call: were it sent bare, it would commit on the worker once the lock
+    goes, after the caller was told nothing was stored (found on Citus: 400 messages appeared)."""
+    async with await _connect(
+        dsn, db, form, min_size=1, max_size=1, batch_timeout=1.0, batch_timeout_per_mib=0.1
     ) as store:
         await warm(store, 1)
         conv = await store.get_or_create_conversation(None, "alice")

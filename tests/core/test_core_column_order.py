@@ -27,6 +27,7 @@ MESSAGE_STATEMENTS = frozenset(
         "get_history_summarized",
         "save_and_get_history",
         "save_and_get_history_delegated",
+        "save_messages_delegated",
         "pop_last_message",
         "export_messages",
     }

@@ -66,6 +66,11 @@ async def _script(store: ConversationStore, tag: str) -> list[Outcome]:
     """Every branch of the three paths: create, load, foreign, expired; plain, keyed, replayed,
     conflicting, capped and sliding appends; turns with limits, budgets, summaries and guards."""
     c, capped, sliding, gone = (f"{tag}-main", f"{tag}-capped", f"{tag}-sliding", f"{tag}-gone")
+    b, capped_batch = f"{tag}-batch", f"{tag}-capped-batch"
+
+    def row(content: str, key: str | None = None, role: str = "user", **more: Any) -> dict[str, Any]:
+        return {"role": role, "content": content, "idempotency_key": key, **more}
+
     past = datetime.now(UTC) - timedelta(minutes=1)
     steps: list[Callable[[], Awaitable[Any]]] = [
         lambda: store.get_or_create_conversation(c, "alice", title="t", metadata={"k": [1, "x"]}),
@@ -117,6 +122,39 @@ async def _script(store: ConversationStore, tag: str) -> list[Outcome]:
         lambda: store.save_and_get_history(c, "mallory", {"role": "user", "content": "x"}),
         lambda: store.save_and_get_history(gone, "alice", {"role": "user", "content": "x"}),
         lambda: store.get_history(c, "alice", limit=100),
+        # Batches: new, partly and wholly replayed, conflicting, guarded, foreign, expired, capped.
+        lambda: store.get_or_create_conversation(b, "alice"),
+        lambda: store.get_or_create_conversation(capped_batch, "alice", max_messages=4),
+        lambda: store.save_messages(b, "alice", [row("b1"), row("b2", "bk1", "assistant")]),
+        lambda: store.save_messages(b, "alice", [row("b2", "bk1", "assistant"), row("b3", "bk2"), row("b4")]),
+        lambda: store.save_messages(b, "alice", [row("b2", "bk1", "assistant")]),
+        lambda: store.save_messages(
+            b, "alice", [row("new"), row("DIFFERENT", "bk2"), row("b2", "bk1", "user")]
+        ),
+        lambda: store.save_messages(b, "alice", [row("DIFFERENT", "bk2"), row("g")], expected_last_seq=99),
+        lambda: store.save_messages(b, "alice", [row("g")], expected_last_seq=99),
+        lambda: store.save_messages(b, "alice", [row("g", "bk3"), row("h")], expected_last_seq=4),
+        lambda: store.save_messages(b, "alice", [row("b2", "bk1", "assistant")], expected_last_seq=1),
+        lambda: store.save_messages(
+            b,
+            "alice",
+            [
+                row(
+                    None,
+                    None,
+                    "assistant",
+                    tool_calls=[{"id": "t1", "type": "function"}],
+                    usage={"model": "m"},
+                ),
+                row("out", None, "tool", tool_call_id="t1", tool_name="f", metadata={"n": 1}, token_count=7),
+            ],
+        ),
+        lambda: store.save_messages(b, "mallory", [row("x")]),
+        lambda: store.save_messages(gone, "alice", [row("x")]),
+        lambda: store.save_messages(capped_batch, "alice", [row(f"c{i}") for i in range(6)]),
+        lambda: store.save_messages(capped_batch, "alice", [row("c6"), row("c7", "ck")]),
+        lambda: store.get_history(capped_batch, "alice"),
+        lambda: store.get_history(b, "alice", limit=100),
     ]
     outcomes = [await _outcome(step()) for step in steps]
     conversation = await store.get_conversation(sliding, "alice")
@@ -136,7 +174,8 @@ async def test_the_delegated_calls_answer_exactly_as_the_statements(
     assert got == want
     # The script reached the branches it is for (not, say, an error at every step).
     kinds = [o[0] for o in got]
-    assert kinds.count("raised") == 9 and kinds.count("turn") == 7, got
+    assert kinds.count("raised") == 14 and kinds.count("turn") == 7, got
+    assert sum(k == "messages" and len(o[1]) > 0 for k, o in zip(kinds, got, strict=True)) >= 12, got
     assert ("sliding expiry moved", True) in got
     assert got[21][0] == "messages" and [dict(m)["seq"] for m in got[21][1]] == [3, 4, 5]  # the cap
     assert got[22] == ("value", 3)

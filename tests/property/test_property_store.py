@@ -44,6 +44,8 @@ from convdb import (
     StaticKeys,
 )
 from convdb.errors import MessageNotFound
+from convdb.ops.forms import STATEMENTS
+from tests.support import delegated
 from tests.support.fix_server import TEMPLATE, Server
 
 T = TypeVar("T")
@@ -80,9 +82,11 @@ class Env:
         return self.runner.run(coro)  # type: ignore[arg-type]
 
 
-# Every property test runs twice: as is, and with encryption at rest on (issue 13), where every
-# text and JSON value goes through AES-GCM and back.
-@pytest.fixture(scope="module", params=["plain", "encrypted"])
+# Every property test runs three times: with the statements of queries.sql, with encryption at rest
+# on (issue 13), where every text and JSON value goes through AES-GCM and back, and with the
+# delegated calls of schema_citus.sql (issue 16; on a single node the functions are created
+# without their distribution), where a batch's values travel as arrays.
+@pytest.fixture(scope="module", params=["plain", "encrypted", "delegated"])
 def env(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> Iterator[Env]:
     provider = StaticKeys({"k1": os.urandom(32)}, "k1") if request.param == "encrypted" else None
     name = f"p_{uuid.uuid4().hex[:16]}"
@@ -100,11 +104,17 @@ def env(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> 
     else:
         runner.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
     dsn = pg_server.dsn(name)
+    if request.param == "delegated":
+        runner.run(_install_delegated(dsn))
     store = runner.run(
         ConversationStore.connect(
             dsn, min_size=1, max_size=4, max_content_bytes=MAX_CONTENT_BYTES, encryption=provider
         )
     )
+    if request.param == "plain":
+        store._forms = STATEMENTS  # on Citus connect() found the functions: test the statements here
+    if request.param != "encrypted":  # (encrypted: delegated on Citus, where only the creation is)
+        assert store.delegated == (request.param == "delegated")
     try:
         yield Env(runner, store, dsn)
     finally:
@@ -114,6 +124,14 @@ def env(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> 
         else:
             runner.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         runner.close()
+
+
+async def _install_delegated(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await delegated.install(conn)
+    finally:
+        await conn.close()
 
 
 def count(name: str) -> None:

@@ -172,3 +172,11 @@ def test_each_delegated_text_calls_its_function_with_every_parameter_of_its_stat
         signature = next(s for s in DELEGATED_FUNCTIONS if s.startswith(f"convdb_{field}("))
         assert signature.count(",") + 1 == wanted, signature
     assert DELEGATED.delegated and not STATEMENTS.delegated
+    # The batch: the conversation, the user, the guard, then one array per MessageRow column.
+    from convdb.validation import MessageRow
+
+    assert STATEMENTS.save_messages is None and DELEGATED.save_messages is not None
+    wanted = 3 + len(MessageRow._fields)
+    assert "convdb_save_messages(" + ", ".join(f"${i}" for i in range(1, wanted + 1)) in re.sub(
+        r"\s+", " ", DELEGATED.save_messages
+    ).replace("( ", "(")
