@@ -184,8 +184,8 @@ DELEGATED_FUNCTIONS: Final[dict[str, str]] = {
     "integer)": "volatile c9a061c549c482c16b77939928c2495a",
     "convdb_save_and_get_history(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,"
     "integer,integer,numeric,integer,integer,bigint,boolean,bigint)": "volatile c431d98b8cab3e793087b2e305841130",
-    "convdb_save_messages(text,text,bigint,text[],text[],text[],text[],text[],text[],integer[],text[],text[],"
-    "integer[],integer[],integer[],integer[],numeric[],integer[])": "volatile 471877e4caa33ded352308481ee4ea8f",
+    "convdb_save_messages(text,text,bigint,text[],text[],text[],text[],text[],text[],text[],text[],text[],text[],"
+    "text[],text[],text[],text[],text[])": "volatile 93a328d9d3fc9bb2f2b654b4800a3b0c",
 }
 
 # Constraints created NOT VALID (migration 0007 must not scan the tables under its lock; schema.sql

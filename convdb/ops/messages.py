@@ -212,7 +212,8 @@ async def save_batch_delegated(
     the statements' transaction is. Citus delegates it inside the transaction block
     (schema_citus.sql gives the function ``force_delegation``).
     """
-    columns = [list(column) for column in zip(*rows, strict=True)]
+    # Every column as text[] (the function casts the numbers back): see schema_citus.sql.
+    columns = [[None if v is None else str(v) for v in column] for column in zip(*rows, strict=True)]
     async with begin(conn):
         records = await conn.fetch(statement, cid, uid, expected_last_seq, *columns, timeout=time_budget)
     if not records:
