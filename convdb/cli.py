@@ -165,6 +165,17 @@ def describe(report: schema_check.SchemaReport, where: str) -> str:
             f"database: {where}: schema version {report.version}, supports packages built "
             f"for schema {report.compatible_from} or later"
         )
+    if report.delegated:
+        lines.append(
+            "citus:    schema_citus.sql's delegated functions are this package's: save_message, "
+            "get_or_create_conversation, save_and_get_history and save_messages call them"
+        )
+    elif report.stale_delegated:
+        names = ", ".join(s.partition("(")[0] for s in report.stale_delegated)
+        lines.append(
+            f"citus:    {names} differ from this package's and are not used (the statements are "
+            "sent instead): apply this package's schema_citus.sql again to update them"
+        )
     if report.compatible:
         lines.append("OK: this package can run on this database.")
     else:

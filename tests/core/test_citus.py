@@ -514,6 +514,7 @@ async def test_schema_citus_command_output_builds_a_database_check_accepts(
         checked = await asyncio.to_thread(_cli, "check", "--dsn", dsn)
         assert checked.returncode == 0, checked
         assert checked.stdout.endswith("OK: this package can run on this database.\n")
+        assert "delegated functions are this package's" in checked.stdout, checked.stdout
         store = await ConversationStore.connect(dsn, min_size=1, max_size=1)
         try:
             await store.verify_schema()

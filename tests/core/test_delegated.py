@@ -220,6 +220,11 @@ async def test_a_changed_function_body_is_not_called(delegated_db: asyncpg.Conne
     report = await schema_check.inspect(delegated_db)
     assert report.compatible and not report.delegated
     assert [s.partition("(")[0] for s in report.stale_delegated] == ["convdb_get_or_create_conversation"]
+    from convdb.cli import describe
+
+    words = describe(report, "here")
+    assert "convdb_get_or_create_conversation differ from this package's and are not used" in words, words
+    assert words.endswith("OK: this package can run on this database.\n")
     async with await ConversationStore.connect(dsn, min_size=1, max_size=2) as store:
         assert not store.delegated
         conv = await store.get_or_create_conversation(None, "alice")
