@@ -43,6 +43,7 @@ from typing import Any
 
 import asyncpg
 
+from convdb import schema_check
 from convdb.testing import EmbeddedPostgres, apply_schema
 from convdb.testing.citus import (
     CITUS_SETTINGS,
@@ -464,11 +465,14 @@ async def run(args: argparse.Namespace, mode: Mode, levels: list[int]) -> dict[s
             scale["ratios"] = ratios(scaled)
         info = await server_info(targets.single_db.dsn)
         citus_version = await _fetchval(targets.citus_db.dsn, "SELECT citus_version()")
+        delegated = await _delegated(targets.citus_db.dsn)
     meta = {
         "commit": commit,
         "cores": os.cpu_count(),
         "postgres": info["postgres"],
         "citus": str(citus_version),
+        # Whether the cluster's stores called schema_citus.sql's delegated functions.
+        "delegated_calls": delegated,
         "server_settings": info["server_settings"],
         "server": "local: a Citus coordinator + 2 workers and one PostgreSQL, same binaries, temp dirs",
         "machine": run_meta.machine(),
@@ -493,6 +497,15 @@ async def run(args: argparse.Namespace, mode: Mode, levels: list[int]) -> dict[s
     }
 
 
+async def _delegated(dsn: str) -> bool:
+    """What ``verify_schema`` decides for a store on ``dsn``: the delegated calls or the statements."""
+    conn = await asyncpg.connect(dsn, timeout=60)
+    try:
+        return (await schema_check.inspect(conn)).delegated
+    finally:
+        await conn.close()
+
+
 async def _fetchval(dsn: str, sql: str) -> Any:
     conn = await asyncpg.connect(dsn, timeout=60)
     try:
@@ -507,7 +520,12 @@ def text(doc: dict[str, Any]) -> str:
     meta = doc["meta"]
     parts.append(
         f"convdb through Citus {meta['citus']} (coordinator + 2 workers) against one PostgreSQL "
-        f"{meta['postgres']}, same machine ({meta['cores']} cores), same run, {meta['mode']} mode"
+        f"{meta['postgres']}, same machine ({meta['cores']} cores), same run, {meta['mode']} mode; "
+        + (
+            "the delegated functions of schema_citus.sql in use"
+            if meta.get("delegated_calls")
+            else "the statements (no delegated functions)"
+        )
     )
     found = {(r["system"], r["op"], r["concurrency"]): r for r in doc["results"]}
 

@@ -59,6 +59,7 @@ def test_citus_tiny_run_end_to_end(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["meta"]["systems"] == ["citus", "single-pg15"]
     assert doc["meta"]["citus"].startswith("Citus ")
+    assert doc["meta"]["delegated_calls"] is True  # schema_citus.sql's functions, found by the stores
 
     cells = {(r["system"], r["op"], r["concurrency"]): r for r in doc["results"]}
     assert set(cells) == {(s, op, c) for s in ("citus", "single-pg15") for op in OPS for c in (1, 2)}

@@ -68,7 +68,7 @@ async def _script(store: ConversationStore, tag: str) -> list[Outcome]:
     c, capped, sliding, gone = (f"{tag}-main", f"{tag}-capped", f"{tag}-sliding", f"{tag}-gone")
     b, capped_batch = f"{tag}-batch", f"{tag}-capped-batch"
 
-    def row(content: str, key: str | None = None, role: str = "user", **more: Any) -> dict[str, Any]:
+    def row(content: str | None, key: str | None = None, role: str = "user", **more: Any) -> dict[str, Any]:
         return {"role": role, "content": content, "idempotency_key": key, **more}
 
     past = datetime.now(UTC) - timedelta(minutes=1)
@@ -192,12 +192,10 @@ async def test_concurrent_delegated_appends_and_turns_are_gap_free(
         delegated.save_and_get_history(conv.id, "alice", {"role": "user", "content": f"t{i}"}, limit=5)
         for i in range(8)
     ]
-    results = await asyncio.gather(*saves, *turns)
-    seqs = sorted(r.seq if isinstance(r, Message) else r[0].seq for r in results)
+    saved_alone, turned = await asyncio.gather(asyncio.gather(*saves), asyncio.gather(*turns))  # all at once
+    seqs = sorted([m.seq for m in saved_alone] + [saved.seq for saved, _ in turned])
     assert seqs == list(range(1, 33))
-    for result in results[24:]:
-        assert isinstance(result, tuple)
-        saved, window = result
+    for saved, window in turned:
         # A turn's window ends at its own message and holds the messages just before it, gap-free.
         assert window[-1].seq == saved.seq
         assert [m.seq for m in window] == list(range(max(1, saved.seq - 4), saved.seq + 1))
