@@ -646,12 +646,9 @@ class ConversationStore:
         )
         seconds = self.batch_timeout + self.batch_timeout_per_mib * payload / 2**20
         keyed = all(r.idempotency_key is not None for r in rows)
-        if self._keys is not None:
-            return await self._save_sealed(
-                cid, uid, rows, Policy.KEYED_WRITE if keyed else Policy.WRITE, seconds, expected=expected
-            )
-
         policy = Policy.KEYED_WRITE if keyed else Policy.WRITE
+        if self._keys is not None:
+            return await self._save_sealed(cid, uid, rows, policy, seconds, expected=expected)
         if self._forms.save_messages is not None:
             delegated = functools.partial(
                 message_ops.save_batch_delegated,

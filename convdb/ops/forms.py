@@ -23,8 +23,6 @@ from ..sql import QUERIES
 class Forms:
     """The texts a store sends for its multi-step hot paths."""
 
-    #: True for the delegated calls (what ``ConversationStore.delegated`` reports).
-    delegated: bool
     save_message: str
     get_or_create_conversation: str
     save_and_get_history: str
@@ -32,16 +30,20 @@ class Forms:
     #: ``executemany`` of the inserts, in one transaction).
     save_messages: str | None
 
+    @property
+    def delegated(self) -> bool:
+        """True for the delegated calls (what ``ConversationStore.delegated`` reports): only they
+        have the batch as one call."""
+        return self.save_messages is not None
+
 
 STATEMENTS: Final = Forms(
-    False,
     QUERIES["save_message"],
     QUERIES["get_or_create_conversation"],
     QUERIES["save_and_get_history"],
     None,
 )
 DELEGATED: Final = Forms(
-    True,
     QUERIES["save_message_delegated"],
     QUERIES["get_or_create_conversation_delegated"],
     QUERIES["save_and_get_history_delegated"],

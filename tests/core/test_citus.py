@@ -22,9 +22,9 @@ import pytest
 
 from convdb import ConvDBError, ConversationNotFound, ConversationStore, TransientError
 from convdb.listing import build_listing
-from convdb.ops.forms import STATEMENTS
 from convdb.sql import QUERIES
 from convdb.testing import apply_schema, apply_sql, catalog_snapshot
+from tests.support.delegated import send_statements
 from tests.support.fix_server import ROOT, SCHEMA_CITUS, Server
 
 citus_only = pytest.mark.engine_specific("citus", "EXPLAIN shapes and catalogs of a Citus cluster")
@@ -604,7 +604,7 @@ async def test_batch_is_all_or_nothing_when_its_worker_backend_is_killed(
     async with await ConversationStore.connect(pg_server.dsn(db_name), min_size=2, max_size=2) as store:
         assert store.delegated
         if not delegated:
-            store._forms = STATEMENTS  # what verify_schema picks where the functions are missing
+            send_statements(store)
         running = "%convdb_save_messages(%" if delegated else "INSERT INTO %messages%"
         conv = await store.get_or_create_conversation(None, "alice")
         index, shard = await _worker_of(db, pg_server, conv.id)

@@ -19,7 +19,6 @@ import asyncpg
 import pytest
 
 from convdb import ConvDBError, ConversationStore, DatabaseUnavailable, InvalidInput, QueryTimeout
-from convdb.ops.forms import STATEMENTS
 from convdb.sql import QUERIES
 from tests.support import delegated
 from tests.support.fix_server import VIA_CITUS
@@ -131,7 +130,7 @@ async def _connect(dsn: str, db: asyncpg.Connection, form: str, **options: Any) 
         await delegated.install(db)
     store = await ConversationStore.connect(dsn, **options)
     if form == "statements":
-        store._forms = STATEMENTS  # what connect() picks where the functions are missing
+        delegated.send_statements(store)
     assert store.delegated == (form == "delegated")
     return store
 

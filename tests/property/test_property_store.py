@@ -44,7 +44,6 @@ from convdb import (
     StaticKeys,
 )
 from convdb.errors import MessageNotFound
-from convdb.ops.forms import STATEMENTS
 from tests.support import delegated
 from tests.support.fix_server import TEMPLATE, Server
 
@@ -112,7 +111,7 @@ def env(request: pytest.FixtureRequest, pg_server: Server, template_db: str) -> 
         )
     )
     if request.param == "plain":
-        store._forms = STATEMENTS  # on Citus connect() found the functions: test the statements here
+        delegated.send_statements(store)
     if request.param != "encrypted":  # (encrypted: delegated on Citus, where only the creation is)
         assert store.delegated == (request.param == "delegated")
     try:
