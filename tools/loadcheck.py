@@ -143,6 +143,10 @@ class Load:
         self.kinds: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.progress = Progress(config.ops, config.progress)
+        # The killer's admin connection and the restarter take turns: a kill whose connection
+        # opened just before a fast shutdown met the server's "terminating" message before its
+        # query, and asyncpg refused the connection (InternalClientError), failing the run.
+        self.fault_turn = asyncio.Lock()
 
     # -- client behaviour --------------------------------------------------------------------
     async def until_acknowledged(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -286,18 +290,22 @@ class Load:
             if self.done < next_kill:
                 continue
             next_kill += self.config.kill_every
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                admin = await asyncpg.connect(self.dsn)
-                try:
-                    killed = await admin.fetchval(
-                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
-                        "(SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
-                        " ORDER BY state = 'active' DESC, random() LIMIT 1) victim",
-                        APP,
-                    )
-                    self.report.kills += int(killed or 0)
-                finally:
-                    await admin.close()
+            async with self.fault_turn:
+                await self.kill_one()
+
+    async def kill_one(self) -> None:
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            admin = await asyncpg.connect(self.dsn)
+            try:
+                killed = await admin.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
+                    "(SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
+                    " ORDER BY state = 'active' DESC, random() LIMIT 1) victim",
+                    APP,
+                )
+                self.report.kills += int(killed or 0)
+            finally:
+                await admin.close()
 
     async def restarter(self, stop: asyncio.Event) -> None:
         if self.server is None or not self.config.restarts:
@@ -308,7 +316,8 @@ class Load:
                 await asyncio.sleep(0.01)
             if stop.is_set():
                 return
-            await asyncio.to_thread(self.server.restart, "fast")
+            async with self.fault_turn:
+                await asyncio.to_thread(self.server.restart, "fast")
             self.report.restarts += 1
 
     # -- driving -----------------------------------------------------------------------------
