@@ -469,8 +469,10 @@ class ConversationStore:
 
         An id that belongs to another user raises ``ConversationNotFound``; ``title`` and
         ``metadata`` apply only when the conversation is created. Racing creators of one id get
-        one row, and racing a delete never tells the owner "not found". One round trip (two when a
-        concurrent creator or delete changed the row first: the fallback decides under the row lock).
+        one row, and racing a delete never tells the owner "not found". Loading an existing
+        conversation is one round trip, a plain read; creating one takes two (the read, then the
+        create statement) or one for a new id (None), and one more when a concurrent creator or
+        delete changed the row first (the fallback decides under the row lock).
         """
         if conversation_id is None:
             cid = make_conversation_id()
@@ -491,6 +493,7 @@ class ConversationStore:
             metadata_json=meta_json,
             retention=retention,
             forms=self._forms,
+            load_first=conversation_id is not None,
         )
         conversation = await self._runner.run(op, Policy.READ, user_id=uid)
         return conversation if codec is None else codec.open_conversation(conversation)

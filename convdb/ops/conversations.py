@@ -50,7 +50,18 @@ async def get_or_create(
     metadata_json: str | None,
     retention: Retention = NO_RETENTION,
     forms: Forms = STATEMENTS,
+    *,
+    load_first: bool = True,
 ) -> Conversation:
+    """``load_first``: try the plain ownership-checked read before the create statement, the path
+    of almost every call (a request loads the conversation it continues). The read is the cheapest
+    statement there is: on one node 1.6x the create statement's rate for an existing row at c = 8,
+    on Citus a fast-path router query at 3.8x the delegated call's (docs/citus.md). Creating by a
+    given id then takes two round trips; a new generated id (``load_first=False``) skips the read."""
+    if load_first:
+        row = await conn.fetchrow(_GET_CONVERSATION, cid, uid)
+        if row is not None:
+            return Conversation.from_record(row)
     statement = forms.get_or_create_conversation
     row = await conn.fetchrow(statement, cid, uid, title, metadata_json, *retention.args())
     if row is None:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from convdb import ConversationStore
+from convdb import ConversationNotFound, ConversationStore
 from convdb.sql import QUERIES
 
 
@@ -196,6 +196,12 @@ async def test_round_trips_per_operation(
     operations: dict[str, Callable[[], Awaitable[Any]]] = {
         "get_or_create_conversation (existing)": lambda: store.get_or_create_conversation("rt", "alice"),
         "get_or_create_conversation (new)": lambda: store.get_or_create_conversation(None, "alice"),
+        "get_or_create_conversation (new, given id)": lambda: store.get_or_create_conversation(
+            f"given-{next(fresh)}", "alice"
+        ),
+        "get_or_create_conversation (another user's)": lambda: _not_found(
+            store.get_or_create_conversation("rt", "bob")
+        ),
         "get_conversation": lambda: store.get_conversation("rt", "alice"),
         "save_message": lambda: store.save_message(conv.id, "alice", "user", "hi"),
         "save_message (replayed key)": lambda: store.save_message(
@@ -209,6 +215,10 @@ async def test_round_trips_per_operation(
     expected = {
         "get_or_create_conversation (existing)": 1,
         "get_or_create_conversation (new)": 1,
+        # The read misses, then the create statement (an existing row is the one-read path above).
+        "get_or_create_conversation (new, given id)": 2,
+        # The read, the create statement, the locked fallback: each finds the row is not bob's.
+        "get_or_create_conversation (another user's)": 3,
         "get_conversation": 1,
         "save_message": 1,
         "save_message (replayed key)": 2,
@@ -231,8 +241,17 @@ async def test_round_trips_per_operation(
         assert not any(s.startswith("parse") for s in steps), f"{name} re-prepared: {steps}"
         assert not any(w in " ".join(steps) for w in ("RESET", "UNLISTEN", "CLOSE", "PG_ADVISORY")), steps
         measured[name] = round_trips(steps)
+        if name == "get_or_create_conversation (existing)":
+            # The per-request path is the plain read alone (the log shows each text's first line).
+            read = " ".join(QUERIES["get_conversation"].splitlines()[0].split())
+            assert steps == [f"bind {read}", f"execute {read}"], steps
     print("round trips per operation:", measured)
     assert measured == expected
+
+
+async def _not_found(call: Awaitable[Any]) -> None:
+    with pytest.raises(ConversationNotFound):
+        await call
 
 
 async def test_batch_is_one_pipelined_round_trip_for_the_inserts(
