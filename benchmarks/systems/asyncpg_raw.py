@@ -79,14 +79,18 @@ class AsyncpgRawSystem(System):
 
             return Operation(history)
         if op == "get_or_create":
+            read_sql = QUERIES["get_conversation"]
             get_or_create_sql = QUERIES["get_or_create_conversation"]
 
             async def get_or_create(key: int) -> None:
-                # No title or metadata; no retention ($5..$9: expires_at, ttl, sliding, temporary, cap).
-                no_retention = (None, None, False, False, None)
-                await self.pool.fetchrow(
-                    get_or_create_sql, conversation_id(key), user_of(key), None, None, *no_retention
-                )
+                # convdb's order: the ownership-checked read, the create statement only when it
+                # misses (no title or metadata; no retention: $5..$9 expires_at, ttl, sliding,
+                # temporary, cap).
+                cid, uid = conversation_id(key), user_of(key)
+                async with self.pool.acquire() as conn:
+                    if await conn.fetchrow(read_sql, cid, uid) is None:
+                        no_retention = (None, None, False, False, None)
+                        await conn.fetchrow(get_or_create_sql, cid, uid, None, None, *no_retention)
 
             return Operation(get_or_create, "an existing conversation: the per-request path")
         if op == "turn":

@@ -94,16 +94,9 @@ def script_for(op: str, first_key: int, keys: int, concurrency: int) -> Script:
         variables["lim"] = str(HISTORY_LIMIT)
         body = [bind(QUERIES["get_history"], {**ids, 3: ":lim"}) + ";"]
     elif op == "get_or_create":
-        values = {
-            3: "NULL",
-            4: "NULL",
-            5: "NULL",
-            6: "NULL",
-            7: "false",
-            8: "false",
-            9: "NULL",
-        }  # no retention
-        body = [bind(QUERIES["get_or_create_conversation"], {**ids, **values}) + ";"]
+        # The conversations exist (the per-request path): convdb sends its ownership-checked read
+        # alone; the create statement runs only when that read misses.
+        body = [bind(QUERIES["get_conversation"], ids) + ";"]
     elif op == "turn_two_calls":
         variables["lim"] = str(HISTORY_LIMIT)
         body = [
