@@ -167,8 +167,9 @@ def describe(report: schema_check.SchemaReport, where: str) -> str:
         )
     if report.delegated:
         lines.append(
-            "citus:    schema_citus.sql's delegated functions are this package's: save_message, "
-            "get_or_create_conversation, save_and_get_history and save_messages call them"
+            "citus:    schema_citus.sql's delegated functions are this package's: save_message "
+            "(guarded too), get_or_create_conversation, save_and_get_history and save_messages "
+            "call them"
         )
     elif report.stale_delegated:
         names = ", ".join(s.partition("(")[0] for s in report.stale_delegated)

@@ -173,13 +173,15 @@ EXPECTED_FUNCTIONS: Final[dict[str, str]] = {
 
 # The delegated functions of schema_citus.sql (docs/citus.md, "The hot write path"), by the same
 # signature and digest rule. Optional: a database without them (every single-node one) runs the
-# statements of queries.sql; the store calls them only when all four are present with exactly
+# statements of queries.sql; the store calls them only when all five are present with exactly
 # these bodies, so that a database distributed by an older schema_citus.sql, or a function edited
 # by hand, keeps the statements rather than running code this package was not tested with.
 # tests/unit/test_schema_files.py recomputes the digests from schema_citus.sql.
 DELEGATED_FUNCTIONS: Final[dict[str, str]] = {
     "convdb_save_message(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,integer,"
     "integer,numeric,integer)": "volatile 76400cd480c7d139a88c88dbaefe6a4f",
+    "convdb_save_message_guarded(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,"
+    "integer,integer,numeric,integer,bigint)": "volatile fb40a12fdf85678e340d47eaad0c2ca4",
     "convdb_get_or_create_conversation(text,text,text,text,timestamp with time zone,interval,boolean,boolean,"
     "integer)": "volatile c9a061c549c482c16b77939928c2495a",
     "convdb_save_and_get_history(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,"

@@ -365,9 +365,10 @@ class ConversationStore:
 
     @property
     def delegated(self) -> bool:
-        """Whether ``save_message``, ``get_or_create_conversation``, ``save_and_get_history`` and
-        ``save_messages`` call schema_citus.sql's delegated functions (one call to the
-        conversation's worker on Citus; docs/citus.md) instead of their statements (a single
+        """Whether ``save_message`` (guarded too), creating a conversation,
+        ``save_and_get_history`` and ``save_messages`` call schema_citus.sql's delegated
+        functions (one call to the conversation's worker on Citus; docs/citus.md) instead of
+        their statements (a single
         statement each; the batch's transaction of statements). Decided by ``verify_schema``
         (``connect()`` runs it): True when the database has those functions with exactly the
         bodies this package expects and ``row_level_security`` is off (its transaction blocks are
@@ -584,7 +585,12 @@ class ConversationStore:
             op = functools.partial(message_ops.save, cid=cid, uid=uid, row=row, forms=self._forms)
         else:
             op = functools.partial(
-                message_ops.save_guarded, cid=cid, uid=uid, row=row, expected_last_seq=expected
+                message_ops.save_guarded,
+                cid=cid,
+                uid=uid,
+                row=row,
+                expected_last_seq=expected,
+                forms=self._forms,
             )
         return await self._runner.run(op, policy, user_id=uid)
 

@@ -24,6 +24,7 @@ class Forms:
     """The texts a store sends for its multi-step hot paths."""
 
     save_message: str
+    save_message_guarded: str
     get_or_create_conversation: str
     save_and_get_history: str
     #: The batch as one call; None: the statements of ``ops.messages.save_batch`` (reserve, then
@@ -39,12 +40,14 @@ class Forms:
 
 STATEMENTS: Final = Forms(
     QUERIES["save_message"],
+    QUERIES["save_message_guarded"],
     QUERIES["get_or_create_conversation"],
     QUERIES["save_and_get_history"],
     None,
 )
 DELEGATED: Final = Forms(
     QUERIES["save_message_delegated"],
+    QUERIES["save_message_guarded_delegated"],
     QUERIES["get_or_create_conversation_delegated"],
     QUERIES["save_and_get_history_delegated"],
     QUERIES["save_messages_delegated"],

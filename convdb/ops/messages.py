@@ -28,7 +28,6 @@ from .forms import STATEMENTS, Forms
 
 T = TypeVar("T")
 
-_SAVE_MESSAGE_GUARDED: Final = QUERIES["save_message_guarded"]
 _RESERVE_SEQ_RANGE: Final = QUERIES["reserve_seq_range"]
 _RESERVE_SEQ_RANGE_GUARDED: Final = QUERIES["reserve_seq_range_guarded"]
 _LOCK_WITH_KEYS: Final = QUERIES["lock_conversation_with_keys"]
@@ -126,13 +125,17 @@ async def _refused(conn: Conn, cid: str, uid: str, row: MessageRow, expected: in
     raise ConcurrentUpdate(expected, last_seq)
 
 
-async def save_guarded(conn: Conn, cid: str, uid: str, row: MessageRow, expected_last_seq: int) -> Message:
-    """Append one message only if the newest stored seq is ``expected_last_seq`` (one statement)."""
+async def save_guarded(
+    conn: Conn, cid: str, uid: str, row: MessageRow, expected_last_seq: int, forms: Forms = STATEMENTS
+) -> Message:
+    """Append one message only if the newest stored seq is ``expected_last_seq`` (one statement,
+    or one delegated call, which reads under the row lock and so is always fresh)."""
+    statement = forms.save_message_guarded
     try:
         records = await _keyed(
             conn,
             row,
-            lambda: run_fresh(conn, _SAVE_MESSAGE_GUARDED, cid, uid, args=(*row, expected_last_seq)),
+            lambda: run_fresh(conn, statement, cid, uid, args=(*row, expected_last_seq)),
         )
     except asyncpg.UniqueViolationError as exc:
         if row.idempotency_key is None or not is_replayed_key(exc):

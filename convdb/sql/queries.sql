@@ -168,6 +168,13 @@ SELECT i.seq, i.created_at, k.fresh, k.last_seq
   FROM checked k
   LEFT JOIN inserted i ON true;
 
+-- name: save_message_guarded_delegated
+-- save_message_guarded as one delegated call (see save_message_delegated): the same 18 parameters
+-- and columns; fresh is always true, as the function reads the newest seq under the row lock.
+SELECT seq, created_at, fresh, last_seq
+  FROM convdb_save_message_guarded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                                   $17, $18);
+
 -- name: reserve_seq_range
 -- First statement of a batch: checks ownership, locks the conversation row until commit, reserves
 -- $3 sequence numbers and touches updated_at. now() is the transaction time, the created_at every

@@ -18,8 +18,9 @@
 --     checked by EXPLAIN in the Citus tests).
 --   * convdb_schema_version becomes a reference table (a copy on every node), so the version
 --     check at connect() is answered locally wherever it runs.
---   * Four PL/pgSQL functions, convdb_save_message, convdb_get_or_create_conversation,
---     convdb_save_and_get_history and convdb_save_messages, distributed by their conversation id
+--   * Five PL/pgSQL functions, convdb_save_message, convdb_save_message_guarded,
+--     convdb_get_or_create_conversation, convdb_save_and_get_history and convdb_save_messages,
+--     distributed by their conversation id
 --     and co-located with conversations: Citus sends each call whole to the worker that holds the
 --     conversation. convdb calls them instead of its multi-step statements when connect() finds
 --     them with this file's bodies (see "Delegated functions" below); the first server-side code
@@ -175,6 +176,60 @@ BEGIN
       FROM conversations c
      WHERE c.id = p_conversation_id AND c.user_id = p_user_id
        AND (c.expires_at IS NULL OR c.expires_at > now());
+END
+$$;
+
+-- save_message_guarded: save_message only if the newest stored seq is still p_expected (0: none
+-- stored), decided under the conversation row's lock. The statement's columns: nothing back = not
+-- this user's conversation (or expired); seq NULL = the guard refused, last_seq the actual newest;
+-- fresh is always true (the read is under the lock, so the caller never re-runs it).
+CREATE OR REPLACE FUNCTION convdb_save_message_guarded(
+    p_conversation_id text, p_user_id text, p_role text, p_content text, p_tool_name text,
+    p_tool_call_id text, p_tool_calls text, p_metadata text, p_token_count integer,
+    p_idempotency_key text, p_model text, p_input_tokens integer, p_output_tokens integer,
+    p_cached_tokens integer, p_reasoning_tokens integer, p_cost numeric, p_latency_ms integer,
+    p_expected bigint
+) RETURNS TABLE (seq bigint, created_at timestamptz, fresh boolean, last_seq bigint)
+LANGUAGE plpgsql VOLATILE
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_seq bigint;
+    v_cap integer;
+    v_last bigint;
+    v_created timestamptz;
+BEGIN
+    PERFORM FROM conversations c
+      WHERE c.id = p_conversation_id AND c.user_id = p_user_id
+        AND (c.expires_at IS NULL OR c.expires_at > now())
+        FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(max(m.seq), 0) INTO v_last FROM messages m WHERE m.conversation_id = p_conversation_id;
+    IF v_last <> p_expected THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::timestamptz, true, v_last;
+        RETURN;
+    END IF;
+    UPDATE conversations c
+       SET next_seq = c.next_seq + 1, updated_at = now(),
+           expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
+     WHERE c.id = p_conversation_id AND c.user_id = p_user_id
+       AND (c.expires_at IS NULL OR c.expires_at > now())
+    RETURNING c.next_seq - 1, c.max_messages INTO v_seq, v_cap;
+    INSERT INTO messages AS m (conversation_id, seq, role, content, tool_name, tool_call_id,
+                               tool_calls, metadata, token_count, idempotency_key, model,
+                               input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
+                               latency_ms)
+    VALUES (p_conversation_id, v_seq, p_role, p_content, p_tool_name, p_tool_call_id,
+            p_tool_calls::jsonb, COALESCE(p_metadata::jsonb, '{}'::jsonb), p_token_count,
+            p_idempotency_key, p_model, p_input_tokens, p_output_tokens, p_cached_tokens,
+            p_reasoning_tokens, p_cost, p_latency_ms)
+    RETURNING m.created_at INTO v_created;
+    IF v_cap IS NOT NULL AND v_seq > v_cap THEN
+        DELETE FROM messages m WHERE m.conversation_id = p_conversation_id AND m.seq <= v_seq - v_cap;
+    END IF;
+    RETURN QUERY SELECT v_seq, v_created, true, v_last;
 END
 $$;
 
@@ -418,6 +473,8 @@ BEGIN
             'integer, integer, integer, integer, numeric, integer)',
         'convdb_get_or_create_conversation(text, text, text, text, timestamptz, interval, boolean, '
             'boolean, integer)',
+        'convdb_save_message_guarded(text, text, text, text, text, text, text, text, integer, text, '
+            'text, integer, integer, integer, integer, numeric, integer, bigint)',
         'convdb_save_and_get_history(text, text, text, text, text, text, text, text, integer, text, '
             'text, integer, integer, integer, integer, numeric, integer, integer, bigint, boolean, bigint)']
     LOOP

@@ -109,6 +109,7 @@ ONE_SHARD_STEPS: dict[str, tuple[tuple[Any, ...], int]] = {
 # whose remote plan is the function scan (the body runs there, on the local shards).
 DELEGATED: dict[str, tuple[Any, ...]] = {
     "save_message_delegated": ONE_SHARD_STEPS["save_message"][0],
+    "save_message_guarded_delegated": ONE_SHARD_STEPS["save_message_guarded"][0],
     "get_or_create_conversation_delegated": ONE_SHARD_STEPS["get_or_create_conversation"][0],
     "save_and_get_history_delegated": ONE_SHARD_STEPS["save_and_get_history"][0],
     # The batch (otherwise a transaction of a reservation and one insert per message, each a
@@ -277,7 +278,7 @@ async def test_delegated_call_is_one_task_on_the_conversations_worker(
 async def test_connect_finds_the_delegated_functions_and_citus_pushes_the_calls_down(
     store: ConversationStore, db: asyncpg.Connection
 ) -> None:
-    """schema_citus.sql distributed the four functions by their conversation id, co-located with
+    """schema_citus.sql distributed the five functions by their conversation id, co-located with
     conversations, and Citus says it pushes a call down (its DEBUG1 message), as it does for the
     store's own calls (``store.delegated``)."""
     assert store.delegated
@@ -286,6 +287,7 @@ async def test_connect_finds_the_delegated_functions_and_citus_pushes_the_calls_
         "WHERE objid::regprocedure::text LIKE ANY ($1)",
         [
             "convdb_save_message(%",
+            "convdb_save_message_guarded(%",
             "convdb_get_or_create_conversation(%",
             "convdb_save_and_get_history(%",
             "convdb_save_messages(%",
@@ -294,7 +296,7 @@ async def test_connect_finds_the_delegated_functions_and_citus_pushes_the_calls_
     colocation = await db.fetchval(
         "SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'conversations'::regclass"
     )
-    assert len(rows) == 4 and {(r[1], r[2]) for r in rows} == {(0, colocation)}, rows
+    assert len(rows) == 5 and {(r[1], r[2]) for r in rows} == {(0, colocation)}, rows
     messages: list[str] = []
     db.add_log_listener(lambda _conn, message: messages.append(message.message))
     await db.execute("SET client_min_messages TO debug1")
@@ -312,10 +314,21 @@ async def test_connect_finds_the_delegated_functions_and_citus_pushes_the_calls_
         saved = await db.fetch(
             QUERIES["save_message_delegated"], conv.id, "alice", "user", "hi", *([None] * 4), 1, *([None] * 8)
         )
+        guarded = await db.fetch(
+            QUERIES["save_message_guarded_delegated"],
+            conv.id,
+            "alice",
+            "user",
+            "hi",
+            *([None] * 4),
+            1,
+            *([None] * 8),
+            1,
+        )
     finally:
         await db.execute("RESET client_min_messages")
-    assert len(created) == 1 and [r["seq"] for r in saved] == [1]
-    assert messages.count("pushing down the function call") == 2, messages
+    assert len(created) == 1 and [r["seq"] for r in saved] == [1] and [r["seq"] for r in guarded] == [2]
+    assert messages.count("pushing down the function call") == 3, messages
 
 
 @citus_only

@@ -63,10 +63,11 @@ async def _outcome(call: Awaitable[Any]) -> Outcome:
 
 
 async def _script(store: ConversationStore, tag: str) -> list[Outcome]:
-    """Every branch of the three paths: create, load, foreign, expired; plain, keyed, replayed,
-    conflicting, capped and sliding appends; turns with limits, budgets, summaries and guards."""
+    """Every branch of the delegated paths: create, load, foreign, expired; plain, keyed, replayed,
+    conflicting, capped and sliding appends; turns with limits, budgets, summaries and guards;
+    batches; guarded appends."""
     c, capped, sliding, gone = (f"{tag}-main", f"{tag}-capped", f"{tag}-sliding", f"{tag}-gone")
-    b, capped_batch = f"{tag}-batch", f"{tag}-capped-batch"
+    b, capped_batch, g = f"{tag}-batch", f"{tag}-capped-batch", f"{tag}-guarded"
 
     def row(content: str | None, key: str | None = None, role: str = "user", **more: Any) -> dict[str, Any]:
         return {"role": role, "content": content, "idempotency_key": key, **more}
@@ -155,6 +156,18 @@ async def _script(store: ConversationStore, tag: str) -> list[Outcome]:
         lambda: store.save_messages(capped_batch, "alice", [row("c6"), row("c7", "ck")]),
         lambda: store.get_history(capped_batch, "alice"),
         lambda: store.get_history(b, "alice", limit=100),
+        # Guarded appends (the last 10 outcomes before the sliding check): first, keyed, replayed,
+        # conflicting, stale, capped, foreign, expired.
+        lambda: store.get_or_create_conversation(g, "alice", max_messages=2),
+        lambda: store.save_message(g, "alice", "user", "first", expected_last_seq=0),
+        lambda: store.save_message(g, "alice", "user", "second", expected_last_seq=1, idempotency_key="gk"),
+        lambda: store.save_message(g, "alice", "user", "second", expected_last_seq=1, idempotency_key="gk"),
+        lambda: store.save_message(g, "alice", "user", "other", expected_last_seq=1, idempotency_key="gk"),
+        lambda: store.save_message(g, "alice", "user", "stale", expected_last_seq=1),
+        lambda: store.save_message(g, "alice", "user", "third", expected_last_seq=2),
+        lambda: store.save_message(g, "mallory", "user", "x", expected_last_seq=3),
+        lambda: store.save_message(gone, "alice", "user", "x", expected_last_seq=0),
+        lambda: store.get_history(g, "alice"),
     ]
     outcomes = [await _outcome(step()) for step in steps]
     conversation = await store.get_conversation(sliding, "alice")
@@ -174,12 +187,17 @@ async def test_the_delegated_calls_answer_exactly_as_the_statements(
     assert got == want
     # The script reached the branches it is for (not, say, an error at every step).
     kinds = [o[0] for o in got]
-    assert kinds.count("raised") == 14 and kinds.count("turn") == 7, got
+    assert kinds.count("raised") == 18 and kinds.count("turn") == 7, got
     assert sum(k == "messages" and len(o[1]) > 0 for k, o in zip(kinds, got, strict=True)) >= 12, got
     assert ("sliding expiry moved", True) in got
     assert got[21][0] == "messages" and [dict(m)["seq"] for m in got[21][1]] == [3, 4, 5]  # the cap
     assert got[22] == ("value", 3)
     assert got[9] == got[8] and got[10][1] == "IdempotencyConflict"  # replay, then conflict
+    guarded = got[-11:-1]
+    assert [dict(o[1])["seq"] for o in guarded[1:4]] == [1, 2, 2], guarded  # stored, keyed, replayed
+    assert [o[1] for o in guarded[4:6]] == ["IdempotencyConflict", "ConcurrentUpdate"], guarded
+    assert dict(guarded[6][1])["seq"] == 3 and guarded[7][1] == guarded[8][1] == "ConversationNotFound"
+    assert [dict(m)["seq"] for m in guarded[9][1]] == [2, 3]  # the cap of 2
 
 
 async def test_concurrent_delegated_appends_and_turns_are_gap_free(

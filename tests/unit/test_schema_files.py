@@ -163,7 +163,12 @@ def test_each_delegated_text_calls_its_function_with_every_parameter_of_its_stat
     from convdb.ops.forms import DELEGATED, STATEMENTS
     from convdb.schema_check import DELEGATED_FUNCTIONS
 
-    for field in ("save_message", "get_or_create_conversation", "save_and_get_history"):
+    for field in (
+        "save_message",
+        "save_message_guarded",
+        "get_or_create_conversation",
+        "save_and_get_history",
+    ):
         statement, call = getattr(STATEMENTS, field), getattr(DELEGATED, field)
         wanted = max(int(n) for n in re.findall(r"\$(\d+)", statement))
         assert f"convdb_{field}(" + ", ".join(f"${i}" for i in range(1, wanted + 1)) in re.sub(
