@@ -368,12 +368,11 @@ class ConversationStore:
         """Whether ``save_message`` (guarded too), creating a conversation,
         ``save_and_get_history`` and ``save_messages`` call schema_citus.sql's delegated
         functions (one call to the conversation's worker on Citus; docs/citus.md) instead of
-        their statements (a single
-        statement each; the batch's transaction of statements). Decided by ``verify_schema``
-        (``connect()`` runs it): True when the database has those functions with exactly the
-        bodies this package expects and ``row_level_security`` is off (its transaction blocks are
-        not delegated); a store built on a borrowed pool sends the statements until
-        ``verify_schema()`` is awaited. Same results either way."""
+        their statements (a single statement each; the batch's transaction of statements).
+        Decided by ``verify_schema`` (``connect()`` runs it): True when the database has those
+        functions with exactly the bodies this package expects and ``row_level_security`` is off
+        (its transaction blocks are not delegated); a store built on a borrowed pool sends the
+        statements until ``verify_schema()`` is awaited. Same results either way."""
         return self._forms.delegated
 
     # -- encryption (convdb.crypto; every method below calls these only when encryption is on) --
