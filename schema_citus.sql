@@ -195,7 +195,6 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_seq bigint;
-    v_cap integer;
     v_last bigint;
     v_created timestamptz;
 BEGIN
@@ -211,24 +210,13 @@ BEGIN
         RETURN QUERY SELECT NULL::bigint, NULL::timestamptz, true, v_last;
         RETURN;
     END IF;
-    UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now(),
-           expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
-     WHERE c.id = p_conversation_id AND c.user_id = p_user_id
-       AND (c.expires_at IS NULL OR c.expires_at > now())
-    RETURNING c.next_seq - 1, c.max_messages INTO v_seq, v_cap;
-    INSERT INTO messages AS m (conversation_id, seq, role, content, tool_name, tool_call_id,
-                               tool_calls, metadata, token_count, idempotency_key, model,
-                               input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost,
-                               latency_ms)
-    VALUES (p_conversation_id, v_seq, p_role, p_content, p_tool_name, p_tool_call_id,
-            p_tool_calls::jsonb, COALESCE(p_metadata::jsonb, '{}'::jsonb), p_token_count,
-            p_idempotency_key, p_model, p_input_tokens, p_output_tokens, p_cached_tokens,
-            p_reasoning_tokens, p_cost, p_latency_ms)
-    RETURNING m.created_at INTO v_created;
-    IF v_cap IS NOT NULL AND v_seq > v_cap THEN
-        DELETE FROM messages m WHERE m.conversation_id = p_conversation_id AND m.seq <= v_seq - v_cap;
-    END IF;
+    -- The row is locked and the guard holds: save_message's own work, on this same worker (a
+    -- call inside a delegated call runs locally).
+    SELECT s.seq, s.created_at INTO v_seq, v_created
+      FROM convdb_save_message(p_conversation_id, p_user_id, p_role, p_content, p_tool_name,
+                               p_tool_call_id, p_tool_calls, p_metadata, p_token_count,
+                               p_idempotency_key, p_model, p_input_tokens, p_output_tokens,
+                               p_cached_tokens, p_reasoning_tokens, p_cost, p_latency_ms) s;
     RETURN QUERY SELECT v_seq, v_created, true, v_last;
 END
 $$;
@@ -253,7 +241,6 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_seq bigint;
-    v_cap integer;
     v_last bigint;
 BEGIN
     IF p_expected IS NOT NULL THEN
@@ -274,24 +261,13 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    UPDATE conversations c
-       SET next_seq = c.next_seq + 1, updated_at = now(),
-           expires_at = GREATEST(c.expires_at, to_timestamp(extract(epoch FROM now()) + extract(epoch FROM c.ttl)))
-     WHERE c.id = p_conversation_id AND c.user_id = p_user_id
-       AND (c.expires_at IS NULL OR c.expires_at > now())
-    RETURNING c.next_seq - 1, c.max_messages INTO v_seq, v_cap;
+    SELECT s.seq INTO v_seq
+      FROM convdb_save_message(p_conversation_id, p_user_id, p_role, p_content, p_tool_name,
+                               p_tool_call_id, p_tool_calls, p_metadata, p_token_count,
+                               p_idempotency_key, p_model, p_input_tokens, p_output_tokens,
+                               p_cached_tokens, p_reasoning_tokens, p_cost, p_latency_ms) s;
     IF NOT FOUND THEN
         RETURN;
-    END IF;
-    INSERT INTO messages (conversation_id, seq, role, content, tool_name, tool_call_id, tool_calls,
-                          metadata, token_count, idempotency_key, model, input_tokens, output_tokens,
-                          cached_tokens, reasoning_tokens, cost, latency_ms)
-    VALUES (p_conversation_id, v_seq, p_role, p_content, p_tool_name, p_tool_call_id,
-            p_tool_calls::jsonb, COALESCE(p_metadata::jsonb, '{}'::jsonb), p_token_count,
-            p_idempotency_key, p_model, p_input_tokens, p_output_tokens, p_cached_tokens,
-            p_reasoning_tokens, p_cost, p_latency_ms);
-    IF v_cap IS NOT NULL AND v_seq > v_cap THEN
-        DELETE FROM messages m WHERE m.conversation_id = p_conversation_id AND m.seq <= v_seq - v_cap;
     END IF;
     RETURN QUERY
     WITH summary AS (

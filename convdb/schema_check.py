@@ -181,11 +181,11 @@ DELEGATED_FUNCTIONS: Final[dict[str, str]] = {
     "convdb_save_message(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,integer,"
     "integer,numeric,integer)": "volatile 76400cd480c7d139a88c88dbaefe6a4f",
     "convdb_save_message_guarded(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,"
-    "integer,integer,numeric,integer,bigint)": "volatile fb40a12fdf85678e340d47eaad0c2ca4",
+    "integer,integer,numeric,integer,bigint)": "volatile f3c4b4975bda9a260453b16e948ca51e",
     "convdb_get_or_create_conversation(text,text,text,text,timestamp with time zone,interval,boolean,boolean,"
     "integer)": "volatile c9a061c549c482c16b77939928c2495a",
     "convdb_save_and_get_history(text,text,text,text,text,text,text,text,integer,text,text,integer,integer,"
-    "integer,integer,numeric,integer,integer,bigint,boolean,bigint)": "volatile c431d98b8cab3e793087b2e305841130",
+    "integer,integer,numeric,integer,integer,bigint,boolean,bigint)": "volatile 7ee63d3d7ef26120b7e9881e713419e2",
     "convdb_save_messages(text,text,bigint,text[],text[],text[],text[],text[],text[],text[],text[],text[],text[],"
     "text[],text[],text[],text[],text[])": "volatile 93a328d9d3fc9bb2f2b654b4800a3b0c",
 }
